@@ -1,0 +1,43 @@
+"""The `longmix` command line. Thin: each subcommand parses its arguments and calls the library.
+
+Each subcommand lives in ``longmix.commands.<name>`` with ``add_arguments(parser)`` and
+``run(args) -> int``. Command modules import heavy dependencies inside ``run`` only, so that
+building the parser (and `longmix --help`) stays fast.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+COMMANDS = {
+    "mixers": "print the taxonomy table of every token mixer",
+    "show": "draw the mixing matrix of a mixer (or of every family) to a PNG",
+    "attend": "exact (distributed) attention on a random sequence, verified against float64",
+    "train": "train a model on a task with any mixer, with checkpoints and resume",
+    "study": "train over a grid of task x mixer x context and report whether long context helps",
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="longmix", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name, help_text in COMMANDS.items():
+        module = importlib.import_module(f"longmix.commands.{name}")
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        module.add_arguments(p)
+        p.set_defaults(_run=module.run)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "_run", None):
+        parser.print_help()
+        return 2
+    return int(args._run(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

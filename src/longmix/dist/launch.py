@@ -1,0 +1,117 @@
+"""Run a function on P local ranks (one process each) in a fresh process group, never hanging.
+
+    results = launch.run_local(fn, nprocs=4, args=(x,), timeout=120)
+
+``fn(group, *args)`` runs on every rank with the group as its first argument; its return values
+come back as a list indexed by rank. If any rank raises, dies or the whole run exceeds
+``timeout`` seconds, every rank is killed and :class:`RankFailure` names the failing rank and
+carries its traceback. Collectives inside get ``collective_timeout`` (gloo/NCCL enforce it), so a
+rank waiting on a dead peer errors out instead of waiting forever.
+"""
+from __future__ import annotations
+
+import datetime
+import os
+import socket
+import traceback
+from typing import Any, Callable
+
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+
+class RankFailure(RuntimeError):
+    """A rank raised, died, or the launch timed out."""
+
+    def __init__(self, rank: int | None, message: str):
+        self.rank = rank
+        super().__init__(message)
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _worker(rank, nprocs, port, backend, collective_timeout, threads, fn, args, queue):
+    os.environ.setdefault("OMP_NUM_THREADS", str(threads))
+    import torch
+
+    torch.set_num_threads(threads)
+    try:
+        dist.init_process_group(backend, init_method=f"tcp://127.0.0.1:{port}", rank=rank,
+                                world_size=nprocs,
+                                timeout=datetime.timedelta(seconds=collective_timeout))
+        group = dist.group.WORLD
+        result = fn(group, *args)
+        queue.put((rank, "ok", result))
+    except BaseException as exc:  # report everything, including KeyboardInterrupt/SystemExit
+        queue.put((rank, "error", f"{type(exc).__name__}: {exc}\n{traceback.format_exc()}"))
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def _root_cause(procs, results, rank, payload) -> RankFailure:
+    """A peer's death surfaces on the survivors as a connection error; name the dead rank instead."""
+    for _ in range(20):  # up to 2 s for a dying peer's exit code to show
+        dead = [r for r, p in enumerate(procs)
+                if r not in results and r != rank and p.exitcode not in (None, 0)]
+        if dead:
+            return RankFailure(dead[0], f"rank {dead[0]} died with exit code "
+                                        f"{procs[dead[0]].exitcode}; rank {rank} then failed:\n{payload}")
+        procs[rank].join(timeout=0.1)
+    return RankFailure(rank, f"rank {rank} failed:\n{payload}")
+
+
+def run_local(fn: Callable[..., Any], nprocs: int, args: tuple = (), *, timeout: float = 300.0,
+              collective_timeout: float = 60.0, backend: str = "gloo",
+              threads_per_rank: int | None = None) -> list[Any]:
+    """Spawn ``nprocs`` ranks on localhost running ``fn(group, *args)``; return results by rank.
+
+    ``fn`` must be picklable (a module-level function). Raises :class:`RankFailure` naming the
+    first rank that failed, after killing all ranks.
+    """
+    if not isinstance(nprocs, int) or nprocs < 1:
+        raise ValueError(f"nprocs must be a positive int, got {nprocs!r}")
+    if threads_per_rank is None:
+        threads_per_rank = max(1, (os.cpu_count() or 1) // nprocs)
+    ctx = mp.get_context("spawn")
+    queue = ctx.Queue()
+    port = free_port()
+    procs = [ctx.Process(target=_worker, daemon=True,
+                         args=(r, nprocs, port, backend, collective_timeout, threads_per_rank, fn,
+                               args, queue))
+             for r in range(nprocs)]
+    for p in procs:
+        p.start()
+    results: dict[int, Any] = {}
+    deadline = datetime.datetime.now() + datetime.timedelta(seconds=timeout)
+    try:
+        while len(results) < nprocs:
+            remaining = (deadline - datetime.datetime.now()).total_seconds()
+            if remaining <= 0:
+                missing = sorted(set(range(nprocs)) - set(results))
+                raise RankFailure(missing[0] if missing else None,
+                                  f"timed out after {timeout:.0f}s waiting for ranks {missing}")
+            try:
+                rank, status, payload = queue.get(timeout=min(remaining, 1.0))
+            except Exception:  # queue.Empty: check for ranks that died without reporting
+                for r, p in enumerate(procs):
+                    if r not in results and not p.is_alive() and queue.empty():
+                        raise RankFailure(r, f"rank {r} died with exit code {p.exitcode} "
+                                             "before reporting a result")
+                continue
+            if status == "error":
+                raise _root_cause(procs, results, rank, payload)
+            results[rank] = payload
+    finally:
+        for p in procs:
+            p.join(timeout=5 if len(results) == nprocs else 0.5)
+        for p in procs:
+            if p.is_alive():
+                p.kill()
+                p.join(timeout=5)
+        queue.close()
+    return [results[r] for r in range(nprocs)]

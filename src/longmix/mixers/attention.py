@@ -1,0 +1,1 @@
+"""attention family (to be written)."""

@@ -1,0 +1,1 @@
+"""conv family (to be written)."""

@@ -1,0 +1,1 @@
+"""fourier family (to be written)."""

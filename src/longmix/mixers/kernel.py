@@ -1,0 +1,1 @@
+"""kernel family (to be written)."""

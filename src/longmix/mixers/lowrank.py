@@ -1,0 +1,1 @@
+"""lowrank family (to be written)."""

@@ -1,0 +1,1 @@
+"""mlp family (to be written)."""

@@ -1,0 +1,1 @@
+"""sparse family (to be written)."""

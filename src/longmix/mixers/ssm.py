@@ -1,0 +1,1 @@
+"""ssm family (to be written)."""

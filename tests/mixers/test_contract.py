@@ -1,0 +1,122 @@
+"""The core test of the library: every registered mixer honours the TokenMixer contract.
+
+Fast path == literal formula in float64, causality by perturbation, the taxonomy tells the
+truth about input dependence, gradients flow, and bad input gets a clear ValueError.
+"""
+import pytest
+import torch
+
+from longmix import mixers
+
+DIM, HEADS, MAX_LEN, BATCH = 8, 2, 64, 2
+LENGTHS = (1, 7, 33, 64)
+NAMES = mixers.available()
+
+
+def causal_modes(name):
+    return (False, True) if mixers.get_class(name).taxonomy.causal else (False,)
+
+
+CASES = [(n, c) for n in NAMES for c in causal_modes(n)]
+
+
+def make(name, causal, seed=0):
+    torch.manual_seed(seed)
+    return mixers.build(name, DIM, heads=HEADS, causal=causal, max_len=MAX_LEN).double()
+
+
+def randn(length, seed=1):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(BATCH, length, DIM, generator=g, dtype=torch.float64)
+
+
+def rel_err(a, b):
+    return ((a - b).norm() / b.norm().clamp_min(1e-300)).item()
+
+
+def test_every_family_is_covered():
+    families = {mixers.get_class(n).taxonomy.family for n in NAMES}
+    assert families == set(mixers.FAMILIES)
+
+
+@pytest.mark.parametrize("name,causal", CASES)
+@pytest.mark.parametrize("length", LENGTHS)
+def test_fast_path_matches_reference(name, causal, length):
+    mixer = make(name, causal)
+    x = randn(length)
+    with torch.no_grad():
+        fast, literal = mixer(x), mixer.reference(x)
+    assert fast.shape == x.shape
+    assert rel_err(fast, literal) < 1e-8
+
+
+@pytest.mark.parametrize("name", [n for n, c in CASES if c])
+def test_causal_output_ignores_the_future(name):
+    mixer = make(name, causal=True)
+    x = randn(33)
+    with torch.no_grad():
+        before = mixer(x)
+        for t in (0, 10, 31):
+            x2 = x.clone()
+            x2[:, t + 1:] += torch.randn_like(x2[:, t + 1:])
+            after = mixer(x2)
+            assert torch.allclose(before[:, :t + 1], after[:, :t + 1], atol=1e-12, rtol=0), \
+                f"{name}: output at <= {t} changed when inputs after {t} changed"
+
+
+@pytest.mark.parametrize("name,causal", CASES)
+def test_taxonomy_input_dependence_is_true(name, causal):
+    mixer = make(name, causal)
+    try:
+        m1 = mixer.mixing_matrix(randn(16, seed=1))
+    except NotImplementedError:
+        assert mixer.taxonomy.family == "mlp", f"{name}: only nonlinear token mixing may skip this"
+        return
+    m2 = mixer.mixing_matrix(randn(16, seed=2))
+    assert m1.shape[0] == BATCH and m1.shape[-2:] == (16, 16)
+    same = torch.allclose(m1, m2, atol=1e-12, rtol=0)
+    assert same != mixer.taxonomy.input_dependent
+    if causal:
+        upper = torch.triu(torch.ones(16, 16, dtype=torch.bool), diagonal=1)
+        assert m1[..., upper].abs().max() == 0, f"{name}: causal mixing matrix has future entries"
+
+
+@pytest.mark.parametrize("name,causal", CASES)
+def test_gradients_flow(name, causal):
+    mixer = make(name, causal)
+    x = randn(33).requires_grad_()
+    mixer(x).square().sum().backward()
+    assert torch.isfinite(x.grad).all()
+    for pname, p in mixer.named_parameters():
+        assert p.grad is not None, f"{name}: parameter {pname} got no gradient"
+        assert torch.isfinite(p.grad).all(), f"{name}: parameter {pname} has a non-finite gradient"
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_bad_input_names_the_problem(name):
+    mixer = make(name, False)
+    with pytest.raises(ValueError, match="x"):
+        mixer(torch.randn(4, DIM, dtype=torch.float64))  # rank 2
+    with pytest.raises(ValueError, match="dim"):
+        mixer(torch.randn(1, 4, DIM + 1, dtype=torch.float64))  # wrong last dim
+    with pytest.raises(ValueError, match="max_len"):
+        mixer(torch.randn(1, MAX_LEN + 1, DIM, dtype=torch.float64))
+    with pytest.raises(ValueError, match="divisible by heads"):
+        mixers.build(name, 10, heads=3, max_len=MAX_LEN)
+
+
+def test_unknown_name_lists_valid_names():
+    with pytest.raises(ValueError, match="valid names: .*" + NAMES[0]):
+        mixers.build("no-such-mixer", 8)
+
+
+@pytest.mark.parametrize("name", [n for n in NAMES if not mixers.get_class(n).taxonomy.causal])
+def test_causal_request_rejected_when_unsupported(name):
+    with pytest.raises(ValueError, match="causal"):
+        mixers.build(name, DIM, heads=HEADS, causal=True, max_len=MAX_LEN)
+
+
+@pytest.mark.parametrize("name", [n for n in NAMES if mixers.get_class(n).requires_max_len])
+def test_max_len_required_when_weights_are_length_sized(name):
+    with pytest.raises(ValueError, match="max_len"):
+        mixers.build(name, DIM, heads=HEADS)
