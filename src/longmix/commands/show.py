@@ -1,9 +1,69 @@
-"""`longmix show` (to be written)."""
+"""`longmix show NAME|all`: draw mixing matrices to a PNG (plotting lives in longmix.viz)."""
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
 
 
 def add_arguments(parser):
-    pass
+    parser.add_argument("name", help="a mixer name (see `longmix mixers`), or 'all' for one panel per mixer")
+    parser.add_argument("--out", required=True, type=Path, help="PNG file to write")
+    parser.add_argument("--length", type=int, default=64, help="sequence length L (default 64)")
+    parser.add_argument("--dim", type=int, default=16, help="model width (default 16)")
+    parser.add_argument("--heads", type=int, default=2, help="heads / channel groups (default 2)")
+    parser.add_argument("--causal", action="store_true", help="build causal mixers (where possible)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the weights and the random input")
+    parser.add_argument("--option", "-o", action="append", default=[], metavar="KEY=VALUE",
+                        help="a constructor option of the mixer, e.g. -o window=8 (repeatable; not with 'all')")
 
 
-def run(args):
-    raise SystemExit("longmix show: not implemented yet")
+def parse_options(items: list[str]) -> dict:
+    """['window=8', 'bias=False'] -> {'window': 8, 'bias': False}; values are Python literals or strings."""
+    import ast
+
+    options = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.isidentifier():
+            raise ValueError(f"--option must look like KEY=VALUE, got {item!r}")
+        try:
+            options[key] = ast.literal_eval(value)
+        except (ValueError, SyntaxError):
+            options[key] = value
+    return options
+
+
+def _fail(message: str) -> int:
+    print(f"longmix show: error: {message}", file=sys.stderr)
+    return 2
+
+
+def run(args) -> int:
+    from longmix import mixers, viz
+
+    if args.name != "all" and args.name not in mixers.available():
+        return _fail(f"unknown mixer {args.name!r}; valid names: all, {', '.join(mixers.available())}")
+    if args.length < 1:
+        return _fail(f"--length must be >= 1, got {args.length}")
+    folder = args.out.parent if str(args.out.parent) else Path(".")
+    if not folder.is_dir():
+        return _fail(f"--out: {str(folder)!r} is not an existing directory")
+    target = args.out if args.out.exists() else folder
+    if not os.access(target, os.W_OK):
+        return _fail(f"--out: cannot write {str(args.out)!r}: permission denied")
+    settings = dict(length=args.length, dim=args.dim, heads=args.heads, causal=args.causal, seed=args.seed)
+    try:
+        options = parse_options(args.option)
+        if args.name == "all":
+            if options:
+                return _fail("--option applies to one mixer, not to 'all'")
+            path = viz.plot_all(args.out, **settings)
+        else:
+            path = viz.plot_mixer(args.name, args.out, options=options, **settings)
+    except ValueError as error:  # e.g. dim not divisible by heads: the mixer's own message
+        return _fail(str(error))
+    except OSError as error:  # e.g. a read-only file system, or root writing where it may not
+        return _fail(f"--out: cannot write {str(args.out)!r}: {error.strerror or error}")
+    print(f"wrote {path}")
+    return 0

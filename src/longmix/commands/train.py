@@ -1,9 +1,73 @@
-"""`longmix train` (to be written)."""
+"""`longmix train`: train one model on one task, with checkpoints and resume.
+
+    longmix train --task passkey --mixer softmax --context 256 --out runs/pk
+
+Rerun the same command to resume after an interruption; a finished run is not trained twice.
+"""
+from __future__ import annotations
+
+import sys
+
 
 
 def add_arguments(parser):
-    pass
+    a = parser.add_argument
+    a("--task", required=True, help="task name (see longmix.tasks.available())")
+    a("--mixer", required=True, help="mixer name (see `longmix mixers`)")
+    a("--context", type=int, required=True, help="tokens the model sees (the last C of each example)")
+    a("--steps", type=int, default=500, help="optimizer steps (default 500)")
+    a("--batch-size", type=int, default=32, help="examples per step (default 32)")
+    a("--dim", type=int, default=64, help="model width (default 64)")
+    a("--depth", type=int, default=2, help="number of blocks (default 2)")
+    a("--heads", type=int, default=1, help="mixer heads (default 1)")
+    a("--lr", type=float, default=1e-3, help="peak learning rate of AdamW (default 1e-3)")
+    a("--weight-decay", type=float, default=0.01, help="AdamW weight decay on matrices (default 0.01)")
+    a("--warmup", type=int, default=None, help="linear warmup steps (default: 10%% of --steps)")
+    a("--grad-clip", type=float, default=1.0, help="max gradient norm (default 1.0)")
+    a("--seed", type=int, default=0, help="seed of the task, the model and every RNG (default 0)")
+    a("--eval-every", type=int, default=100, help="evaluate on the valid split every N steps (default 100)")
+    a("--eval-batches", type=int, default=8, help="batches per evaluation (default 8)")
+    a("--eval-last", type=int, default=32,
+      help="lm tasks: score the last N positions at evaluation, the same for every context (default 32)")
+    a("--checkpoint-every", type=int, default=50, help="checkpoint every N steps (default 50)")
+    a("--positional", default="auto", choices=["auto", "sinusoidal", "learned", "none"],
+      help="positional information (default: by mixer family, see longmix.models.positional)")
+    a("--pool", default="auto", choices=["auto", "mean", "last"],
+      help="classification pooling (default: mean over non-pad tokens; last for causal models)")
+    a("--task-param", action="append", default=[], metavar="K=V", help="task parameter (repeatable)")
+    a("--mixer-option", action="append", default=[], metavar="K=V",
+      help="mixer constructor option (repeatable); max_len=N caps the context")
+    a("--out", default="runs/train", help="run directory: checkpoint.pt and results.jsonl (default runs/train)")
+    a("--device", default="cpu", help="cpu, cuda[:N] or auto (default cpu)")
+    a("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    a("--quiet", action="store_true", help="no progress bar or log lines")
 
 
-def run(args):
-    raise SystemExit("longmix train: not implemented yet")
+def config_from_args(args):
+    from ..train.config import TrainConfig, parse_pairs
+
+    return TrainConfig(
+        task=args.task, mixer=args.mixer, context=args.context, steps=args.steps,
+        batch_size=args.batch_size, dim=args.dim, depth=args.depth, heads=args.heads, lr=args.lr,
+        weight_decay=args.weight_decay, warmup=args.warmup, grad_clip=args.grad_clip, seed=args.seed,
+        eval_batches=args.eval_batches, eval_last=args.eval_last, positional=args.positional,
+        pool=args.pool, task_params=parse_pairs(args.task_param, "--task-param"),
+        mixer_options=parse_pairs(args.mixer_option, "--mixer-option"), out=args.out,
+        eval_every=args.eval_every, checkpoint_every=args.checkpoint_every, device=args.device,
+        threads=args.threads, progress=not args.quiet)
+
+
+def run(args) -> int:
+    import json
+
+    from ..train import train
+
+    try:
+        record = train(config_from_args(args))
+    except ValueError as err:
+        print(f"longmix train: error: {err}", file=sys.stderr)
+        return 2
+    summary = {k: record[k] for k in ("run_id", "task", "mixer", "context", "seed", "steps", "metric", "wall_s")}
+    summary["test"] = record["test"][record["metric"]]
+    print(json.dumps(summary))
+    return 0

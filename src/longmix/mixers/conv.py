@@ -1,1 +1,195 @@
-"""conv family (to be written)."""
+"""convolution family: long convolutions along the sequence, applied by FFT in O(L log L).
+
+* ``longconv``: one long filter per channel, y[:, c] = h_c * x[:, c]. Its mixing matrix is the
+  Toeplitz matrix of h_c (lower-triangular when causal), the same for every input.
+* ``hyena`` (Poli et al. 2023): the order-2 Hyena operator, y = x2 * (h * (x1 * v)) with
+  (v, x1, x2) projections of x, so the mixing matrix diag(x2) T_h diag(x1) depends on x.
+
+Filters are *implicit* (:class:`ImplicitFilter`): a small network of the lag, so one set of
+weights gives a filter of any length, with no max_len. Layout: x (batch, L, dim); kernels
+(lags, channels) as in :mod:`longmix.ops.fftconv`; mixing matrices (batch, channels, L, L).
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..ops.fftconv import fft_conv, toeplitz_matrix
+from .base import Taxonomy, TokenMixer
+from .registry import register
+
+
+class Sin(nn.Module):
+    """sin(w * x) with a learned frequency per feature (Hyena's filter activation)."""
+
+    def __init__(self, features: int, w: float = 1.0):
+        super().__init__()
+        self.freq = nn.Parameter(torch.full((features,), float(w)))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.sin(self.freq * x)
+
+
+class ImplicitFilter(nn.Module):
+    """Implicit long filter h_c(t) = g_c exp(-a_c |t|) FFN(PE(t))_c for integer lags t.
+
+    Follows Hyena's filter (Poli et al. 2023, Sec. 3.3: positional features -> FFN with sine
+    activations -> exponential-decay window), with one change: Hyena feeds positions normalized
+    by the sequence length, so its filter changes with L; here the features are of the absolute
+    lag, PE(t) = [cos(w_j t), sin(w_j t)], w_j = base^(-j / features) (the Transformer's
+    sinusoids), so a filter trained at one length is the same filter at any other. The decay
+    rates a_c are fixed (as Hyena's), spread log-uniformly over channels so that the window
+    falls to 1e-2 between ``min_reach`` and ``max_reach`` lags: some channels stay local, some
+    see a million tokens. Each window is scaled to unit energy over t >= 0, so the output scale
+    does not grow with the reach (the concern behind the kernel regularization of Fu et al.
+    2023). Signed lags (two-sided filters) are told apart by the sines.
+
+    Args:
+        channels: number of filters C.
+        features: number of sinusoid frequencies (2 * features inputs to the FFN).
+        hidden: FFN width.
+        min_reach, max_reach: lags at which the fastest / slowest window reaches 1e-2.
+        base: the longest sinusoid period is about 2 pi base lags.
+    """
+
+    def __init__(self, channels: int, features: int = 8, hidden: int = 32,
+                 min_reach: float = 16.0, max_reach: float = 2.0 ** 20, base: float = 1e4):
+        super().__init__()
+        for name, value in (("channels", channels), ("features", features), ("hidden", hidden)):
+            if not isinstance(value, int) or value < 1:
+                raise ValueError(f"ImplicitFilter: {name} must be a positive int, got {value!r}")
+        if not 0 < min_reach <= max_reach:
+            raise ValueError(f"ImplicitFilter: need 0 < min_reach <= max_reach, got {min_reach}, {max_reach}")
+        self.channels = channels
+        self.register_buffer("freqs", base ** (-torch.arange(features) / features))
+        reach = torch.logspace(math.log10(min_reach), math.log10(max_reach), channels)
+        decay = math.log(100.0) / reach  # exp(-decay * reach) = 1e-2
+        self.register_buffer("decay", decay)
+        # sum_{t >= 0} (gain exp(-decay t))^2 = 1: the output scale does not grow with the reach
+        self.register_buffer("gain", torch.sqrt(-torch.expm1(-2 * decay)))
+        self.ffn = nn.Sequential(nn.Linear(2 * features, hidden), Sin(hidden),
+                                 nn.Linear(hidden, hidden), Sin(hidden),
+                                 nn.Linear(hidden, channels))
+
+    def forward(self, length: int, causal: bool) -> torch.Tensor:
+        """The kernel for sequences of ``length``: (L, C) over lags 0..L-1 if ``causal``,
+        else (2L-1, C) over lags -(L-1)..L-1 (the layout of :func:`longmix.ops.fftconv.fft_conv`)."""
+        first = 0 if causal else -(length - 1)
+        t = torch.arange(first, length, dtype=self.freqs.dtype, device=self.freqs.device)
+        angle = t[:, None] * self.freqs
+        h = self.ffn(torch.cat([angle.cos(), angle.sin()], dim=-1))  # (lags, C)
+        return h * (self.gain * torch.exp(-t.abs()[:, None] * self.decay))
+
+
+def _channels_matrix(t: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+    """Apply per-channel L x L matrices t (C, L, L) or (b, C, L, L) to u (b, L, C)."""
+    eq = "cts,bsc->btc" if t.dim() == 3 else "bcts,bsc->btc"
+    return torch.einsum(eq, t, u)
+
+
+@register("longconv")
+class LongConv(TokenMixer):
+    """A learned long convolution per channel, y[:, c] = h_c * x[:, c], by zero-padded FFT.
+
+    Causal: h_c over lags 0..L-1 (lower-triangular Toeplitz). Non-causal: two-sided h_c over
+    lags -(L-1)..L-1. The filter is implicit (Hyena-style, :class:`ImplicitFilter`) rather than
+    one weight per lag (Fu et al. 2023), so any length works without ``max_len``.
+
+    Mixing matrix: groups = channels (``dim``), the Toeplitz matrix T_c[t, s] = h_c(t - s).
+    ``heads`` is accepted for the common interface but unused: every channel has its own filter.
+
+    Args:
+        filter_features, filter_hidden, min_reach, max_reach: see :class:`ImplicitFilter`.
+    """
+
+    taxonomy = Taxonomy("convolution", learned=True, input_dependent=False, causal=True,
+                        time="O(L log L)", memory="O(L)")
+
+    def __init__(self, dim: int, heads: int = 1, causal: bool = False, max_len: int | None = None,
+                 filter_features: int = 8, filter_hidden: int = 32,
+                 min_reach: float = 16.0, max_reach: float = 2.0 ** 20):
+        super().__init__(dim, heads=heads, causal=causal, max_len=max_len)
+        self.filter = ImplicitFilter(dim, filter_features, filter_hidden, min_reach, max_reach)
+
+    def _forward(self, x: torch.Tensor) -> torch.Tensor:
+        return fft_conv(x, self.filter(x.shape[1], self.causal), causal=self.causal)
+
+    def _toeplitz(self, length: int) -> torch.Tensor:
+        return toeplitz_matrix(self.filter(length, self.causal), length, causal=self.causal)
+
+    def _reference(self, x: torch.Tensor) -> torch.Tensor:
+        return _channels_matrix(self._toeplitz(x.shape[1]), x)
+
+    def _mixing_matrix(self, x: torch.Tensor) -> torch.Tensor:
+        return self._toeplitz(x.shape[1]).expand(x.shape[0], -1, -1, -1)
+
+
+@register("hyena")
+class Hyena(TokenMixer):
+    """Hyena operator of order 2 (Poli et al. 2023): y = W_out (x2 * (h * (x1 * v))).
+
+    (v, x1, x2) = S(x W_in + b): a linear projection to 3 * dim channels followed by Hyena's
+    short depthwise convolution S (``short_kernel`` taps, no bias). In causal mode S is causal
+    (padded on the left only, as in the Hyena code) and h runs over lags 0..L-1; otherwise S is
+    centred and h is two-sided. h is an :class:`ImplicitFilter`, one per channel. Hyena's
+    extra per-channel skip term (``u * D`` inside its fftconv) is left out.
+
+    Mixing matrix, groups = channels: M_c = diag(x2_c) T_c diag(x1_c) S_c, the full operator from
+    the value projection (x W_in + b)[:, :dim] to the output before W_out; it depends on x
+    through the gates x1, x2. ``heads`` is accepted but unused.
+
+    Args:
+        short_kernel: taps of the short convolution (odd; 1 makes it a per-channel scale).
+        filter_features, filter_hidden, min_reach, max_reach: see :class:`ImplicitFilter`.
+    """
+
+    taxonomy = Taxonomy("convolution", learned=True, input_dependent=True, causal=True,
+                        time="O(L log L)", memory="O(L)")
+
+    def __init__(self, dim: int, heads: int = 1, causal: bool = False, max_len: int | None = None,
+                 short_kernel: int = 3, filter_features: int = 8, filter_hidden: int = 32,
+                 min_reach: float = 16.0, max_reach: float = 2.0 ** 20):
+        super().__init__(dim, heads=heads, causal=causal, max_len=max_len)
+        if not isinstance(short_kernel, int) or short_kernel < 1 or short_kernel % 2 == 0:
+            raise ValueError(f"Hyena: short_kernel must be a positive odd int, got {short_kernel!r}")
+        self.in_proj = nn.Linear(dim, 3 * dim)
+        self.short = nn.Conv1d(3 * dim, 3 * dim, short_kernel, groups=3 * dim, bias=False)
+        self.filter = ImplicitFilter(dim, filter_features, filter_hidden, min_reach, max_reach)
+        self.out_proj = nn.Linear(dim, dim)
+
+    def _short_conv(self, u: torch.Tensor) -> torch.Tensor:
+        """Depthwise short conv of u (b, L, 3 dim), causal or centred, same length out."""
+        k = self.short.kernel_size[0]
+        pad = (k - 1, 0) if self.causal else ((k - 1) // 2, (k - 1) // 2)
+        return self.short(F.pad(u.mT, pad)).mT
+
+    def _short_lags(self) -> torch.Tensor:
+        """The short conv as a lag kernel (taps, 3 dim) for toeplitz_matrix: Conv1d is a
+        cross-correlation, so tap j sits at lag (k - 1 - j) causally, ((k-1)/2 - j) centred."""
+        return self.short.weight[:, 0, :].flip(-1).T
+
+    def _forward(self, x: torch.Tensor) -> torch.Tensor:
+        v, x1, x2 = self._short_conv(self.in_proj(x)).chunk(3, dim=-1)
+        y = x2 * fft_conv(x1 * v, self.filter(x.shape[1], self.causal), causal=self.causal)
+        return self.out_proj(y)
+
+    def _operator(self, x: torch.Tensor):
+        """(M, v_proj): M (b, dim, L, L) = diag(x2) T diag(x1) S_v with every matrix materialized."""
+        length = x.shape[1]
+        proj = self.in_proj(x)  # (b, L, 3 dim)
+        s = toeplitz_matrix(self._short_lags(), length, causal=self.causal)  # (3 dim, L, L)
+        _, x1, x2 = _channels_matrix(s, proj).chunk(3, dim=-1)
+        t = toeplitz_matrix(self.filter(length, self.causal), length, causal=self.causal)  # (dim, L, L)
+        s_v = s[:self.dim]
+        m = x2.mT[..., :, None] * (t * x1.mT[..., None, :]) @ s_v  # diag(x2) T diag(x1) S_v
+        return m, proj[..., :self.dim]
+
+    def _reference(self, x: torch.Tensor) -> torch.Tensor:
+        m, v_proj = self._operator(x)
+        return self.out_proj(_channels_matrix(m, v_proj))
+
+    def _mixing_matrix(self, x: torch.Tensor) -> torch.Tensor:
+        return self._operator(x)[0]

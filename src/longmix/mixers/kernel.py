@@ -1,1 +1,101 @@
-"""kernel family (to be written)."""
+"""kernel family: attention weights w_ts = phi(q_t) . phi(k_s) for a positive feature map phi.
+
+Then out_t = sum_s w_ts v_s / sum_s w_ts factors through sums of phi(k_s) v_s^T, so the fast path
+(:func:`longmix.ops.linear_attention.linear_attention`) costs O(L) time and memory, causal via
+chunked prefix sums. The literal path materializes the L x L matrix phi(Q) phi(K)^T, masks it,
+and normalizes its rows.
+
+* ``linear``: phi(x) = elu(x) + 1 (Katharopoulos et al. 2020, "Transformers are RNNs").
+* ``performer``: FAVOR+ positive orthogonal random features (Choromanski et al. 2021), an unbiased
+  estimate of softmax attention's exp(q . k / sqrt(d)).
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+
+from ..ops.feature_maps import elu_feature_map, orthogonal_gaussian_projection, positive_random_features
+from ..ops.linear_attention import linear_attention
+from .base import Taxonomy
+from .qkv import QKVMixer
+from .registry import register
+
+
+class KernelAttention(QKVMixer):
+    """Shared by kernel mixers: subclasses define ``_features(q, k) -> (phi_q, phi_k)``.
+
+    Args:
+        chunk_size: positions per chunk of the causal prefix sums (memory vs. speed only).
+        bias: bias in the q/k/v/out projections.
+    """
+
+    def __init__(self, dim: int, heads: int = 1, causal: bool = False, max_len: int | None = None,
+                 chunk_size: int = 128, bias: bool = True):
+        super().__init__(dim, heads=heads, causal=causal, max_len=max_len, bias=bias)
+        if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
+            raise ValueError(f"{type(self).__name__}: chunk_size must be a positive int, got {chunk_size!r}")
+        self.chunk_size = chunk_size
+
+    def _features(self, q: torch.Tensor, k: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        raise NotImplementedError
+
+    def _attend(self, q, k, v):
+        return linear_attention(*self._features(q, k), v, causal=self.causal, chunk_size=self.chunk_size)
+
+    def _attention_matrix(self, q, k):
+        phi_q, phi_k = self._features(q, k)
+        weights = torch.einsum("bthf,bshf->bhts", phi_q, phi_k)
+        if self.causal:
+            weights = weights.tril()
+        # Same guard as the fast path: an all-underflowed row gives zeros, not 0 / 0.
+        return weights / weights.sum(-1, keepdim=True).clamp_min(torch.finfo(weights.dtype).tiny)
+
+
+@register("linear")
+class LinearAttention(KernelAttention):
+    """Linear attention with phi(x) = elu(x) + 1 (Katharopoulos et al. 2020)."""
+
+    taxonomy = Taxonomy(family="kernel", learned=True, input_dependent=True, causal=True,
+                        time="O(L)", memory="O(L)")
+
+    def _features(self, q, k):
+        return elu_feature_map(q), elu_feature_map(k)
+
+
+@register("performer")
+class Performer(KernelAttention):
+    """Performer: FAVOR+ positive orthogonal random features (Choromanski et al. 2021).
+
+    The projection W (features, head_dim) is drawn once at construction from torch's global RNG
+    (seed it with ``torch.manual_seed``) and kept as a buffer, so forward is deterministic and
+    saved with the state dict. All heads share W.
+
+    Args:
+        features: number m of random features; default max(16, ceil(d ln d)) with d = head_dim,
+            the order the paper's approximation bound asks for.
+    """
+
+    taxonomy = Taxonomy(family="kernel", learned=True, input_dependent=True, causal=True,
+                        time="O(L)", memory="O(L)")
+
+    def __init__(self, dim: int, heads: int = 1, causal: bool = False, max_len: int | None = None,
+                 features: int | None = None, chunk_size: int = 128, bias: bool = True):
+        super().__init__(dim, heads=heads, causal=causal, max_len=max_len, chunk_size=chunk_size, bias=bias)
+        d = self.head_dim
+        if features is None:
+            features = max(16, math.ceil(d * math.log(d)))
+        if isinstance(features, bool) or not isinstance(features, int) or features < 1:
+            raise ValueError(f"Performer: features must be a positive int or None, got {features!r}")
+        self.features = features
+        self.register_buffer("projection", orthogonal_gaussian_projection(features, d))
+
+    def _features(self, q, k):
+        # exp(q . k / sqrt(d)) = exp(q' . k') with q' = q d^-1/4, k' = k d^-1/4.
+        scale = self.head_dim ** -0.25
+        phi_q = positive_random_features(q * scale, self.projection, stabilize_rows=True)
+        phi_k = positive_random_features(k * scale, self.projection)
+        return phi_q, phi_k
+
+    def extra_repr(self) -> str:
+        return super().extra_repr() + f", features={self.features}"

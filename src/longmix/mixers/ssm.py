@@ -1,1 +1,287 @@
-"""ssm family (to be written)."""
+"""ssm family: state space models as token mixers.
+
+* ``s4d``: a diagonal, linear time-invariant SSM per channel (Gu et al. 2022, "On the
+  Parameterization and Initialization of Diagonal State Space Models"; after the standalone
+  ``s4d.py`` of state-spaces/s4). Its token mixing is a long convolution whose kernel comes
+  from a Vandermonde product: a Toeplitz mixing matrix, the same for every input.
+* ``mamba``: the selective SSM (S6) block of Mamba (Gu & Dao 2023): Δ, B, C are projections of
+  the input, so the mixing matrix is an input-dependent lower-triangular semiseparable matrix.
+
+Neither uses heads: every channel carries its own SSM. ``heads`` is accepted (and must divide
+``dim``, as for every mixer) but ignored; ``uses_heads = False`` tells benchmarks so.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..ops.fftconv import fft_conv, toeplitz_matrix
+from ..ops.scan import selective_scan, selective_scan_matrix
+from ..ops.vandermonde import log_vandermonde, vandermonde_matrix
+from .base import Taxonomy, TokenMixer
+from .registry import register
+
+
+def _positive_int(owner: str, label: str, value, minimum: int = 1) -> None:
+    if not isinstance(value, int) or value < minimum:
+        raise ValueError(f"{owner}: {label} must be an int >= {minimum}, got {value!r}")
+
+
+def _check_dt_range(owner: str, dt_min, dt_max) -> None:
+    if not (0 < dt_min <= dt_max):
+        raise ValueError(f"{owner}: need 0 < dt_min <= dt_max, got dt_min={dt_min}, dt_max={dt_max}")
+
+
+def _log_uniform(n: int, low: float, high: float) -> torch.Tensor:
+    return torch.rand(n) * (math.log(high) - math.log(low)) + math.log(low)
+
+
+@register("s4d")
+class S4D(TokenMixer):
+    """S4D: per channel h, a diagonal complex SSM x' = A x + B u, y = 2 Re(C x) + D u.
+
+    Continuous parameters (S4D-Lin init): A_n = -1/2 + i pi n for n < d_state/2 (the other half
+    of the poles are the complex conjugates, hence the 2 Re), B = 1 (folded into C), C ~ CN(0, 1),
+    dt log-uniform in [dt_min, dt_max]. Zero-order hold gives Abar = exp(dt A),
+    Bbar = (exp(dt A) - 1) / A and the convolution kernel
+
+        K[l] = 2 Re( sum_n C_n Bbar_n Abar_n^l ),   l = 0 .. L-1,
+
+    a Vandermonde product (:func:`~longmix.ops.vandermonde.log_vandermonde`), applied by FFT
+    convolution in O(L log L) for any L (no max_len needed).
+
+    ``causal=False`` is bidirectional as S4's ``bidirectional=True``: a second C (sharing A and
+    dt) gives an anti-causal kernel K', and y_t = sum_{s<=t} K[t-s] u_s + sum_{s>t} K'[s-t-1] u_s
+    + D u_t.
+
+    Token mixing only: the GELU and output GLU of S4D's block are channel mixing and belong to
+    the model block. x (batch, L, dim) -> (batch, L, dim).
+
+    Args:
+        d_state: N, the state size per channel (even: N/2 complex poles and their conjugates).
+        dt_min, dt_max: range of the initial step sizes.
+    """
+
+    taxonomy = Taxonomy(family="ssm", learned=True, input_dependent=False, causal=True,
+                        time="O(L log L)", memory="O(L)")
+    uses_heads = False
+
+    def __init__(self, dim: int, heads: int = 1, causal: bool = False, max_len: int | None = None,
+                 d_state: int = 64, dt_min: float = 1e-3, dt_max: float = 1e-1):
+        super().__init__(dim, heads=heads, causal=causal, max_len=max_len)
+        _positive_int("S4D", "d_state", d_state, minimum=2)
+        if d_state % 2:
+            raise ValueError(f"S4D: d_state must be even (conjugate pairs of poles), got {d_state}")
+        _check_dt_range("S4D", dt_min, dt_max)
+        modes = d_state // 2
+        directions = 1 if causal else 2
+        self.log_dt = nn.Parameter(_log_uniform(dim, dt_min, dt_max))
+        self.log_A_real = nn.Parameter(torch.full((dim, modes), math.log(0.5)))
+        self.A_imag = nn.Parameter(math.pi * torch.arange(modes, dtype=torch.float32).repeat(dim, 1))
+        # C stored as real pairs so that .double()/.float() convert it like every other parameter.
+        self.C = nn.Parameter(torch.view_as_real(torch.randn(directions, dim, modes, dtype=torch.cfloat)))
+        self.D = nn.Parameter(torch.randn(dim))
+
+    def discretize(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """ZOH discretization: (dtA (dim, N/2) = log Abar, Bbar (dim, N/2), C (directions, dim, N/2))."""
+        dt = self.log_dt.exp()
+        A = torch.complex(-self.log_A_real.exp(), self.A_imag)
+        dtA = A * dt.unsqueeze(-1)
+        Bbar = (dtA.exp() - 1) / A
+        return dtA, Bbar, torch.view_as_complex(self.C)
+
+    def kernel(self, length: int) -> torch.Tensor:
+        """The SSM convolution kernels (directions, dim, L) by the (chunked) Vandermonde product."""
+        dtA, Bbar, C = self.discretize()
+        return log_vandermonde(C * Bbar, dtA, length)
+
+    @staticmethod
+    def _lags(k: torch.Tensor) -> tuple[torch.Tensor, bool]:
+        """Kernels (directions, dim, L) -> (lags, dim) in ``ops.fftconv``'s layout, and causal flag."""
+        if k.shape[0] == 1:
+            return k[0].T, True
+        # two-sided: lags -(L-1)..-1 hold K'[L-2]..K'[0] (s > t uses K'[s-t-1]), lags 0..L-1 hold K
+        return torch.cat([k[1, :, :-1].flip(-1), k[0]], dim=-1).T, False
+
+    def _forward(self, x):
+        lags, causal = self._lags(self.kernel(x.shape[1]))
+        return fft_conv(x, lags.to(x.dtype), causal=causal) + x * self.D
+
+    def _toeplitz(self, length: int) -> torch.Tensor:
+        """The literal mixing matrix (dim, L, L): Vandermonde matrix -> kernel -> Toeplitz + D I."""
+        dtA, Bbar, C = self.discretize()
+        V = vandermonde_matrix(dtA.exp(), length)  # (dim, N/2, L): Abar^l by repeated products
+        k = 2 * torch.einsum("cdn,dnl->cdl", C * Bbar, V).real
+        lags, causal = self._lags(k)
+        eye = torch.eye(length, dtype=k.dtype, device=k.device)
+        return toeplitz_matrix(lags, length, causal=causal) + self.D[:, None, None] * eye
+
+    def _reference(self, x):
+        return torch.einsum("dts,bsd->btd", self._toeplitz(x.shape[1]), x)
+
+    def _mixing_matrix(self, x):
+        return self._toeplitz(x.shape[1]).expand(x.shape[0], -1, -1, -1)
+
+    def recurrence(self, x: torch.Tensor) -> torch.Tensor:
+        """The same operator run as a recurrence, one position at a time (O(L) sequential steps):
+
+            h_t = Abar h_{t-1} + Bbar u_t,  y_t = 2 Re(C h_t) + D u_t
+
+        plus, when not causal, the backward recurrence g_t = Abar g_{t+1} + Bbar u_{t+1} read out
+        by the second C. An independent cross-check of the convolution; x (batch, L, dim).
+        """
+        self.check_input(x)
+        dtA, Bbar, C = self.discretize()
+        Abar, u = dtA.exp(), x.to(dtA.dtype).unsqueeze(-1)  # u: (batch, L, dim, 1)
+        h = torch.zeros_like(u[:, 0] * Abar)
+        ys = []
+        for t in range(x.shape[1]):
+            h = Abar * h + Bbar * u[:, t]
+            ys.append(2 * (C[0] * h).sum(-1).real)
+        y = torch.stack(ys, dim=1)
+        if not self.causal:
+            g, back = torch.zeros_like(h), []
+            for t in reversed(range(x.shape[1])):
+                back.append(2 * (C[1] * g).sum(-1).real)
+                g = Abar * g + Bbar * u[:, t]
+            y = y + torch.stack(back[::-1], dim=1)
+        return y + x * self.D
+
+
+class _SelectiveParams(nn.Module):
+    """Δ, B, C from the input and A = -exp(A_log): one direction of Mamba's S6 (as mamba_simple)."""
+
+    def __init__(self, d_inner: int, d_state: int, dt_rank: int, dt_min: float, dt_max: float):
+        super().__init__()
+        self.dt_rank, self.d_state = dt_rank, d_state
+        self.x_proj = nn.Linear(d_inner, dt_rank + 2 * d_state, bias=False)
+        self.dt_proj = nn.Linear(dt_rank, d_inner, bias=True)
+        nn.init.uniform_(self.dt_proj.weight, -dt_rank ** -0.5, dt_rank ** -0.5)
+        dt = _log_uniform(d_inner, dt_min, dt_max).exp().clamp_min(1e-4)
+        with torch.no_grad():  # bias = softplus^-1(dt), so that softplus(dt_proj(0)) = dt at init
+            self.dt_proj.bias.copy_(dt + torch.log(-torch.expm1(-dt)))
+        # S4D-Real init: A[d, n] = -(n + 1)
+        self.A_log = nn.Parameter(torch.log(torch.arange(1, d_state + 1, dtype=torch.float32)).repeat(d_inner, 1))
+
+    def forward(self, u):
+        """u (batch, L, d_inner) -> delta (batch, L, d_inner), A (d_inner, N), B, C (batch, L, N)."""
+        dt, B, C = self.x_proj(u).split([self.dt_rank, self.d_state, self.d_state], dim=-1)
+        return F.softplus(self.dt_proj(dt)), -self.A_log.exp(), B, C
+
+
+@register("mamba")
+class Mamba(TokenMixer):
+    """Mamba's block around a selective SSM (S6), x (batch, L, dim) -> (batch, L, dim).
+
+        u, z = in_proj(x);  u = silu(causal depthwise conv(u));  y = SSM(u) + D u
+        out  = out_proj(y * silu(z))
+
+    SSM(u) per inner channel d and state n: h_t = exp(Δ_t A) h_{t-1} + Δ_t B_t u_t,
+    y_t = C_t . h_t, with Δ_t = softplus(dt_proj(.)), B_t, C_t projections of u_t. The fast path
+    is the chunked scan :func:`~longmix.ops.scan.selective_scan` (O(L) time, memory bounded per
+    block of chunks); the reference materializes the scan's (L, L) matrix. Training through the
+    fast path relies on autograd, which keeps every block's states: O(L d_inner d_state) memory
+    in the backward pass (no fused kernel with recomputation, as Mamba's CUDA scan has).
+
+    ``causal=False`` runs a bidirectional selective SSM (as in Vision Mamba): a second set of
+    Δ/B/C projections and A scans the reversed sequence and the two outputs are added (the
+    diagonal, i.e. position t's own input, enters through both scans and D). The short conv
+    stays causal in both modes, so both scans read the same u.
+
+    ``mixing_matrix(x)`` is (batch, d_inner, L, L), one group per inner channel:
+    M[t, s] = C_t^T (prod_{r=s+1..t} exp(Δ_r A)) Δ_s B_s (+ its reversed twin) + D on the
+    diagonal. It is the operator the SSM applies to u, ``ssm(u) == M u``; the in/out projections,
+    the conv and the gate around it are channel-wise or pointwise-nonlinear and not included.
+
+    Args:
+        d_state: N, the state size per channel.
+        expand: d_inner = expand * dim.
+        d_conv: width of the causal depthwise conv before the SSM; 0 removes it.
+        dt_rank: rank of the Δ projection, default ceil(dim / 16).
+        chunk_size, block_chunks: tiling of :func:`~longmix.ops.scan.selective_scan`.
+    """
+
+    taxonomy = Taxonomy(family="ssm", learned=True, input_dependent=True, causal=True,
+                        time="O(L)", memory="O(L)")
+    uses_heads = False
+
+    def __init__(self, dim: int, heads: int = 1, causal: bool = False, max_len: int | None = None,
+                 d_state: int = 16, expand: int = 2, d_conv: int = 4, dt_rank: int | None = None,
+                 dt_min: float = 1e-3, dt_max: float = 1e-1, chunk_size: int = 8, block_chunks: int = 64):
+        super().__init__(dim, heads=heads, causal=causal, max_len=max_len)
+        dt_rank = math.ceil(dim / 16) if dt_rank is None else dt_rank
+        for label, value, low in (("d_state", d_state, 1), ("expand", expand, 1), ("d_conv", d_conv, 0),
+                                  ("dt_rank", dt_rank, 1), ("chunk_size", chunk_size, 1),
+                                  ("block_chunks", block_chunks, 1)):
+            _positive_int("Mamba", label, value, minimum=low)
+        _check_dt_range("Mamba", dt_min, dt_max)
+        self.d_inner, self.d_state = expand * dim, d_state
+        self.chunk_size, self.block_chunks = chunk_size, block_chunks
+        self.in_proj = nn.Linear(dim, 2 * self.d_inner, bias=False)
+        self.conv = (nn.Conv1d(self.d_inner, self.d_inner, d_conv, groups=self.d_inner, padding=d_conv - 1)
+                     if d_conv else None)
+        directions = 1 if causal else 2
+        self.selective = nn.ModuleList(
+            _SelectiveParams(self.d_inner, d_state, dt_rank, dt_min, dt_max) for _ in range(directions))
+        self.D = nn.Parameter(torch.ones(self.d_inner))
+        self.out_proj = nn.Linear(self.d_inner, dim, bias=False)
+
+    # -- the three stages: ssm_input -> ssm -> output ----------------------------------------
+    def ssm_input(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """x (batch, L, dim) -> (u, z), both (batch, L, d_inner): the SSM input and the gate."""
+        u, z = self.in_proj(x).chunk(2, dim=-1)
+        if self.conv is not None:  # padding d_conv-1 on both sides; keeping the first L is causal
+            u = self.conv(u.transpose(1, 2))[..., :x.shape[1]].transpose(1, 2)
+        return F.silu(u), z
+
+    def ssm(self, u: torch.Tensor, scan=None) -> torch.Tensor:
+        """The token mixing: u (batch, L, d_inner) -> (batch, L, d_inner), equal to M u.
+
+        ``scan`` defaults to the chunked :func:`selective_scan`; tests pass the sequential one.
+        """
+        if scan is None:
+            def scan(*args):
+                return selective_scan(*args, chunk_size=self.chunk_size, block_chunks=self.block_chunks)
+        y = u * self.D
+        for direction, params in enumerate(self.selective):
+            v = u if direction == 0 else u.flip(1)
+            out = scan(v, *params(v))
+            y = y + (out if direction == 0 else out.flip(1))
+        return y
+
+    def output(self, y: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        return self.out_proj(y * F.silu(z))
+
+    def _forward(self, x):
+        u, z = self.ssm_input(x)
+        return self.output(self.ssm(u), z)
+
+    def _matrix(self, u: torch.Tensor) -> torch.Tensor:
+        """(batch, d_inner, L, L) with ssm(u) == einsum('bdts,bsd->btd', M, u)."""
+        eye = torch.eye(u.shape[1], dtype=u.dtype, device=u.device)
+        m = self.D[:, None, None] * eye
+        for direction, params in enumerate(self.selective):
+            v = u if direction == 0 else u.flip(1)
+            md = selective_scan_matrix(*params(v))  # params: (delta, A, B, C)
+            m = m + (md if direction == 0 else md.flip(-1, -2))
+        return m
+
+    def _conv_matrix(self, length: int) -> torch.Tensor:
+        """The causal depthwise conv as banded Toeplitz matrices (d_inner, L, L)."""
+        w = self.conv.weight[:, 0]  # (d_inner, d_conv); Conv1d correlates: lag j uses w[d_conv-1-j]
+        return toeplitz_matrix(w.flip(-1).T, length, causal=True)
+
+    def _reference(self, x):
+        # Literal path: projections as matmuls, the conv and the scan as materialized L x L matrices.
+        u, z = self.in_proj(x).chunk(2, dim=-1)
+        if self.conv is not None:
+            u = torch.einsum("dts,bsd->btd", self._conv_matrix(x.shape[1]), u) + self.conv.bias
+        u = F.silu(u)
+        y = torch.einsum("bdts,bsd->btd", self._matrix(u), u)
+        return self.output(y, z)
+
+    def _mixing_matrix(self, x):
+        return self._matrix(self.ssm_input(x)[0])

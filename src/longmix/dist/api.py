@@ -1,0 +1,88 @@
+"""``longmix.dist.attention``: exact multi-head attention over a sequence sharded across ranks."""
+from __future__ import annotations
+
+import torch
+import torch.distributed as dist
+
+from .layout import all_segments
+from .plan import plan
+from .stats import CommStats
+from .validate import check_strategy, validate
+
+
+def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal: bool = False,
+              group=None, strategy: str = "auto", layout: str = "contiguous",
+              scale: float | None = None, window: int | None = None,
+              stats: CommStats | None = None, hybrid_size: int | None = None) -> torch.Tensor:
+    """Exact softmax attention of a sequence split over the ranks of ``group``.
+
+    Args:
+        q: (batch, local_len, heads, head_dim), this rank's rows of the queries.
+        k, v: (batch, local_len, kv_heads, head_dim), this rank's rows of keys and values;
+            ``kv_heads`` divides ``heads`` (grouped-query attention; K/V are never repeated on
+            the wire).
+        causal: position t attends to positions <= t of the *global* sequence.
+        group: the process group; None means the default group. If torch.distributed is not
+            initialized, the call runs on this process alone.
+        strategy: ``"shuffle"`` (all-to-all to head shards, local attention, all-to-all back;
+            needs P | heads and P | kv_heads or kv_heads | P), ``"ring"`` (K/V blocks circulate,
+            any head count), ``"hybrid"`` (shuffle in groups of ``hybrid_size`` ranks, ring across
+            groups) or ``"auto"`` (the cost model :func:`longmix.dist.plan` picks).
+        layout: which rows each rank holds: ``"contiguous"`` or ``"zigzag"`` (see
+            :mod:`longmix.dist.layout`; ``shard``/``unshard`` convert).
+        scale: softmax scale; default 1/sqrt(head_dim).
+        window: sliding-window size (shuffle only; semantics of ``longmix.ops.attention_with_lse``).
+        stats: a :class:`CommStats` that accumulates the bytes this rank sends and receives,
+            in the forward and, when it runs, the backward pass.
+        hybrid_size: u for ``strategy="hybrid"`` only (a divisor of P); default: the planner's
+            best proper divisor.
+
+    Returns:
+        (batch, local_len, heads, head_dim): this rank's rows of the output. Differentiable
+        with respect to q, k and v under every strategy.
+
+    Every rank checks the arguments of every other rank first (one small all-gather), so bad or
+    inconsistent arguments raise the same ``ValueError`` on all ranks instead of hanging. A rank
+    that never arrives makes the others fail after the process group's timeout: pass
+    ``timeout=`` to ``init_process_group``. Like any collective, the call (and its backward,
+    which communicates too) must be made by every rank of the group, in the same order.
+    """
+    problem = validate(q, k, v, causal=causal, group=group, strategy=strategy, layout=layout,
+                       scale=scale, window=window, hybrid_size=hybrid_size)
+    p = problem.world_size
+    if strategy == "hybrid" and hybrid_size is None and p == 1:
+        hybrid_size = 1
+    if strategy == "auto" or (strategy == "hybrid" and hybrid_size is None):
+        chosen = plan(seq_len=problem.seq_len, heads=problem.heads, kv_heads=problem.kv_heads,
+                      head_dim=problem.head_dim, world_size=p, dtype=problem.dtype, causal=causal,
+                      layout=layout, batch=problem.batch, window=window,
+                      device=problem.device_type)
+        if strategy == "auto":
+            strategy, hybrid_size = chosen.strategy, chosen.hybrid_size
+        else:
+            option = chosen.option("hybrid")
+            if not option.feasible:
+                raise ValueError(f"strategy='hybrid' found no group size: {option.note}; pass "
+                                 f"hybrid_size= (a divisor of {p}) or use another strategy")
+            hybrid_size = option.hybrid_size
+    check_strategy(strategy, problem, window=window, hybrid_size=hybrid_size)
+    if p == 1:  # every strategy is the local op on one process
+        from longmix.ops import attention_with_lse
+
+        return attention_with_lse(q, k, v, causal=causal, scale=scale, window=window)[0]
+    group = dist.group.WORLD if group is None else group
+    segs = all_segments(problem.seq_len, p, layout)
+    if strategy == "shuffle":
+        from .shuffle import shuffle_attention
+
+        return shuffle_attention(q, k, v, segments=segs, causal=causal, group=group, scale=scale,
+                                 window=window, stats=stats)
+    if strategy == "ring":
+        from .ring import ring_attention
+
+        return ring_attention(q, k, v, segments=segs, causal=causal, group=group, scale=scale,
+                              stats=stats)
+    from .hybrid import hybrid_attention
+
+    return hybrid_attention(q, k, v, segments=segs, causal=causal, group=group,
+                            hybrid_size=hybrid_size, scale=scale, stats=stats)

@@ -1,0 +1,140 @@
+"""Sequence layouts: which rows of a length-L sequence each of P ranks holds.
+
+A layout maps (seq_len L, world_size P, rank r) to a list of *segments* ``(global_start, length)``;
+rank r's local shard is the concatenation of its segments, in list order, along dim 1.
+
+* ``"contiguous"``: the sequence is cut into P near-equal pieces (the first ``L % P`` pieces get
+  one extra row) and rank r holds piece r.
+* ``"zigzag"``: the sequence is cut into 2P near-equal chunks and rank r holds chunks r and
+  2P-1-r. Under a causal mask early rows attend to little and late rows to a lot, so pairing an
+  early chunk with a late one gives every rank about the same work (Brandon et al.'s striped /
+  zigzag ring attention).
+
+Any L works, including L < P: a rank may hold an empty shard. Empty segments are dropped from
+the list, so ``segments`` may return ``[]``.
+"""
+from __future__ import annotations
+
+import torch
+import torch.distributed as dist
+
+LAYOUTS = ("contiguous", "zigzag")
+
+Segment = tuple[int, int]  # (global_start, length)
+
+
+def check_layout(layout: str) -> None:
+    if layout not in LAYOUTS:
+        raise ValueError(f"layout must be one of {LAYOUTS}, got {layout!r}")
+
+
+def even_pieces(n: int, parts: int) -> list[Segment]:
+    """Cut range(n) into ``parts`` near-equal pieces; the first ``n % parts`` get one more row."""
+    base, extra = divmod(n, parts)
+    pieces, start = [], 0
+    for i in range(parts):
+        length = base + (1 if i < extra else 0)
+        pieces.append((start, length))
+        start += length
+    return pieces
+
+
+def segments(seq_len: int, world_size: int, rank: int, layout: str = "contiguous") -> list[Segment]:
+    """The (global_start, length) segments rank ``rank`` holds, in local order; empty ones dropped."""
+    check_layout(layout)
+    if not isinstance(seq_len, int) or seq_len < 0:
+        raise ValueError(f"seq_len must be a non-negative int, got {seq_len!r}")
+    if not isinstance(world_size, int) or world_size < 1:
+        raise ValueError(f"world_size must be a positive int, got {world_size!r}")
+    if not 0 <= rank < world_size:
+        raise ValueError(f"rank must be in [0, {world_size}), got {rank!r}")
+    if layout == "contiguous":
+        chosen = [even_pieces(seq_len, world_size)[rank]]
+    else:
+        chunks = even_pieces(seq_len, 2 * world_size)
+        chosen = [chunks[rank], chunks[2 * world_size - 1 - rank]]
+    return [s for s in chosen if s[1] > 0]
+
+
+def all_segments(seq_len: int, world_size: int, layout: str = "contiguous") -> list[list[Segment]]:
+    """``segments`` for every rank: element r is rank r's list."""
+    return [segments(seq_len, world_size, r, layout) for r in range(world_size)]
+
+
+def local_length(seq_len: int, world_size: int, rank: int, layout: str = "contiguous") -> int:
+    """Number of rows rank ``rank`` holds."""
+    return sum(n for _, n in segments(seq_len, world_size, rank, layout))
+
+
+def sequence_order(segs: list[list[Segment]]) -> torch.Tensor | None:
+    """Permutation that sorts the rank-major concatenation of ``segs`` into sequence order.
+
+    ``x_ranks`` = cat(shard of rank 0, shard of rank 1, ...) along the sequence; then
+    ``x_ranks[:, perm]`` is the sequence in order. Returns None when the concatenation is already
+    in order (contiguous layout), so callers can skip the gather.
+    """
+    starts = [start for rank_segs in segs for start, _ in rank_segs]
+    if starts == sorted(starts):
+        return None
+    positions = torch.cat([torch.arange(s, s + n) for rank_segs in segs for s, n in rank_segs])
+    return torch.argsort(positions)
+
+
+def _group_info(group) -> tuple[int, int]:
+    if not dist.is_available() or not dist.is_initialized():
+        if group is not None:
+            raise ValueError("group was given but torch.distributed is not initialized")
+        return 1, 0
+    group = dist.group.WORLD if group is None else group
+    return dist.get_world_size(group), dist.get_rank(group)
+
+
+def shard(x: torch.Tensor, group=None, layout: str = "contiguous") -> torch.Tensor:
+    """This rank's part of the full sequence ``x`` (batch, L, ...) along dim 1, per ``layout``.
+
+    Every rank passes the same full ``x``; no communication happens. Differentiable (slicing).
+    """
+    check_layout(layout)
+    if x.dim() < 2:
+        raise ValueError(f"x must have a sequence dim 1, got shape {tuple(x.shape)}")
+    world, rank = _group_info(group)
+    segs = segments(x.shape[1], world, rank, layout)
+    if not segs:
+        return x[:, :0]
+    return torch.cat([x[:, s:s + n] for s, n in segs], dim=1)
+
+
+def unshard(y: torch.Tensor, group=None, layout: str = "contiguous") -> torch.Tensor:
+    """Rebuild the full sequence (batch, L, ...) on every rank from each rank's shard ``y``.
+
+    ``L`` is the sum of the local lengths; each rank's length is checked against the layout, so a
+    mismatched shard raises instead of being silently misplaced. Shards may be uneven or empty
+    (gloo's all_gather needs equal sizes, so they are padded to the longest). Not differentiable:
+    meant for evaluation, tests and inspection.
+    """
+    check_layout(layout)
+    world, rank = _group_info(group)
+    if world == 1:
+        return y
+    group = dist.group.WORLD if group is None else group
+    lengths = torch.zeros(world, dtype=torch.int64, device=y.device)
+    lengths[rank] = y.shape[1]
+    dist.all_reduce(lengths, group=group)
+    lengths = lengths.tolist()
+    seq_len = sum(lengths)
+    expected = [local_length(seq_len, world, r, layout) for r in range(world)]
+    if lengths != expected:
+        raise ValueError(f"unshard: local lengths {lengths} do not match the {layout!r} layout of a "
+                         f"length-{seq_len} sequence over {world} ranks (expected {expected})")
+    longest = max(lengths)
+    padded = y.new_zeros((y.shape[0], longest, *y.shape[2:]))
+    padded[:, :y.shape[1]] = y.detach()
+    gathered = [torch.empty_like(padded) for _ in range(world)]
+    dist.all_gather(gathered, padded.contiguous(), group=group)
+    out = y.new_empty((y.shape[0], seq_len, *y.shape[2:]))
+    for r in range(world):
+        offset = 0
+        for s, n in segments(seq_len, world, r, layout):
+            out[:, s:s + n] = gathered[r][:, offset:offset + n]
+            offset += n
+    return out

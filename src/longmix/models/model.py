@@ -1,0 +1,163 @@
+"""A pre-norm residual stack that takes any token mixer by name (nanoGPT-style).
+
+    tokens (B, L) -> embedding + position -> depth x [x + mixer(norm(x)); x + mlp(norm(x))]
+                  -> norm -> head
+
+Heads:
+
+* ``"lm"``: causal language model. Every mixer is built with ``causal=True`` and the head maps
+  each position to next-token logits (B, L, vocab_size). A mixer that cannot run causally
+  (e.g. FNet, whose DFT mixes every position with every other) is refused with a clear error.
+* ``"classify"``: one label per sequence, logits (B, num_classes). The per-position features
+  are pooled over the sequence before the head:
+
+  - ``pool="mean"`` (the default for non-causal models, as in the Long Range Arena baselines):
+    the mean over non-pad positions, so left padding never dilutes the features;
+  - ``pool="last"`` (the default for causal models): the last position, the only one that has
+    seen the whole sequence when the mixer is causal. Tasks left-pad, so it is never a pad.
+
+Positional information depends on the mixer family; see :mod:`longmix.models.positional`.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+import torch
+from torch import nn
+
+from .. import mixers
+from .positional import Positional, resolve
+
+HEADS = ("classify", "lm")
+POOLS = ("auto", "mean", "last")
+
+
+@dataclass
+class ModelConfig:
+    """Everything needed to rebuild a model. ``max_len=None`` means no length limit."""
+
+    vocab_size: int
+    mixer: str
+    head: str = "classify"
+    num_classes: int = 2
+    dim: int = 64
+    depth: int = 2
+    heads: int = 1
+    mlp_ratio: int = 4
+    max_len: int | None = None
+    causal: bool | None = None  # None: True for the "lm" head, False for "classify"
+    pool: str = "auto"  # classify only; "auto": "last" when causal, else "mean"
+    positional: str = "auto"  # see longmix.models.positional.KINDS
+    pad_id: int = 0
+    mixer_options: dict = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def _validate(cfg: ModelConfig) -> tuple[bool, str]:
+    """Check ``cfg`` and return the resolved (causal, pool)."""
+    if cfg.head not in HEADS:
+        raise ValueError(f"head must be one of {HEADS}, got {cfg.head!r}")
+    if cfg.pool not in POOLS:
+        raise ValueError(f"pool must be one of {POOLS}, got {cfg.pool!r}")
+    for name in ("vocab_size", "dim", "depth", "heads", "mlp_ratio"):
+        value = getattr(cfg, name)
+        if not isinstance(value, int) or value < 1:
+            raise ValueError(f"{name} must be a positive int, got {value!r}")
+    if cfg.head == "classify" and (not isinstance(cfg.num_classes, int) or cfg.num_classes < 2):
+        raise ValueError(f"num_classes must be an int >= 2 for the classify head, got {cfg.num_classes!r}")
+    cls = mixers.get_class(cfg.mixer)  # ValueError listing the valid names
+    causal = cfg.head == "lm" if cfg.causal is None else bool(cfg.causal)
+    if cfg.head == "lm" and not causal:
+        raise ValueError("the lm head needs causal=True (next-token prediction must not see the future)")
+    if causal and not cls.taxonomy.causal:
+        able = [n for n in mixers.available() if mixers.get_class(n).taxonomy.causal]
+        raise ValueError(f"mixer {cfg.mixer!r} ({cls.taxonomy.family}) cannot run causally, so it cannot "
+                         f"drive a causal model (head={cfg.head!r}); causal mixers: {', '.join(able)}")
+    if cls.requires_max_len and cfg.max_len is None:
+        raise ValueError(f"mixer {cfg.mixer!r} has weights sized by the sequence length: max_len is required")
+    pool = cfg.pool if cfg.pool != "auto" else ("last" if causal else "mean")
+    return causal, pool
+
+
+class MLP(nn.Module):
+    """Position-wise feed-forward: (B, L, dim) -> (B, L, dim)."""
+
+    def __init__(self, dim: int, ratio: int):
+        super().__init__()
+        self.up = nn.Linear(dim, ratio * dim)
+        self.down = nn.Linear(ratio * dim, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.down(nn.functional.gelu(self.up(x)))
+
+
+class Block(nn.Module):
+    """x + mixer(norm(x)), then x + mlp(norm(x)); x of shape (B, L, dim)."""
+
+    def __init__(self, cfg: ModelConfig, causal: bool):
+        super().__init__()
+        self.norm1 = nn.LayerNorm(cfg.dim)
+        self.mixer = mixers.build(cfg.mixer, cfg.dim, heads=cfg.heads, causal=causal,
+                                  max_len=cfg.max_len, **cfg.mixer_options)
+        self.norm2 = nn.LayerNorm(cfg.dim)
+        self.mlp = MLP(cfg.dim, cfg.mlp_ratio)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x + self.mixer(self.norm1(x))
+        return x + self.mlp(self.norm2(x))
+
+
+class SequenceModel(nn.Module):
+    """The whole model. ``forward(tokens)`` with tokens a (B, L) LongTensor returns logits:
+    (B, num_classes) for the classify head, (B, L, vocab_size) for the lm head."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.causal, self.pool = _validate(cfg)
+        self.cfg = cfg
+        family = mixers.get_class(cfg.mixer).taxonomy.family
+        self.positional_kind = resolve(cfg.positional, family)
+        self.embed = nn.Embedding(cfg.vocab_size, cfg.dim)
+        self.position = Positional(self.positional_kind, cfg.dim, cfg.max_len)
+        self.blocks = nn.ModuleList(Block(cfg, self.causal) for _ in range(cfg.depth))
+        self.norm = nn.LayerNorm(cfg.dim)
+        out = cfg.vocab_size if cfg.head == "lm" else cfg.num_classes
+        self.head = nn.Linear(cfg.dim, out)
+
+    def check_tokens(self, tokens: torch.Tensor) -> None:
+        if not isinstance(tokens, torch.Tensor) or tokens.dim() != 2 or tokens.dtype != torch.long:
+            got = f"{tokens.dtype} of shape {tuple(tokens.shape)}" if isinstance(tokens, torch.Tensor) \
+                else type(tokens).__name__
+            raise ValueError(f"tokens must be a (batch, length) LongTensor, got {got}")
+        if self.cfg.max_len is not None and tokens.shape[1] > self.cfg.max_len:
+            raise ValueError(f"context {tokens.shape[1]} exceeds max_len={self.cfg.max_len} "
+                             f"of this model (mixer {self.cfg.mixer!r})")
+
+    def features(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Final normalized per-position features, (B, L, dim)."""
+        self.check_tokens(tokens)
+        x = self.position(self.embed(tokens))
+        for block in self.blocks:
+            x = block(x)
+        return self.norm(x)
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        h = self.features(tokens)
+        if self.cfg.head == "lm":
+            return self.head(h)
+        if self.pool == "last":
+            return self.head(h[:, -1])
+        keep = (tokens != self.cfg.pad_id).unsqueeze(-1).to(h.dtype)  # (B, L, 1)
+        pooled = (h * keep).sum(1) / keep.sum(1).clamp_min(1.0)
+        return self.head(pooled)
+
+
+def build_model(cfg: ModelConfig | None = None, **kwargs) -> SequenceModel:
+    """``build_model(ModelConfig(...))`` or ``build_model(vocab_size=..., mixer=..., ...)``."""
+    if cfg is None:
+        cfg = ModelConfig(**kwargs)
+    elif kwargs:
+        raise ValueError("pass either a ModelConfig or keyword arguments, not both")
+    return SequenceModel(cfg)

@@ -1,0 +1,275 @@
+"""Exact local attention that also returns the log-sum-exp, and the merge of partial results.
+
+Layouts (all public functions here):
+    q          (batch, Lq, heads, head_dim)
+    k, v       (batch, Lk, kv_heads, head_dim)   kv_heads divides heads (GQA: query head h reads
+                                                 kv head h // (heads // kv_heads), as in
+                                                 ``torch.nn.functional.scaled_dot_product_attention``)
+    out        (batch, Lq, heads, head_dim), dtype of q
+    lse        (batch, heads, Lq), natural log of the softmax denominator
+               sum_j exp(scale * q_i . k_j); float64 for float64 inputs, float32 otherwise.
+               A query that sees no key has lse = -inf and out = 0.
+
+Causal masking with Lq != Lk is aligned top-left, like the CPU flash kernel and
+``scaled_dot_product_attention(is_causal=True)``: query i sees keys j <= i. ``window=w`` further
+restricts query i to keys with i - j < w (and j - i < w when not causal).
+
+Dispatch (see :func:`attention_forward`):
+    CPU            aten._scaled_dot_product_flash_attention_for_cpu (+ its backward), O(L) memory
+    CUDA           aten._flash_attention_forward (fp16/bf16) or _efficient_attention_forward,
+                   backward by _efficient_attention_backward. UNTESTED: written against the
+                   PyTorch 2.13 op schemas and sources without a GPU at hand.
+    anything else, ``window``, float64 on CUDA, empty inputs
+                   :mod:`longmix.ops.blockwise_attention`, tiled pure PyTorch.
+
+The autograd-free pair :func:`attention_forward` / :func:`attention_backward` is what distributed
+strategies build on: the backward accepts the statistics (``out``, ``lse``) of a larger attention
+that this call is only one key block of, and then returns that block's exact gradient share.
+"""
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import torch
+
+from .blockwise_attention import blockwise_backward, blockwise_forward
+
+__all__ = ["attention_with_lse", "merge_partials", "attention_forward", "attention_backward"]
+
+_aten = torch.ops.aten
+_CPU_DTYPES = (torch.float64, torch.float32, torch.bfloat16, torch.float16)
+_MASK_TOP_LEFT = 1  # sdp::CustomMaskType::CausalFromTopLeft of the memory-efficient kernel
+
+
+# ----------------------------------------------------------------------------- checks and helpers
+def check_attention_inputs(q, k, v, window=None) -> None:
+    """Raise ValueError unless q, k, v have the layouts, dtype and device described above."""
+    for name, x in (("q", q), ("k", k), ("v", v)):
+        if not isinstance(x, torch.Tensor) or x.dim() != 4:
+            raise ValueError(f"{name} must be a 4-D tensor (batch, length, heads, head_dim), got "
+                             f"{getattr(x, 'shape', type(x))}")
+        if not x.is_floating_point():
+            raise ValueError(f"{name} must be floating point, got {x.dtype}")
+    if k.shape != v.shape:
+        raise ValueError(f"k and v must have the same shape, got k {tuple(k.shape)} and "
+                         f"v {tuple(v.shape)}")
+    if q.shape[0] != k.shape[0] or q.shape[3] != k.shape[3]:
+        raise ValueError(f"q {tuple(q.shape)} and k {tuple(k.shape)} must agree on batch (dim 0) "
+                         "and head_dim (dim 3)")
+    if k.shape[2] == 0 or q.shape[2] % k.shape[2] != 0:
+        raise ValueError(f"kv_heads (k.shape[2] = {k.shape[2]}) must divide heads "
+                         f"(q.shape[2] = {q.shape[2]})")
+    if not (q.dtype == k.dtype == v.dtype):
+        raise ValueError(f"q, k, v must share a dtype, got {q.dtype}, {k.dtype}, {v.dtype}")
+    if not (q.device == k.device == v.device):
+        raise ValueError(f"q, k, v must share a device, got {q.device}, {k.device}, {v.device}")
+    if window is not None and (isinstance(window, bool) or not isinstance(window, int)
+                               or window < 1):
+        raise ValueError(f"window must be None or a positive int, got {window!r}")
+
+
+def _expand_kv(x: torch.Tensor, heads: int) -> torch.Tensor:
+    """(B, L, kv_heads, D) -> (B, L, heads, D) for GQA; a no-op when kv_heads == heads."""
+    groups = heads // x.shape[2]
+    return x if groups == 1 else x.repeat_interleave(groups, dim=2)
+
+
+def _reduce_kv(g: torch.Tensor, kv_heads: int) -> torch.Tensor:
+    """Sum the gradient of expanded K/V back onto the kv heads (inverse of _expand_kv)."""
+    b, l, h, d = g.shape
+    return g if h == kv_heads else g.view(b, l, kv_heads, h // kv_heads, d).sum(3)
+
+
+def _lse_dtype(dtype: torch.dtype) -> torch.dtype:
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def _effective_window(window, lq: int, lk: int):
+    # A window that hides nothing is no window: lets the fused kernels run.
+    return None if window is None or window >= max(lq, lk) else window
+
+
+def _backend(q, k, causal: bool, window) -> str:
+    lq, lk, d = q.shape[1], k.shape[1], q.shape[3]
+    if window is not None or lq == 0 or lk == 0:
+        return "blockwise"
+    if q.device.type == "cpu" and q.dtype in _CPU_DTYPES:
+        return "cpu_flash"
+    if q.device.type == "cuda" and d % 8 == 0 and d <= 256:
+        # The CUDA flash kernel aligns causal masks bottom-right when Lq != Lk (flash-attn 2);
+        # the memory-efficient one can align them top-left like the rest of this module.
+        if q.dtype in (torch.float16, torch.bfloat16) and (not causal or lq == lk):
+            return "cuda_flash"
+        if q.dtype in (torch.float16, torch.bfloat16, torch.float32):
+            return "cuda_efficient"
+    return "blockwise"
+
+
+def _bhld(x: torch.Tensor) -> torch.Tensor:
+    return x.transpose(1, 2)  # a view: the aten ops take strided (B, H, L, D)
+
+
+# ----------------------------------------------------------------------------- autograd-free core
+def attention_forward(q, k, v, *, causal: bool = False, scale: float | None = None,
+                      window: int | None = None):
+    """(out, lse) of exact softmax attention, without autograd. Layouts: see the module docstring."""
+    check_attention_inputs(q, k, v, window)
+    heads, d = q.shape[2], q.shape[3]
+    scale = 1.0 / math.sqrt(d) if scale is None else float(scale)
+    window = _effective_window(window, q.shape[1], k.shape[1])
+    ke, ve = _expand_kv(k, heads), _expand_kv(v, heads)
+    backend = _backend(q, k, causal, window)
+    with torch.no_grad():
+        if backend == "cpu_flash":
+            out, lse = _aten._scaled_dot_product_flash_attention_for_cpu(
+                _bhld(q), _bhld(ke), _bhld(ve), 0.0, causal, scale=scale)
+        elif backend == "cuda_flash":  # (B, L, H, D) layout, like this module
+            out, lse = _aten._flash_attention_forward(
+                q, ke, ve, None, None, q.shape[1], k.shape[1], 0.0, causal, False,
+                scale=scale)[:2]
+            return out.contiguous(), lse.float().contiguous()
+        elif backend == "cuda_efficient":
+            out, lse = _aten._efficient_attention_forward(
+                q, ke, ve, None, None, None, None, None, 0.0, _MASK_TOP_LEFT if causal else 0,
+                True, scale=scale)[:2]
+            # the kernel pads lse's length to a multiple of 32
+            return out.contiguous(), lse[:, :, :q.shape[1]].float().contiguous()
+        else:
+            return blockwise_forward(q, ke, ve, causal=causal, scale=scale, window=window)
+    return out.transpose(1, 2).contiguous(), lse.to(_lse_dtype(q.dtype)).contiguous()
+
+
+def attention_backward(dout, q, k, v, out, lse, *, causal: bool = False,
+                       scale: float | None = None, window: int | None = None, dlse=None):
+    """Gradients (dq, dk, dv) of softmax attention, without autograd.
+
+    ``dout`` is dL/d``out`` (like q), ``dlse`` optionally dL/d``lse`` (like lse). ``out``/``lse``
+    may come from a larger attention whose key set contains k (e.g. the merged result of a ring);
+    the returned dk/dv are then this key block's share and dq its contribution. dk and dv come back
+    with kv_heads heads (GQA gradients are summed over each group).
+    """
+    check_attention_inputs(q, k, v, window)
+    heads, kv_heads, d = q.shape[2], k.shape[2], q.shape[3]
+    scale = 1.0 / math.sqrt(d) if scale is None else float(scale)
+    window = _effective_window(window, q.shape[1], k.shape[1])
+    ke, ve = _expand_kv(k, heads), _expand_kv(v, heads)
+    backend = _backend(q, k, causal, window)
+    if dlse is not None and backend != "cpu_flash":
+        backend = "blockwise"  # fused CUDA kernels have no dlse input; see _cpu_flash_backward
+    with torch.no_grad():
+        if backend == "cpu_flash":
+            dq, dk, dv = _cpu_flash_backward(dout, q, ke, ve, out, lse, causal, scale, dlse)
+        elif backend in ("cuda_flash", "cuda_efficient"):
+            # Python cannot hand the flash backward the undefined cum_seq tensors it needs for
+            # dense inputs, so both CUDA paths use the memory-efficient backward (it needs only
+            # out and lse). It reads lse padded to a multiple of 32 rows.
+            lq, lk = q.shape[1], k.shape[1]
+            lse_p = torch.nn.functional.pad(lse.float(), (0, (-lq) % 32)).contiguous()
+            seed = torch.zeros((), dtype=torch.int64, device=q.device)  # no dropout: unused
+            dq, dk, dv, _ = _aten._efficient_attention_backward(
+                dout.contiguous(), q, ke, ve, None, out, None, None, lq, lk, lse_p, 0.0, seed, seed,
+                _MASK_TOP_LEFT if causal else 0, False, scale=scale)
+        else:
+            dq, dk, dv = blockwise_backward(dout, q, ke, ve, out, lse, causal=causal, scale=scale,
+                                            window=window, dlse=dlse)
+    return (dq.contiguous(), _reduce_kv(dk.contiguous(), kv_heads),
+            _reduce_kv(dv.contiguous(), kv_heads))
+
+
+def _cpu_flash_backward(dout, q, k, v, out, lse, causal, scale, dlse):
+    """CPU flash backward; a gradient into lse rides along in an extra head column.
+
+    With dlse, dS_ij = P_ij (dO_i . v_j - D_i + dlse_i). Appending a zero column to q and k (scores
+    unchanged), a column of ones to v, dlse to dO and 0 to out makes the kernel's own
+    dO'_i . v'_j = dO_i . v_j + dlse_i while D_i = dO'_i . out'_i stays dO_i . O_i, so the first
+    head_dim columns of its gradients are exact. ``scale`` must be explicit (the default would
+    change with the head size).
+    """
+    if dlse is not None:
+        def cat(x, col):
+            return torch.cat([x, col.expand(*x.shape[:-1], 1).to(x.dtype)], dim=-1)
+        zero = torch.zeros((), dtype=q.dtype)
+        d = q.shape[-1]
+        q, k, out = cat(q, zero), cat(k, zero), cat(out, zero)
+        v = cat(v, torch.ones((), dtype=v.dtype))
+        dout = cat(dout, dlse.transpose(1, 2)[..., None])  # (B, H, Lq) -> (B, Lq, H, 1)
+    dq, dk, dv = _aten._scaled_dot_product_flash_attention_for_cpu_backward(
+        _bhld(dout), _bhld(q), _bhld(k), _bhld(v), _bhld(out), lse.contiguous(), 0.0, causal,
+        scale=scale)
+    dq, dk, dv = (g.transpose(1, 2) for g in (dq, dk, dv))
+    if dlse is not None:
+        dq, dk, dv = dq[..., :d], dk[..., :d], dv[..., :d]
+    return dq, dk, dv
+
+
+# ----------------------------------------------------------------------------- autograd
+class _AttentionWithLse(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, q, k, v, causal, scale, window):
+        out, lse = attention_forward(q, k, v, causal=causal, scale=scale, window=window)
+        ctx.save_for_backward(q, k, v, out, lse)
+        ctx.args = (causal, scale, window)
+        ctx.set_materialize_grads(False)  # lets backward tell "no gradient into lse" apart
+        return out, lse
+
+    @staticmethod
+    def backward(ctx, dout, dlse):
+        q, k, v, out, lse = ctx.saved_tensors
+        causal, scale, window = ctx.args
+        if dout is None and dlse is None:
+            return None, None, None, None, None, None
+        if dout is None:
+            dout = torch.zeros_like(out)
+        dq, dk, dv = attention_backward(dout, q, k, v, out, lse, causal=causal, scale=scale,
+                                        window=window, dlse=dlse)
+        return dq, dk, dv, None, None, None
+
+
+def attention_with_lse(q, k, v, causal: bool = False, scale: float | None = None,
+                       window: int | None = None):
+    """Exact multi-head softmax attention returning ``(out, lse)``; differentiable in both.
+
+    q (batch, Lq, heads, head_dim); k, v (batch, Lk, kv_heads, head_dim) with kv_heads dividing
+    heads. Returns out (batch, Lq, heads, head_dim) in q's dtype and lse (batch, heads, Lq) in
+    float32 (float64 for float64 inputs). ``scale`` defaults to 1/sqrt(head_dim). ``causal`` is
+    top-left aligned (query i sees keys j <= i); ``window`` (int) keeps keys with |i - j| < window
+    (j <= i too when causal). Memory is O(L) on the fused kernels, O(L * tile) in the fallback.
+    """
+    return _AttentionWithLse.apply(q, k, v, bool(causal), scale, window)
+
+
+def merge_partials(outs: Sequence[torch.Tensor], lses: Sequence[torch.Tensor]):
+    """Combine attention results over disjoint key sets into the result over their union.
+
+    ``outs[i]`` (batch, L, heads, head_dim) and ``lses[i]`` (batch, heads, L) are the outputs of
+    attention of the same queries against the i-th key subset. Returns ``(out, lse)`` with
+    ``lse = log(sum_i exp(lse_i))`` and ``out = sum_i exp(lse_i - lse) out_i``, computed in lse's
+    dtype and cast to outs[0]'s dtype. Empty partials (lse = -inf) contribute nothing; a row with
+    no key in any partial gets out 0 and lse -inf (never NaN, also in the gradient).
+    """
+    if len(outs) == 0 or len(outs) != len(lses):
+        raise ValueError(f"outs and lses must be non-empty and of equal length, got {len(outs)} "
+                         f"and {len(lses)}")
+    for i, (o, l) in enumerate(zip(outs, lses)):
+        if o.dim() != 4 or l.shape != (o.shape[0], o.shape[2], o.shape[1]):
+            raise ValueError(f"partial {i}: expected out (B, L, H, D) and lse (B, H, L), got out "
+                             f"{tuple(o.shape)} and lse {tuple(l.shape)}")
+        if o.shape != outs[0].shape:
+            raise ValueError(f"partial {i}: out shape {tuple(o.shape)} differs from partial 0's "
+                             f"{tuple(outs[0].shape)}")
+    dt = torch.promote_types(lses[0].dtype, torch.float32)
+    stacked = torch.stack([l.to(dt) for l in lses])  # (n, B, H, L)
+    # Weights exp(lse_i - m) / sum_k exp(lse_k - m) relative to the max m: normalizing by the sum,
+    # not by exp(lse), keeps out accurate when lse is large (rounding lse ~ 1e4 in float32 costs
+    # ~1e-3). m cancels exactly, so it carries no gradient; rows with no key use m = 0.
+    m = stacked.detach().amax(0)
+    m = torch.where(torch.isfinite(m), m, torch.zeros_like(m))
+    e = torch.exp(stacked - m)
+    total = e.sum(0)
+    seen = total > 0
+    safe_total = torch.where(seen, total, torch.ones_like(total))
+    lse = torch.where(seen, m + torch.log(safe_total), torch.full_like(total, float("-inf")))
+    weights = e / safe_total  # (n, B, H, L), 0 for empty partials
+    out = sum(w.transpose(1, 2)[..., None] * o.to(dt) for w, o in zip(weights, outs))
+    return out.to(outs[0].dtype), lse

@@ -1,0 +1,100 @@
+"""Run a study grid through the trainer, then write its report.
+
+Layout of the study directory ``out``::
+
+    out/runs/<run-id>/checkpoint.pt     each run resumes from here
+    out/runs/<run-id>/results.jsonl     the run's own record
+    out/results.jsonl                   every finished run of the study, append-only
+    out/report.md, out/plot_<task>.png, out/summary.png, out/reading.txt
+
+Rerunning skips runs already in ``out/results.jsonl``, resumes unfinished ones from their
+checkpoints, and starts the rest; the whole study may be interrupted at any point.
+"""
+from __future__ import annotations
+
+import os
+import shlex
+import sys
+import time
+from pathlib import Path
+
+from ..train import results, train
+from ..train.loop import prepare_out
+from . import report
+from .grid import Grid, with_out
+
+
+def _write_text(path: Path, text: str) -> None:
+    """Replace ``path`` atomically (reports are regenerated on every study invocation)."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def run_study(grid: Grid, out: str | os.PathLike, progress: bool = True, command: str | None = None,
+              log=print) -> dict:
+    """Train every run of ``grid`` not yet finished in ``out``, then write the report.
+
+    Returns ``{"finished": [...records of this grid...], "failed": [(run_id, message)], "paths": {...}}``.
+    A run that fails with a ValueError (e.g. a corrupt checkpoint) is reported and skipped; the
+    others still run.
+    """
+    out = prepare_out(out)
+    study_results = out / "results.jsonl"
+    runs = grid.runs()
+    done = {r["study"]["run"] for r in results.read(study_results) if "study" in r}
+    failed = []
+    todo = [r for r in runs if r.run_id not in done]
+    log(f"study {grid.name!r}: {len(runs)} runs, {len(runs) - len(todo)} already finished, {len(todo)} to run")
+    for i, run in enumerate(todo, 1):
+        log(f"[{i}/{len(todo)}] {run.run_id}")
+        try:
+            record = train(with_out(run, out, progress))
+        except ValueError as err:
+            log(f"  failed: {err}")
+            failed.append((run.run_id, str(err)))
+            continue
+        st = next(t for t in grid.tasks if t.label == run.label)
+        record["study"] = {"run": run.run_id, "label": run.label, "grid": grid.name, "expect": st.expect,
+                           "note": st.note}
+        results.append(study_results, record)
+    paths = write_report(grid, out, command=command)
+    return {"finished": paths.pop("records"), "failed": failed, "paths": paths}
+
+
+def write_report(grid: Grid, out: Path, command: str | None = None) -> dict:
+    """Write report.md, the PNGs and reading.txt from the finished runs of ``grid`` in ``out``."""
+    wanted = {r.run_id for r in grid.runs()}
+    records = [r for r in results.read(out / "results.jsonl") if r.get("study", {}).get("run") in wanted]
+    tabs = report.tables(records)
+    plots = {}
+    for t in tabs:
+        name = f"plot_{t.label}.png"
+        report.plot(t, out / name, title_suffix=f" ({grid.name} grid)")
+        plots[t.label] = name
+    if tabs:
+        report.summary_plot(tabs, out / "summary.png")
+    reading_text = report.reading(tabs) if tabs else "No finished runs yet.\n"
+    last = max(records, key=lambda r: r["date"]) if records else {}
+    header = {
+        "grid": grid.name,
+        "command": command or "longmix " + " ".join(shlex.quote(a) for a in sys.argv[1:]),
+        "runs_planned": len(wanted), "runs_finished": len(records),
+        "seeds": ", ".join(map(str, grid.seeds)),
+        "wall_min": sum(r["wall_s"] for r in records) / 60,
+        "train": ", ".join(f"{k}={v}" for k, v in grid.train.items() if k not in ("device",)),
+        "machine": _machine_line(last.get("machine", {})),
+        "date": last.get("date", time.strftime("%Y-%m-%d")), "git_commit": last.get("git_commit"),
+    }
+    _write_text(out / "reading.txt", reading_text)
+    _write_text(out / "report.md", report.markdown(tabs, header, plots, reading_text, grid.skipped()))
+    return {"report": out / "report.md", "reading": out / "reading.txt",
+            "plots": [out / p for p in plots.values()], "records": records}
+
+
+def _machine_line(m: dict) -> str:
+    if not m:
+        return "unknown"
+    gpu = f", {m['gpu']}" if m.get("gpu") else ""
+    return (f"{m.get('processor')} ({m.get('cpu_count')} cores, {m.get('torch_threads')} torch threads{gpu}), "
+            f"{m.get('platform')}, torch {m.get('torch')}")

@@ -1,0 +1,108 @@
+"""benchmarks/attention_scaling.py's engine: a tiny grid writes its files, a rerun keeps the points,
+budgets skip points, and the vanilla baseline is the attention it claims to be."""
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+
+from longmix.bench import attention as bench
+
+
+def _reference(q, k, v, causal):
+    q, k, v = q.double(), k.double(), v.double()
+    g = q.shape[2] // k.shape[2]
+    k, v = k.repeat_interleave(g, 2), v.repeat_interleave(g, 2)
+    s = torch.einsum("bihd,bjhd->bhij", q, k) / math.sqrt(q.shape[-1])
+    if causal:
+        s = s.masked_fill(torch.ones(q.shape[1], q.shape[1]).triu(1).bool(), -math.inf)
+    return torch.einsum("bhij,bjhd->bihd", s.softmax(-1), v)
+
+
+@pytest.mark.parametrize("causal", [True, False])
+def test_vanilla_baseline_is_exact_attention(causal):
+    gen = torch.Generator().manual_seed(0)
+    q = torch.randn(2, 37, 4, 8, generator=gen, dtype=torch.float64)
+    k, v = (torch.randn(2, 37, 2, 8, generator=gen, dtype=torch.float64) for _ in range(2))
+    torch.testing.assert_close(bench.vanilla_attention(q, k, v, causal), _reference(q, k, v, causal),
+                               rtol=1e-12, atol=1e-12)
+
+
+def test_predictions_scale_time_quadratically_and_vanilla_memory_with_l_squared():
+    shape = bench.Shape(heads=2, kv_heads=2, head_dim=16, dtype="fp32", causal=True)
+    prev = {"seq_len": 1024, "time_s": 2.0, "peak_rss_bytes": 300e6, "baseline_rss_bytes": 200e6}
+    t, mem = bench._predict(shape, bench.Series("ring", 2), 2048, prev)
+    assert t == pytest.approx(8.0) and mem == pytest.approx(400e6)
+    t, mem = bench._predict(shape, bench.Series("vanilla", 1), 2048, prev)
+    assert mem >= 2048**2 * (2 * 2 * 4 + 1)  # scores + softmax per head, and the causal mask
+
+
+def _tiny(tmp_path, **kw) -> bench.BenchConfig:
+    shape = bench.Shape(heads=2, kv_heads=1, head_dim=16, dtype="fp32", causal=True)
+    return bench.BenchConfig(shape=shape, min_log2_len=8, max_log2_len=9, procs=(2,),
+                             methods=("vanilla", "longmix", "auto", "shuffle", "hybrid"),
+                             min_time_s=0.0, out_dir=tmp_path, **kw)
+
+
+def test_tiny_grid_writes_files_and_rerun_keeps_points(tmp_path, monkeypatch):
+    cfg = _tiny(tmp_path)
+    records = bench.run_benchmark(cfg, log=lambda line: None)
+    by = {(r["method"], r["seq_len"]): r for r in records}
+    assert len(by) == 2 * 5
+    for method in ("vanilla", "longmix", "auto", "shuffle"):
+        for L in (256, 512):
+            rec = by[(method, L)]
+            assert rec["status"] == "ok", rec
+            assert rec["time_s"] > 0 and rec["gflops"] > 0
+            assert rec["peak_rss_bytes"] >= rec["baseline_rss_bytes"] > 0
+    assert by[("hybrid", 256)]["status"] == "invalid"  # P=2 has no 1 < u < 2
+    assert by[("auto", 256)]["strategy_used"] in ("shuffle", "ring")
+
+    lines = cfg.path("jsonl").read_text().splitlines()
+    assert len(lines) == 2 * 4 + 1  # 8 measured points and the one infeasible hybrid
+    png, md = bench.write_report(cfg, records)
+    assert png.stat().st_size > 1000
+    text = md.read_text()
+    assert "Machine:" in text and "| 2^9 |" in text and "Speedup over vanilla" in text
+
+    def must_not_run(*args, **kwargs):
+        raise AssertionError("a recorded point was measured again")
+
+    monkeypatch.setattr(bench, "run_point", must_not_run)
+    again = bench.run_benchmark(cfg, log=lambda line: None)
+    assert [r.get("time_s") for r in again] == [r.get("time_s") for r in records]
+    assert cfg.path("jsonl").read_text().splitlines() == lines
+
+
+def test_over_budget_points_are_skipped_not_run(tmp_path, monkeypatch):
+    calls = []
+
+    def fake_run_point(cfg, series, seq_len, timeout_s):  # a fixed 1 s per point
+        calls.append((series.method, seq_len))
+        return {"status": "ok", "time_s": 1.0, "gflops": 1.0, "peak_rss_bytes": 2**20,
+                "baseline_rss_bytes": 2**20}
+
+    monkeypatch.setattr(bench, "run_point", fake_run_point)
+    # vanilla's scores at L=512 need 512^2 * 9 bytes > 2 MiB (at 256, less); the time budget
+    # admits the first 1 s point but not the 4 s predicted for twice the length
+    cfg = _tiny(tmp_path, mem_budget_gb=2 / 1024, time_budget_s=2.0)
+    cfg.methods = ("vanilla", "longmix")
+    records = {(r["method"], r["seq_len"]): r for r in bench.run_benchmark(cfg, log=lambda s: None)}
+    assert sorted(calls) == [("longmix", 256), ("vanilla", 256)]
+    assert "GiB" in records[("vanilla", 512)]["reason"]
+    assert "4 s > 2 s" in records[("longmix", 512)]["reason"]
+    assert records[("vanilla", 512)]["status"] == records[("longmix", 512)]["status"] == "skipped"
+    recorded = [json.loads(line) for line in cfg.path("jsonl").read_text().splitlines()]
+    assert [r["status"] for r in recorded] == ["ok", "ok"]  # skips aren't recorded: reruns retry
+
+
+def test_peer_runs_and_is_compared(tmp_path):
+    pytest.importorskip("ring_attention_pytorch")
+    cfg = _tiny(tmp_path)
+    rec = bench.run_point(cfg, bench.Series("peer", 2), 512, timeout_s=120)
+    assert rec["status"] == "ok", rec
+    ours = bench.run_point(cfg, bench.Series("ring", 2), 512, timeout_s=120)
+    lines = bench.summarize(cfg, [{**rec, "seq_len": 512}, {**ours, "seq_len": 512}])
+    assert any("ring-attention-pytorch time / longmix time" in line for line in lines)

@@ -1,0 +1,100 @@
+"""The planner: feasibility, the cost model's communication volumes, and choices in clear regimes."""
+import math
+
+import pytest
+import torch
+
+import longmix.dist as ld
+from longmix.dist.launch import run_local
+
+BASE = dict(seq_len=8192, head_dim=64, dtype=torch.float32)
+
+
+def test_volumes_match_theory():
+    """Shuffle ~4*L*H*d/P*(P-1)/P elements per rank, ring 2*L*kv_heads*d*(P-1)/P."""
+    L, d, p, h = 8192, 64, 4, 8
+    for kv in (8, 4):
+        plan = ld.plan(**BASE, heads=h, kv_heads=kv, world_size=p)
+        shuffle = (2 * L * h * d / p + 2 * L * kv * d / p) * (p - 1) / p * 4
+        ring = 2 * L * kv * d * (p - 1) / p * 4
+        assert plan.option("shuffle").bytes_per_rank == pytest.approx(shuffle, rel=1e-6)
+        assert plan.option("ring").bytes_per_rank == pytest.approx(ring, rel=1e-6)
+    # kv_heads < P: each K/V head goes whole to P/kv_heads ranks
+    plan = ld.plan(**BASE, heads=8, kv_heads=1, world_size=4)
+    expected = (2 * L * 8 * d / 4 * 3 / 4 + 2 * L / 4 * d * 3) * 4
+    assert plan.option("shuffle").bytes_per_rank == pytest.approx(expected, rel=1e-6)
+    assert "sent to 4 ranks" in plan.option("shuffle").note
+
+
+def test_infeasible_strategies_are_excluded_with_reason():
+    plan = ld.plan(**BASE, heads=6, kv_heads=6, world_size=4)
+    assert plan.strategy != "shuffle"
+    assert not plan.option("shuffle").feasible
+    assert "heads=6 must be divisible by 4" in plan.reason
+    plan = ld.plan(**BASE, heads=4, kv_heads=4, world_size=3)
+    assert not plan.option("hybrid").feasible  # 3 has no divisor 1 < u < 3
+    assert "no divisor" in plan.option("hybrid").note
+
+
+def test_window_needs_shuffle():
+    plan = ld.plan(**BASE, heads=8, kv_heads=8, world_size=4, window=128)
+    assert plan.strategy == "shuffle"
+    assert "window" in plan.option("ring").note
+    with pytest.raises(ValueError, match="window"):
+        ld.plan(**BASE, heads=6, kv_heads=6, world_size=4, window=128)
+
+
+def test_single_process():
+    plan = ld.plan(**BASE, heads=8, kv_heads=8, world_size=1)
+    assert plan.bytes_per_rank == 0
+    assert "single process" in plan.reason
+
+
+def test_choice_is_the_cheapest_feasible_option():
+    for kwargs in (dict(heads=8, kv_heads=8, world_size=8, bandwidth_bytes_per_s=1e6),
+                   dict(heads=32, kv_heads=1, world_size=8, bandwidth_bytes_per_s=1e6),
+                   dict(heads=8, kv_heads=2, world_size=4, causal=True, layout="zigzag")):
+        plan = ld.plan(**BASE, **kwargs)
+        feasible = [o for o in plan.options if o.feasible]
+        assert plan.predicted_time_s == min(o.predicted_time_s for o in feasible)
+        assert plan.reason.startswith(plan.strategy)
+        assert plan.strategy in plan.describe()
+
+
+def test_regimes():
+    """Bandwidth-bound: multi-head attention shuffles (less volume for P > 2); with one K/V
+    head the ring moves 1/heads of the data and wins."""
+    slow = dict(world_size=8, bandwidth_bytes_per_s=1e6)
+    assert ld.plan(**BASE, heads=8, kv_heads=8, **slow).strategy == "shuffle"
+    assert ld.plan(**BASE, heads=32, kv_heads=1, **slow).strategy == "ring"
+
+
+def test_contiguous_causal_ring_is_imbalanced():
+    common = dict(**BASE, heads=8, kv_heads=8, world_size=4, causal=True, flops_per_s=1e9)
+    contiguous = ld.plan(**common, layout="contiguous").option("ring")
+    zigzag = ld.plan(**common, layout="zigzag").option("ring")
+    assert contiguous.compute_s / zigzag.compute_s == pytest.approx(7 / 4, rel=1e-6)
+
+
+def test_bad_arguments():
+    with pytest.raises(ValueError, match="kv_heads=3 must divide heads=8"):
+        ld.plan(**BASE, heads=8, kv_heads=3, world_size=2)
+    with pytest.raises(ValueError, match="world_size"):
+        ld.plan(**BASE, heads=8, world_size=0)
+    with pytest.raises(ValueError, match="layout"):
+        ld.plan(**BASE, heads=8, world_size=2, layout="striped")
+
+
+def rates_worker(group):
+    rates = ld.measure_rates(group, bytes_per_peer=1 << 16, matmul_size=128, repeats=2)
+    plan = ld.plan(**BASE, heads=4, kv_heads=4, world_size=2,
+                   bandwidth_bytes_per_s=rates.bandwidth_bytes_per_s,
+                   flops_per_s=rates.flops_per_s, latency_s=rates.latency_s)
+    return rates, plan.strategy
+
+
+def test_measured_rates_agree_across_ranks():
+    (rates0, plan0), (rates1, plan1) = run_local(rates_worker, 2, timeout=60)
+    assert rates0 == rates1 and plan0 == plan1
+    for value in (rates0.bandwidth_bytes_per_s, rates0.flops_per_s, rates0.latency_s):
+        assert math.isfinite(value) and value > 0

@@ -1,0 +1,95 @@
+"""Atomic checkpoints: a crash at any point of a save leaves the previous checkpoint intact;
+corrupt files get a clear error naming them and are never deleted; RNG states round-trip."""
+import random
+
+import numpy as np
+import pytest
+import torch
+
+from longmix.train import checkpoint
+from longmix.train.checkpoint import CheckpointError
+
+
+def payload(step):
+    return {"format": checkpoint.FORMAT, "identity": {"lr": 1e-3}, "step": step,
+            "model": {"w": torch.full((64, 64), float(step))}, "optimizer": {}, "scheduler": {},
+            "rng": checkpoint.rng_state()}
+
+
+def test_round_trip(tmp_path):
+    path = tmp_path / "checkpoint.pt"
+    checkpoint.save_atomic(payload(3), path)
+    loaded = checkpoint.load(path)
+    assert loaded["step"] == 3 and torch.equal(loaded["model"]["w"], torch.full((64, 64), 3.0))
+    assert [p.name for p in tmp_path.iterdir()] == ["checkpoint.pt"]
+
+
+@pytest.mark.parametrize("where", ["during_write", "before_rename"])
+def test_crash_during_save_keeps_the_previous_checkpoint(tmp_path, monkeypatch, where):
+    path = tmp_path / "checkpoint.pt"
+    checkpoint.save_atomic(payload(1), path)
+    before = path.read_bytes()
+
+    class Crash(Exception):
+        pass
+
+    if where == "during_write":
+        real_save = torch.save
+
+        def torn_save(obj, f):  # write half a checkpoint, then die
+            real_save(obj, f)
+            f.truncate(f.tell() // 2)
+            raise Crash
+
+        monkeypatch.setattr(torch, "save", torn_save)
+    else:
+        def no_rename(src, dst):
+            raise Crash
+
+        monkeypatch.setattr(checkpoint.os, "replace", no_rename)
+    with pytest.raises(Crash):
+        checkpoint.save_atomic(payload(2), path)
+    assert path.read_bytes() == before
+    assert checkpoint.load(path)["step"] == 1
+    assert [p.name for p in tmp_path.iterdir()] == ["checkpoint.pt"]  # no stray temp file
+
+
+def test_a_stale_temp_file_from_a_hard_kill_is_harmless(tmp_path):
+    # SIGKILL cannot run cleanup: the torn temp file stays, and the next save overwrites it.
+    path = tmp_path / "checkpoint.pt"
+    checkpoint.save_atomic(payload(1), path)
+    (tmp_path / "checkpoint.pt.tmp").write_bytes(b"torn")
+    assert checkpoint.load(path)["step"] == 1
+    checkpoint.save_atomic(payload(2), path)
+    assert checkpoint.load(path)["step"] == 2
+    assert not (tmp_path / "checkpoint.pt.tmp").exists()
+
+
+@pytest.mark.parametrize("content", [b"", b"not a checkpoint at all", "half"])
+def test_corrupt_checkpoint_is_a_clear_error_and_is_kept(tmp_path, content):
+    path = tmp_path / "checkpoint.pt"
+    if content == "half":
+        checkpoint.save_atomic(payload(1), path)
+        content = path.read_bytes()[: path.stat().st_size // 2]
+    path.write_bytes(content)
+    with pytest.raises(CheckpointError, match=f"checkpoint {path} is corrupt or unreadable.*left in place"):
+        checkpoint.load(path)
+    assert path.read_bytes() == content
+
+
+def test_foreign_file_is_refused(tmp_path):
+    path = tmp_path / "checkpoint.pt"
+    torch.save({"weights": torch.zeros(2)}, path)
+    with pytest.raises(CheckpointError, match="not a longmix training checkpoint"):
+        checkpoint.load(path)
+    assert isinstance(CheckpointError("x"), ValueError)
+
+
+def test_rng_states_round_trip(tmp_path):
+    checkpoint.seed_everything(5)
+    path = tmp_path / "checkpoint.pt"
+    checkpoint.save_atomic(payload(0), path)
+    expected = (random.random(), np.random.rand(), torch.rand(1).item())
+    random.random(), np.random.rand(), torch.rand(1)  # move every generator on
+    checkpoint.set_rng_state(checkpoint.load(path)["rng"])
+    assert (random.random(), np.random.rand(), torch.rand(1).item()) == expected
