@@ -127,19 +127,25 @@ def plot_all(out: str | Path, names: list[str] | None = None, length: int = 64, 
     from . import mixers
 
     names = mixers.available() if names is None else names
+    if not names:
+        raise ValueError("plot_all: names must list at least one mixer, got an empty list")
     by_family: dict[str, list[str]] = {}
     for name in names:
         by_family.setdefault(mixers.get_class(name).taxonomy.family, []).append(name)
     families = [f for f in mixers.FAMILIES if f in by_family]
     cols = max(len(v) for v in by_family.values())
+    # Compute every picture before opening the figure: a mixer that rejects the settings (e.g.
+    # dim not divisible by heads) raises here, and no half-drawn figure is left open.
+    pictures = {f: [mixing_picture(n, length, dim, heads, causal, seed) for n in by_family[f]]
+                for f in families}
     plt, fig, axes = _figure(len(families), cols)
     for row, family in enumerate(families):
         for col in range(cols):
             ax = axes[row, col]
-            if col >= len(by_family[family]):
+            if col >= len(pictures[family]):
                 ax.set_axis_off()
                 continue
-            picture = mixing_picture(by_family[family][col], length, dim, heads, causal, seed)
+            picture = pictures[family][col]
             if picture.matrices is None:
                 _draw_reason(ax, picture.name, picture.reason)
             else:

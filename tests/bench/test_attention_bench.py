@@ -106,3 +106,22 @@ def test_peer_runs_and_is_compared(tmp_path):
     ours = bench.run_point(cfg, bench.Series("ring", 2), 512, timeout_s=120)
     lines = bench.summarize(cfg, [{**rec, "seq_len": 512}, {**ours, "seq_len": 512}])
     assert any("ring-attention-pytorch time / longmix time" in line for line in lines)
+
+
+def test_torn_last_line_neither_breaks_resume_nor_swallows_the_next_record(tmp_path):
+    """A run killed mid-write leaves half a line: it is ignored, and the next record stays whole."""
+    path = tmp_path / "points.jsonl"
+    bench._record(path, {"key": "a", "status": "ok"})
+    with path.open("a") as f:
+        f.write('{"key": "b", "sta')  # the torn write
+    assert set(bench.load_results(path)) == {"a"}
+    bench._record(path, {"key": "c", "status": "error"})
+    assert bench.load_results(path) == {"a": {"key": "a", "status": "ok"},
+                                        "c": {"key": "c", "status": "error"}}
+
+
+@pytest.mark.parametrize("kw, match", [(dict(heads=0), "heads"), (dict(heads=4, kv_heads=3), "kv_heads=3"),
+                                       (dict(head_dim=-1), "head_dim"), (dict(dtype="fp16"), "dtype")])
+def test_bad_shape_is_a_value_error_naming_the_argument(kw, match):
+    with pytest.raises(ValueError, match=match):
+        bench.Shape(**kw)

@@ -140,3 +140,28 @@ def test_bad_config_is_rejected(tmp_path):
         config(tmp_path, dtype="float16x")
     with pytest.raises(ValueError, match="valid names"):
         bench.run_sweep(config(tmp_path, mixers=("nope",)), progress=False, echo=lambda s: None)
+
+
+@pytest.mark.parametrize("outcome,status,note", [
+    (dict(returncode=-9, stdout="", stderr=""), "error", "killed by signal 9"),
+    (dict(returncode=0, stdout='{"error": "ValueError: x is too long"}\n', stderr=""), "error", "too long"),
+    (dict(returncode=1, stdout="", stderr="Traceback...\nRuntimeError: boom"), "error", "RuntimeError: boom"),
+    ("timeout", "timeout", "killed after 5 s"),
+])
+def test_failed_points_are_recorded_and_stop_the_mixer(tmp_path, monkeypatch, outcome, status, note):
+    import subprocess
+
+    def fake_run(args, **kw):
+        if outcome == "timeout":
+            raise subprocess.TimeoutExpired(args, kw["timeout"])
+        return subprocess.CompletedProcess(args, **outcome)
+
+    monkeypatch.setattr(bench.subprocess, "run", fake_run)
+    row = bench.run_point(config(tmp_path), "s4d", 64, timeout_s=5)
+    assert row["status"] == status and note in row["note"]
+
+    bench.run_sweep(config(tmp_path, mixers=("s4d",)), progress=False, echo=lambda s: None)
+    rows = csv_rows(tmp_path)
+    assert [(r["length"], r["status"]) for r in rows] == [("64", status)]  # 128 not attempted
+    summary = json.loads((tmp_path / "mixers_scaling.json").read_text())
+    assert summary["skipped_in_last_run"][0]["reason"] == f"a shorter point: {status}"

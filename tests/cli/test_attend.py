@@ -82,6 +82,15 @@ def test_attend_runs_and_passes(tmp_path, capsys, argv, world, strategy):
             assert rank["bytes_sent"] == pytest.approx(theory, rel=0.02)
 
 
+def test_parser_choices_match_the_library():
+    """commands/attend.py copies these to keep `longmix --help` free of torch; they must agree."""
+    import longmix.dist as ld
+    from longmix.commands import attend as command
+
+    assert command.STRATEGIES == ld.STRATEGIES and command.LAYOUTS == ld.LAYOUTS
+    assert set(command.DTYPES) == set(job.DTYPES)
+
+
 @pytest.mark.parametrize("argv, flag", [
     (["--seq-len", "0"], "--seq-len"),
     (["--procs", "0"], "--procs"),

@@ -3,7 +3,6 @@
 One launch per world size P runs every case (start-up costs seconds per launch); the tests below
 read their share of the results. Tolerances: 1e-10 relative in float64, 1e-4 in float32.
 """
-import importlib.util
 import math
 
 import pytest
@@ -11,9 +10,6 @@ import pytest
 from helpers import Case, failures, run_configs, tolerance
 from longmix.dist import LAYOUTS
 from longmix.dist.launch import run_local
-
-HAVE_RING = importlib.util.find_spec("longmix.dist.ring") is not None
-NEEDS_RING = pytest.mark.skipif(not HAVE_RING, reason="longmix.dist.ring is not written yet")
 
 # (heads, kv_heads) per P: heads split evenly, plus GQA where kv_heads < P (one K/V head is sent
 # to several ranks) and where P divides kv_heads.
@@ -79,7 +75,7 @@ STRATEGY_CASES = {"shuffle": shuffle_cases, "auto": auto_cases, "ring": ring_cas
 def results(request):
     """All cases of one world size, run in one launch; results grouped by strategy."""
     p = request.param
-    strategies = ["shuffle", "auto"] + (["ring", "hybrid"] if HAVE_RING else [])
+    strategies = list(STRATEGY_CASES)
     cases = [c for s in strategies for c in STRATEGY_CASES[s](p)]
     out = run_local(run_configs, p, (cases,), timeout=150, collective_timeout=60)[0]
     grouped = {}
@@ -105,18 +101,16 @@ def test_auto_matches_reference(results):
     _check(results, "auto")
 
 
-@NEEDS_RING
 def test_ring_matches_reference(results):
     _check(results, "ring")
 
 
-@NEEDS_RING
 def test_hybrid_matches_reference(results):
     _check(results, "hybrid")
 
 
 def test_large_logits_stay_finite_and_accurate(results):
-    """Logits ~1e4: no NaN/inf; float64 exact; float32 no worse than the single-process op."""
+    """Logits ~1e4: no NaN/inf; float64 exact (float32 vs the single-process op: next test)."""
     p, grouped = results
     rows = [r for rs in grouped.values() for r in rs if r["case"].logit_scale != 1]
     assert rows
@@ -139,23 +133,30 @@ def test_float32_error_does_not_grow_with_p(results):
 
 
 def test_shuffle_bytes_match_theory(results):
-    """Forward bytes per rank ~ 4*L*H*d/P * (P-1)/P elements (multi-head, the big case)."""
+    """Forward bytes per rank, the big cases: q and out (P-1)/P * L*H*d/P elements each; k and v
+    (P-1)/P * L*kv_heads*d/P each, or (P-1) * L*d/P when kv_heads < P (one whole K/V head to
+    every other rank). Multi-head: ~4*L*H*d/P * (P-1)/P."""
     p, grouped = results
+    checked = 0
     for r in grouped["shuffle"]:
         case = r["case"]
-        if case.seq_len != BIG or case.heads != case.kv_heads:
+        if case.seq_len != BIG:
             continue
         elem = 8 if case.dtype == "float64" else 4
-        theory = 4 * case.batch * case.seq_len * case.heads * case.head_dim / p * (p - 1) / p * elem
+        rows = case.batch * case.seq_len / p * case.head_dim  # elements per head of one shard
+        kv = case.kv_heads * (p - 1) / p if case.kv_heads >= p else p - 1
+        theory = (2 * case.heads * (p - 1) / p + 2 * kv) * rows * elem
         sent, received = r["forward_bytes"]
         assert math.isclose(sent, theory, rel_tol=0.01, abs_tol=1), (case.name, sent, theory)
         assert math.isclose(received, theory, rel_tol=0.01, abs_tol=1), (case.name, received, theory)
+        checked += 1
+    assert checked, f"P={p}: no shuffle case of length {BIG} to check"
 
 
-@NEEDS_RING
 def test_ring_bytes_match_theory(results):
     """Forward bytes per rank ~ 2*L*kv_heads*d * (P-1)/P elements, the K/V blocks passed around."""
     p, grouped = results
+    checked = 0
     for r in grouped["ring"]:
         case = r["case"]
         if case.seq_len != BIG:
@@ -164,3 +165,5 @@ def test_ring_bytes_match_theory(results):
         theory = 2 * case.batch * case.seq_len * case.kv_heads * case.head_dim * (p - 1) / p * elem
         sent, _ = r["forward_bytes"]
         assert math.isclose(sent, theory, rel_tol=0.01, abs_tol=1), (case.name, sent, theory)
+        checked += 1
+    assert checked, f"P={p}: no ring case of length {BIG} to check"

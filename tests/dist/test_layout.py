@@ -68,6 +68,8 @@ def test_bad_arguments():
         ld.segments(-1, 2, 0)
     with pytest.raises(ValueError, match="sequence dim 1"):
         ld.shard(torch.zeros(3))
+    with pytest.raises(ValueError, match="sequence dim 1"):
+        ld.unshard(torch.zeros(3))
 
 
 def roundtrip_worker(group):
@@ -81,16 +83,21 @@ def roundtrip_worker(group):
             ok.append(part.shape[1] == ld.local_length(seq_len, 3, rank, layout)
                       and torch.equal(ld.unshard(part, group, layout), x))
     wrong = torch.zeros(1, 2 if rank == 1 else 1, 1)  # lengths [1, 2, 1]: not a layout
-    try:
-        ld.unshard(wrong, group)
-        error = None
-    except ValueError as exc:
-        error = str(exc)
-    return ok, error
+    odd_width = torch.zeros(1, 1, 2 if rank == 2 else 1)  # lengths fine, dim 2 disagrees
+    errors = []
+    for bad in (wrong, odd_width):
+        try:
+            ld.unshard(bad, group)
+            errors.append(None)
+        except ValueError as exc:
+            errors.append(str(exc))
+    return ok, errors
 
 
 def test_shard_unshard_roundtrip_on_three_ranks():
     results = run_local(roundtrip_worker, 3, timeout=60, collective_timeout=30)
-    for ok, error in results:
+    for ok, (length_error, width_error) in results:
         assert all(ok)
-        assert error is not None and "do not match the 'contiguous' layout" in error
+        assert length_error is not None and "do not match the 'contiguous' layout" in length_error
+        assert width_error is not None and "agree on every dim but 1" in width_error
+        assert "(1, 1, 2)" in width_error

@@ -83,6 +83,12 @@ def test_bad_arguments():
         ld.plan(**BASE, heads=8, world_size=0)
     with pytest.raises(ValueError, match="layout"):
         ld.plan(**BASE, heads=8, world_size=2, layout="striped")
+    for rate in ("bandwidth_bytes_per_s", "flops_per_s", "latency_s"):
+        with pytest.raises(ValueError, match=rate):
+            ld.plan(**BASE, heads=8, world_size=2, **{rate: -1.0})
+    with pytest.raises(ValueError, match="bandwidth_bytes_per_s"):  # 0 was silently the default
+        ld.plan(**BASE, heads=8, world_size=2, bandwidth_bytes_per_s=0)
+    assert ld.plan(**BASE, heads=8, world_size=2, latency_s=0).predicted_time_s > 0
 
 
 def rates_worker(group):

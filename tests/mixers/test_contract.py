@@ -120,3 +120,11 @@ def test_causal_request_rejected_when_unsupported(name):
 def test_max_len_required_when_weights_are_length_sized(name):
     with pytest.raises(ValueError, match="max_len"):
         mixers.build(name, DIM, heads=HEADS)
+
+
+@pytest.mark.parametrize("name,option", [("local", "block_size"), ("mamba", "d_conv"), ("mlpmixer", "hidden"),
+                                         ("nystrom", "pinv_refine"), ("softmax", "window")])
+def test_integer_options_refuse_bools(name, option):
+    # True is an int to Python; as a size it is always a mistake, and every mixer says so alike.
+    with pytest.raises(ValueError, match=f"{option} must be an int"):
+        mixers.build(name, DIM, heads=HEADS, max_len=MAX_LEN, **{option: True})

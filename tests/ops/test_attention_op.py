@@ -181,7 +181,8 @@ def test_merge_with_empty_partials_never_nan():
     assert torch.equal(out, torch.zeros_like(out)) and torch.isneginf(lse).all()
     q.grad = None
     (out.sum() + torch.where(torch.isinf(lse), 0, lse).sum()).backward()
-    assert q.grad is None or torch.isfinite(q.grad).all()
+    for x in (q, k, v):  # the gradient arrives, and it is exactly 0: no key, no dependence
+        assert x.grad is not None and torch.equal(x.grad, torch.zeros_like(x))
 
 
 def test_autograd_free_backward_with_global_statistics():

@@ -13,7 +13,7 @@ from longmix.train.checkpoint import CheckpointError
 def payload(step):
     return {"format": checkpoint.FORMAT, "identity": {"lr": 1e-3}, "step": step,
             "model": {"w": torch.full((64, 64), float(step))}, "optimizer": {}, "scheduler": {},
-            "rng": checkpoint.rng_state()}
+            "rng": checkpoint.rng_state(), "history": [], "wall_s": 0.0, "sessions": 1}
 
 
 def test_round_trip(tmp_path):

@@ -105,7 +105,7 @@ def test_sigkill_then_rerun_matches_an_uninterrupted_run(tmp_path):
             assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
             assert time.monotonic() < deadline, "no checkpoint appeared"
             time.sleep(0.005)
-        time.sleep(0.05)  # let it go past the first checkpoint, mid-step
+        time.sleep(0.02)  # let it go past the first checkpoint, mid-step
         proc.send_signal(signal.SIGKILL)
         proc.wait(timeout=30)
     finally:
@@ -200,6 +200,19 @@ def test_corrupt_checkpoint_is_a_clear_error_and_is_kept(finished):
     code, err = cli(*argv_of(out))
     assert code == 2 and f"checkpoint {ckpt} is corrupt or unreadable" in err
     assert len(ckpt.read_bytes()) == 1000
+
+
+def test_checkpoint_that_does_not_fit_the_model_is_a_clear_error_and_is_kept(finished):
+    out, _ = finished
+    (out / "results.jsonl").write_text("")  # as if the run had not finished
+    ckpt = out / "checkpoint.pt"
+    state = load_checkpoint(ckpt)
+    state["model"] = {"not_a_parameter": torch.zeros(1)}  # readable, right identity, wrong weights
+    torch.save(state, ckpt)
+    saved = ckpt.read_bytes()
+    code, err = cli(*argv_of(out))
+    assert code == 2 and f"checkpoint {ckpt} does not fit this run's model" in err
+    assert ckpt.read_bytes() == saved
 
 
 def test_parse_pairs():

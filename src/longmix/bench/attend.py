@@ -172,9 +172,10 @@ def reference_rows(cfg: AttendConfig, rows: list[int]) -> torch.Tensor:
 # Accounting: flops and the communication volume each strategy should need.
 
 def attention_flops(cfg: AttendConfig) -> float:
-    """Multiply-adds x 2 of QK^T and PV: 4·B·H·L²·d; a causal mask halves it."""
-    full = 4.0 * cfg.batch * cfg.heads * cfg.seq_len**2 * cfg.head_dim
-    return full / 2 if cfg.causal else full
+    """Multiply-adds x 2 of QK^T and PV: 4·B·H·L²·d; a causal mask halves it (the benchmark's count)."""
+    from longmix.bench.attention import attention_flops as flops
+
+    return flops(cfg.batch, cfg.heads, cfg.seq_len, cfg.head_dim, cfg.causal)
 
 
 def theoretical_bytes_sent(strategy: str, cfg: AttendConfig, world: int,

@@ -18,13 +18,15 @@ and reported as such, when its predicted memory exceeds ``mem_budget_gb`` or its
 exceeds ``time_budget_s`` (predictions extrapolate the series' previous point: time ~ L^2,
 memory ~ L for the O(L) methods and ~ L^2 for vanilla) or when the run's total time budget
 would be exceeded. Results are appended to a JSON-lines file as each point finishes; a rerun
-skips the points already there unless ``force``.
+skips the points already there (ok, error or infeasible; a timed-out point is tried again, since
+a busy machine may have caused it) unless ``force``.
 """
 from __future__ import annotations
 
 import datetime
 import json
 import math
+import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -56,6 +58,17 @@ class Shape:
     dtype: str = "bf16"
     causal: bool = True
     batch: int = 1
+
+    def __post_init__(self):
+        # checked here, not first in a spawned rank where it would cost a launch and read worse
+        for name in ("heads", "kv_heads", "head_dim", "batch"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"{name} must be a positive int, got {value!r}")
+        if self.heads % self.kv_heads:
+            raise ValueError(f"kv_heads={self.kv_heads} must divide heads={self.heads}")
+        if self.dtype not in DTYPES:
+            raise ValueError(f"dtype must be one of {sorted(DTYPES)}, got {self.dtype!r}")
 
     @property
     def tag(self) -> str:
@@ -242,20 +255,35 @@ def _predict(shape: Shape, series: Series, seq_len: int, previous: dict | None) 
 
 
 def load_results(path: Path) -> dict[str, dict]:
-    """Recorded points by key (later lines win)."""
+    """Recorded points by key (later lines win).
+
+    A line that is not valid JSON (a run killed in the middle of writing it) is ignored, so that
+    point is simply measured again instead of the whole results file becoming unreadable.
+    """
     results = {}
     if path.exists():
         for line in path.read_text().splitlines():
-            if line.strip():
-                rec = json.loads(line)
+            try:
+                rec = json.loads(line) if line.strip() else None
+            except json.JSONDecodeError:
+                rec = None
+            if isinstance(rec, dict) and "key" in rec:
                 results[rec["key"]] = rec
     return results
 
 
 def _record(path: Path, rec: dict) -> None:
+    """Append one point as one JSON line (a single write, so a crash loses at most that line)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("a") as f:
-        f.write(json.dumps(rec) + "\n")
+    line = json.dumps(rec) + "\n"
+    with path.open("ab+") as f:
+        # A torn last line (no newline) would swallow this record into an unparsable line:
+        # start a fresh line instead.
+        if f.seek(0, os.SEEK_END) > 0:
+            f.seek(-1, os.SEEK_END)
+            if f.read(1) != b"\n":
+                line = "\n" + line
+        f.write(line.encode())
 
 
 def run_point(cfg: BenchConfig, series: Series, seq_len: int, timeout_s: float) -> dict:

@@ -74,15 +74,23 @@ def markdown(desc: dict) -> str:
             f"{gpu}, {desc['date']}")
 
 
-def peak_rss_bytes() -> int:
-    """This process's peak resident set size so far (VmHWM; ru_maxrss where /proc is missing)."""
+def _proc_status_bytes(field: str) -> int | None:
+    """A ``kB`` field of /proc/self/status (e.g. ``VmHWM``) in bytes; None where /proc is missing."""
     try:
         with open("/proc/self/status") as f:
             for line in f:
-                if line.startswith("VmHWM:"):
+                if line.startswith(field + ":"):
                     return int(line.split()[1]) * 1024
     except OSError:
         pass
+    return None
+
+
+def peak_rss_bytes() -> int:
+    """This process's peak resident set size so far (VmHWM; ru_maxrss where /proc is missing)."""
+    peak = _proc_status_bytes("VmHWM")
+    if peak is not None:
+        return peak
     # ru_maxrss is KiB on Linux, bytes on macOS
     scale = 1 if platform.system() == "Darwin" else 1024
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale
@@ -90,11 +98,5 @@ def peak_rss_bytes() -> int:
 
 def current_rss_bytes() -> int:
     """This process's resident set size now (VmRSS), to separate a run's own memory from the baseline."""
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith("VmRSS:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return peak_rss_bytes()
+    now = _proc_status_bytes("VmRSS")
+    return peak_rss_bytes() if now is None else now

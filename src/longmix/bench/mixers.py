@@ -8,7 +8,8 @@ For each mixer and L = 2^min .. 2^max: a forward pass on x (batch, L, dim) under
 ``torch.no_grad``. Outputs in ``out_dir``:
 
 * ``mixers_scaling.csv``: one row per measured point (or failed point), rewritten after every
-  point, so an interrupted sweep keeps what it measured and a rerun skips those points;
+  point, so an interrupted sweep keeps what it measured and a rerun skips those points (a
+  failed point is not retried either, nor are longer ones, until ``force``);
 * ``mixers_scaling.json``: the rows plus the configuration, machine, command and date of every
   run that contributed to them, and the points the last run skipped;
 * ``mixers_scaling.md``: the table for the README, with machine, command and date;
@@ -277,8 +278,9 @@ def run_point(cfg: SweepConfig, mixer: str, length: int, timeout_s: float) -> di
         except json.JSONDecodeError:
             result = None
     if result is None:
+        last_err = (proc.stderr.strip().splitlines() or [""])[-1]
         why = (f"killed by signal {-proc.returncode} (out of memory?)" if proc.returncode < 0
-               else f"exit {proc.returncode}: {proc.stderr.strip().splitlines()[-1:] or ''}")
+               else f"exit {proc.returncode}: {last_err}")
         return {**row, "status": "error", "note": why}
     if "error" in result:
         return {**row, "status": "error", "note": result["error"]}
@@ -382,8 +384,9 @@ def _cell(row: dict | None) -> str:
 def _grid(store: ResultStore, cfg: SweepConfig, names: list[str]):
     rows = {(r["mixer"], r["length"]): r for r in store.rows.values() if _same_setting(r, cfg)}
     family = {r["mixer"]: r["family"] for r in rows.values() if r.get("family")}
-    header = ["mixer", "family"] + [f"2^{int(math.log2(n))}" for n in cfg.lengths]
-    body = [[name, family.get(name, "?")] + [_cell(rows.get((name, n))) for n in cfg.lengths] for name in names]
+    lengths = sorted(set(cfg.lengths) | {n for m, n in rows if m in names})  # earlier runs' too
+    header = ["mixer", "family"] + [f"2^{int(math.log2(n))}" for n in lengths]
+    body = [[name, family.get(name, "?")] + [_cell(rows.get((name, n))) for n in lengths] for name in names]
     return header, body
 
 
@@ -425,21 +428,25 @@ def plot(store: ResultStore, cfg: SweepConfig, names: list[str], path: Path) -> 
     import matplotlib.pyplot as plt
 
     fig, (ax_t, ax_m) = plt.subplots(1, 2, figsize=(13, 5.5))
-    for name in names:
+    plotted = False
+    for i, name in enumerate(names):
+        style = dict(marker="o", label=name, linestyle=("-", "--", "-.", ":")[i // 10 % 4])  # 10 colours
         pts = sorted((r["length"], r["time_s"], r["forward_mb"]) for r in store.rows.values()
                      if r["mixer"] == name and r["status"] == "ok" and _same_setting(r, cfg))
         if not pts:
             continue
         lengths, times, mems = zip(*pts)
-        ax_t.plot(lengths, times, marker="o", label=name)
-        ax_m.plot(lengths, [max(m, 1e-2) for m in mems], marker="o", label=name)
+        ax_t.plot(lengths, times, **style)
+        ax_m.plot(lengths, [max(m, 1e-2) for m in mems], **style)
+        plotted = True
     for ax, label in ((ax_t, "forward time (s)"), (ax_m, "peak extra memory of the forward (MB)")):
         ax.set_xscale("log", base=2)
         ax.set_yscale("log")
         ax.set_xlabel("sequence length L")
         ax.set_ylabel(label)
         ax.grid(True, which="both", alpha=0.3)
-    ax_t.legend(fontsize=8, ncol=2)
+    if plotted:
+        ax_t.legend(fontsize=8, ncol=2)
     fig.suptitle(f"token mixers: batch {cfg.batch}, dim {cfg.dim}, {cfg.dtype}")
     fig.tight_layout()
     fig.savefig(path, dpi=120)

@@ -15,6 +15,8 @@ import json
 import os
 import sys
 
+# Copies of longmix.dist.STRATEGIES / LAYOUTS: importing longmix.dist pulls in torch, and building
+# the parser (`longmix --help`) must stay fast. tests/cli/test_attend.py keeps them in sync.
 STRATEGIES = ("auto", "shuffle", "ring", "hybrid")
 LAYOUTS = ("contiguous", "zigzag")
 DTYPES = ("bf16", "fp32", "fp64")
@@ -32,24 +34,23 @@ DTYPES = ("bf16", "fp32", "fp64")
 DEFAULTS = dict(seq_len=2**20, procs=2, heads=2, head_dim=32, dtype="bf16")
 
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
-    return value
+def _int_at_least(low: int):
+    """An argparse ``type``: an integer >= ``low``; the error names what was expected."""
+    wanted = "a positive integer" if low == 1 else f"an integer >= {low}"
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {wanted}, got {text!r}") from None
+        if value < low:
+            raise argparse.ArgumentTypeError(f"expected {wanted}, got {value}")
+        return value
+
+    return parse
 
 
-def _non_negative_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {value}")
-    return value
+_positive_int, _non_negative_int = _int_at_least(1), _int_at_least(0)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -121,7 +122,9 @@ def run(args: argparse.Namespace) -> int:
     is_rank0 = not torchrun or int(os.environ["RANK"]) == 0
     if is_rank0:
         print(job.format_report(report), flush=True)
-        if args.json:
-            with open(args.json, "w") as f:
+        if args.json:  # temporary file + rename: a killed run never leaves half a report
+            tmp = f"{args.json}.tmp{os.getpid()}"
+            with open(tmp, "w") as f:
                 json.dump(report, f, indent=2, default=str)
+            os.replace(tmp, args.json)
     return 0 if report["passed"] else 1

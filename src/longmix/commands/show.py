@@ -18,22 +18,6 @@ def add_arguments(parser):
                         help="a constructor option of the mixer, e.g. -o window=8 (repeatable; not with 'all')")
 
 
-def parse_options(items: list[str]) -> dict:
-    """['window=8', 'bias=False'] -> {'window': 8, 'bias': False}; values are Python literals or strings."""
-    import ast
-
-    options = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep or not key.isidentifier():
-            raise ValueError(f"--option must look like KEY=VALUE, got {item!r}")
-        try:
-            options[key] = ast.literal_eval(value)
-        except (ValueError, SyntaxError):
-            options[key] = value
-    return options
-
-
 def _fail(message: str) -> int:
     print(f"longmix show: error: {message}", file=sys.stderr)
     return 2
@@ -41,6 +25,7 @@ def _fail(message: str) -> int:
 
 def run(args) -> int:
     from longmix import mixers, viz
+    from longmix.train.config import parse_pairs
 
     if args.name != "all" and args.name not in mixers.available():
         return _fail(f"unknown mixer {args.name!r}; valid names: all, {', '.join(mixers.available())}")
@@ -54,7 +39,7 @@ def run(args) -> int:
         return _fail(f"--out: cannot write {str(args.out)!r}: permission denied")
     settings = dict(length=args.length, dim=args.dim, heads=args.heads, causal=args.causal, seed=args.seed)
     try:
-        options = parse_options(args.option)
+        options = parse_pairs(args.option, "--option")  # the KEY=VALUE parser of `longmix train`
         if args.name == "all":
             if options:
                 return _fail("--option applies to one mixer, not to 'all'")

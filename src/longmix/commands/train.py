@@ -9,7 +9,6 @@ from __future__ import annotations
 import sys
 
 
-
 def add_arguments(parser):
     a = parser.add_argument
     a("--task", required=True, help="task name (see longmix.tasks.available())")

@@ -6,7 +6,8 @@ gives every member all of its group's rows for heads/u heads; member a of every 
 ring over the P/u groups, ranks ``[a, u+a, 2u+a, ...]``, treating each group's concatenated rows as
 one ring block; a reverse all-to-all returns the output rows. With u = P this is the shuffle,
 with u = 1 the ring. Communication per rank: the shuffle's volume over u ranks plus the ring's
-over P/u blocks with kv_heads/u heads each.
+over P/u blocks with max(kv_heads/u, 1) K/V heads each (when kv_heads < u, each member holds the
+one K/V head its query heads share).
 
 Everything runs on ``group`` with point-to-point ops among explicit rank lists, so no subgroup is
 created (creating subgroups is itself a collective over the whole world, and costly).

@@ -21,6 +21,7 @@ import os
 import pickle
 import queue as queue_module
 import socket
+import time
 import traceback
 from typing import Any, Callable
 
@@ -109,13 +110,15 @@ def run_local(fn: Callable[..., Any], nprocs: int, args: tuple = (), *, timeout:
                          args=(r, nprocs, port, backend, collective_timeout, threads_per_rank, fn,
                                args, queue))
              for r in range(nprocs)]
-    for p in procs:
-        p.start()
+    started = []  # the finally below must reach every rank that started, even if a later start fails
     results: dict[int, Any] = {}
-    deadline = datetime.datetime.now() + datetime.timedelta(seconds=timeout)
+    deadline = time.monotonic() + timeout  # monotonic: a wall-clock jump must not end the wait
     try:
+        for p in procs:
+            p.start()
+            started.append(p)
         while len(results) < nprocs:
-            remaining = (deadline - datetime.datetime.now()).total_seconds()
+            remaining = deadline - time.monotonic()
             if remaining <= 0:
                 missing = sorted(set(range(nprocs)) - set(results))
                 raise RankFailure(missing[0] if missing else None,
@@ -132,9 +135,9 @@ def run_local(fn: Callable[..., Any], nprocs: int, args: tuple = (), *, timeout:
                 raise _root_cause(procs, results, rank, payload)
             results[rank] = pickle.loads(payload)
     finally:
-        for p in procs:
+        for p in started:
             p.join(timeout=5 if len(results) == nprocs else 0.5)
-        for p in procs:
+        for p in started:
             if p.is_alive():
                 p.kill()
                 p.join(timeout=5)

@@ -107,20 +107,29 @@ def shard(x: torch.Tensor, group=None, layout: str = "contiguous") -> torch.Tens
 def unshard(y: torch.Tensor, group=None, layout: str = "contiguous") -> torch.Tensor:
     """Rebuild the full sequence (batch, L, ...) on every rank from each rank's shard ``y``.
 
-    ``L`` is the sum of the local lengths; each rank's length is checked against the layout, so a
-    mismatched shard raises instead of being silently misplaced. Shards may be uneven or empty
+    ``L`` is the sum of the local lengths; each rank's length is checked against the layout (and
+    the other dims for equality), so a mismatched shard raises instead of being silently misplaced.
+    Every rank must pass a ``y`` with the same number of dims. Shards may be uneven or empty
     (gloo's all_gather needs equal sizes, so they are padded to the longest). Not differentiable:
     meant for evaluation, tests and inspection.
     """
     check_layout(layout)
+    if y.dim() < 2:
+        raise ValueError(f"y must have a sequence dim 1, got shape {tuple(y.shape)}")
     world, rank = _group_info(group)
     if world == 1:
         return y
     group = dist.group.WORLD if group is None else group
-    lengths = torch.zeros(world, dtype=torch.int64, device=y.device)
-    lengths[rank] = y.shape[1]
-    dist.all_reduce(lengths, group=group)
-    lengths = lengths.tolist()
+    # every rank's full shape in one all-reduce: the lengths place the rows, and the other dims
+    # must agree or the padded all_gather below would fail (or mix up data) on some ranks only
+    shapes = torch.zeros(world, y.dim(), dtype=torch.int64, device=y.device)
+    shapes[rank] = torch.tensor(y.shape, dtype=torch.int64)
+    dist.all_reduce(shapes, group=group)
+    others = {tuple(s[:1] + s[2:]) for s in shapes.tolist()}
+    if len(others) > 1:
+        raise ValueError(f"unshard: shards must agree on every dim but 1, got shapes "
+                         f"{[tuple(s) for s in shapes.tolist()]} by rank")
+    lengths = shapes[:, 1].tolist()
     seq_len = sum(lengths)
     expected = [local_length(seq_len, world, r, layout) for r in range(world)]
     if lengths != expected:

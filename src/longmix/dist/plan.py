@@ -41,10 +41,11 @@ class Rates:
     latency_s: float
 
 
-#: Rough defaults. CPU: gloo over loopback TCP (~1 GB/s), one socket's share of a modest CPU
-#: (~20 GFLOP/s per rank). CUDA: NCCL over NVLink/PCIe (~50 GB/s), ~100 TFLOP/s half-precision.
+#: Rough defaults. CPU: gloo over loopback TCP (~1 GB/s); ~100 GFLOP/s per rank, the CPU flash
+#: op's rate seen with one thread per rank on the 2-core AVX-512/AMX reference box (README).
+#: CUDA: NCCL over NVLink/PCIe (~50 GB/s), ~100 TFLOP/s half-precision.
 DEFAULT_RATES = {
-    "cpu": Rates(bandwidth_bytes_per_s=1e9, flops_per_s=2e10, latency_s=1e-4),
+    "cpu": Rates(bandwidth_bytes_per_s=1e9, flops_per_s=1e11, latency_s=1e-4),
     "cuda": Rates(bandwidth_bytes_per_s=5e10, flops_per_s=1e14, latency_s=2e-5),
 }
 
@@ -138,9 +139,16 @@ def plan(*, seq_len: int, heads: int, kv_heads: int | None = None, head_dim: int
             raise ValueError(f"{name} must be a positive int, got {value!r}")
     if heads % kv_heads:
         raise ValueError(f"kv_heads={kv_heads} must divide heads={heads}")
+    # Checked rather than `x or default`: a 0 must not silently mean the default, nor may a
+    # negative rate give negative predicted times.
+    for name, value, low in (("bandwidth_bytes_per_s", bandwidth_bytes_per_s, "> 0"),
+                             ("flops_per_s", flops_per_s, "> 0"), ("latency_s", latency_s, ">= 0")):
+        if value is not None and not (value > 0 or (low == ">= 0" and value == 0)):
+            raise ValueError(f"{name} must be None (the device default) or {low}, got {value!r}")
     base = DEFAULT_RATES.get(device, DEFAULT_RATES["cpu"])
-    rates = Rates(bandwidth_bytes_per_s or base.bandwidth_bytes_per_s,
-                  flops_per_s or base.flops_per_s, base.latency_s if latency_s is None else latency_s)
+    rates = Rates(base.bandwidth_bytes_per_s if bandwidth_bytes_per_s is None else bandwidth_bytes_per_s,
+                  base.flops_per_s if flops_per_s is None else flops_per_s,
+                  base.latency_s if latency_s is None else latency_s)
     p, elem = world_size, torch.empty((), dtype=dtype).element_size()
     flops_rank = 4 * batch * seq_len * _keys_per_query(seq_len, causal, window) * heads * head_dim / p
     compute_s = flops_rank / rates.flops_per_s

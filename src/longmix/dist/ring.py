@@ -32,18 +32,15 @@ import torch.distributed as dist
 
 from longmix.ops import attention_backward, attention_forward, merge_partials
 from longmix.ops.attention import check_attention_inputs
+from longmix.ops.blockwise_attention import accumulator_dtype
 
+from .layout import Segment
 from .stats import CommStats
 
-Segment = tuple[int, int]
 # A block: (query segment ids, key segment ids, causal diagonal?)
 Block = tuple[tuple[int, ...], tuple[int, ...], bool]
 
 _TAG_KV, _TAG_DKV = 101, 102  # gloo matches on tags; NCCL matches in order, which is the same
-
-
-def _acc_dtype(dtype: torch.dtype) -> torch.dtype:
-    return torch.float64 if dtype == torch.float64 else torch.float32
 
 
 @dataclass
@@ -202,7 +199,7 @@ def _circulate(ring: _Ring, kv: torch.Tensor | None, like: torch.Tensor, step: i
 # ----------------------------------------------------------------------------- forward / backward
 def _ring_forward(q, k, v, ring: _Ring):
     d = q.shape[-1]
-    acc_dt = _acc_dtype(q.dtype)
+    acc_dt = accumulator_dtype(q.dtype)
     out = torch.zeros(q.shape, dtype=acc_dt, device=q.device)
     lse = torch.full((q.shape[0], q.shape[2], q.shape[1]), float("-inf"), dtype=acc_dt,
                      device=q.device)
@@ -227,7 +224,7 @@ def _ring_forward(q, k, v, ring: _Ring):
 
 def _ring_backward(dout, q, k, v, out, lse, ring: _Ring):
     d = q.shape[-1]
-    acc_dt = _acc_dtype(q.dtype)
+    acc_dt = accumulator_dtype(q.dtype)
     dq = torch.zeros(q.shape, dtype=acc_dt, device=q.device)
     kv = own = torch.cat([k, v], dim=-1).contiguous()
     dkv, dkv_reqs, dkv_in = None, [], None

@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 
 from ..ops.attention import attention_with_lse
-from .base import Taxonomy
+from .base import Taxonomy, check_int
 from .qkv import QKVMixer, masked_softmax_matrix
 from .registry import register
 
@@ -42,9 +42,7 @@ class SoftmaxAttention(QKVMixer):
     def __init__(self, dim: int, heads: int = 1, causal: bool = False, max_len: int | None = None,
                  window: int | None = None, bias: bool = True):
         super().__init__(dim, heads=heads, causal=causal, max_len=max_len, bias=bias)
-        if window is not None and (isinstance(window, bool) or not isinstance(window, int) or window < 1):
-            raise ValueError(f"SoftmaxAttention: window must be None or a positive int, got {window!r}")
-        self.window = window
+        self.window = None if window is None else check_int("SoftmaxAttention", "window", window)
         self.scale = self.head_dim ** -0.5
 
     def _attend(self, q, k, v):

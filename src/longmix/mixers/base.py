@@ -40,6 +40,15 @@ class Taxonomy:
             raise ValueError(f"family must be one of {FAMILIES}, got {self.family!r}")
 
 
+def check_int(owner: str, name: str, value, minimum: int = 1) -> int:
+    """Return ``value`` if it is an int >= ``minimum``, else raise a ValueError naming ``owner``'s
+    argument ``name``. The one validator of integer options of every mixer (bools are refused:
+    ``True`` is an int to Python but never a meaningful size)."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ValueError(f"{owner}: {name} must be an int >= {minimum}, got {value!r}")
+    return value
+
+
 class TokenMixer(nn.Module):
     """Base class of all mixers. See the module docstring for the contract.
 
@@ -57,17 +66,15 @@ class TokenMixer(nn.Module):
     def __init__(self, dim: int, heads: int = 1, causal: bool = False, max_len: int | None = None):
         super().__init__()
         name = type(self).__name__
-        if not isinstance(dim, int) or dim < 1:
-            raise ValueError(f"{name}: dim must be a positive int, got {dim!r}")
-        if not isinstance(heads, int) or heads < 1:
-            raise ValueError(f"{name}: heads must be a positive int, got {heads!r}")
+        check_int(name, "dim", dim)
+        check_int(name, "heads", heads)
         if dim % heads:
             raise ValueError(f"{name}: dim ({dim}) must be divisible by heads ({heads})")
         if causal and not self.taxonomy.causal:
             raise ValueError(f"{name}: causal=True is not supported: this {self.taxonomy.family} mixer "
                              "mixes every position with every other (use causal=False)")
-        if max_len is not None and (not isinstance(max_len, int) or max_len < 1):
-            raise ValueError(f"{name}: max_len must be a positive int or None, got {max_len!r}")
+        if max_len is not None:
+            check_int(name, "max_len", max_len)
         if self.requires_max_len and max_len is None:
             raise ValueError(f"{name}: max_len is required (its weights are sized by the sequence length)")
         self.dim, self.heads, self.causal, self.max_len = dim, heads, causal, max_len

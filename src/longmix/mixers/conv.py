@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..ops.fftconv import fft_conv, toeplitz_matrix
-from .base import Taxonomy, TokenMixer
+from .base import Taxonomy, TokenMixer, check_int
 from .registry import register
 
 
@@ -59,8 +59,7 @@ class ImplicitFilter(nn.Module):
                  min_reach: float = 16.0, max_reach: float = 2.0 ** 20, base: float = 1e4):
         super().__init__()
         for name, value in (("channels", channels), ("features", features), ("hidden", hidden)):
-            if not isinstance(value, int) or value < 1:
-                raise ValueError(f"ImplicitFilter: {name} must be a positive int, got {value!r}")
+            check_int("ImplicitFilter", name, value)
         if not 0 < min_reach <= max_reach:
             raise ValueError(f"ImplicitFilter: need 0 < min_reach <= max_reach, got {min_reach}, {max_reach}")
         self.channels = channels
@@ -153,7 +152,7 @@ class Hyena(TokenMixer):
                  short_kernel: int = 3, filter_features: int = 8, filter_hidden: int = 32,
                  min_reach: float = 16.0, max_reach: float = 2.0 ** 20):
         super().__init__(dim, heads=heads, causal=causal, max_len=max_len)
-        if not isinstance(short_kernel, int) or short_kernel < 1 or short_kernel % 2 == 0:
+        if check_int("Hyena", "short_kernel", short_kernel) % 2 == 0:
             raise ValueError(f"Hyena: short_kernel must be a positive odd int, got {short_kernel!r}")
         self.in_proj = nn.Linear(dim, 3 * dim)
         self.short = nn.Conv1d(3 * dim, 3 * dim, short_kernel, groups=3 * dim, bias=False)

@@ -17,7 +17,7 @@ import torch
 
 from ..ops.feature_maps import elu_feature_map, orthogonal_gaussian_projection, positive_random_features
 from ..ops.linear_attention import linear_attention
-from .base import Taxonomy
+from .base import Taxonomy, check_int
 from .qkv import QKVMixer
 from .registry import register
 
@@ -33,9 +33,7 @@ class KernelAttention(QKVMixer):
     def __init__(self, dim: int, heads: int = 1, causal: bool = False, max_len: int | None = None,
                  chunk_size: int = 128, bias: bool = True):
         super().__init__(dim, heads=heads, causal=causal, max_len=max_len, bias=bias)
-        if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
-            raise ValueError(f"{type(self).__name__}: chunk_size must be a positive int, got {chunk_size!r}")
-        self.chunk_size = chunk_size
+        self.chunk_size = check_int(type(self).__name__, "chunk_size", chunk_size)
 
     def _features(self, q: torch.Tensor, k: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         raise NotImplementedError
@@ -85,9 +83,7 @@ class Performer(KernelAttention):
         d = self.head_dim
         if features is None:
             features = max(16, math.ceil(d * math.log(d)))
-        if isinstance(features, bool) or not isinstance(features, int) or features < 1:
-            raise ValueError(f"Performer: features must be a positive int or None, got {features!r}")
-        self.features = features
+        self.features = check_int("Performer", "features", features)
         self.register_buffer("projection", orthogonal_gaussian_projection(features, d))
 
     def _features(self, q, k):

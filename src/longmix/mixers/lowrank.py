@@ -21,7 +21,7 @@ from einops import rearrange
 from torch import nn
 
 from ..ops.pinv import iterative_pinv_solve
-from .base import Taxonomy
+from .base import Taxonomy, check_int
 from .qkv import QKVMixer
 from .registry import register
 
@@ -29,11 +29,6 @@ from .registry import register
 def _heads_first(*tensors: torch.Tensor):
     """(batch, L, heads, head_dim) -> (batch, heads, L, head_dim), the layout of the matmuls here."""
     return [rearrange(t, "b l h d -> b h l d") for t in tensors]
-
-
-def _check_positive_int(owner: str, name: str, value) -> None:
-    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-        raise ValueError(f"{owner}: {name} must be a positive int, got {value!r}")
 
 
 @register("linformer")
@@ -55,7 +50,7 @@ class Linformer(QKVMixer):
     def __init__(self, dim: int, heads: int = 1, causal: bool = False, max_len: int | None = None,
                  proj_len: int = 64):
         super().__init__(dim, heads=heads, causal=causal, max_len=max_len)
-        _check_positive_int("Linformer", "proj_len", proj_len)
+        check_int("Linformer", "proj_len", proj_len)
         self.proj_len = proj_len
         self.E = nn.Parameter(torch.randn(proj_len, max_len) / math.sqrt(proj_len))
         self.F = nn.Parameter(torch.randn(proj_len, max_len) / math.sqrt(proj_len))
@@ -137,10 +132,9 @@ class Nystrom(QKVMixer):
     def __init__(self, dim: int, heads: int = 1, causal: bool = False, max_len: int | None = None,
                  landmarks: int = 16, pinv_iters: int = 50, pinv_refine: int = 1):
         super().__init__(dim, heads=heads, causal=causal, max_len=max_len)
-        _check_positive_int("Nystrom", "landmarks", landmarks)
-        _check_positive_int("Nystrom", "pinv_iters", pinv_iters)
-        if not isinstance(pinv_refine, int) or pinv_refine < 0:
-            raise ValueError(f"Nystrom: pinv_refine must be an int >= 0, got {pinv_refine!r}")
+        check_int("Nystrom", "landmarks", landmarks)
+        check_int("Nystrom", "pinv_iters", pinv_iters)
+        check_int("Nystrom", "pinv_refine", pinv_refine, minimum=0)
         self.landmarks, self.pinv_iters, self.pinv_refine = landmarks, pinv_iters, pinv_refine
 
     def _kernels(self, q, k, q_land, k_land):

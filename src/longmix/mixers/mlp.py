@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .base import Taxonomy, TokenMixer
+from .base import Taxonomy, TokenMixer, check_int
 from .registry import register
 
 
@@ -43,8 +43,7 @@ class MLPMixer(TokenMixer):
     def __init__(self, dim: int, heads: int = 1, causal: bool = False, max_len: int | None = None,
                  hidden: int = 64):
         super().__init__(dim, heads=heads, causal=causal, max_len=max_len)
-        if not isinstance(hidden, int) or hidden < 1:
-            raise ValueError(f"MLPMixer: hidden must be a positive int, got {hidden!r}")
+        check_int("MLPMixer", "hidden", hidden)
         self.fc1 = nn.Linear(max_len, hidden)
         self.fc2 = nn.Linear(hidden, max_len)
 

@@ -19,15 +19,9 @@ import torch
 
 from ..ops.block_sparse import (bigbird_block_mask, bigbird_block_pattern, block_mask,
                                 block_sparse_attention, local_block_pattern)
-from .base import Taxonomy
+from .base import Taxonomy, check_int
 from .qkv import QKVMixer, masked_softmax_matrix
 from .registry import register
-
-
-def _positive_int(owner: str, name: str, value, minimum: int = 1) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ValueError(f"{owner}: {name} must be an int >= {minimum}, got {value!r}")
-    return value
 
 
 def token_mask(block_level: torch.Tensor, block_size: int, length: int) -> torch.Tensor:
@@ -42,7 +36,7 @@ class BlockSparseAttention(QKVMixer):
     def __init__(self, dim: int, heads: int = 1, causal: bool = False, max_len: int | None = None,
                  block_size: int = 16, bias: bool = True):
         super().__init__(dim, heads=heads, causal=causal, max_len=max_len, bias=bias)
-        self.block_size = _positive_int(type(self).__name__, "block_size", block_size)
+        self.block_size = check_int(type(self).__name__, "block_size", block_size)
         self.scale = self.head_dim ** -0.5
 
     def n_blocks(self, length: int) -> int:
@@ -108,14 +102,14 @@ class BigBirdAttention(BlockSparseAttention):
                  seed: int | None = None, bias: bool = True):
         super().__init__(dim, heads=heads, causal=causal, max_len=max_len, block_size=block_size, bias=bias)
         name = type(self).__name__
-        self.window = _positive_int(name, "window", window)
+        self.window = check_int(name, "window", window)
         if window % 2 == 0:
             raise ValueError(f"{name}: window must be odd (blocks centred on the query block), got {window}")
-        self.global_blocks = _positive_int(name, "global_blocks", global_blocks, minimum=0)
-        self.random_blocks = _positive_int(name, "random_blocks", random_blocks, minimum=0)
+        self.global_blocks = check_int(name, "global_blocks", global_blocks, minimum=0)
+        self.random_blocks = check_int(name, "random_blocks", random_blocks, minimum=0)
         if seed is None:
             seed = int(torch.randint(0, 2 ** 31 - 1, ()).item())
-        self.register_buffer("seed", torch.tensor(_positive_int(name, "seed", seed, minimum=0)))
+        self.register_buffer("seed", torch.tensor(check_int(name, "seed", seed, minimum=0)))
 
     def _pattern_args(self, length: int) -> dict:
         return dict(n_blocks=self.n_blocks(length), window=self.window, global_blocks=self.global_blocks,

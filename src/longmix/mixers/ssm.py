@@ -21,13 +21,8 @@ from torch import nn
 from ..ops.fftconv import fft_conv, toeplitz_matrix
 from ..ops.scan import selective_scan, selective_scan_matrix
 from ..ops.vandermonde import log_vandermonde, vandermonde_matrix
-from .base import Taxonomy, TokenMixer
+from .base import Taxonomy, TokenMixer, check_int
 from .registry import register
-
-
-def _positive_int(owner: str, label: str, value, minimum: int = 1) -> None:
-    if not isinstance(value, int) or value < minimum:
-        raise ValueError(f"{owner}: {label} must be an int >= {minimum}, got {value!r}")
 
 
 def _check_dt_range(owner: str, dt_min, dt_max) -> None:
@@ -72,7 +67,7 @@ class S4D(TokenMixer):
     def __init__(self, dim: int, heads: int = 1, causal: bool = False, max_len: int | None = None,
                  d_state: int = 64, dt_min: float = 1e-3, dt_max: float = 1e-1):
         super().__init__(dim, heads=heads, causal=causal, max_len=max_len)
-        _positive_int("S4D", "d_state", d_state, minimum=2)
+        check_int("S4D", "d_state", d_state, minimum=2)
         if d_state % 2:
             raise ValueError(f"S4D: d_state must be even (conjugate pairs of poles), got {d_state}")
         _check_dt_range("S4D", dt_min, dt_max)
@@ -216,7 +211,7 @@ class Mamba(TokenMixer):
         for label, value, low in (("d_state", d_state, 1), ("expand", expand, 1), ("d_conv", d_conv, 0),
                                   ("dt_rank", dt_rank, 1), ("chunk_size", chunk_size, 1),
                                   ("block_chunks", block_chunks, 1)):
-            _positive_int("Mamba", label, value, minimum=low)
+            check_int("Mamba", label, value, minimum=low)
         _check_dt_range("Mamba", dt_min, dt_max)
         self.d_inner, self.d_state = expand * dim, d_state
         self.chunk_size, self.block_chunks = chunk_size, block_chunks

@@ -68,6 +68,11 @@ def _validate(cfg: ModelConfig) -> tuple[bool, str]:
     if cfg.head == "classify" and (not isinstance(cfg.num_classes, int) or cfg.num_classes < 2):
         raise ValueError(f"num_classes must be an int >= 2 for the classify head, got {cfg.num_classes!r}")
     cls = mixers.get_class(cfg.mixer)  # ValueError listing the valid names
+    # These are set by the model itself; passing them again would be a TypeError deep in build().
+    reserved = sorted({"dim", "heads", "causal", "max_len"} & set(cfg.mixer_options))
+    if reserved:
+        raise ValueError(f"mixer_options must not set {reserved}: use the ModelConfig fields of the same "
+                         "name (causal follows the head)")
     causal = cfg.head == "lm" if cfg.causal is None else bool(cfg.causal)
     if cfg.head == "lm" and not causal:
         raise ValueError("the lm head needs causal=True (next-token prediction must not see the future)")

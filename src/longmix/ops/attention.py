@@ -33,7 +33,7 @@ from typing import Sequence
 
 import torch
 
-from .blockwise_attention import blockwise_backward, blockwise_forward
+from .blockwise_attention import accumulator_dtype, blockwise_backward, blockwise_forward
 
 __all__ = ["attention_with_lse", "merge_partials", "attention_forward", "attention_backward"]
 
@@ -79,10 +79,6 @@ def _reduce_kv(g: torch.Tensor, kv_heads: int) -> torch.Tensor:
     """Sum the gradient of expanded K/V back onto the kv heads (inverse of _expand_kv)."""
     b, l, h, d = g.shape
     return g if h == kv_heads else g.view(b, l, kv_heads, h // kv_heads, d).sum(3)
-
-
-def _lse_dtype(dtype: torch.dtype) -> torch.dtype:
-    return torch.float64 if dtype == torch.float64 else torch.float32
 
 
 def _effective_window(window, lq: int, lk: int):
@@ -137,7 +133,7 @@ def attention_forward(q, k, v, *, causal: bool = False, scale: float | None = No
             return out.contiguous(), lse[:, :, :q.shape[1]].float().contiguous()
         else:
             return blockwise_forward(q, ke, ve, causal=causal, scale=scale, window=window)
-    return out.transpose(1, 2).contiguous(), lse.to(_lse_dtype(q.dtype)).contiguous()
+    return out.transpose(1, 2).contiguous(), lse.to(accumulator_dtype(q.dtype)).contiguous()
 
 
 def attention_backward(dout, q, k, v, out, lse, *, causal: bool = False,

@@ -26,8 +26,11 @@ import torch
 TILE = 256
 
 
-def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
-    # Accumulate half precision in float32, as the fused kernels do.
+def accumulator_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The dtype softmax statistics (lse) and partial sums are kept in for inputs of ``dtype``.
+
+    Half precision accumulates in float32, as the fused kernels do; float64 stays float64.
+    """
     return torch.float64 if dtype == torch.float64 else torch.float32
 
 
@@ -71,7 +74,7 @@ def _tiles(lq: int, lk: int, causal: bool, window: int | None, tile: int):
 def blockwise_forward(q, k, v, *, causal: bool, scale: float, window: int | None,
                       tile: int = TILE):
     """Return (out (B, Lq, H, D) in q.dtype, lse (B, H, Lq) in float32/float64)."""
-    cdt = _compute_dtype(q.dtype)
+    cdt = accumulator_dtype(q.dtype)
     b, lq, h, d = q.shape
     lk = k.shape[1]
     qt, kt, vt = (x.transpose(1, 2).to(cdt) for x in (q, k, v))  # (B, H, L, D)
@@ -106,7 +109,7 @@ def blockwise_backward(dout, q, k, v, out, lse, *, causal: bool, scale: float,
     ``out`` and ``lse`` may be the statistics of a larger attention that this call is one block of
     (ring attention): the gradients are then this block's exact contribution.
     """
-    cdt = _compute_dtype(q.dtype)
+    cdt = accumulator_dtype(q.dtype)
     lq, lk = q.shape[1], k.shape[1]
     qt, kt, vt, dot = (x.transpose(1, 2).to(cdt) for x in (q, k, v, dout))
     delta = (dot * out.transpose(1, 2).to(cdt)).sum(-1)  # D_i, (B, H, Lq)

@@ -135,7 +135,7 @@ def markdown(tabs: list[TaskTable], header: dict, plots: dict[str, str], reading
         desc = f"Task `{t.task}`, {METRIC_WORDS.get(t.metric, t.metric)}"
         if t.chance is not None:
             desc += f"; chance {t.chance:.3f}"
-        lines.append(desc + (f". {t.note}" if t.note else "."))
+        lines.append(desc + (f". {t.note[:1].upper()}{t.note[1:]}." if t.note else "."))
         lines.append("")
         lines.append("| mixer (family) | " + " | ".join(f"C={c}" for c in t.contexts) + " |")
         lines.append("|---|" + "---:|" * len(t.contexts))
@@ -275,7 +275,12 @@ def reading(tabs: list[TaskTable]) -> str:
         head = f"{t.label} ({t.metric.replace('_', ' ')}, {'higher' if t.higher_is_better else 'lower'} is better"
         head += f", chance {t.chance:.3f}" if t.chance is not None else ""
         head += f", {seeds} seed{'s' if seeds > 1 else ''}"
-        head += "; one seed: the spread is the evaluation's sampling error only)" if seeds < 2 else ")"
+        if seeds >= 2:
+            head += ")"
+        elif t.metric == "accuracy":
+            head += "; one seed: the spread is the evaluation's sampling error only)"
+        else:
+            head += "; one seed: no spread measured, every difference counts)"
         out.append(head + ":")
         kinds = {}
         for m in t.mixers:
@@ -285,7 +290,7 @@ def reading(tabs: list[TaskTable]) -> str:
             if t.chance is not None:
                 row = t.cells[m]
                 if all(not _differs(row[c], Cell([t.chance], [0], [0.0], row[c].scored), t.metric) for c in row):
-                    at_chance = " (at chance everywhere: it did not learn the task in this budget)"
+                    at_chance = " (indistinguishable from chance at every context)"
             out.append(f"  - {sentence}{at_chance}.")
         if (r := ranking(t, t.contexts[-1])):
             out.append(f"  - {r}.")

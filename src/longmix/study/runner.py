@@ -31,33 +31,65 @@ def _write_text(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
+def _train_one(cfg):
+    """Worker entry point: (record, None) or (None, error message) for a clear ValueError."""
+    try:
+        return train(cfg), None
+    except ValueError as err:
+        return None, str(err)
+
+
 def run_study(grid: Grid, out: str | os.PathLike, progress: bool = True, command: str | None = None,
-              log=print) -> dict:
+              log=print, jobs: int = 1) -> dict:
     """Train every run of ``grid`` not yet finished in ``out``, then write the report.
+
+    ``jobs > 1`` trains that many runs at once in worker processes (small models use one core
+    each best: see the grids' ``threads``). Only this process appends to ``out/results.jsonl``,
+    so lines never interleave.
 
     Returns ``{"finished": [...records of this grid...], "failed": [(run_id, message)], "paths": {...}}``.
     A run that fails with a ValueError (e.g. a corrupt checkpoint) is reported and skipped; the
     others still run.
     """
+    if not isinstance(jobs, int) or jobs < 1:
+        raise ValueError(f"jobs must be a positive int, got {jobs!r}")
     out = prepare_out(out)
     study_results = out / "results.jsonl"
     runs = grid.runs()
     done = {r["study"]["run"] for r in results.read(study_results) if "study" in r}
     failed = []
     todo = [r for r in runs if r.run_id not in done]
-    log(f"study {grid.name!r}: {len(runs)} runs, {len(runs) - len(todo)} already finished, {len(todo)} to run")
-    for i, run in enumerate(todo, 1):
-        log(f"[{i}/{len(todo)}] {run.run_id}")
-        try:
-            record = train(with_out(run, out, progress))
-        except ValueError as err:
-            log(f"  failed: {err}")
-            failed.append((run.run_id, str(err)))
-            continue
+    log(f"study {grid.name!r}: {len(runs)} runs, {len(runs) - len(todo)} already finished, "
+        f"{len(todo)} to run" + (f" ({jobs} at a time)" if jobs > 1 else ""))
+
+    def record_result(i, run, record, error):
+        if error is not None:
+            log(f"[{i}/{len(todo)}] {run.run_id} failed: {error}")
+            failed.append((run.run_id, error))
+            return
         st = next(t for t in grid.tasks if t.label == run.label)
         record["study"] = {"run": run.run_id, "label": run.label, "grid": grid.name, "expect": st.expect,
                            "note": st.note}
         results.append(study_results, record)
+        log(f"[{i}/{len(todo)}] {run.run_id}: test {record['metric']} "
+            f"{record['test'][record['metric']]:.4f} ({record['wall_s']:.0f} s)")
+
+    if jobs == 1:
+        for i, run in enumerate(todo, 1):
+            record_result(i, run, *_train_one(with_out(run, out, progress)))
+    else:
+        import concurrent.futures as cf
+        import multiprocessing
+
+        # spawn: a fresh interpreter per worker, no forked torch thread pools.
+        with cf.ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
+            futures = {pool.submit(_train_one, with_out(run, out, False)): run for run in todo}
+            try:
+                for i, fut in enumerate(cf.as_completed(futures), 1):
+                    record_result(i, futures[fut], *fut.result())
+            except BaseException:
+                pool.shutdown(wait=False, cancel_futures=True)  # Ctrl-C: stop; a rerun resumes
+                raise
     paths = write_report(grid, out, command=command)
     return {"finished": paths.pop("records"), "failed": failed, "paths": paths}
 

@@ -2,10 +2,10 @@
 
 Recipe: Nangia & Bowman 2018, "ListOps: A Diagnostic Dataset for Latent Tree Learning", in the
 variant of the Long Range Arena (Tay et al. 2021, ``lra_benchmarks/data/listops.py``). A tree is
-grown top-down: at depth ``< max_depth`` a node is a digit with probability 0.75 (``VALUE_P``),
-otherwise an operator over 2..``max_args`` subtrees; at ``max_depth`` it is always a digit. Trees
-whose token count falls outside ``[min_length, max_length]`` are rejected. The label is the
-value of the expression (10 classes).
+grown top-down: at depth ``< max_depth`` a node is an operator over 2..``max_args`` subtrees with
+probability ``VALUE_P`` = 0.25 (LRA's name for it), otherwise a digit; at ``max_depth`` it is
+always a digit. Trees whose token count falls outside ``[min_length, max_length]`` are
+rejected. The label is the value of the expression (10 classes).
 
 Operators: ``[MAX``, ``[MIN``, ``[MED`` (median, rounded down: ``int(np.median)`` as in LRA) and
 ``[SM`` (sum modulo 10); ``]`` closes a list. Example (11 tokens)::

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import inspect
 
-from .base import Task
+from .base import KINDS, Task
 
 _REGISTRY: dict[str, type[Task]] = {}
 
@@ -16,6 +16,8 @@ def register(name: str):
             raise ValueError(f"task name {name!r} is already registered by {_REGISTRY[name].__name__}")
         if not (isinstance(cls, type) and issubclass(cls, Task)):
             raise TypeError(f"@register({name!r}) expects a Task subclass, got {cls!r}")
+        if cls.kind not in KINDS:  # the trainer picks the model head and the loss from it
+            raise ValueError(f"@register({name!r}): {cls.__name__}.kind must be one of {KINDS}, got {cls.kind!r}")
         cls.name = name
         _REGISTRY[name] = cls
         return cls

@@ -18,7 +18,8 @@ import numpy as np
 import torch
 
 FORMAT = 1
-REQUIRED = ("format", "identity", "step", "model", "optimizer", "scheduler", "rng")
+REQUIRED = ("format", "identity", "step", "model", "optimizer", "scheduler", "rng", "history", "wall_s",
+            "sessions")
 
 
 class CheckpointError(ValueError):
@@ -60,8 +61,8 @@ def load(path: str | os.PathLike) -> dict:
     """Read a checkpoint written by :func:`save_atomic`; a clear :class:`CheckpointError` if it is
     corrupt, truncated or not a longmix checkpoint. The file is never modified or deleted."""
     path = Path(path)
-    hint = (f"the file was left in place; move it away (or delete it) to restart this run "
-            f"from step 0, or point --out at another directory")
+    hint = ("the file was left in place; move it away (or delete it) to restart this run "
+            "from step 0, or point --out at another directory")
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # torch raises RuntimeError, EOFError, UnpicklingError, ... here

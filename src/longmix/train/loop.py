@@ -159,7 +159,7 @@ def train(cfg: TrainConfig) -> dict:
     device = resolve_device(cfg.device)
     out = prepare_out(cfg.out)
     run_id = cfg.run_id()
-    results_path, ckpt_path = out / RESULTS, out / CHECKPOINT
+    results_path = out / RESULTS
     say = tqdm.write if cfg.progress else (lambda *_: None)
 
     done = results.find(results_path, run_id)
@@ -195,10 +195,16 @@ def _run(cfg, task, mcfg, device, out, run_id, say) -> dict:
             raise ValueError(f"{ckpt_path} belongs to a different run; refusing to mix runs. "
                              f"Differences: {'; '.join(diff)}. Use another --out, or move the "
                              f"checkpoint away to start over")
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        checkpoint.set_rng_state(state["rng"])
+        try:
+            model.load_state_dict(state["model"])
+            optimizer.load_state_dict(state["optimizer"])
+            scheduler.load_state_dict(state["scheduler"])
+            checkpoint.set_rng_state(state["rng"])
+        except (RuntimeError, KeyError, TypeError, ValueError) as err:  # readable, but not this run's state
+            raise checkpoint.CheckpointError(
+                f"checkpoint {ckpt_path} does not fit this run's model or optimizer ({type(err).__name__}: "
+                f"{str(err).splitlines()[0] if str(err) else ''}); the file was left in place: move it "
+                f"away to restart from step 0, or use another --out") from err
         step, history = state["step"], list(state["history"])
         wall_s, sessions = state["wall_s"], state["sessions"]
         say(f"resuming run {run_id} from {ckpt_path} at step {step}/{cfg.steps}")
@@ -219,26 +225,28 @@ def _run(cfg, task, mcfg, device, out, run_id, say) -> dict:
     bar = tqdm(total=cfg.steps, initial=step, disable=not cfg.progress, unit="step",
                desc=f"{cfg.task}/{cfg.mixer}/C={cfg.context}", dynamic_ncols=True)
     first_step = step
-    while step < cfg.steps:
-        x, y = task.batch("train", step, cfg.batch_size, cfg.context)
-        x, y = x.to(device), y.to(device)
-        loss, _ = loss_fn(model(x), y, task.kind, task.pad_id)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-        optimizer.step()
-        scheduler.step()
-        step += 1
-        rate = (step - first_step) * tokens_per_step / max(time.perf_counter() - t0, 1e-9)
-        bar.set_postfix(loss=f"{loss.item():.3f}", tok_s=f"{rate:.0f}", refresh=False)
-        bar.update(1)
-        if step % cfg.eval_every == 0 or step == cfg.steps:
-            valid = evaluate(model, task, cfg, "valid", device)
-            history.append({"step": step, "train_loss": loss.item(), **{f"valid_{k}": v for k, v in valid.items()}})
-            say(f"step {step}: train loss {loss.item():.4f}, valid {metric} {valid[metric]:.4f}")
-        if step % cfg.checkpoint_every == 0 or step == cfg.steps:
-            save()
-    bar.close()
+    try:  # close the bar even when a step fails (or Ctrl-C), so the terminal is left clean
+        while step < cfg.steps:
+            x, y = task.batch("train", step, cfg.batch_size, cfg.context)
+            x, y = x.to(device), y.to(device)
+            loss, _ = loss_fn(model(x), y, task.kind, task.pad_id)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+            optimizer.step()
+            scheduler.step()
+            step += 1
+            rate = (step - first_step) * tokens_per_step / max(time.perf_counter() - t0, 1e-9)
+            bar.set_postfix(loss=f"{loss.item():.3f}", tok_s=f"{rate:.0f}", refresh=False)
+            bar.update(1)
+            if step % cfg.eval_every == 0 or step == cfg.steps:
+                valid = evaluate(model, task, cfg, "valid", device)
+                history.append({"step": step, "train_loss": loss.item(), **{f"valid_{k}": v for k, v in valid.items()}})
+                say(f"step {step}: train loss {loss.item():.4f}, valid {metric} {valid[metric]:.4f}")
+            if step % cfg.checkpoint_every == 0 or step == cfg.steps:
+                save()
+    finally:
+        bar.close()
     wall_s += time.perf_counter() - t0
 
     test = evaluate(model, task, cfg, "test", device)

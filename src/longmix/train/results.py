@@ -1,6 +1,6 @@
 """Append-only results files: one JSON object per line, one line per finished run.
 
-Lines are only ever appended (``O_APPEND``, one ``write`` per line, then fsync), never rewritten,
+Lines are only ever appended (``O_APPEND``, each line written in full, then fsync), never rewritten,
 so earlier results survive any crash or rerun. Readers skip a torn last line with a warning
 instead of failing, so one bad line never hides the others.
 """
@@ -25,7 +25,10 @@ def append(path: str | os.PathLike, record: dict) -> None:
         # A torn previous line (a crash mid-write) must not swallow this record: start a new line.
         if os.fstat(fd).st_size and not _ends_with_newline(path):
             line = b"\n" + line
-        os.write(fd, line)
+        # os.write may write fewer bytes than asked (e.g. a full disk, a signal): finish the line.
+        view = memoryview(line)
+        while view:
+            view = view[os.write(fd, view):]
         os.fsync(fd)
     finally:
         os.close(fd)
@@ -72,7 +75,7 @@ def git_commit() -> str | None:
                              capture_output=True, text=True, timeout=5)
     except (OSError, subprocess.SubprocessError):
         return None
-    return out.stdout.strip() or None if out.returncode == 0 else None
+    return (out.stdout.strip() or None) if out.returncode == 0 else None
 
 
 def machine(device: str = "cpu") -> dict:

@@ -1,9 +1,10 @@
+"""Fixtures shared by several test folders."""
 import sys
 from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "train"))
+sys.path.insert(0, str(Path(__file__).resolve().parent / "train"))
 import toys  # noqa: E402  (tests/train/toys.py: test-only mixers and task)
 
 
