@@ -35,6 +35,7 @@ import torch
 
 from longmix.bench.machine import current_rss_bytes, describe, markdown as machine_line
 from longmix.bench.machine import peak_rss_bytes
+from longmix.fileio import atomic_write_text
 
 DTYPES = {"bf16": torch.bfloat16, "fp32": torch.float32, "fp64": torch.float64}
 STRATEGIES = ("auto", "shuffle", "ring", "hybrid")
@@ -555,5 +556,5 @@ def write_report(cfg: BenchConfig, records: list[dict]) -> tuple[Path, Path]:
         "",
     ]
     md.parent.mkdir(parents=True, exist_ok=True)
-    md.write_text("\n".join(text))
+    atomic_write_text(md, "\n".join(text))
     return png, md

@@ -41,7 +41,6 @@ import csv
 import datetime
 import json
 import math
-import os
 import re
 import shlex
 import statistics
@@ -50,6 +49,8 @@ import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+
+from longmix.fileio import atomic_write_text
 
 DTYPES = ("float32", "float64", "bfloat16")
 STEM = "mixers_scaling"
@@ -204,7 +205,7 @@ class ResultStore:
 
     def put(self, row: dict) -> None:
         self.rows[_key(row)] = row
-        _atomic_write(self.path, _csv_text(self.sorted_rows()))
+        atomic_write_text(self.path, _csv_text(self.sorted_rows()))
 
     def sorted_rows(self) -> list[dict]:
         return sorted(self.rows.values(), key=lambda r: (r["mixer"], r["causal"], r["dtype"], r["dim"],
@@ -243,12 +244,6 @@ def _csv_text(rows: list[dict]) -> str:
     for row in rows:
         writer.writerow({k: ("" if row.get(k) is None else row.get(k)) for k in COLUMNS})
     return buf.getvalue()
-
-
-def _atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 # -- the sweep ------------------------------------------------------------------------------
@@ -461,8 +456,8 @@ def write_reports(store: ResultStore, cfg: SweepConfig, runs: dict, log: SweepLo
     summary = {"last_run": last_run, "date": last_run, "command": runs.get(last_run, {}).get("command"),
                "machine": runs.get(last_run, {}).get("machine"), "config": asdict(cfg),
                "runs": runs, "skipped_in_last_run": log.skipped, "points": store.sorted_rows()}
-    _atomic_write(out / f"{STEM}.json", json.dumps(summary, indent=1) + "\n")
-    _atomic_write(out / f"{STEM}.md", markdown_table(store, cfg, names, runs))
+    atomic_write_text(out / f"{STEM}.json", json.dumps(summary, indent=1) + "\n")
+    atomic_write_text(out / f"{STEM}.md", markdown_table(store, cfg, names, runs))
     if names:
         plot(store, cfg, names, out / f"{STEM}.png")
 

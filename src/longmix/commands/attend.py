@@ -95,6 +95,7 @@ def run(args: argparse.Namespace) -> int:
     layout = args.layout or ("zigzag" if args.causal else "contiguous")
 
     from longmix.bench import attend as job
+    from longmix.fileio import atomic_write_text
 
     cfg = job.AttendConfig(seq_len=args.seq_len, heads=args.heads, kv_heads=kv_heads,
                            head_dim=args.head_dim, causal=args.causal, strategy=args.strategy,
@@ -122,9 +123,6 @@ def run(args: argparse.Namespace) -> int:
     is_rank0 = not torchrun or int(os.environ["RANK"]) == 0
     if is_rank0:
         print(job.format_report(report), flush=True)
-        if args.json:  # temporary file + rename: a killed run never leaves half a report
-            tmp = f"{args.json}.tmp{os.getpid()}"
-            with open(tmp, "w") as f:
-                json.dump(report, f, indent=2, default=str)
-            os.replace(tmp, args.json)
+        if args.json:  # a killed run never leaves half a report
+            atomic_write_text(args.json, json.dumps(report, indent=2, default=str))
     return 0 if report["passed"] else 1

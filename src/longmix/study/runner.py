@@ -18,17 +18,11 @@ import sys
 import time
 from pathlib import Path
 
+from ..fileio import atomic_write_text
 from ..train import results, train
 from ..train.loop import prepare_out
 from . import report
 from .grid import Grid, with_out
-
-
-def _write_text(path: Path, text: str) -> None:
-    """Replace ``path`` atomically (reports are regenerated on every study invocation)."""
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
 
 
 def _train_one(cfg):
@@ -118,8 +112,8 @@ def write_report(grid: Grid, out: Path, command: str | None = None) -> dict:
         "machine": _machine_line(last.get("machine", {})),
         "date": last.get("date", time.strftime("%Y-%m-%d")), "git_commit": last.get("git_commit"),
     }
-    _write_text(out / "reading.txt", reading_text)
-    _write_text(out / "report.md", report.markdown(tabs, header, plots, reading_text, grid.skipped()))
+    atomic_write_text(out / "reading.txt", reading_text)
+    atomic_write_text(out / "report.md", report.markdown(tabs, header, plots, reading_text, grid.skipped()))
     return {"report": out / "report.md", "reading": out / "reading.txt",
             "plots": [out / p for p in plots.values()], "records": records}
 
