@@ -33,11 +33,11 @@ from pathlib import Path
 
 import torch
 
+from longmix.bench.attend import DTYPES  # one name -> dtype table for the job and the benchmark
 from longmix.bench.machine import current_rss_bytes, describe, markdown as machine_line
 from longmix.bench.machine import peak_rss_bytes
 from longmix.fileio import atomic_write_text
 
-DTYPES = {"bf16": torch.bfloat16, "fp32": torch.float32, "fp64": torch.float64}
 STRATEGIES = ("auto", "shuffle", "ring", "hybrid")
 METHODS = ("vanilla", "longmix", *STRATEGIES, "peer")
 PAPER_SPEEDUP = "~40x over vanilla MHA on 4 GPUs"
