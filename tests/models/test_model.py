@@ -138,3 +138,14 @@ def test_bad_config_values_name_the_argument():
         make("toy_attention")(torch.zeros(2, 4))
     with pytest.raises(ValueError, match=r"mixer_options must not set \['causal', 'heads'\]"):
         make("toy_attention", mixer_options={"heads": 4, "causal": True})
+
+
+def test_sinusoidal_positions_are_the_same_after_a_longer_input_was_seen():
+    from longmix.models.positional import Positional
+
+    pos = Positional("sinusoidal", 6)
+    short = torch.zeros(1, 5, 6, dtype=torch.float64)
+    pos(torch.zeros(1, 40, 6, dtype=torch.float64))  # fills the cache with 40 rows
+    assert torch.equal(pos(short)[0], sinusoidal_table(5, 6))
+    assert torch.equal(pos(short.float())[0], sinusoidal_table(5, 6).float())
+    assert "_sinusoid" not in pos.state_dict()

@@ -82,6 +82,10 @@ class Positional(nn.Module):
         self.kind, self.dim, self.max_len = kind, dim, max_len
         if kind == "learned":
             self.table = nn.Parameter(torch.randn(max_len, dim) * 0.02)
+        # The sinusoidal table depends only on (t, i), so one computed for the longest length seen
+        # serves every shorter one; rebuilding it each step cost a float64 (L, dim) table per call.
+        # Not persistent: checkpoints stay as they were.
+        self.register_buffer("_sinusoid", torch.empty(0, dim), persistent=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.kind == "none":
@@ -92,7 +96,10 @@ class Positional(nn.Module):
                 raise ValueError(f"Positional: length {length} exceeds max_len={self.max_len} "
                                  "of the learned position table")
             return x + self.table[:length]
-        return x + sinusoidal_table(length, self.dim).to(dtype=x.dtype, device=x.device)
+        if self._sinusoid.shape[0] < length or self._sinusoid.dtype != x.dtype \
+                or self._sinusoid.device != x.device:
+            self._sinusoid = sinusoidal_table(length, self.dim).to(dtype=x.dtype, device=x.device)
+        return x + self._sinusoid[:length]
 
     def extra_repr(self) -> str:
         return f"kind={self.kind!r}, dim={self.dim}, max_len={self.max_len}"
