@@ -1,21 +1,22 @@
-"""The paper's comparison on this machine: exact attention time vs sequence length.
+"""Exact attention against the baselines a user would pick, side by side in one run.
 
+    python benchmarks/matmul_peak.py                              # first: the % of peak yardstick
     python benchmarks/attention_scaling.py                        # the full grid, L = 2^10 .. 2^20
-    python benchmarks/attention_scaling.py --max-log2-len 12      # smoke run, under a minute
-    python benchmarks/attention_scaling.py --dtype fp32 --max-log2-len 16 --methods longmix,auto,ring,peer
+    python benchmarks/attention_scaling.py --max-log2-len 12 --total-budget-min 2   # smoke run
+    python benchmarks/attention_scaling.py --dtype bf16 --methods sdpa,longmix,vanilla,auto
 
-Measures vanilla MHA (scores materialized), longmix on one process, longmix distributed on P = 2
-and 4 ranks for each strategy, and ring-attention-pytorch (`pip install -e .[bench]`) with the same
-shape. Writes benchmarks/results/attention_scaling_<shape>.{jsonl,png,md}; rerunning resumes.
+Series: torch's `scaled_dot_product_attention` on one process (the headline baseline: what a user
+has without longmix), longmix's local op on one process, vanilla MHA with materialized scores (the
+paper's baseline), longmix distributed on P ranks per strategy with cores / P threads each (the
+same cores as one process), and ring-attention-pytorch (`pip install -e .[bench]`; its output is
+checked against float64 first, and it is skipped cleanly when not installed). Times are medians of
+>= 3 warm calls. Writes benchmarks/results/attention_scaling_<shape>.{jsonl,png,md} with machine,
+command, date and commit, and prints the tables and each ratio with what it measures; rerunning
+resumes (finished points are kept; --force remeasures).
 
-Defaults (2 heads x head_dim 32, bf16, causal) match `longmix attend`'s. On the 2-core AMX Xeon
-this project is developed on, a causal million-token forward takes ~300 s for any process count
-(measured at L = 2^16, extrapolated as L^2), so the budgets (400 s per point, 25 min per run) let
-the headline series -- longmix on 1 process and auto on 2 -- reach L = 2^20 (they run first over
-all L); the others then run L by L until the run's budget stops them. Rerun with a larger
---total-budget-min to fill those in: finished points are kept. ring-attention-pytorch 0.5.20 fails
-in bf16 on CPU (its einsum mixes float32 and bf16; the error is recorded), so its time ratios
-need an fp32 run, e.g. --dtype fp32 --max-log2-len 16.
+Defaults (1 head x head_dim 32, causal, fp32) match `longmix attend`'s shape; fp32 because the
+peer fails in bf16 on CPU. Budgets: --time-budget-s per point (predicted from the previous L as
+L^2), --mem-budget-gb per process, --total-budget-min per run.
 """
 from __future__ import annotations
 
@@ -24,8 +25,11 @@ import shlex
 import sys
 from pathlib import Path
 
-from longmix.bench.attention import METHODS, BenchConfig, Shape, format_table, run_benchmark
-from longmix.bench.attention import summarize, write_report
+from longmix.bench.attention import METHODS, BenchConfig, Shape, run_benchmark
+from longmix.bench.attention_report import format_table, load_peaks, summarize, write_report
+from longmix.dtypes import ALIASES, NAMES, dtype_name
+
+RESULTS = Path(__file__).parent / "results"
 
 
 def _csv_ints(text: str) -> tuple[int, ...]:
@@ -43,6 +47,13 @@ def _csv_methods(text: str) -> tuple[str, ...]:
     return methods
 
 
+def _dtype(text: str) -> str:
+    try:
+        return dtype_name(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--min-log2-len", type=int, default=10)
@@ -50,17 +61,18 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--procs", type=_csv_ints, default=(2, 4), help="world sizes, e.g. 2,4")
     p.add_argument("--methods", type=_csv_methods, default=METHODS,
                    help=f"subset of {','.join(METHODS)}")
-    p.add_argument("--heads", type=int, default=2)
+    p.add_argument("--heads", type=int, default=1)
     p.add_argument("--kv-heads", type=int, default=None, help="default: --heads")
     p.add_argument("--head-dim", type=int, default=32)
-    p.add_argument("--dtype", choices=("bf16", "fp32", "fp64"), default="bf16")
+    p.add_argument("--dtype", type=_dtype, default="fp32",
+                   help=f"one of {', '.join(NAMES)} (or {', '.join(ALIASES)})")
     p.add_argument("--causal", action=argparse.BooleanOptionalAction, default=True)
     p.add_argument("--mem-budget-gb", type=float, default=8.0, help="per process")
     p.add_argument("--time-budget-s", type=float, default=400.0, help="per point (predicted)")
     p.add_argument("--total-budget-min", type=float, default=25.0, help="per run")
     p.add_argument("--min-time-s", type=float, default=1.0,
-                   help="repeat a point until this much time is measured (up to 5 calls)")
-    p.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
+                   help="repeat a point until this much time is measured (3 to 5 calls)")
+    p.add_argument("--out", type=Path, default=RESULTS)
     p.add_argument("--force", action="store_true", help="remeasure points already recorded")
     return p.parse_args(argv)
 
@@ -78,9 +90,12 @@ def main(argv=None) -> int:
                       command=command.strip())
     print(f"attention scaling, shape {shape.tag}; results -> {cfg.path('jsonl')}", flush=True)
     records = run_benchmark(cfg, log=lambda line: print(line, flush=True))
-    png, md = write_report(cfg, records)
+    png, md = write_report(cfg, records, args.out / "matmul_peak.json")
+    peaks, _ = load_peaks(args.out / "matmul_peak.json")
     print()
     print(format_table(cfg, records, "time"))
+    print()
+    print(format_table(cfg, records, "gflops", peaks))
     print()
     print("\n".join(summarize(cfg, records)))
     print(f"\nwrote {png} and {md}")

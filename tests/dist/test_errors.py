@@ -58,9 +58,9 @@ BAD_INPUTS = {
         ["rank(s) [1]", "layout must be one of", "'zig'"]),
     "causal disagrees across ranks": (
         lambda r: (*_qkv(), {"causal": r == 0}), ["causal must agree", "rank 0: True"]),
-    "window with ring": (
-        lambda r: (*_qkv(), {"strategy": "ring", "window": 4}),
-        ["window=4 is supported by strategy='shuffle' only"]),
+    "window with hybrid": (
+        lambda r: (*_qkv(), {"strategy": "hybrid", "hybrid_size": 3, "window": 4}),
+        ["window=4 is supported by strategies 'shuffle' and 'ring'"]),
 }
 
 

@@ -1,4 +1,8 @@
 """The local launcher: results by rank, failures named, timeouts enforced, both start methods."""
+import os
+import signal
+import subprocess
+import sys
 import time
 
 import pytest
@@ -51,3 +55,56 @@ def test_timeout_kills_the_ranks():
 def test_bad_nprocs():
     with pytest.raises(ValueError, match="nprocs"):
         run_local(sum_of_ranks, 0)
+
+
+_ORPHAN_SCRIPT = """
+import os, sys, time
+from longmix.dist.launch import run_local
+
+def report_pid_and_sleep(group, folder):
+    with open(os.path.join(folder, f"rank{os.getpid()}"), "w") as f:
+        f.write(str(os.getpid()))
+    time.sleep(600)
+
+if __name__ == "__main__":
+    run_local(report_pid_and_sleep, 2, (sys.argv[1],), timeout=600)
+"""
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    try:  # a zombie (exited, not yet reaped by init) counts as gone
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split(") ", 1)[1][0] != "Z"
+    except OSError:
+        return True
+
+
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM])
+def test_ranks_die_with_their_launcher(tmp_path, sig):
+    """SIGKILL or SIGTERM to the launching process: its ranks are gone within a few seconds."""
+    script = tmp_path / "launcher.py"
+    script.write_text(_ORPHAN_SCRIPT)
+    parent = subprocess.Popen([sys.executable, str(script), str(tmp_path)])
+    try:
+        deadline = time.monotonic() + 60
+        while len(list(tmp_path.glob("rank*"))) < 2:
+            assert time.monotonic() < deadline and parent.poll() is None, "ranks never started"
+            time.sleep(0.1)
+        ranks = [int(p.read_text()) for p in tmp_path.glob("rank*")]
+        parent.send_signal(sig)
+        parent.wait(timeout=30)
+        deadline = time.monotonic() + 5
+        while any(_alive(pid) for pid in ranks) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not any(_alive(pid) for pid in ranks), f"orphaned ranks after {sig.name}"
+    finally:
+        parent.kill()
+        for p in tmp_path.glob("rank*"):
+            try:
+                os.kill(int(p.read_text()), signal.SIGKILL)
+            except (ProcessLookupError, ValueError):
+                pass

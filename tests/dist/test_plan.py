@@ -32,8 +32,8 @@ def test_infeasible_strategies_are_excluded_with_reason():
     assert not plan.option("shuffle").feasible
     assert "heads=6 must be divisible by 4" in plan.reason
     plan = ld.plan(**BASE, heads=4, kv_heads=4, world_size=3)
-    assert not plan.option("hybrid").feasible  # 3 has no divisor 1 < u < 3
-    assert "no divisor" in plan.option("hybrid").note
+    hybrid = plan.option("hybrid")  # 3 has no divisor 1 < u < 3: the degenerate grid u = 1
+    assert hybrid.degenerate and hybrid.hybrid_size == 1 and "no divisor" in hybrid.note
 
 
 def test_window_needs_shuffle():
@@ -104,3 +104,14 @@ def test_measured_rates_agree_across_ranks():
     assert rates0 == rates1 and plan0 == plan1
     for value in (rates0.bandwidth_bytes_per_s, rates0.flops_per_s, rates0.latency_s):
         assert math.isfinite(value) and value > 0
+
+
+@pytest.mark.parametrize("world, heads, u", [(2, 2, 2), (2, 1, 1), (3, 3, 3), (3, 2, 1)])
+def test_hybrid_without_a_proper_divisor_falls_back_to_the_degenerate_grid(world, heads, u):
+    """P = 2 or 3: hybrid by name runs as u = P (the shuffle) where the heads split, else u = 1
+    (the ring); auto never picks the degenerate copy of another strategy."""
+    p = ld.plan(seq_len=4096, heads=heads, head_dim=16, world_size=world, causal=True,
+                layout="zigzag")
+    option = p.option("hybrid")
+    assert option.feasible and option.degenerate and option.hybrid_size == u
+    assert p.strategy in ("shuffle", "ring")

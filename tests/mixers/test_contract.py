@@ -3,6 +3,8 @@
 Fast path == literal formula in float64, causality by perturbation, the taxonomy tells the
 truth about input dependence, gradients flow, and bad input gets a clear ValueError.
 """
+import fnmatch
+
 import pytest
 import torch
 
@@ -128,3 +130,93 @@ def test_integer_options_refuse_bools(name, option):
     # True is an int to Python; as a size it is always a mistake, and every mixer says so alike.
     with pytest.raises(ValueError, match=f"{option} must be an int"):
         mixers.build(name, DIM, heads=HEADS, max_len=MAX_LEN, **{option: True})
+
+
+@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("dtype", [torch.int64, torch.bool])
+def test_non_float_input_is_refused(name, dtype):
+    # Token ids or masks passed by mistake would otherwise be cast silently by the projections.
+    mixer = make(name, False)
+    with pytest.raises(ValueError, match=rf"x must be a floating-point tensor, got dtype {dtype}"):
+        mixer(torch.zeros(BATCH, 7, DIM, dtype=dtype))
+
+
+@pytest.mark.parametrize("name,causal", CASES)
+def test_empty_batch_gives_empty_output(name, causal):
+    mixer = make(name, causal)
+    x = torch.randn(0, 7, DIM, dtype=torch.float64, requires_grad=True)
+    out = mixer(x)
+    assert out.shape == x.shape and out.dtype == x.dtype
+    out.sum().backward()
+    assert x.grad.shape == x.shape
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_uses_heads_is_declared_and_true(name):
+    cls = mixers.get_class(name)
+    assert isinstance(getattr(cls, "uses_heads", None), bool), f"{name}: declare uses_heads: bool"
+    x = randn(9)
+    outs = []
+    for heads in (1, 2):
+        torch.manual_seed(0)
+        mixer = mixers.build(name, DIM, heads=heads, max_len=MAX_LEN).double()
+        with torch.no_grad():
+            outs.append(mixer(x))
+    same = torch.allclose(outs[0], outs[1], atol=1e-12, rtol=0)
+    assert same != cls.uses_heads, f"{name}: uses_heads={cls.uses_heads} but heads {'did not change' if same else 'changed'} the output"
+
+
+CAUSAL_NAMES = [n for n, c in CASES if c]
+
+
+def test_nonfinite_causality_is_declared_by_every_causal_mixer():
+    undeclared = [n for n in CAUSAL_NAMES if not isinstance(getattr(mixers.get_class(n), "nonfinite_causal", None), bool)]
+    assert not undeclared, f"declare nonfinite_causal: bool on {undeclared}"
+
+
+@pytest.mark.parametrize("name", CAUSAL_NAMES)
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_nonfinite_input_reaches_the_past_only_where_declared(name, bad):
+    """A NaN/inf at position t of sequence 0: with ``nonfinite_causal`` the outputs before t are
+    exactly those of the clean input and t's own output is non-finite (the value is not dropped);
+    without it the documented leak is there, so the declaration cannot go stale either way."""
+    mixer = make(name, causal=True)
+    x = randn(33)
+    with torch.no_grad():
+        clean = mixer(x)
+        for t in (0, 20, 32):
+            x2 = x.clone()
+            x2[0, t, 3] = bad
+            out = mixer(x2)
+            assert torch.equal(out[1], clean[1]), f"{name}: sequence 1 changed"
+            assert not torch.isfinite(out[0, t]).all(), f"{name}: the non-finite input at {t} was lost"
+            past_finite = torch.isfinite(out[0, :t]).all()
+            if mixers.get_class(name).nonfinite_causal:
+                assert past_finite and torch.allclose(out[0, :t], clean[0, :t], atol=1e-10, rtol=0), \
+                    f"{name}: a non-finite input at {t} changed earlier outputs"
+            elif t > 0:
+                assert not past_finite, f"{name}: declares nonfinite_causal=False, yet the past stayed finite"
+
+
+@pytest.mark.parametrize("name,causal", CASES)
+def test_no_decay_patterns_name_existing_parameters(name, causal):
+    mixer = make(name, causal)
+    params = [n for n, _ in mixer.named_parameters()]
+    names = mixer.no_decay_parameter_names()
+    assert set(names) <= set(params)
+    for pattern in mixer.no_decay_patterns:  # a stale pattern would silently decay the parameter
+        assert any(fnmatch.fnmatchcase(n, pattern) for n in params), f"{name}: {pattern!r} matches nothing"
+
+
+@pytest.mark.parametrize("name,expected", [
+    ("s4d", {"log_dt", "log_A_real", "A_imag"}),            # state-spaces/s4: register(..., wd=0.0)
+    ("mamba", {"selective.0.A_log", "D"}),                  # mamba_simple: _no_weight_decay
+    ("longconv", None), ("hyena", None),                    # the whole implicit filter (Hyena: wd=0)
+])
+def test_dynamics_parameters_take_no_weight_decay(name, expected):
+    mixer = make(name, causal=True)
+    names = set(mixer.no_decay_parameter_names())
+    if expected is None:
+        expected = {n for n, _ in mixer.named_parameters() if n.startswith("filter.")}
+        assert expected
+    assert names == expected

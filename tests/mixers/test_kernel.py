@@ -119,3 +119,20 @@ def test_performer_features_are_fixed_at_init():
     assert "projection" in mixer.state_dict()
     assert mixer.projection.shape == (mixer.features, 4)
     assert math.ceil(4 * math.log(4)) <= mixer.features
+
+
+@pytest.mark.parametrize("cut", [1, 5, 12])
+def test_causal_continuation_from_initial_state(cut):
+    """Two calls chained through (initial_state, final state) equal one call over the whole."""
+    phi_q, phi_k = positive(2, 13, 2, 3, seed=0), positive(2, 13, 2, 3, seed=1)
+    v = torch.randn(2, 13, 2, 4, dtype=F64)
+    whole, final = la.linear_attention(phi_q, phi_k, v, causal=True, chunk_size=4, return_final_state=True)
+    first, state = la.linear_attention(phi_q[:, :cut], phi_k[:, :cut], v[:, :cut], causal=True, chunk_size=4,
+                                       return_final_state=True)
+    second, end = la.linear_attention(phi_q[:, cut:], phi_k[:, cut:], v[:, cut:], causal=True, chunk_size=4,
+                                      initial_state=state, return_final_state=True)
+    torch.testing.assert_close(torch.cat([first, second], 1), whole, rtol=1e-12, atol=1e-12)
+    for a, b in zip(end, final):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+    with pytest.raises(ValueError, match="need causal=True"):
+        la.linear_attention(phi_q, phi_k, v, initial_state=state)

@@ -88,7 +88,7 @@ def test_s4d_bad_options():
 @pytest.mark.parametrize("causal", [True, False])
 @pytest.mark.parametrize("length,chunk_size", [(1, 8), (33, 8), (33, 5), (40, 8), (40, 64)])
 def test_mamba_chunked_scan_matches_sequential_recurrence(causal, length, chunk_size):
-    m = build("mamba", causal=causal, chunk_size=chunk_size, block_chunks=2)
+    m = build("mamba", causal=causal, chunk_size=chunk_size)
     x = randn(2, length, 6)
     with torch.no_grad():
         u, z = m.ssm_input(x)

@@ -132,7 +132,7 @@ def test_length_limits_are_clear_errors():
 def test_bad_config_values_name_the_argument():
     with pytest.raises(ValueError, match="head must be one of"):
         make("toy_attention", "regress")
-    with pytest.raises(ValueError, match="depth must be a positive int"):
+    with pytest.raises(ValueError, match="depth must be an int >= 1"):
         build_model(ModelConfig(vocab_size=VOCAB, mixer="toy_attention", depth=0))
     with pytest.raises(ValueError, match=r"tokens must be a \(batch, length\) LongTensor"):
         make("toy_attention")(torch.zeros(2, 4))

@@ -226,3 +226,43 @@ def test_merge_stays_accurate_when_lse_is_large():
     out, lse = merge_partials([o, o, o], [l, l, l])
     assert ((out - o).abs().max() / o.abs().max()).item() < 1e-6
     torch.testing.assert_close(lse, l + math.log(3), rtol=1e-6, atol=0)
+
+
+@pytest.mark.parametrize("length", [33, 100, 128])  # odd and even halvings, several levels deep
+def test_causal_triangle_split_is_exact(monkeypatch, length):
+    """The CPU causal path (diagonal leaves + full blocks merged on the lse) against float64,
+    forward and gradients, with leaves small enough to recurse at these lengths."""
+    import longmix.ops.attention as op
+
+    monkeypatch.setattr(op, "_CAUSAL_LEAF", 8)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)  # the split is taken with more than one thread only
+    try:
+        q, k, v = _inputs(2, length, length, 4, 2, 8)
+        calls = []
+        real = op._cpu_flash
+        monkeypatch.setattr(op, "_cpu_flash", lambda *a: calls.append(a[3]) or real(*a))
+        out, lse = attention_with_lse(q, k, v, causal=True)
+        assert False in calls and calls.count(True) > 2  # it did split
+        ref_out, ref_lse = reference(q, k, v, causal=True)
+        torch.testing.assert_close(out, ref_out, rtol=1e-10, atol=1e-10)
+        torch.testing.assert_close(lse, ref_lse, rtol=1e-10, atol=1e-10)
+        go = torch.randn_like(ref_out)
+        grads = torch.autograd.grad((out * go).sum(), (q, k, v))
+        ref_grads = torch.autograd.grad((ref_out * go).sum(), (q, k, v))
+        for g, r in zip(grads, ref_grads):
+            torch.testing.assert_close(g, r, rtol=1e-10, atol=1e-10)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def test_work_counter_counts_useful_flops():
+    from longmix.ops.attention import WorkCounter, attention_flops, count_work
+
+    q, k, v = (x.detach() for x in _inputs(1, 64, 64, 2, 2, 8))
+    with count_work(WorkCounter()) as counter:
+        attention_forward(q, k, v, causal=True)
+        attention_forward(q, k, v, causal=False)
+    assert counter.flops == attention_flops(1, 2, 64, 8, True) + attention_flops(1, 2, 64, 8, False)
+    attention_forward(q, k, v)  # outside the block: not counted
+    assert counter.flops == 3 * attention_flops(1, 2, 64, 8, True)

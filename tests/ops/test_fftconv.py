@@ -75,3 +75,21 @@ def test_bad_kernels_are_named():
         fft_conv(u, torch.randn(3, 5), causal=True)
     with pytest.raises(ValueError, match="kernel must have shape"):
         fft_conv(u, torch.randn(3), causal=True)
+
+
+@pytest.mark.parametrize("causal", [True, False])
+@pytest.mark.parametrize("reach", [4, 40])  # a banded kernel, and one covering every lag
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), float("-inf")])
+def test_nonfinite_input_reaches_exactly_the_outputs_that_read_it(causal, reach, bad):
+    """A bare FFT spreads a NaN over every output of its channel; fft_conv must leave non-finite
+    exactly the outputs a direct sum leaves non-finite (for a causal kernel: none before it)."""
+    g = torch.Generator().manual_seed(3)
+    u = torch.randn(2, 40, CHANNELS, generator=g, dtype=torch.float64)
+    kernel = torch.rand(reach if causal else 2 * reach - 1, CHANNELS, generator=g, dtype=torch.float64) + 0.1
+    u[0, 17, 1] = bad
+    u[1, 3, 2] = bad
+    got, want = fft_conv(u, kernel, causal=causal), direct_conv(u, kernel, causal)
+    assert torch.equal(torch.isfinite(got), torch.isfinite(want))
+    assert not torch.isfinite(want).all()
+    finite = torch.isfinite(want)
+    assert torch.allclose(got[finite], want[finite], rtol=0, atol=1e-12)

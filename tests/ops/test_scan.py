@@ -23,17 +23,16 @@ def rel_err(a, b):
     return ((a - b).norm() / b.norm().clamp_min(1e-300)).item()
 
 
-@pytest.mark.parametrize("length,chunk_size,block_chunks", [
-    (1, 1, 1), (1, 8, 64),        # a single position
-    (33, 1, 1), (33, 4, 2),       # chunks that do not divide L, several blocks
-    (33, 11, 1), (64, 8, 2),      # chunks that divide L
-    (64, 100, 4), (50, 7, 3),     # a chunk longer than L; ragged last block
+@pytest.mark.parametrize("length,chunk_size", [
+    (1, 1), (1, 8),               # a single position
+    (33, 1), (33, 4), (50, 7),    # chunks that do not divide L
+    (33, 11), (64, 8),            # chunks that divide L
+    (64, 100),                    # a chunk longer than L
 ])
-def test_chunked_scan_matches_sequential(length, chunk_size, block_chunks):
+def test_chunked_scan_matches_sequential(length, chunk_size):
     u, delta, A, B, C, D = inputs(length=length)
-    y_ref, h_ref = selective_scan_sequential(u, delta, A, B, C, D, return_state=True)
-    y, h = selective_scan(u, delta, A, B, C, D, chunk_size=chunk_size, block_chunks=block_chunks,
-                          return_state=True)
+    y_ref, h_ref = selective_scan_sequential(u, delta, A, B, C, D, return_final_state=True)
+    y, h = selective_scan(u, delta, A, B, C, D, chunk_size=chunk_size, return_final_state=True)
     assert y.shape == u.shape
     assert rel_err(y, y_ref) < 1e-12
     assert rel_err(h, h_ref) < 1e-12
@@ -43,10 +42,29 @@ def test_initial_state_continues_a_split_sequence():
     u, delta, A, B, C, D = inputs(length=40)
     whole = selective_scan(u, delta, A, B, C, D, chunk_size=6)
     first, h = selective_scan(u[:, :17], delta[:, :17], A, B[:, :17], C[:, :17], D,
-                              chunk_size=6, return_state=True)
+                              chunk_size=6, return_final_state=True)
     second = selective_scan(u[:, 17:], delta[:, 17:], A, B[:, 17:], C[:, 17:], D,
                             chunk_size=6, initial_state=h)
     assert rel_err(torch.cat([first, second], 1), whole) < 1e-12
+
+
+@pytest.mark.parametrize("length,chunk_size", [(1, 4), (13, 4), (33, 8)])
+def test_initial_state_and_final_state_match_sequential(length, chunk_size):
+    """A nonzero state entering position 0: output, final state and the gradients of both
+    (w.r.t. every input and the initial state) agree with the plain recurrence."""
+    tensors = [t.requires_grad_() for t in inputs(length=length)]
+    h0 = torch.randn(2, 5, 3, dtype=F64, requires_grad=True)
+    results = []
+    for fn in (lambda *a, **k: selective_scan(*a, chunk_size=chunk_size, **k),
+               selective_scan_sequential):
+        y, h = fn(*tensors, initial_state=h0, return_final_state=True)
+        loss = y.square().sum() + (h * torch.linspace(-1, 1, h.numel(), dtype=F64).view_as(h)).sum()
+        results.append((y, h, torch.autograd.grad(loss, [*tensors, h0])))
+    (y, h, grads), (y_ref, h_ref, grads_ref) = results
+    assert rel_err(y, y_ref) < 1e-12
+    assert rel_err(h, h_ref) < 1e-12
+    for g, g_ref in zip(grads, grads_ref):
+        assert rel_err(g, g_ref) < 1e-10
 
 
 @pytest.mark.parametrize("length", [1, 7, 33])
@@ -71,11 +89,48 @@ def test_segsum_is_the_sum_over_each_segment():
 def test_gradients_match_sequential():
     tensors = [t.requires_grad_() for t in inputs(length=19)]
     grads = []
-    for fn in (lambda *a: selective_scan(*a, chunk_size=4, block_chunks=2), selective_scan_sequential):
+    for fn in (lambda *a: selective_scan(*a, chunk_size=4), selective_scan_sequential):
         out = fn(*tensors)
         grads.append(torch.autograd.grad(out.square().sum(), tensors))
     for g_chunked, g_seq in zip(*grads):
         assert rel_err(g_chunked, g_seq) < 1e-10
+
+
+@pytest.mark.parametrize("length,chunk_size", [(5, 2), (6, 3)])
+def test_gradcheck_of_the_chunked_backward(length, chunk_size):
+    """The hand-written backward against finite differences, every input and the initial state
+    at once, and both outputs (y and the final state) carrying gradient."""
+    u, delta, A, B, C, D = inputs(batch=2, length=length, channels=3, d_state=2)
+    h0 = torch.randn(2, 3, 2, dtype=F64)
+    tensors = [t.requires_grad_() for t in (u, delta, A, B, C, D, h0)]
+
+    def fn(u, delta, A, B, C, D, h0):
+        return selective_scan(u, delta, A, B, C, D, chunk_size=chunk_size, initial_state=h0,
+                              return_final_state=True)
+
+    assert torch.autograd.gradcheck(fn, tensors)
+
+
+def test_backward_keeps_only_chunk_boundary_states():
+    """What the backward stores does not grow with d_state x L: the inputs, plus one state per
+    chunk (not per position), so memory is O(L d + L n + L / chunk d n)."""
+    u, delta, A, B, C, D = inputs(batch=1, length=64, channels=4, d_state=8)
+    tensors = [t.requires_grad_() for t in (u, delta, A, B, C)]
+    saved = []
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t.numel()) or t, lambda t: t):
+        selective_scan(*tensors, chunk_size=16)
+    inputs_numel = sum(t.numel() for t in tensors)
+    assert inputs_numel <= sum(saved) <= inputs_numel + (64 // 16) * 4 * 8
+
+
+def test_half_precision_is_scanned_in_float32():
+    """bf16 inputs: y comes back in bf16, the state in float32, both as the float32 scan of the
+    same (rounded) inputs; a bf16 recurrence would round the state at every step instead."""
+    u, delta, A, B, C, _ = (t.to(torch.bfloat16) for t in inputs(length=300, decay=0.01))
+    y, h = selective_scan(u, delta, A, B, C, return_final_state=True)
+    y32, h32 = selective_scan(*(t.float() for t in (u, delta, A, B, C)), return_final_state=True)
+    assert y.dtype == torch.bfloat16 and h.dtype == torch.float32
+    assert torch.equal(y, y32.to(torch.bfloat16)) and torch.equal(h, h32)
 
 
 def test_long_strongly_decaying_sequence_is_stable():

@@ -55,3 +55,17 @@ def test_bad_arguments():
         log_vandermonde(v, x, 0)
     with pytest.raises(ValueError, match="block"):
         log_vandermonde(v, x, 4, block=0)
+
+
+@pytest.mark.parametrize("length", [1, 5, 16, 37])
+def test_transposed_product_is_the_state_from_zero(length):
+    """sum_l u_l z^(L-1-l) against the recurrence h = z h + u run from h = 0."""
+    from longmix.ops.vandermonde import log_vandermonde_transpose
+
+    _, x = poles(decay=0.1)
+    u = torch.randn(2, 3, length, dtype=F64, generator=torch.Generator().manual_seed(1))
+    h = torch.zeros(2, 3, x.shape[0], dtype=x.dtype)
+    for t in range(length):
+        h = x.exp() * h + u[..., t, None]
+    torch.testing.assert_close(log_vandermonde_transpose(u, x),
+                               h, rtol=1e-12, atol=1e-12)

@@ -11,6 +11,8 @@ SMALL = {
     "pathfinder": dict(contour_length=6),
     "pathx": dict(contour_length=6, num_distractors=4),
     "mqar": dict(length=64, num_pairs=4),
+    "mqar_all": dict(length=64, num_pairs=4),
+    "distance": dict(length=64, distance=20),
     "passkey": dict(length=64),
     "text": dict(max_bytes=200_000),
 }
@@ -23,7 +25,7 @@ def small(name, seed=0):
 
 
 def test_registry_lists_every_task():
-    assert set(NAMES) == {"listops", "pathfinder", "pathx", "mqar", "passkey", "text"}
+    assert set(NAMES) == {"listops", "pathfinder", "pathx", "mqar", "mqar_all", "passkey", "distance", "text"}
     assert set(SMALL) == set(NAMES)
 
 
@@ -59,6 +61,8 @@ def test_unknown_parameter_is_named(name):
     ("text", dict(root="/nonexistent/dir"), "root"),
     ("text", dict(max_bytes=1), "max_bytes"),
     ("mqar", dict(length=True), "length"),
+    ("mqar_all", dict(length=64, num_pairs=4, min_distance=60), "min_distance"),
+    ("distance", dict(length=64, distance=64), "distance"),
 ])
 def test_bad_parameter_value_is_named(name, params, offender):
     with pytest.raises(ValueError, match=offender):
@@ -92,9 +96,13 @@ def test_layout_and_ranges(name):
         assert 0 <= int(y.min()) and int(y.max()) < task.num_classes
     else:
         assert task.num_classes is None and y.shape == (BATCH, context)
-        assert 0 < int(y.min()) and int(y.max()) < task.vocab_size
+        assert 0 <= int(y.min()) and int(y.max()) < task.vocab_size
+        if task.metric != "accuracy":  # next-token text: every target is a real token
+            assert int(y.min()) > 0
+        else:  # labels at some positions (pad elsewhere): there must be some to score
+            assert (y != task.pad_id).any()
     # pad_id is reserved: a full-length window of a fixed-length task holds no padding.
-    if name in ("pathfinder", "pathx", "mqar", "passkey", "text"):
+    if name in ("pathfinder", "pathx", "mqar", "mqar_all", "passkey", "distance", "text"):
         assert (x != task.pad_id).all()
 
 
@@ -115,10 +123,11 @@ def test_context_truncates_and_pads_on_the_left(name):
     full, y_full = task.batch("train", 1, BATCH, task.length)
     for context in (1, 7, task.length // 2):
         x, y = task.batch("train", 1, BATCH, context)
-        assert torch.equal(x, full[:, -context:]) and torch.equal(y, y_full)
+        # lm targets are per position: the window of the targets too
+        assert torch.equal(x, full[:, -context:]) and torch.equal(y, y_full if y.dim() == 1 else y_full[:, -context:])
     longer, y_longer = task.batch("train", 1, BATCH, task.length + 5)
     assert torch.equal(longer[:, 5:], full) and (longer[:, :5] == task.pad_id).all()
-    assert torch.equal(y_longer, y_full)
+    assert torch.equal(y_longer, y_full) if y.dim() == 1 else torch.equal(y_longer[:, 5:], y_full)
 
 
 def test_describe_is_json_serialisable():

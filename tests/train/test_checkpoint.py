@@ -1,11 +1,17 @@
 """Atomic checkpoints: a crash at any point of a save leaves the previous checkpoint intact;
 corrupt files get a clear error naming them and are never deleted; RNG states round-trip."""
+import collections
+import os
+import pickle
 import random
+import re
+import traceback
 
 import numpy as np
 import pytest
 import torch
 
+from longmix.fileio import remove_stale_temps
 from longmix.train import checkpoint
 from longmix.train.checkpoint import CheckpointError
 
@@ -55,26 +61,68 @@ def test_crash_during_save_keeps_the_previous_checkpoint(tmp_path, monkeypatch, 
 
 
 def test_a_stale_temp_file_from_a_hard_kill_is_harmless(tmp_path):
-    # SIGKILL cannot run cleanup: the torn temp file stays, and the next save overwrites it.
+    # SIGKILL cannot run cleanup: the torn temp file stays until the next run clears it.
     path = tmp_path / "checkpoint.pt"
     checkpoint.save_atomic(payload(1), path)
-    (tmp_path / "checkpoint.pt.tmp").write_bytes(b"torn")
+    stale = tmp_path / ".checkpoint.pt.k1ll3d.tmp"
+    stale.write_bytes(b"torn")
     assert checkpoint.load(path)["step"] == 1
     checkpoint.save_atomic(payload(2), path)
     assert checkpoint.load(path)["step"] == 2
-    assert not (tmp_path / "checkpoint.pt.tmp").exists()
+    assert remove_stale_temps(path) == [stale]
+    assert [p.name for p in tmp_path.iterdir()] == ["checkpoint.pt"]
 
 
-@pytest.mark.parametrize("content", [b"", b"not a checkpoint at all", "half"])
+def test_a_planted_symlink_is_never_written_through(tmp_path):
+    # The old fixed temporary name, and the names a pid or a counter would give: an attacker (or
+    # a second run) can plant links there; the save must not follow any of them.
+    victim = tmp_path / "victim.txt"
+    victim.write_text("precious")
+    path = tmp_path / "checkpoint.pt"
+    planted = [tmp_path / name for name in ("checkpoint.pt.tmp", f"checkpoint.pt.tmp{os.getpid()}",
+                                            ".checkpoint.pt.tmp", f".checkpoint.pt.{os.getpid()}.tmp")]
+    for link in planted:
+        link.symlink_to(victim)
+    checkpoint.save_atomic(payload(1), path)
+    checkpoint.save_atomic(payload(2), path)
+    assert victim.read_text() == "precious"
+    assert checkpoint.load(path)["step"] == 2 and not path.is_symlink()
+    assert all(link.is_symlink() for link in planted)
+
+
+@pytest.mark.parametrize("content", [b"", b"not a checkpoint at all", "half", "pickled object"])
 def test_corrupt_checkpoint_is_a_clear_error_and_is_kept(tmp_path, content):
     path = tmp_path / "checkpoint.pt"
     if content == "half":
         checkpoint.save_atomic(payload(1), path)
         content = path.read_bytes()[: path.stat().st_size // 2]
+    elif content == "pickled object":  # code a weights_only load refuses to run
+        content = pickle.dumps({"step": collections.OrderedDict, "f": os.getcwd})
     path.write_bytes(content)
-    with pytest.raises(CheckpointError, match=f"checkpoint {path} is corrupt or unreadable.*left in place"):
+    with pytest.raises(CheckpointError, match=f"checkpoint {path} is corrupt or unreadable.*left in place") as info:
         checkpoint.load(path)
+    # torch's advice to retry with weights_only=False (i.e. run the file's code) is not repeated
+    shown = "".join(traceback.format_exception(info.value))  # what a user sees, chained errors included
+    assert "weights_only" not in shown and "\n" not in str(info.value)
     assert path.read_bytes() == content
+
+
+@pytest.mark.parametrize("field,value,expected", [
+    ("step", "3", "'step' must be an int >= 0, got '3'"),
+    ("step", True, "'step' must be an int >= 0, got True"),
+    ("step", -1, "'step' must be an int >= 0, got -1"),
+    ("model", {"w": [1.0]}, "'model' must be a dict of tensors"),
+    ("history", {"step": 1}, "'history' must be a list of dicts"),
+    ("wall_s", float("nan"), "'wall_s' must be a finite number >= 0, got nan"),
+    ("sessions", 1.5, "'sessions' must be an int >= 0, got 1.5"),
+    ("rng", {}, "'rng' must be a dict of RNG states"),
+    ("identity", [], "'identity' must be a dict"),
+])
+def test_a_field_of_the_wrong_type_is_a_clear_error(tmp_path, field, value, expected):
+    path = tmp_path / "checkpoint.pt"
+    torch.save({**payload(1), field: value}, path)
+    with pytest.raises(CheckpointError, match=f"checkpoint {path} is damaged: field {re.escape(expected)}"):
+        checkpoint.load(path)
 
 
 def test_foreign_file_is_refused(tmp_path):

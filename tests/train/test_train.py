@@ -223,7 +223,7 @@ def test_parse_pairs():
 
 
 def test_bad_numbers_name_the_argument(tmp_path):
-    with pytest.raises(ValueError, match="context must be a positive int, got 0"):
+    with pytest.raises(ValueError, match="context must be an int >= 1, got 0"):
         tiny(tmp_path, context=0)
     with pytest.raises(ValueError, match="warmup must be"):
         tiny(tmp_path, warmup=100)

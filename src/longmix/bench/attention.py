@@ -1,52 +1,52 @@
-"""The paper's attention scaling benchmark: vanilla MHA vs longmix (1 process, P ranks) vs a peer.
+"""Exact attention against the baselines a user would pick: measurement (reporting is in
+:mod:`longmix.bench.attention_report`).
 
-Series (each a method on P processes), measured for L = 2^a .. 2^b:
+Series (each a method on P processes), measured for L = 2^a .. 2^b, causal or not:
 
-* ``vanilla`` (P=1): softmax(QK^T/sqrt(d))V in plain torch, the L x L scores materialized -- the
-  paper's baseline;
-* ``longmix`` (P=1): :func:`longmix.ops.attention_with_lse`, the single-process exact op;
+* ``sdpa`` (P=1, all cores): ``torch.nn.functional.scaled_dot_product_attention``, PyTorch's own
+  fused kernel -- what a user gets without longmix, and the headline baseline;
+* ``longmix`` (P=1, all cores): :func:`longmix.ops.attention_with_lse`, the same fused CPU kernel
+  plus longmix's causal triangle split (diagonal leaves + full blocks merged on the lse);
+* ``vanilla`` (P=1): softmax(QK^T/sqrt(d))V with the L x L scores materialized -- the paper's
+  baseline;
 * ``auto`` / ``shuffle`` / ``ring`` / ``hybrid`` (P>1): :func:`longmix.dist.attention` with that
-  strategy (infeasible head splits are recorded as such, never run);
+  strategy, cores / P threads per rank, so P ranks use the same cores as one process;
 * ``peer`` (P>1): ``ring_attention_pytorch.ring_flash_attn(..., ring_reduce_col=True)``
-  (lucidrains' ring-attention-pytorch, the CPU-capable ring attention a user would otherwise
-  pick), contiguous shards of equal length, its default bucket of 1024 rows.
+  (lucidrains' ring-attention-pytorch, optional: ``pip install -e .[bench]``), contiguous shards,
+  its default bucket of 1024 rows. Its output is first checked against a float64 reference at a
+  small L (:func:`check_peer`); a peer that is wrong is not timed.
 
-Every point runs in freshly spawned processes (:func:`longmix.dist.launch.run_local`), so each
-gets its own peak-memory figure (VmHWM, the whole process: the torch runtime included, reported
-beside the figure at start) and a crash or a timeout costs one point only. A point is skipped,
-and reported as such, when its predicted memory exceeds ``mem_budget_gb`` or its predicted time
-exceeds ``time_budget_s`` (predictions extrapolate the series' previous point: time ~ L^2,
-memory ~ L for the O(L) methods and ~ L^2 for vanilla) or when the run's total time budget
-would be exceeded. Results are appended to a JSON-lines file as each point finishes; a rerun
-skips the points already there (ok, error or infeasible; a timed-out point is tried again, since
-a busy machine may have caused it) unless ``force``.
+Every point runs in freshly spawned processes (:func:`longmix.dist.launch.run_local`), warm (a
+call at a small L first), and its time is the *median* of at least ``min_reps`` calls (each the
+slowest rank's, between barriers). Each gets its own peak-memory figure (VmHWM, the whole
+process: the torch runtime included, reported beside the figure at start); a crash or a timeout
+costs one point only. A point is skipped, and reported as such, when its predicted memory
+exceeds ``mem_budget_gb`` or its predicted time exceeds ``time_budget_s`` (predictions
+extrapolate the series' previous point: time ~ L^2, memory ~ L for the O(L) methods and ~ L^2 for
+vanilla) or the run's total budget would be exceeded. Results are appended to a JSON-lines file
+as each point finishes; a rerun skips the points already there (ok, error or infeasible; a
+timed-out point is tried again, since a busy machine may have caused it) unless ``force``.
 """
 from __future__ import annotations
 
-import datetime
-import json
 import math
-import os
+import statistics
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
 
-from longmix.bench.attend import DTYPES  # one name -> dtype table for the job and the benchmark
-from longmix.bench.machine import current_rss_bytes, describe, markdown as machine_line
-from longmix.bench.machine import peak_rss_bytes
-from longmix.fileio import atomic_write_text
+from longmix.bench.machine import current_rss_bytes, peak_rss_bytes
+from longmix.dist.validate import STRATEGIES  # the one source of the strategy names
+from longmix.dtypes import DTYPES
+from longmix.fileio import append_record, read_records
+from longmix.ops.attention import attention_flops
+from longmix.provenance import provenance, utc_now
 
-STRATEGIES = ("auto", "shuffle", "ring", "hybrid")
-METHODS = ("vanilla", "longmix", *STRATEGIES, "peer")
+SINGLE = ("sdpa", "longmix", "vanilla")  # one-process methods
+METHODS = (*SINGLE, *STRATEGIES, "peer")
 PAPER_SPEEDUP = "~40x over vanilla MHA on 4 GPUs"
-
-
-def attention_flops(batch: int, heads: int, seq_len: int, head_dim: int, causal: bool) -> float:
-    """2 flops per multiply-add of QK^T and PV: 4·B·H·L²·d; a causal mask halves it."""
-    full = 4.0 * batch * heads * seq_len**2 * head_dim
-    return full / 2 if causal else full
 
 
 @dataclass(frozen=True)
@@ -93,6 +93,8 @@ class Series:
             return "vanilla MHA"
         if self.method == "longmix":
             return "longmix 1 proc"
+        if self.method == "sdpa":
+            return "torch sdpa 1 proc"
         if self.method == "peer":
             return f"ring-attention-pytorch P={self.procs}"
         return f"longmix {self.method} P={self.procs}"
@@ -100,7 +102,7 @@ class Series:
 
 def default_series(procs: tuple[int, ...] = (2, 4), methods: tuple[str, ...] = METHODS) -> list[Series]:
     """Series in priority order: when the total budget runs out, the later ones lose points."""
-    out = [Series(m, 1) for m in ("longmix", "vanilla") if m in methods]
+    out = [Series(m, 1) for m in ("sdpa", "longmix", "vanilla") if m in methods]
     for p in procs:
         out += [Series(m, p) for m in (*STRATEGIES, "peer") if m in methods]
     return out
@@ -117,6 +119,7 @@ class BenchConfig:
     time_budget_s: float = 400.0
     total_budget_s: float = 25 * 60.0
     min_time_s: float = 1.0  # repeat a point until this much time is measured (at most max_reps)
+    min_reps: int = 3        # the time is the median of at least this many warm calls
     max_reps: int = 5
     out_dir: Path = Path("benchmarks/results")
     force: bool = False
@@ -131,6 +134,8 @@ class BenchConfig:
             raise ValueError(f"methods must be among {METHODS}, got {sorted(unknown)}")
         if any(p < 2 for p in self.procs):
             raise ValueError(f"procs are the distributed world sizes (>= 2), got {self.procs}")
+        if not 1 <= self.min_reps <= self.max_reps:
+            raise ValueError(f"need 1 <= min_reps <= max_reps, got {self.min_reps}, {self.max_reps}")
         self.out_dir = Path(self.out_dir)
 
     @property
@@ -163,10 +168,20 @@ def vanilla_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal:
     return (scores.softmax(dim=-1) @ v).transpose(1, 2)
 
 
+def _expand(q, k, v):
+    group = q.shape[2] // k.shape[2]
+    return q, k.repeat_interleave(group, dim=2), v.repeat_interleave(group, dim=2)
+
+
 def _method_fn(method: str, shape: Shape, group):
     """A callable (q, k, v) -> out for one method on this rank."""
     if method == "vanilla":
         return lambda q, k, v: vanilla_attention(q, k, v, shape.causal)
+    if method == "sdpa":
+        sdpa = torch.nn.functional.scaled_dot_product_attention
+        # (B, L, H, d) -> (B, H, L, d) views, as the function wants; GQA expanded like the others
+        return lambda q, k, v: sdpa(*(x.transpose(1, 2) for x in _expand(q, k, v)),
+                                    is_causal=shape.causal).transpose(1, 2)
     if method == "longmix":
         from longmix.ops import attention_with_lse
 
@@ -194,8 +209,9 @@ def _local_inputs(shape: Shape, method: str, seq_len: int, world: int, rank: int
 
 
 def measure_rank(group, shape: Shape, method: str, seq_len: int, min_time_s: float,
-                 max_reps: int) -> dict:
-    """Run one point on this rank: warm up at a small length, then time calls at ``seq_len``.
+                 max_reps: int, min_reps: int = 3) -> dict:
+    """Run one point on this rank: warm up at a small length, then time calls at ``seq_len``:
+    at least ``min_reps``, more (up to ``max_reps``) until ``min_time_s`` is measured.
 
     Each timed call is fenced by barriers, so a time is the slowest rank's.
     """
@@ -211,18 +227,68 @@ def measure_rank(group, shape: Shape, method: str, seq_len: int, min_time_s: flo
     q, k, v = _local_inputs(shape, method, seq_len, world, rank, seed=0)
     times = []
     with torch.no_grad():
-        while not times or (sum(times) < min_time_s and len(times) < max_reps):
+        while len(times) < min_reps or (sum(times) < min_time_s and len(times) < max_reps):
             dist.barrier(group)
             t0 = time.perf_counter()
             out = fn(q, k, v)
             dist.barrier(group)
             times.append(time.perf_counter() - t0)
             del out
-    return {"times": times, "peak_rss_bytes": peak_rss_bytes(), "baseline_rss_bytes": baseline}
+    return {"times": times, "peak_rss_bytes": peak_rss_bytes(), "baseline_rss_bytes": baseline,
+            "threads": torch.get_num_threads()}
 
 
 # ---------------------------------------------------------------------------------------------
 # Predictions and the run loop.
+
+PEER_CHECK_LEN = 512
+PEER_TOLERANCE = 1e-4  # row-wise relative error allowed at the check's fp32 (longmix's is ~1e-6)
+
+
+def peer_check_rank(group, shape: Shape, seq_len: int) -> float:
+    """On every rank: the peer on contiguous fp32 shards of one random problem; rank 0 gets the
+    worst row-wise relative error of the gathered output against float64 vanilla attention."""
+    import torch.distributed as dist
+
+    world, rank = dist.get_world_size(group), dist.get_rank(group)
+    gen = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(shape.batch, seq_len, h, shape.head_dim, generator=gen)
+               for h in (shape.heads, shape.kv_heads, shape.kv_heads))
+    n = seq_len // world
+    mine = slice(rank * n, (rank + 1) * n)
+    fp32 = Shape(**{**asdict(shape), "dtype": "fp32"})
+    with torch.no_grad():
+        out = _method_fn("peer", fp32, group)(q[:, mine], k[:, mine], v[:, mine]).contiguous()
+    parts = [torch.empty_like(out) for _ in range(world)]
+    dist.all_gather(parts, out, group=group)
+    got = torch.cat(parts, dim=1).double()
+    ref = vanilla_attention(q.double(), k.double(), v.double(), shape.causal)
+    err = (got - ref).norm(dim=-1) / ref.norm(dim=-1).clamp_min(1e-300)
+    return float(err.max()) if torch.isfinite(err).all() else math.inf
+
+
+def check_peer(shape: Shape, procs: int, timeout_s: float = 120.0) -> dict:
+    """Is the peer's output right (vs float64, fp32, L = :data:`PEER_CHECK_LEN`) on ``procs``
+    ranks? {"status": "ok" | "wrong" | "error" | "missing", ...}; only an "ok" peer is timed."""
+    from longmix.dist.launch import RankFailure, run_local
+
+    try:
+        import ring_attention_pytorch  # noqa: F401
+    except ImportError:
+        return {"status": "missing", "reason": "ring-attention-pytorch is not installed "
+                                               "(pip install -e .[bench])"}
+    length = PEER_CHECK_LEN - PEER_CHECK_LEN % procs
+    try:
+        err = run_local(peer_check_rank, procs, args=(shape, length), timeout=timeout_s,
+                        collective_timeout=timeout_s)[0]
+    except RankFailure as exc:
+        last = [ln for ln in str(exc).strip().splitlines() if ln.strip()][-1].strip()
+        return {"status": "error", "reason": f"the check at L={length} failed: {last[:300]}"}
+    status = "ok" if err <= PEER_TOLERANCE else "wrong"
+    return {"status": status, "max_rel_err": err, "seq_len": length,
+            "reason": f"max rel err {err:.3g} vs float64 at L={length} (fp32; allowed "
+                      f"{PEER_TOLERANCE:g})"}
+
 
 def _feasibility(shape: Shape, series: Series, seq_len: int) -> tuple[bool, str, str | None]:
     """(feasible, note, strategy auto resolves to) for a longmix strategy; trivially ok otherwise."""
@@ -262,29 +328,10 @@ def load_results(path: Path) -> dict[str, dict]:
     point is simply measured again instead of the whole results file becoming unreadable.
     """
     results = {}
-    if path.exists():
-        for line in path.read_text().splitlines():
-            try:
-                rec = json.loads(line) if line.strip() else None
-            except json.JSONDecodeError:
-                rec = None
-            if isinstance(rec, dict) and "key" in rec:
-                results[rec["key"]] = rec
+    for rec in read_records(path):
+        if "key" in rec:
+            results[rec["key"]] = rec
     return results
-
-
-def _record(path: Path, rec: dict) -> None:
-    """Append one point as one JSON line (a single write, so a crash loses at most that line)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    line = json.dumps(rec) + "\n"
-    with path.open("ab+") as f:
-        # A torn last line (no newline) would swallow this record into an unparsable line:
-        # start a fresh line instead.
-        if f.seek(0, os.SEEK_END) > 0:
-            f.seek(-1, os.SEEK_END)
-            if f.read(1) != b"\n":
-                line = "\n" + line
-        f.write(line.encode())
 
 
 def run_point(cfg: BenchConfig, series: Series, seq_len: int, timeout_s: float) -> dict:
@@ -297,7 +344,8 @@ def run_point(cfg: BenchConfig, series: Series, seq_len: int, timeout_s: float) 
     start = time.perf_counter()
     try:
         per_rank = run_local(measure_rank, series.procs,
-                             args=(shape, series.method, seq_len, cfg.min_time_s, cfg.max_reps),
+                             args=(shape, series.method, seq_len, cfg.min_time_s, cfg.max_reps,
+                                   cfg.min_reps),
                              timeout=timeout_s, collective_timeout=timeout_s)
     except RankFailure as exc:
         text = str(exc)
@@ -307,10 +355,11 @@ def run_point(cfg: BenchConfig, series: Series, seq_len: int, timeout_s: float) 
         rec.update(status=status, error=last[:300], wall_s=time.perf_counter() - start)
         return rec
     times = per_rank[0]["times"]
-    best = min(times)
-    rec.update(status="ok", time_s=best, reps=len(times), times=times,
+    median = statistics.median(times)
+    rec.update(status="ok", time_s=median, reps=len(times), times=times,
+               threads_per_rank=per_rank[0]["threads"],
                gflops=attention_flops(shape.batch, shape.heads, seq_len, shape.head_dim,
-                                      shape.causal) / best / 1e9,
+                                      shape.causal) / median / 1e9,
                peak_rss_bytes=max(r["peak_rss_bytes"] for r in per_rank),
                baseline_rss_bytes=max(r["baseline_rss_bytes"] for r in per_rank),
                wall_s=time.perf_counter() - start)
@@ -318,10 +367,11 @@ def run_point(cfg: BenchConfig, series: Series, seq_len: int, timeout_s: float) 
 
 
 def run_order(series_list: list[Series], lengths: list[int]) -> list[tuple[Series, int]]:
-    """The headline series -- longmix on 1 process and ``auto`` on the smallest P -- over every L
-    first, so their largest points are measured even when the run's total budget cuts the rest;
-    then the others, L by L (each series' lengths stay ascending, which the predictions need)."""
-    headline = [s for s in series_list if s.method == "longmix"]
+    """The headline series -- sdpa and longmix on 1 process, ``auto`` on the smallest P -- over
+    every L first, so their largest points are measured even when the run's total budget cuts
+    the rest; then the others, L by L (each series' lengths stay ascending, which the predictions
+    need)."""
+    headline = [s for s in series_list if s.method in ("sdpa", "longmix")]
     dist_auto = [s for s in series_list if s.method == "auto"]
     headline += dist_auto[:1]
     rest = [s for s in series_list if s not in headline]
@@ -336,6 +386,14 @@ def run_benchmark(cfg: BenchConfig, log=print) -> list[dict]:
     series_list = default_series(cfg.procs, cfg.methods)
     last_ok: dict[Series, dict] = {}
     stopped: dict[Series, dict] = {}  # series that will not run larger L: status and reason
+    for series in series_list:
+        if series.method == "peer":
+            check = check_peer(cfg.shape, series.procs)
+            log(f"  {series.label:<32} output check: {check['status']}: {check['reason']}")
+            if check["status"] != "ok":
+                stopped[series] = {"status": "invalid" if check["status"] == "missing"
+                                   else "error", "reason": f"peer check: {check['reason']}",
+                                   "error": f"peer check: {check['reason']}"}
     table = []
     run_start = time.perf_counter()
     for series, seq_len in run_order(series_list, cfg.lengths):
@@ -344,19 +402,37 @@ def run_benchmark(cfg: BenchConfig, log=print) -> list[dict]:
                 "label": series.label, "shape": asdict(cfg.shape)}
         if key in done and done[key]["status"] in ("ok", "error", "invalid"):
             rec = done[key]
-            log(f"  {series.label:<32} L={seq_len:<8} recorded earlier: {_cell(rec)}")
+            log(f"  {series.label:<32} L={seq_len:<8} recorded earlier: {point_text(rec)}")
         elif series in stopped:
             rec = {**base, **stopped[series]}
         else:
             rec = _plan_and_run(cfg, series, seq_len, base, last_ok.get(series), run_start, log)
             if rec["status"] in ("ok", "error", "timeout", "invalid"):
-                _record(path, {**rec, "date": _now()})
+                append_record(path, {**rec, "date": utc_now(), **provenance()})
         if rec["status"] == "ok":
             last_ok[series] = rec
         elif series not in stopped:
             stopped[series] = _later(rec)
         table.append(rec)
     return table
+
+
+def point_text(rec: dict | None) -> str:
+    """A point in a few words: its time, or why it has none (budget, error, n/a)."""
+    if rec is None:
+        return "-"
+    status = rec["status"]
+    if status == "ok":
+        t = rec["time_s"]
+        return f"{t:.3g} s" if t < 100 else f"{t:.0f} s"
+    if status == "skipped":
+        reason = rec.get("reason", "")
+        if "smaller L" in reason and "budget" not in reason:
+            return "-"  # the series failed earlier
+        if "GiB" in reason:
+            return "mem budget"
+        return "run budget" if "total budget" in reason else "time budget"
+    return {"invalid": "n/a", "error": "error", "timeout": "timeout"}.get(status, status)
 
 
 def _later(rec: dict) -> dict:
@@ -391,170 +467,9 @@ def _plan_and_run(cfg, series, seq_len, base, previous, run_start, log) -> dict:
     rec = {**base, **run_point(cfg, series, seq_len, timeout)}
     if used:
         rec["strategy_used"] = used
-    log(f"  {series.label:<32} L={seq_len:<8} {_cell(rec)}"
+    log(f"  {series.label:<32} L={seq_len:<8} {point_text(rec)}"
         + (f"  [{rec['gflops']:.1f} GFLOP/s, peak {rec['peak_rss_bytes'] / 2**30:.2f} GiB]"
            if rec["status"] == "ok" else ""))
     return rec
 
 
-def _now() -> str:
-    return datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
-
-
-# ---------------------------------------------------------------------------------------------
-# Reporting: table, summary, PNG, markdown.
-
-def _cell(rec: dict | None) -> str:
-    if rec is None:
-        return "-"
-    status = rec["status"]
-    if status == "ok":
-        t = rec["time_s"]
-        return f"{t:.3g} s" if t < 100 else f"{t:.0f} s"
-    if status == "skipped":
-        reason = rec.get("reason", "")
-        if "smaller L" in reason and "budget" not in reason:
-            return "-"  # the series failed earlier
-        if "GiB" in reason:
-            return "mem budget"
-        return "run budget" if "total budget" in reason else "time budget"
-    return {"invalid": "n/a", "error": "error", "timeout": "timeout"}.get(status, status)
-
-
-def _grid(cfg: BenchConfig, records: list[dict]):
-    series_list = default_series(cfg.procs, cfg.methods)
-    by = {(r["method"], r["procs"], r["seq_len"]): r for r in records}
-    return series_list, by
-
-
-def format_table(cfg: BenchConfig, records: list[dict], metric: str = "time") -> str:
-    """Markdown table: one row per L, one column per series (time, GFLOP/s or peak memory)."""
-    series_list, by = _grid(cfg, records)
-    header = "| L | " + " | ".join(s.label for s in series_list) + " |"
-    lines = [header, "|" + "---|" * (len(series_list) + 1)]
-    for L in cfg.lengths:
-        cells = []
-        for s in series_list:
-            rec = by.get((s.method, s.procs, L))
-            if metric == "time" or rec is None or rec["status"] != "ok":
-                cells.append(_cell(rec))
-            elif metric == "gflops":
-                cells.append(f"{rec['gflops']:.1f}")
-            else:
-                cells.append(f"{rec['peak_rss_bytes'] / 2**30:.2f} "
-                             f"({rec['baseline_rss_bytes'] / 2**30:.2f})")
-        lines.append(f"| 2^{int(math.log2(L))} | " + " | ".join(cells) + " |")
-    return "\n".join(lines)
-
-
-def summarize(cfg: BenchConfig, records: list[dict]) -> list[str]:
-    """Largest L per series, speedup over vanilla, the ratio to the peer, skips and errors."""
-    series_list, by = _grid(cfg, records)
-    lines = [f"- Largest L within budget ({cfg.mem_budget_gb:g} GiB per process, "
-             f"{cfg.time_budget_s:g} s per point):"]
-    for s in series_list:
-        ok = [L for L in cfg.lengths if by.get((s.method, s.procs, L), {}).get("status") == "ok"]
-        note = ""
-        failed = [r for r in records if (r["method"], r["procs"]) == (s.method, s.procs)
-                  and r["status"] in ("error", "timeout", "invalid")]
-        if failed:
-            r = failed[0]
-            note = f" ({r['status']} at L=2^{int(math.log2(r['seq_len']))}: " \
-                   f"{r.get('error') or r.get('reason')})"
-        lines.append(f"  - {s.label}: " + (f"2^{int(math.log2(max(ok)))} = {max(ok):,}" if ok
-                                           else "none") + note)
-    vanilla = [L for L in cfg.lengths if by.get(("vanilla", 1, L), {}).get("status") == "ok"]
-    if vanilla:
-        L = max(vanilla)
-        t_v = by[("vanilla", 1, L)]["time_s"]
-        parts = []
-        for s in series_list:
-            rec = by.get((s.method, s.procs, L))
-            if s.method != "vanilla" and rec and rec["status"] == "ok":
-                parts.append(f"{s.label} {t_v / rec['time_s']:.2f}x")
-        lines.append(f"- Speedup over vanilla MHA at its largest L (2^{int(math.log2(L))}, "
-                     f"{t_v:.3g} s): " + (", ".join(parts) or "no other method measured there")
-                     + f". The paper reports {PAPER_SPEEDUP}.")
-    peer_lines = []
-    for p in cfg.procs:
-        for L in cfg.lengths:
-            peer = by.get(("peer", p, L))
-            if not peer or peer["status"] != "ok":
-                continue
-            ratios = [f"{m} {peer['time_s'] / by[(m, p, L)]['time_s']:.2f}x"
-                      for m in STRATEGIES if by.get((m, p, L), {}).get("status") == "ok"]
-            if ratios:
-                peer_lines.append(f"  - P={p}, L=2^{int(math.log2(L))}: " + ", ".join(ratios))
-    if peer_lines:
-        lines.append("- ring-attention-pytorch time / longmix time (same P, L, shape; >1 means "
-                     "longmix is faster):")
-        lines += peer_lines
-    return lines
-
-
-def write_plot(cfg: BenchConfig, records: list[dict], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    series_list, by = _grid(cfg, records)
-    fig, ax = plt.subplots(figsize=(8, 5.5))
-    for s in series_list:
-        pts = [(L, by[(s.method, s.procs, L)]["time_s"]) for L in cfg.lengths
-               if by.get((s.method, s.procs, L), {}).get("status") == "ok"]
-        if pts:
-            style = "--" if s.method in ("vanilla", "peer") else "-"
-            ax.plot(*zip(*pts), style, marker="o", markersize=3, label=s.label)
-    ax.set_xscale("log", base=2)
-    ax.set_yscale("log")
-    ax.set_xlabel("sequence length L")
-    ax.set_ylabel("forward time (s)")
-    sh = cfg.shape
-    ax.set_title(f"exact attention, {sh.dtype}, {'causal' if sh.causal else 'full'}, "
-                 f"heads {sh.heads} (kv {sh.kv_heads}) x d {sh.head_dim}")
-    ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize=7, loc="upper left")
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-
-
-def write_report(cfg: BenchConfig, records: list[dict]) -> tuple[Path, Path]:
-    """Write the PNG and the markdown (machine, command, date, tables, summary); return paths."""
-    png, md = cfg.path("png"), cfg.path("md")
-    write_plot(cfg, records, png)
-    sh = cfg.shape
-    text = [
-        f"### Exact attention scaling: {sh.dtype}, {'causal' if sh.causal else 'non-causal'}, "
-        f"batch {sh.batch}, heads {sh.heads} (kv_heads {sh.kv_heads}) x head_dim {sh.head_dim}",
-        "",
-        f"- Machine: {machine_line(describe())}",
-        f"- Command: `{cfg.command}`" if cfg.command else "- Command: (library call)",
-        f"- Budgets: {cfg.mem_budget_gb:g} GiB per process, {cfg.time_budget_s:g} s per point, "
-        f"{cfg.total_budget_s / 60:g} min per run; times are the best of up to {cfg.max_reps} "
-        f"forward calls (at least one, until {cfg.min_time_s:g} s), the slowest rank's; each "
-        f"process runs max(1, cores // P) threads (P=4 on fewer than 4 cores oversubscribes).",
-        "",
-        f"![time vs L]({png.name})",
-        "",
-        "Forward time (cells: `time budget` / `mem budget` = skipped as predicted over budget, "
-        "`n/a` = strategy infeasible for these heads on P ranks):",
-        "",
-        format_table(cfg, records, "time"),
-        "",
-        "GFLOP/s (causal counted as half):",
-        "",
-        format_table(cfg, records, "gflops"),
-        "",
-        "Peak resident memory per process, GiB (at start, i.e. the torch runtime):",
-        "",
-        format_table(cfg, records, "memory"),
-        "",
-        *summarize(cfg, records),
-        "",
-    ]
-    md.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(md, "\n".join(text))
-    return png, md

@@ -7,10 +7,11 @@ Also the per-process peak resident memory that the benchmarks and `longmix atten
 """
 from __future__ import annotations
 
-import datetime
 import os
 import platform
 import resource
+
+from longmix.provenance import utc_now
 
 
 def _cpu_model() -> str:
@@ -61,7 +62,7 @@ def describe() -> dict:
         "torch": torch.__version__,
         "python": platform.python_version(),
         "os": f"{platform.system()} {platform.release()}",
-        "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "date": utc_now(),
     }
 
 

@@ -38,7 +38,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import datetime
 import json
 import math
 import re
@@ -50,9 +49,10 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from longmix.dtypes import ALIASES, NAMES as DTYPES, dtype_name
 from longmix.fileio import atomic_write_text
+from longmix.provenance import utc_now
 
-DTYPES = ("float32", "float64", "bfloat16")
 STEM = "mixers_scaling"
 COLUMNS = ["mixer", "family", "length", "log2_length", "dim", "heads", "batch", "dtype", "causal",
            "status", "time_s", "repeats", "forward_mb", "peak_mb", "hwm_reset", "threads", "run", "note"]
@@ -69,7 +69,7 @@ class SweepConfig:
     dim: int = 64
     heads: int = 4  # 1 for mixers that do not use heads (class attribute ``uses_heads = False``)
     batch: int = 1
-    dtype: str = "float32"
+    dtype: str = "fp32"
     causal: bool = False
     budget_s: float = 600.0
     repeats: int = 3
@@ -106,7 +106,7 @@ def _reset_peak_rss() -> bool:
 
 
 def measure_point(mixer: str, length: int, dim: int = 64, heads: int = 4, batch: int = 1,
-                  dtype: str = "float32", causal: bool = False, repeats: int = 3,
+                  dtype: str = "fp32", causal: bool = False, repeats: int = 3,
                   quick_s: float = 2.0, seed: int = 0) -> dict:
     """Time and memory of one forward pass, in this process (the sweep calls it in a fresh one)."""
     import torch
@@ -117,7 +117,9 @@ def measure_point(mixer: str, length: int, dim: int = 64, heads: int = 4, batch:
     torch.manual_seed(seed)
     cls = mixers.get_class(mixer)
     heads = heads if getattr(cls, "uses_heads", True) else 1
-    dt = getattr(torch, dtype)
+    from longmix.dtypes import DTYPES as TORCH_DTYPES
+
+    dt = TORCH_DTYPES[dtype_name(dtype)]
     model = mixers.build(mixer, dim, heads=heads, causal=causal, max_len=length).to(dt).eval()
     x = torch.randn(batch, length, dim, dtype=dt)
     rss_before = current_rss_bytes()
@@ -232,6 +234,7 @@ def _parse_row(row: dict) -> dict:
         out[k] = float(row[k]) if row.get(k) not in (None, "") else None
     for k in ("causal", "hwm_reset"):
         out[k] = row.get(k) == "True"
+    out["dtype"] = ALIASES.get(row.get("dtype"), row.get("dtype"))  # rows written before fp32/bf16
     return out
 
 
@@ -307,7 +310,7 @@ def run_sweep(cfg: SweepConfig, progress: bool = True, echo=print) -> ResultStor
     out.mkdir(parents=True, exist_ok=True)
     store = ResultStore(out / f"{STEM}.csv")
     machine = describe()
-    run_id = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    run_id = utc_now()
     command = cfg.command or shlex.join([Path(sys.executable).name] + sys.argv)
     runs = _load_runs(out / f"{STEM}.json")
     runs[run_id] = {"machine": machine, "command": command, "config": asdict(cfg)}
@@ -472,7 +475,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dim", type=int, default=d.dim)
     parser.add_argument("--heads", type=int, default=d.heads, help="(1 for mixers without heads)")
     parser.add_argument("--batch", type=int, default=d.batch)
-    parser.add_argument("--dtype", choices=DTYPES, default=d.dtype)
+    parser.add_argument("--dtype", type=dtype_name, default=d.dtype,
+                        help=f"one of {', '.join(DTYPES)} (or {', '.join(ALIASES)})")
     parser.add_argument("--causal", action="store_true", help="causal mode (only causal-capable mixers)")
     parser.add_argument("--budget-s", type=float, default=d.budget_s,
                         help="skip points predicted to take longer than this (seconds per forward)")

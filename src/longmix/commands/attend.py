@@ -5,33 +5,43 @@
     torchrun --nnodes 2 --nproc-per-node 1 ... -m longmix.cli attend --seq-len 65536
 
 Spawns ``--procs`` local gloo ranks, or, when started by torchrun (RANK/WORLD_SIZE/MASTER_ADDR in
-the environment), joins torchrun's group and uses its world size. Exit status 1 when the sampled
-rows disagree with the float64 reference beyond the dtype's tolerance.
+the environment), joins torchrun's group and uses its world size.
 """
 from __future__ import annotations
 
 import argparse
 import json
 import os
+import signal
 import sys
+from pathlib import Path
 
-# Copies of longmix.dist.STRATEGIES / LAYOUTS: importing longmix.dist pulls in torch, and building
-# the parser (`longmix --help`) must stay fast. tests/cli/test_attend.py keeps them in sync.
+# Copies of longmix.dist.STRATEGIES / LAYOUTS and longmix.dtypes: importing those pulls in torch,
+# and building the parser (`longmix --help`) must stay fast. tests/cli/test_attend.py keeps them
+# in sync.
 STRATEGIES = ("auto", "shuffle", "ring", "hybrid")
 LAYOUTS = ("contiguous", "zigzag")
-DTYPES = ("bf16", "fp32", "fp64")
+DTYPES = ("fp32", "bf16", "fp64")
+DTYPE_ALIASES = {"float32": "fp32", "bfloat16": "bf16", "float64": "fp64"}
 
-# Default problem: a million tokens, causal, in a few minutes on this project's 2-core CPU box
-# (Xeon with AMX-bf16). Measured with the CPU flash op (aten._scaled_dot_product_flash_attention_
-# for_cpu) at L = 2^15..2^16, causal, extrapolated quadratically to L = 2^20:
-#   fp32, 1 process x 2 threads: H=2,d=32 ~630 s; H=1,d=64 ~775 s (150-220 GFLOP/s)
-#   bf16, 1 process x 2 threads: H=2,d=32 ~310 s; H=1,d=64 ~270 s (450-530 GFLOP/s, AMX)
-#   bf16, 2 processes x 1 thread, 1 head each: d=32 ~310 s, d=16 ~290 s
-# bf16 is 2x faster than fp32 here, and below d=32 the cost per score stops falling (the
-# softmax, not the matmul, dominates), so d=32 is free over d=16. Two heads is the fewest that
-# lets the paper's head-shuffle run on 2 ranks. Hence: 2 ranks, 2 heads (no GQA), d=32, bf16:
-# ~5 minutes of attention plus a few seconds to generate and verify.
-DEFAULTS = dict(seq_len=2**20, procs=2, heads=2, head_dim=32, dtype="bf16")
+#: Exit statuses, documented in --help and the README.
+EXIT_PASS, EXIT_FAIL, EXIT_USAGE, EXIT_RUNTIME = 0, 1, 2, 3
+EXIT_TERMINATED = 128 + signal.SIGTERM  # the shell's convention for "killed by SIGTERM"
+
+EPILOG = """exit status:
+  0  the run finished and verification passed (or was skipped: --check-rows 0 prints
+     "not verified", never PASS)
+  1  verification FAILED: a sampled row is off by more than the tolerance
+  2  bad arguments, refused before any rank starts (also: an unwritable --json path, a
+     problem predicted not to fit in memory)
+  3  runtime failure: a rank raised, died or timed out; or the report could not be written
+  143  stopped by SIGTERM (every rank is stopped too)"""
+
+# Default problem: a million tokens, causal, exact, on 2 ranks, in minutes on a 2-core CPU box.
+# Heads x head_dim = 1 x 32: the smallest width at which the time per score still falls with d
+# (below d = 32 the softmax, not the matmul, dominates), so the fewest flops per score of work.
+# The dtype is measured, not assumed: bf16 is 2x fp32 with AMX, slower than fp32 without it.
+DEFAULTS = dict(seq_len=2**20, procs=2, heads=1, head_dim=32, dtype="auto", check_rows=16)
 
 
 def _int_at_least(low: int):
@@ -53,8 +63,18 @@ def _int_at_least(low: int):
 _positive_int, _non_negative_int = _int_at_least(1), _int_at_least(0)
 
 
+def _dtype(text: str) -> str:
+    name = DTYPE_ALIASES.get(text, text)
+    if name not in (*DTYPES, "auto"):
+        raise argparse.ArgumentTypeError(
+            f"expected auto or one of {', '.join(DTYPES)} (or {', '.join(DTYPE_ALIASES)}), got {text!r}")
+    return name
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     d = DEFAULTS
+    parser.epilog = EPILOG
+    parser.formatter_class = argparse.RawDescriptionHelpFormatter
     parser.add_argument("--seq-len", type=_positive_int, default=d["seq_len"],
                         help=f"sequence length L (default {d['seq_len']:,})")
     parser.add_argument("--procs", type=_positive_int, default=None,
@@ -69,22 +89,55 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--causal", action=argparse.BooleanOptionalAction, default=True,
                         help="causal mask (default: causal)")
     parser.add_argument("--strategy", choices=STRATEGIES, default="auto",
-                        help="distribution strategy (default auto: the planner picks)")
+                        help="distribution strategy (default auto: the planner picks, at rates "
+                             "measured on this machine)")
+    parser.add_argument("--hybrid-size", type=_positive_int, default=None,
+                        help="ranks per shuffle group for --strategy hybrid (a divisor of the "
+                             "world size; default: the planner's, or the degenerate grid u=1/u=P "
+                             "when the world size has no other divisor)")
     parser.add_argument("--layout", choices=LAYOUTS, default=None,
                         help="sequence layout over ranks (default: zigzag when causal, which "
                              "balances causal work across ranks; contiguous otherwise)")
-    parser.add_argument("--dtype", choices=DTYPES, default=d["dtype"],
-                        help=f"compute dtype (default {d['dtype']}: AMX makes it the fastest here)")
-    parser.add_argument("--check-rows", type=_non_negative_int, default=16,
-                        help="output rows verified against the float64 reference (default 16)")
+    parser.add_argument("--dtype", type=_dtype, default=d["dtype"],
+                        help="compute dtype: fp32, bf16, fp64, or auto (default): a few seconds of "
+                             "calibration pick bf16 only where it is faster than fp32 here")
+    parser.add_argument("--recalibrate", action="store_true",
+                        help="measure the machine again instead of using the cached calibration")
+    parser.add_argument("--check-rows", type=_non_negative_int, default=d["check_rows"],
+                        help=f"random output rows verified against float64, on top of every "
+                             f"shard boundary, chunk edge and the first/last row (default "
+                             f"{d['check_rows']}; 0 verifies nothing and prints 'not verified')")
     parser.add_argument("--seed", type=int, default=0, help="data seed (default 0)")
     parser.add_argument("--timeout", type=_positive_int, default=3600,
                         help="seconds before a stuck run is killed (default 3600)")
     parser.add_argument("--json", metavar="FILE", default=None,
-                        help="also write the full report (per-rank figures, machine) as JSON")
+                        help="also write the full report (per-rank figures, machine, "
+                             "calibration) as JSON; checked for writability before the run")
     parser.add_argument("--no-progress", dest="progress", action="store_false",
-                        help="no progress bar / heartbeat on stderr")
+                        help="no progress bar on stderr")
     parser.set_defaults(_parser=parser)
+
+
+def json_path_error(path: str) -> str | None:
+    """Why ``path`` cannot receive the report (None when it can), checked before any work."""
+    target = Path(path)
+    if target.is_dir():
+        return f"{path} is a directory"
+    folder = target.parent
+    if not folder.is_dir():
+        return f"folder {str(folder)!r} does not exist"
+    if not os.access(folder, os.W_OK | os.X_OK) or (target.exists() and not os.access(target, os.W_OK)):
+        return f"{path} is not writable"
+    return None
+
+
+class _Terminated(Exception):
+    pass
+
+
+def _on_sigterm(signum, frame):
+    # Raised in the main thread wherever it waits: run_local's clean-up then stops every rank.
+    raise _Terminated()
 
 
 def run(args: argparse.Namespace) -> int:
@@ -92,37 +145,80 @@ def run(args: argparse.Namespace) -> int:
     kv_heads = args.kv_heads or args.heads
     if args.heads % kv_heads:
         parser.error(f"argument --kv-heads: must divide --heads={args.heads}, got {kv_heads}")
+    if args.hybrid_size is not None and args.strategy != "hybrid":
+        parser.error("argument --hybrid-size: applies to --strategy hybrid only")
+    if args.json and (why := json_path_error(args.json)):
+        parser.error(f"argument --json: {why}")
     layout = args.layout or ("zigzag" if args.causal else "contiguous")
 
-    from longmix.bench import attend as job
-    from longmix.fileio import atomic_write_text
+    from longmix import attend as job
+    from longmix.attend.job import choose_dtype, local_calibration, strategy_error
+    from longmix.attend.resources import memory_error
+    from longmix.fileio import atomic_write_text, strict_json_value
 
-    cfg = job.AttendConfig(seq_len=args.seq_len, heads=args.heads, kv_heads=kv_heads,
-                           head_dim=args.head_dim, causal=args.causal, strategy=args.strategy,
-                           layout=layout, dtype=args.dtype, check_rows=args.check_rows,
-                           seed=args.seed, timeout=float(args.timeout))
     torchrun = job.launched_by_torchrun()
     world = int(os.environ["WORLD_SIZE"]) if torchrun else args.procs or DEFAULTS["procs"]
     if torchrun and args.procs is not None and args.procs != world:
         parser.error(f"argument --procs: {args.procs} disagrees with torchrun's "
                      f"WORLD_SIZE={world}; leave --procs out under torchrun")
-    why = job.strategy_error(cfg, world)
+    cfg = job.AttendConfig(seq_len=args.seq_len, heads=args.heads, kv_heads=kv_heads,
+                           head_dim=args.head_dim, causal=args.causal, strategy=args.strategy,
+                           layout=layout, dtype="fp32" if args.dtype == "auto" else args.dtype,
+                           check_rows=args.check_rows, seed=args.seed,
+                           timeout=float(args.timeout), hybrid_size=args.hybrid_size)
+    why = strategy_error(cfg, world)
     if why:
         parser.error(f"argument --strategy: {why}")
+    local_ranks = int(os.environ.get("LOCAL_WORLD_SIZE", "1")) if torchrun else world
+    # refuse what cannot fit before spending anything; bf16 halves the need, so an "auto" dtype
+    # is checked at its cheapest and again once chosen
+    for dtype in (["bf16"] if args.dtype == "auto" else [cfg.dtype]):
+        why = memory_error(seq_len=cfg.seq_len, world=world, local_ranks=local_ranks,
+                           heads=cfg.heads, kv_heads=cfg.kv_heads, head_dim=cfg.head_dim,
+                           dtype=dtype, batch=cfg.batch)
+        if why:
+            parser.error(f"argument --seq-len: L={cfg.seq_len:,} {why}")
 
     from longmix.dist.launch import RankFailure
 
+    previous = signal.signal(signal.SIGTERM, _on_sigterm) if not torchrun else None
     try:
         if torchrun:
-            report = job.run_torchrun_job(cfg, progress=args.progress)
+            report = job.run_torchrun_job(cfg, args.dtype, progress=args.progress)
         else:
-            report = job.run_local_job(cfg, procs=world, progress=args.progress)
+            dtypes = ("fp32", "bf16") if args.dtype == "auto" else (args.dtype,)
+            calibration = local_calibration(world, heads=cfg.heads, kv_heads=cfg.kv_heads,
+                                            head_dim=cfg.head_dim, dtypes=dtypes,
+                                            recalibrate=args.recalibrate)
+            dtype, reason = choose_dtype(args.dtype, calibration)
+            import dataclasses
+
+            cfg = dataclasses.replace(cfg, dtype=dtype)
+            why = memory_error(seq_len=cfg.seq_len, world=world, local_ranks=local_ranks,
+                               heads=cfg.heads, kv_heads=cfg.kv_heads, head_dim=cfg.head_dim,
+                               dtype=dtype, batch=cfg.batch)
+            if why:
+                print(f"longmix attend: L={cfg.seq_len:,} in {dtype} {why}", file=sys.stderr)
+                return EXIT_USAGE
+            report = job.run_local_job(cfg, procs=world, progress=args.progress,
+                                       calibration=calibration, dtype_reason=reason)
     except RankFailure as exc:
         print(f"longmix attend: {exc}", file=sys.stderr)
-        return 1
+        return EXIT_RUNTIME
+    except _Terminated:
+        print("longmix attend: stopped by SIGTERM; every rank was stopped", file=sys.stderr)
+        return EXIT_TERMINATED
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
     is_rank0 = not torchrun or int(os.environ["RANK"]) == 0
     if is_rank0:
         print(job.format_report(report), flush=True)
         if args.json:  # a killed run never leaves half a report
-            atomic_write_text(args.json, json.dumps(report, indent=2, default=str))
-    return 0 if report["passed"] else 1
+            try:
+                text = json.dumps(strict_json_value(report), indent=2, default=str, allow_nan=False)
+                atomic_write_text(args.json, text)
+            except OSError as exc:
+                print(f"longmix attend: could not write --json {args.json}: {exc}", file=sys.stderr)
+                return EXIT_RUNTIME
+    return EXIT_PASS if report["verification"]["verdict"] != "FAIL" else EXIT_FAIL

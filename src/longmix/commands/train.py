@@ -1,12 +1,20 @@
 """`longmix train`: train one model on one task, with checkpoints and resume.
 
     longmix train --task passkey --mixer softmax --context 256 --out runs/pk
+    longmix train ... --procs 2                       # every sequence split over 2 local ranks
+    torchrun --nproc-per-node 2 -m longmix.cli train ...   # joins torchrun's group instead
 
 Rerun the same command to resume after an interruption; a finished run is not trained twice.
+Exit status: 0 done, 2 bad arguments or an unusable run folder (busy, damaged checkpoint),
+3 the loss diverged (recorded in results.jsonl), 1 a rank failed (its traceback is printed).
 """
 from __future__ import annotations
 
+import datetime
+import os
 import sys
+
+EXIT_RANK_FAILED, EXIT_BAD_INPUT, EXIT_DIVERGED = 1, 2, 3
 
 
 def add_arguments(parser):
@@ -38,13 +46,23 @@ def add_arguments(parser):
       help="mixer constructor option (repeatable); max_len=N caps the context")
     a("--out", default="runs/train", help="run directory: checkpoint.pt and results.jsonl (default runs/train)")
     a("--device", default="cpu", help="cpu, cuda[:N] or auto (default cpu)")
-    a("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    a("--threads", type=int, default=None,
+      help="torch CPU threads (per rank with --procs; default: torch's choice, or cores / procs)")
+    a("--procs", type=int, default=None,
+      help="local ranks (gloo) to split every sequence over (default 1); under torchrun its "
+           "WORLD_SIZE is used and --procs may be left out")
+    a("--layout", default="contiguous", choices=["contiguous", "zigzag"],
+      help="how a sequence is split over the ranks (zigzag balances causal work; default contiguous)")
+    a("--form", default=None,
+      help="the parallel form of every mixer layer on several ranks: shuffle, state or ring "
+           "(default: planned per layer, the fewest bytes sent)")
     a("--quiet", action="store_true", help="no progress bar or log lines")
 
 
-def config_from_args(args):
+def config_from_args(args, procs: int | None = None):
     from ..train.config import TrainConfig, parse_pairs
 
+    procs = procs or args.procs or 1
     return TrainConfig(
         task=args.task, mixer=args.mixer, context=args.context, steps=args.steps,
         batch_size=args.batch_size, dim=args.dim, depth=args.depth, heads=args.heads, lr=args.lr,
@@ -53,20 +71,51 @@ def config_from_args(args):
         pool=args.pool, task_params=parse_pairs(args.task_param, "--task-param"),
         mixer_options=parse_pairs(args.mixer_option, "--mixer-option"), out=args.out,
         eval_every=args.eval_every, checkpoint_every=args.checkpoint_every, device=args.device,
-        threads=args.threads, progress=not args.quiet)
+        threads=args.threads, progress=not args.quiet, procs=procs, layout=args.layout, form=args.form)
 
 
 def run(args) -> int:
     import json
 
-    from ..train import train
+    from ..dist.launch import RankFailure, launched_by_torchrun
+    from ..train import TrainingDiverged, train
 
+    def fail(code: int, message) -> int:
+        print(f"longmix train: error: {message}", file=sys.stderr)
+        return code
+
+    torchrun = launched_by_torchrun()
+    world = int(os.environ["WORLD_SIZE"]) if torchrun else None
+    if torchrun and args.procs is not None and args.procs != world:
+        return fail(EXIT_BAD_INPUT, f"--procs {args.procs} disagrees with torchrun's WORLD_SIZE={world}; "
+                                    f"leave --procs out under torchrun")
     try:
-        record = train(config_from_args(args))
+        cfg = config_from_args(args, procs=world)
+        record = _train_in_torchrun_group(cfg) if torchrun else train(cfg)
+    except TrainingDiverged as err:
+        return fail(EXIT_DIVERGED, err)
     except ValueError as err:
-        print(f"longmix train: error: {err}", file=sys.stderr)
-        return 2
+        return fail(EXIT_BAD_INPUT, err)
+    except RankFailure as err:
+        return fail(EXIT_RANK_FAILED, err)
+    if torchrun and int(os.environ["RANK"]) != 0:
+        return 0  # rank 0 prints the one summary
     summary = {k: record[k] for k in ("run_id", "task", "mixer", "context", "seed", "steps", "metric", "wall_s")}
     summary["test"] = record["test"][record["metric"]]
+    summary["world_size"] = record.get("world_size", 1)
     print(json.dumps(summary))
     return 0
+
+
+def _train_in_torchrun_group(cfg):
+    """Join the group torchrun set up (env://) and train as one of its ranks."""
+    import torch.distributed as dist
+
+    from ..train import train
+    from ..train.loop import COLLECTIVE_TIMEOUT_S
+
+    dist.init_process_group("gloo", timeout=datetime.timedelta(seconds=COLLECTIVE_TIMEOUT_S))
+    try:
+        return train(cfg, group=dist.group.WORLD)
+    finally:
+        dist.destroy_process_group()

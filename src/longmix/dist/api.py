@@ -31,7 +31,9 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal: bool
         layout: which rows each rank holds: ``"contiguous"`` or ``"zigzag"`` (see
             :mod:`longmix.dist.layout`; ``shard``/``unshard`` convert).
         scale: softmax scale; default 1/sqrt(head_dim).
-        window: sliding-window size (shuffle only; semantics of ``longmix.ops.attention_with_lse``).
+        window: sliding-window size (semantics of ``longmix.ops.attention_with_lse``); shuffle,
+            or ring, which then exchanges only a halo of ``window - 1`` rows per side of each
+            piece (not hybrid).
         stats: a :class:`CommStats` that accumulates the bytes this rank sends and receives,
             in the forward and, when it runs, the backward pass.
         hybrid_size: u for ``strategy="hybrid"`` only (a divisor of P); default: the planner's
@@ -77,6 +79,11 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal: bool
 
         return shuffle_attention(q, k, v, segments=segs, causal=causal, group=group, scale=scale,
                                  window=window, stats=stats)
+    if strategy == "ring" and window is not None:  # only the window's halo needs to travel
+        from .halo import window_attention
+
+        return window_attention(q, k, v, segments=segs, causal=causal, window=window, group=group,
+                                scale=scale, stats=stats)
     if strategy == "ring":
         from .ring import ring_attention
 

@@ -8,6 +8,13 @@ come back as a list indexed by rank. If any rank raises, dies or the whole run e
 carries its traceback. Collectives inside get ``collective_timeout`` (gloo/NCCL enforce it), so a
 rank waiting on a dead peer errors out instead of waiting forever.
 
+Ranks die with the launcher: each rank asks the kernel for SIGKILL when its parent dies
+(``PR_SET_PDEATHSIG`` on Linux) and runs a watchdog thread that polls the launcher's pid (every
+other platform, and the case where the parent is the forkserver rather than the launcher). So a
+launcher killed by SIGKILL or SIGTERM never leaves ranks computing for minutes, reparented to init.
+Results come back over one pipe per rank (no ``multiprocessing.Queue``: its semaphore is what a
+killed rank leaked, with a warning at every failed launch).
+
 Ranks start from a *forkserver* where the platform has one (Linux, macOS): the server imports
 torch once and each launch forks ready ranks from it, ~0.2 s instead of the seconds every
 spawned interpreter spends importing torch (a test suite launches ranks many times). Elsewhere,
@@ -15,12 +22,16 @@ or with ``start_method="spawn"``, each rank is a fresh interpreter.
 """
 from __future__ import annotations
 
+import ctypes
 import datetime
 import multiprocessing
+import multiprocessing.connection
 import os
 import pickle
-import queue as queue_module
+import signal
 import socket
+import sys
+import threading
 import time
 import traceback
 from typing import Any, Callable
@@ -57,7 +68,47 @@ def _context(start_method: str | None):
     return ctx
 
 
-def _worker(rank, nprocs, port, backend, collective_timeout, threads, fn, args, queue):
+_PR_SET_PDEATHSIG = 1  # from <linux/prctl.h>
+_WATCHDOG_PERIOD_S = 0.5
+
+
+def _die_with(launcher_pid: int) -> None:
+    """Make this rank exit as soon as the launcher process is gone.
+
+    Two mechanisms, because neither is enough alone: the kernel's parent-death signal is
+    immediate but Linux-only and tied to the *parent*, which under the forkserver start method
+    is the forkserver (it exits when the launcher does, but only then); the watchdog thread
+    works everywhere and watches the launcher itself, within :data:`_WATCHDOG_PERIOD_S`.
+    """
+    if sys.platform.startswith("linux"):
+        try:
+            libc = ctypes.CDLL(None, use_errno=True)
+            libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+        except (OSError, AttributeError):
+            pass  # the watchdog below still runs
+    parent = os.getppid()
+
+    def launcher_alive() -> bool:
+        try:
+            os.kill(launcher_pid, 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:  # alive, owned by someone else (a reused pid): not ours
+            return False
+        return os.getppid() == parent  # reparented: our parent (forkserver or launcher) died
+
+    def watch():
+        while launcher_alive():
+            time.sleep(_WATCHDOG_PERIOD_S)
+        os.kill(os.getpid(), signal.SIGKILL)
+
+    if not launcher_alive():  # the launcher died before the signal was armed
+        os.kill(os.getpid(), signal.SIGKILL)
+    threading.Thread(target=watch, name="longmix-launcher-watchdog", daemon=True).start()
+
+
+def _worker(rank, nprocs, port, backend, collective_timeout, threads, launcher_pid, fn, args, conn):
+    _die_with(launcher_pid)
     os.environ.setdefault("OMP_NUM_THREADS", str(threads))
     import torch
 
@@ -67,12 +118,17 @@ def _worker(rank, nprocs, port, backend, collective_timeout, threads, fn, args, 
                                 world_size=nprocs,
                                 timeout=datetime.timedelta(seconds=collective_timeout))
         group = dist.group.WORLD
-        # Plain pickle copies tensors by value; torch's queue would share their storage through
-        # file descriptors that vanish when this process exits, before the parent unpickles.
-        queue.put((rank, "ok", pickle.dumps(fn(group, *args))))
+        # Plain pickle copies tensors by value; torch's reductions would share their storage
+        # through file descriptors that vanish when this process exits, before the parent reads.
+        message = ("ok", pickle.dumps(fn(group, *args)))
     except BaseException as exc:  # report everything, including KeyboardInterrupt/SystemExit
-        queue.put((rank, "error", f"{type(exc).__name__}: {exc}\n{traceback.format_exc()}"))
+        message = ("error", f"{type(exc).__name__}: {exc}\n{traceback.format_exc()}")
+    try:
+        conn.send(message)
+    except (BrokenPipeError, OSError):
+        pass  # the launcher is gone or gave up on us; nothing to report to
     finally:
+        conn.close()
         if dist.is_initialized():
             dist.destroy_process_group()
 
@@ -104,11 +160,11 @@ def run_local(fn: Callable[..., Any], nprocs: int, args: tuple = (), *, timeout:
     if threads_per_rank is None:
         threads_per_rank = max(1, (os.cpu_count() or 1) // nprocs)
     ctx = _context(start_method)
-    queue = ctx.Queue()
     port = free_port()
+    pipes = [ctx.Pipe(duplex=False) for _ in range(nprocs)]  # (parent's reader, rank's writer)
     procs = [ctx.Process(target=_worker, daemon=True,
-                         args=(r, nprocs, port, backend, collective_timeout, threads_per_rank, fn,
-                               args, queue))
+                         args=(r, nprocs, port, backend, collective_timeout, threads_per_rank,
+                               os.getpid(), fn, args, pipes[r][1]))
              for r in range(nprocs)]
     started = []  # the finally below must reach every rank that started, even if a later start fails
     results: dict[int, Any] = {}
@@ -117,23 +173,26 @@ def run_local(fn: Callable[..., Any], nprocs: int, args: tuple = (), *, timeout:
         for p in procs:
             p.start()
             started.append(p)
+        for _, writer in pipes:
+            writer.close()  # the ranks hold the writers now; EOF then means a rank is gone
+        readers = {pipes[r][0]: r for r in range(nprocs)}
         while len(results) < nprocs:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 missing = sorted(set(range(nprocs)) - set(results))
                 raise RankFailure(missing[0] if missing else None,
                                   f"timed out after {timeout:.0f}s waiting for ranks {missing}")
-            try:
-                rank, status, payload = queue.get(timeout=min(remaining, 1.0))
-            except queue_module.Empty:  # check for ranks that died without reporting
-                for r, p in enumerate(procs):
-                    if r not in results and not p.is_alive() and queue.empty():
-                        raise RankFailure(r, f"rank {r} died with exit code {p.exitcode} "
-                                             "before reporting a result")
-                continue
-            if status == "error":
-                raise _root_cause(procs, results, rank, payload)
-            results[rank] = pickle.loads(payload)
+            for reader in multiprocessing.connection.wait(list(readers), timeout=min(remaining, 1.0)):
+                rank = readers.pop(reader)
+                try:
+                    status, payload = reader.recv()
+                except (EOFError, OSError):
+                    procs[rank].join(timeout=2)
+                    raise RankFailure(rank, f"rank {rank} died with exit code "
+                                            f"{procs[rank].exitcode} before reporting a result") from None
+                if status == "error":
+                    raise _root_cause(procs, results, rank, payload)
+                results[rank] = pickle.loads(payload)
     finally:
         for p in started:
             p.join(timeout=5 if len(results) == nprocs else 0.5)
@@ -141,5 +200,14 @@ def run_local(fn: Callable[..., Any], nprocs: int, args: tuple = (), *, timeout:
             if p.is_alive():
                 p.kill()
                 p.join(timeout=5)
-        queue.close()
+        for reader, writer in pipes:
+            reader.close()
+            writer.close()
     return [results[r] for r in range(nprocs)]
+
+
+def launched_by_torchrun() -> bool:
+    """True when torchrun (or any env:// launcher) started this process as one rank of a group:
+    then a command joins that group (``init_process_group()`` reads these variables) instead of
+    spawning ranks of its own."""
+    return all(key in os.environ for key in ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"))

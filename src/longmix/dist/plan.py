@@ -62,6 +62,9 @@ class StrategyCost:
     comm_s: float
     bytes_per_rank: int  # bytes sent per rank in the forward pass
     note: str
+    #: a hybrid grid with u = 1 (the ring) or u = P (the shuffle): runnable when hybrid is asked
+    #: for by name on a world size with no proper divisor, never chosen by auto over the original
+    degenerate: bool = False
 
 
 @dataclass(frozen=True)
@@ -181,32 +184,39 @@ def plan(*, seq_len: int, heads: int, kv_heads: int | None = None, head_dim: int
         note = "causal contiguous: last rank does ~2x the mean" if imbalance(p) > 1 else ""
         options.append(StrategyCost("ring", None, True, t, c, m, int(block * (p - 1)), note))
 
-    hybrid = []
-    for u in (u for u in range(2, p) if p % u == 0):
+    def hybrid_cost(u: int, degenerate: bool = False) -> StrategyCost:
         why_u = head_split_error(heads, kv_heads, u)
         if window is not None or why_u:
-            hybrid.append(StrategyCost("hybrid", u, False, float("inf"), 0, 0, 0,
-                                       f"infeasible: {why_u or 'window is supported by shuffle only'}"))
-            continue
+            return StrategyCost("hybrid", u, False, float("inf"), 0, 0, 0,
+                                f"infeasible: {why_u or 'window is supported by shuffle only'}",
+                                degenerate)
         groups = p // u
         a2a = _shuffle_bytes(seq_len / p, heads, kv_heads, head_dim, u, batch, elem)
         a2a_s = a2a / rates.bandwidth_bytes_per_s + 2 * (u - 1) * rates.latency_s
         kv_local = kv_heads // u if kv_heads % u == 0 else 1
         block = 2 * batch * seq_len / groups * kv_local * head_dim * elem
         t, c, m = _ring_time(flops_rank, block, groups, rates, imbalance(groups))
-        hybrid.append(StrategyCost("hybrid", u, True, t + a2a_s, c, m + a2a_s,
-                                   int(a2a + block * (groups - 1)),
-                                   f"shuffle in groups of {u}, ring over {groups} groups"))
+        note = f"shuffle in groups of {u}, ring over {groups} groups"
+        if degenerate:
+            note = (f"world size {p} has no divisor 1 < u < {p}: the degenerate grid u={u} "
+                    f"({'the shuffle' if u == p else 'the ring'})")
+        return StrategyCost("hybrid", u, True, t + a2a_s, c, m + a2a_s,
+                            int(a2a + block * (groups - 1)), note, degenerate)
+
+    hybrid = [hybrid_cost(u) for u in range(2, p) if p % u == 0]
+    if not hybrid:
+        # P = 2 or 3 (or prime): the grid can only be 1 x P (u = P, the shuffle, where the heads
+        # split) or P x 1 (u = 1, the ring)
+        hybrid = [hybrid_cost(p, True)]
+        if not hybrid[0].feasible and window is None:
+            hybrid = [hybrid_cost(1, True)]
     feasible_h = [o for o in hybrid if o.feasible]
     if feasible_h:
         options.append(min(feasible_h, key=lambda o: o.predicted_time_s))
-    elif hybrid:
-        options.append(hybrid[0])
     else:
-        options.append(StrategyCost("hybrid", None, False, float("inf"), 0, 0, 0,
-                                    f"infeasible: world size {p} has no divisor 1 < u < {p}"))
+        options.append(hybrid[0])
 
-    feasible = [o for o in options if o.feasible]
+    feasible = [o for o in options if o.feasible and not o.degenerate]
     if not feasible:  # only when a window rules out ring and heads rule out shuffle
         raise ValueError(f"no strategy can run window={window} with heads={heads}, "
                          f"kv_heads={kv_heads} on {p} ranks: the window needs strategy='shuffle', "

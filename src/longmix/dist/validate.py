@@ -236,9 +236,9 @@ def check_strategy(strategy: str, problem: Problem, *, window, hybrid_size) -> N
                              f"{why}. Use strategy='ring' (any head count) or 'hybrid' with a "
                              "smaller group.")
     elif strategy in ("ring", "hybrid"):
-        if window is not None:
-            raise ValueError(f"{where}: window={window} is supported by strategy='shuffle' "
-                             f"only, got strategy={strategy!r}")
+        if window is not None and strategy == "hybrid":
+            raise ValueError(f"{where}: window={window} is supported by strategies 'shuffle' "
+                             f"and 'ring' (a halo exchange), got strategy={strategy!r}")
         if strategy == "hybrid":
             if hybrid_size is None or p % hybrid_size:
                 raise ValueError(f"{where}: hybrid_size must divide the world size {p}, "

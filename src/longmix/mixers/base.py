@@ -11,15 +11,28 @@ A mixer is an ``nn.Module`` with three views of the same operator:
 
 Subclasses set the class attribute ``taxonomy`` and implement ``_forward``, ``_reference`` and
 ``_mixing_matrix``; the public methods validate the input first, so every mixer raises the same
-clear errors.
+clear errors. Every mixer also declares (the contract test checks each declaration):
+
+* ``uses_heads``: whether ``heads`` changes what it computes. Per-channel mixers (SSMs, long
+  convolutions, FNet, MLP-Mixer) accept ``heads`` and ignore it; reports record 1 for them.
+* ``nonfinite_causal`` (mixers that can run causally): whether causality holds for NaN and inf
+  too, i.e. a non-finite input at position s leaves every output before s finite and unchanged.
+  In IEEE arithmetic 0 * NaN = NaN, so a kernel that multiplies masked-out (future) entries by
+  zero, or an FFT that spreads every input over every output, breaks it; the ops guard against
+  both where the cost is small.
+* ``no_decay_patterns``: the parameters weight decay must not touch (SSM dynamics, implicit
+  filters), as the reference implementations exclude them; see ``no_decay_parameter_names``.
 """
 from __future__ import annotations
 
+import fnmatch
 from dataclasses import dataclass
 from typing import ClassVar
 
 import torch
 from torch import nn
+
+from .. import checks
 
 FAMILIES = ("attention", "kernel", "sparse", "lowrank", "fourier", "convolution", "ssm", "mlp")
 
@@ -41,12 +54,33 @@ class Taxonomy:
 
 
 def check_int(owner: str, name: str, value, minimum: int = 1) -> int:
-    """Return ``value`` if it is an int >= ``minimum``, else raise a ValueError naming ``owner``'s
-    argument ``name``. The one validator of integer options of every mixer (bools are refused:
-    ``True`` is an int to Python but never a meaningful size)."""
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ValueError(f"{owner}: {name} must be an int >= {minimum}, got {value!r}")
-    return value
+    """:func:`longmix.checks.check_int` for a mixer's option: the error names ``owner`` (the mixer)."""
+    return checks.check_int(name, value, low=minimum, owner=owner)
+
+
+def last_rows(t: torch.Tensor, count: int) -> torch.Tensor:
+    """The last ``count`` rows of t (batch, L, ...) along dim 1, zero-padded in front if L < count:
+    the fixed-size halo a chunk leaves for the next one (rows before it are never read)."""
+    kept = t[:, max(0, t.shape[1] - count):]
+    return torch.cat([kept.new_zeros(t.shape[0], count - kept.shape[1], *t.shape[2:]), kept], 1)
+
+
+def shift_in(buffer: torch.Tensor, rows: torch.Tensor, length: int) -> torch.Tensor:
+    """A rolling buffer (batch, W, ...) after a chunk of ``length`` rows whose ``last_rows(., W)``
+    are ``rows``: the newest W rows of the buffer followed by the chunk."""
+    width = buffer.shape[1]
+    new = min(length, width)
+    return torch.cat([buffer, rows[:, width - new:].to(buffer.dtype)], 1)[:, new:]
+
+
+class WholeSequence:
+    """What ``_shuffle_prepare`` sees in one process: one piece, the whole sequence. A sharded
+    run passes an object with the same method that fetches the context from other ranks."""
+
+    @staticmethod
+    def left_context(t: torch.Tensor, rows: int) -> list[torch.Tensor]:
+        """[t (batch, L, C) with ``rows`` zero rows prepended]: one entry per local piece."""
+        return [torch.nn.functional.pad(t, (0, 0, rows, 0))]
 
 
 class TokenMixer(nn.Module):
@@ -62,6 +96,13 @@ class TokenMixer(nn.Module):
     taxonomy: ClassVar[Taxonomy]
     #: Mixers whose weights are sized by the sequence length (Linformer, MLP-Mixer) set this.
     requires_max_len: ClassVar[bool] = False
+    #: Does ``heads`` change the computation? No default: every mixer must say.
+    uses_heads: ClassVar[bool]
+    #: Causal-capable mixers: does a NaN/inf at position s leave outputs before s untouched?
+    #: No default: every mixer that can run causally must say.
+    nonfinite_causal: ClassVar[bool]
+    #: fnmatch patterns over ``named_parameters()`` names of parameters that take no weight decay.
+    no_decay_patterns: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, dim: int, heads: int = 1, causal: bool = False, max_len: int | None = None):
         super().__init__()
@@ -83,6 +124,10 @@ class TokenMixer(nn.Module):
     # -- public API: validate, then dispatch -------------------------------------------------
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self.check_input(x)
+        if x.shape[0] == 0:
+            # An empty batch has an empty answer; answered here once because FFT and block
+            # kernels reshape or divide by the batch size and fail on zero.
+            return x.clone()
         return self._forward(x)
 
     def reference(self, x: torch.Tensor) -> torch.Tensor:
@@ -95,10 +140,22 @@ class TokenMixer(nn.Module):
         self.check_input(x)
         return self._mixing_matrix(x)
 
+    def no_decay_parameter_names(self) -> list[str]:
+        """Names (as in this mixer's ``named_parameters()``) of the parameters weight decay must
+        not touch: the ones matching ``no_decay_patterns``. Decay pulls them toward 0, which for
+        log-parameterized dynamics (log dt, log -A) is an arbitrary point (dt = 1, A = -1), not a
+        simpler model. Biases, norms and embeddings are the model's rule, not listed here."""
+        return [name for name, _ in self.named_parameters()
+                if any(fnmatch.fnmatchcase(name, pattern) for pattern in self.no_decay_patterns)]
+
     def check_input(self, x: torch.Tensor) -> None:
         name = type(self).__name__
         if not isinstance(x, torch.Tensor):
             raise ValueError(f"{name}: x must be a torch.Tensor, got {type(x).__name__}")
+        if not x.is_floating_point():
+            # Integer or bool input would be silently cast (or truncated) by the projections and
+            # FFTs; token ids belong to an embedding before any mixer.
+            raise ValueError(f"{name}: x must be a floating-point tensor, got dtype {x.dtype}")
         if x.dim() != 3:
             raise ValueError(f"{name}: x must have shape (batch, length, dim={self.dim}), "
                              f"got rank {x.dim()} with shape {tuple(x.shape)}")
@@ -108,6 +165,204 @@ class TokenMixer(nn.Module):
             raise ValueError(f"{name}: x must have length >= 1, got shape {tuple(x.shape)}")
         if self.max_len is not None and x.shape[1] > self.max_len:
             raise ValueError(f"{name}: x's length {x.shape[1]} exceeds max_len={self.max_len}")
+
+    # -- parallel forms: which sequence-parallel strategies this instance admits -------------
+    #: Class-level declarations a subclass flips on; ``_supports_form`` reads them, and a subclass
+    #: may override ``_supports_form`` when support depends on the instance's options.
+    supports_shuffle: ClassVar[bool] = False
+    supports_ring: ClassVar[bool] = False
+
+    @property
+    def parallel_forms(self) -> tuple[str, ...]:
+        """Names of the exact sequence-parallel forms this instance supports, in preference order:
+        "shuffle" (all-to-all to head/channel shards), "state" (state passing; causal mixers with a
+        fixed-size state), "ring" (K/V ring)."""
+        return tuple(f for f in ("shuffle", "state", "ring") if self._supports_form(f))
+
+    def _supports_form(self, form: str) -> bool:
+        if form == "state":
+            # State passing needs a causal mixer whose state hooks are implemented.
+            return self._has_step_mode() and type(self)._state_summary is not TokenMixer._state_summary
+        if form == "shuffle":
+            return bool(self.supports_shuffle)
+        if form == "ring":
+            return bool(self.supports_ring)
+        return False
+
+    # -- the shuffle form: hooks that split forward at its all-to-all points -----------------
+    # A mixer whose sequence mixing is independent across G groups (heads or channels) runs as
+    # finish(mix(prepare(x))). prepare and finish are pointwise in the sequence (apart from short
+    # left context, fetched through ``pieces``), mix runs the mixer's own kernel on some groups
+    # over the whole length. One process calls them in a row (``_forward_by_groups``); the
+    # sequence-parallel shuffle (``longmix.dist.parallelize``) puts an all-to-all between them.
+    def shuffle_groups(self) -> int:
+        """G, the number of groups whose sequence mixing is independent."""
+        raise NotImplementedError(f"{type(self).__name__} has no shuffle form")
+
+    def _shuffle_prepare(self, x: torch.Tensor, pieces) -> tuple:
+        """x (batch, l, dim) -> (streams (batch, l, G, *F), shared (batch, l, S) or None, ctx).
+
+        ``streams`` go to the rank owning their group; ``shared`` per-position inputs every group
+        needs (e.g. Mamba's B, C) go to every rank; ``ctx`` stays here for ``_shuffle_finish``.
+        ``pieces.left_context(t, rows)`` gives each local piece of t with the ``rows`` rows that
+        precede it in the global sequence (zeros before position 0)."""
+        raise NotImplementedError(f"{type(self).__name__} has no shuffle form")
+
+    def _shuffle_mix(self, streams: torch.Tensor, shared, groups: slice) -> torch.Tensor:
+        """The sequence mixing of ``groups`` over the whole length: streams (batch, L, g, *F) ->
+        (batch, L, g, *F_out)."""
+        raise NotImplementedError(f"{type(self).__name__} has no shuffle form")
+
+    def _shuffle_finish(self, mixed: torch.Tensor, ctx) -> torch.Tensor:
+        """(batch, l, G, *F_out) and ``ctx`` -> the output (batch, l, dim)."""
+        raise NotImplementedError(f"{type(self).__name__} has no shuffle form")
+
+    def _forward_by_groups(self, x: torch.Tensor) -> torch.Tensor:
+        streams, shared, ctx = self._shuffle_prepare(x, WholeSequence)
+        return self._shuffle_finish(self._shuffle_mix(streams, shared, slice(None)), ctx)
+
+    # -- recurrent step mode and state passing --------------------------------------------------
+    # A causal mixer is also a recurrence: a state summarizes the prefix it has read. Three uses
+    # of that one state (fla's ``initial_state`` / ``output_final_state`` convention):
+    #   * ``step(x_t, state)``: decoding, one token at a time;
+    #   * ``forward_with_state(x, state)``: the exact continuation of a sequence from its state;
+    #   * state passing: ``state_summary`` (what a chunk does to the state, from the chunk alone)
+    #     and ``chain_state`` (apply that to an incoming state) let ranks holding consecutive
+    #     chunks find their incoming states from one all-gather of fixed-size summaries.
+    # States are dicts of tensors. Recurrent sums are kept in float32 or wider (``state_dtype``):
+    # folding many summaries in half precision loses accuracy as the number of chunks grows.
+
+    @property
+    def state_stages(self) -> dict[str, tuple[str, ...]]:
+        """The stages of state passing, in order, each with the state keys it resolves (one
+        all-gather each). A later stage's summary may read the incoming state's keys resolved by
+        earlier stages (Mamba's SSM summary needs the conv inputs that precede the chunk).
+        Default: one stage resolving the whole state."""
+        return {"state": tuple(self._init_state(1, torch.device("meta"), torch.float32))}
+
+    @staticmethod
+    def state_dtype(dtype: torch.dtype) -> torch.dtype:
+        """The dtype states are kept in for inputs of ``dtype``: at least float32."""
+        return torch.promote_types(dtype, torch.float32)
+
+    def init_state(self, batch_size: int, *, device=None, dtype=None) -> dict:
+        """The state before any token: a dict of tensors for ``batch_size`` sequences.
+
+        ``device`` and ``dtype`` default to those of the mixer's parameters; the state itself is
+        kept in ``state_dtype(dtype)``."""
+        self._require_step_mode("init_state")
+        check_int(type(self).__name__, "batch_size", batch_size)
+        reference = next(iter(self.parameters()), None)
+        device = (reference.device if reference is not None else torch.device("cpu")) if device is None else device
+        dtype = (reference.dtype if reference is not None else torch.get_default_dtype()) if dtype is None else dtype
+        return self._init_state(batch_size, torch.device(device), self.state_dtype(dtype))
+
+    def step(self, x_t: torch.Tensor, state: dict) -> tuple[torch.Tensor, dict]:
+        """One token: x_t (batch, dim) -> (y_t (batch, dim), the state after it)."""
+        self._require_step_mode("step")
+        name = type(self).__name__
+        if not isinstance(x_t, torch.Tensor) or x_t.dim() != 2 or x_t.shape[-1] != self.dim:
+            raise ValueError(f"{name}: x_t must have shape (batch, dim={self.dim}), got "
+                             f"{tuple(x_t.shape) if isinstance(x_t, torch.Tensor) else type(x_t).__name__}")
+        y, state = self.forward_with_state(x_t.unsqueeze(1), state)
+        return y.squeeze(1), state
+
+    def forward_with_state(self, x: torch.Tensor, state: dict) -> tuple[torch.Tensor, dict]:
+        """Continue the sequence whose state is ``state`` by x (batch, L, dim), L >= 0.
+
+        Returns (y (batch, L, dim), the state after x): the rows ``forward`` would give for x's
+        positions on the whole sequence, and the state to continue from."""
+        self._require_step_mode("forward_with_state")
+        self._check_chunk(x)
+        self._check_state(state, x.shape[0])
+        if x.shape[1] == 0:
+            return x, dict(state)
+        return self._forward_with_state(x, state)
+
+    def state_summary(self, x: torch.Tensor, state: dict | None = None, stage: str | None = None) -> dict:
+        """What the chunk x (batch, L, dim), L >= 0, does to the state parts of ``stage``.
+
+        Computed from x alone (and, for a later stage, the incoming state's parts of earlier
+        stages, passed in ``state``); its size does not depend on L. Default stage: the first."""
+        self.check_state_form("state_summary")
+        self._check_chunk(x)
+        return self._state_summary(x, state, self._stage(stage))
+
+    def chain_state(self, state: dict, summary: dict, stage: str | None = None) -> dict:
+        """The state after a chunk, given the state before it and the chunk's ``state_summary``
+        (only the parts of ``stage`` change)."""
+        self.check_state_form("chain_state")
+        return self._chain_state(state, summary, self._stage(stage))
+
+    # checks of the state API -------------------------------------------------------------------
+    def _has_step_mode(self) -> bool:
+        return self.causal and type(self)._forward_with_state is not TokenMixer._forward_with_state
+
+    def _require_step_mode(self, what: str) -> None:
+        if self._has_step_mode():
+            return
+        name = type(self).__name__
+        if not self.causal:
+            raise ValueError(f"{name}.{what}: no step mode for causal=False: output t depends on "
+                             "later inputs, so no state of the prefix determines it")
+        raise ValueError(f"{name}.{what}: this mixer has no recurrent (step) form")
+
+    def check_state_form(self, caller: str) -> None:
+        """Raise a ValueError naming this mixer, ``caller`` and the reason, unless the instance
+        can run by state passing (``"state" in parallel_forms``)."""
+        if self._supports_form("state"):
+            return
+        if not self.causal:
+            reason = "it is not causal (causal=False)"
+        elif not self._has_step_mode():
+            reason = "it has no recurrent (step) form"
+        else:
+            reason = "its state grows with the sequence (no fixed-size summary)"
+        raise ValueError(f"{type(self).__name__}.{caller}: no state-passing form: {reason}")
+
+    def _stage(self, stage: str | None) -> str:
+        stages = tuple(self.state_stages)
+        if stage is None:
+            return stages[0]
+        if stage not in stages:
+            raise ValueError(f"{type(self).__name__}: stage must be one of {stages}, got {stage!r}")
+        return stage
+
+    def _check_chunk(self, x: torch.Tensor) -> None:
+        """check_input, except that a chunk may be empty (a rank can hold no rows)."""
+        if isinstance(x, torch.Tensor) and x.dim() == 3 and x.shape[1] == 0:
+            if x.shape[-1] != self.dim:
+                raise ValueError(f"{type(self).__name__}: x's last dim must be dim={self.dim}, "
+                                 f"got shape {tuple(x.shape)}")
+            return
+        self.check_input(x)
+
+    def _check_state(self, state: dict, batch: int) -> None:
+        name = type(self).__name__
+        if not isinstance(state, dict):
+            raise ValueError(f"{name}: state must be a dict from init_state/step/forward_with_state, "
+                             f"got {type(state).__name__}")
+        expected = set(self._init_state(1, torch.device("meta"), torch.float32))
+        if set(state) != expected:
+            raise ValueError(f"{name}: state must have keys {sorted(expected)}, got {sorted(state)}")
+        for key, value in state.items():
+            if not isinstance(value, torch.Tensor):
+                raise ValueError(f"{name}: state[{key!r}] must be a tensor, got {type(value).__name__}")
+            if value.dim() > 0 and value.shape[0] != batch:
+                raise ValueError(f"{name}: state[{key!r}] is for batch {value.shape[0]}, x has batch {batch}")
+
+    # -- to implement for step mode / state passing ----------------------------------------------
+    def _init_state(self, batch_size: int, device: torch.device, dtype: torch.dtype) -> dict:
+        raise NotImplementedError
+
+    def _forward_with_state(self, x: torch.Tensor, state: dict) -> tuple[torch.Tensor, dict]:
+        raise NotImplementedError
+
+    def _state_summary(self, x: torch.Tensor, state: dict | None, stage: str) -> dict:
+        raise NotImplementedError
+
+    def _chain_state(self, state: dict, summary: dict, stage: str) -> dict:
+        raise NotImplementedError
 
     def extra_repr(self) -> str:
         return f"dim={self.dim}, heads={self.heads}, causal={self.causal}, max_len={self.max_len}"

@@ -15,10 +15,11 @@ import math
 
 import torch
 import torch.nn.functional as F
+from einops import rearrange
 from torch import nn
 
 from ..ops.fftconv import fft_conv, toeplitz_matrix
-from .base import Taxonomy, TokenMixer, check_int
+from .base import Taxonomy, TokenMixer, check_int, last_rows, shift_in
 from .registry import register
 
 
@@ -73,14 +74,26 @@ class ImplicitFilter(nn.Module):
                                  nn.Linear(hidden, hidden), Sin(hidden),
                                  nn.Linear(hidden, channels))
 
-    def forward(self, length: int, causal: bool) -> torch.Tensor:
+    def forward(self, length: int, causal: bool, channels: slice = slice(None)) -> torch.Tensor:
         """The kernel for sequences of ``length``: (L, C) over lags 0..L-1 if ``causal``,
-        else (2L-1, C) over lags -(L-1)..L-1 (the layout of :func:`longmix.ops.fftconv.fft_conv`)."""
+        else (2L-1, C) over lags -(L-1)..L-1 (the layout of :func:`longmix.ops.fftconv.fft_conv`).
+        ``channels`` selects filters: only their output layer is computed (a rank of the
+        sequence-parallel shuffle needs just its own channels)."""
         first = 0 if causal else -(length - 1)
         t = torch.arange(first, length, dtype=self.freqs.dtype, device=self.freqs.device)
         angle = t[:, None] * self.freqs
-        h = self.ffn(torch.cat([angle.cos(), angle.sin()], dim=-1))  # (lags, C)
-        return h * (self.gain * torch.exp(-t.abs()[:, None] * self.decay))
+        hidden = self.ffn[:-1](torch.cat([angle.cos(), angle.sin()], dim=-1))
+        last = self.ffn[-1]
+        h = F.linear(hidden, last.weight[channels], last.bias[channels])  # (lags, C)
+        return h * (self.gain[channels] * torch.exp(-t.abs()[:, None] * self.decay[channels]))
+
+
+def _continue_long_conv(filter: ImplicitFilter, x: torch.Tensor, history: torch.Tensor):
+    """Causal long convolution of the chunk x (batch, L, C) after the inputs ``history``
+    (batch, H, C): (the chunk's outputs, the new history)."""
+    signal = torch.cat([history.to(x.dtype), x], 1)
+    y = fft_conv(signal, filter(signal.shape[1], True), causal=True)[:, history.shape[1]:]
+    return y, {"history": signal.to(history.dtype)}
 
 
 def _channels_matrix(t: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
@@ -106,6 +119,9 @@ class LongConv(TokenMixer):
 
     taxonomy = Taxonomy("convolution", learned=True, input_dependent=False, causal=True,
                         time="O(L log L)", memory="O(L)")
+    uses_heads = False  # one filter per channel
+    nonfinite_causal = True  # fft_conv gives a NaN/inf only to the outputs that read it
+    no_decay_patterns = ("filter.*",)  # the implicit filter, excluded from decay as in Hyena's code
 
     def __init__(self, dim: int, heads: int = 1, causal: bool = False, max_len: int | None = None,
                  filter_features: int = 8, filter_hidden: int = 32,
@@ -114,7 +130,33 @@ class LongConv(TokenMixer):
         self.filter = ImplicitFilter(dim, filter_features, filter_hidden, min_reach, max_reach)
 
     def _forward(self, x: torch.Tensor) -> torch.Tensor:
-        return fft_conv(x, self.filter(x.shape[1], self.causal), causal=self.causal)
+        return self._forward_by_groups(x)
+
+    # -- shuffle hooks: every channel is a group ---------------------------------------------
+    supports_shuffle = True
+
+    def shuffle_groups(self) -> int:
+        return self.dim
+
+    def _shuffle_prepare(self, x, pieces):
+        return x.unsqueeze(-1), None, None
+
+    def _shuffle_mix(self, streams, shared, groups):
+        u = streams[..., 0]
+        return fft_conv(u, self.filter(u.shape[1], self.causal, groups), causal=self.causal)[..., None]
+
+    def _shuffle_finish(self, mixed, ctx):
+        return mixed[..., 0]
+
+    # -- step mode: the input history ----------------------------------------------------------
+    # The filter has no finite state form (it is an arbitrary implicit function of the lag), so
+    # the state is every input so far and a continuation convolves history + chunk: exact, but
+    # the state grows with L (no state-passing form).
+    def _init_state(self, batch_size, device, dtype):
+        return {"history": torch.zeros(batch_size, 0, self.dim, device=device, dtype=dtype)}
+
+    def _forward_with_state(self, x, state):
+        return _continue_long_conv(self.filter, x, state["history"])
 
     def _toeplitz(self, length: int) -> torch.Tensor:
         return toeplitz_matrix(self.filter(length, self.causal), length, causal=self.causal)
@@ -147,6 +189,9 @@ class Hyena(TokenMixer):
 
     taxonomy = Taxonomy("convolution", learned=True, input_dependent=True, causal=True,
                         time="O(L log L)", memory="O(L)")
+    uses_heads = False  # one filter per channel
+    nonfinite_causal = True  # causal short conv, pointwise gates and fft_conv
+    no_decay_patterns = ("filter.*",)  # the implicit filter (Hyena's reference: wd=0 for the kernel)
 
     def __init__(self, dim: int, heads: int = 1, causal: bool = False, max_len: int | None = None,
                  short_kernel: int = 3, filter_features: int = 8, filter_hidden: int = 32,
@@ -159,11 +204,13 @@ class Hyena(TokenMixer):
         self.filter = ImplicitFilter(dim, filter_features, filter_hidden, min_reach, max_reach)
         self.out_proj = nn.Linear(dim, dim)
 
-    def _short_conv(self, u: torch.Tensor) -> torch.Tensor:
-        """Depthwise short conv of u (b, L, 3 dim), causal or centred, same length out."""
+    def _short_conv(self, u: torch.Tensor, channels: slice = slice(None)) -> torch.Tensor:
+        """Depthwise short conv of u (b, L, 3 c), the (v, x1, x2) projections of ``channels``
+        laid out as in_proj's output, causal or centred, same length out."""
         k = self.short.kernel_size[0]
         pad = (k - 1, 0) if self.causal else ((k - 1) // 2, (k - 1) // 2)
-        return self.short(F.pad(u.mT, pad)).mT
+        weight = self.short.weight.view(3, self.dim, 1, k)[:, channels].reshape(-1, 1, k)
+        return F.conv1d(F.pad(u.mT, pad), weight, groups=u.shape[-1]).mT
 
     def _short_lags(self) -> torch.Tensor:
         """The short conv as a lag kernel (taps, 3 dim) for toeplitz_matrix: Conv1d is a
@@ -171,9 +218,42 @@ class Hyena(TokenMixer):
         return self.short.weight[:, 0, :].flip(-1).T
 
     def _forward(self, x: torch.Tensor) -> torch.Tensor:
-        v, x1, x2 = self._short_conv(self.in_proj(x)).chunk(3, dim=-1)
-        y = x2 * fft_conv(x1 * v, self.filter(x.shape[1], self.causal), causal=self.causal)
-        return self.out_proj(y)
+        return self._forward_by_groups(x)
+
+    # -- shuffle hooks: channel c is a group; its (v, x1, x2) streams travel together, and the
+    # short conv, being depthwise, runs with the long one over the whole length ----------------
+    supports_shuffle = True
+
+    def shuffle_groups(self) -> int:
+        return self.dim
+
+    def _shuffle_prepare(self, x, pieces):
+        return rearrange(self.in_proj(x), "b l (three c) -> b l c three", three=3), None, None
+
+    def _shuffle_mix(self, streams, shared, groups):
+        u = self._short_conv(rearrange(streams, "b l c three -> b l (three c)"), groups)
+        v, x1, x2 = u.chunk(3, dim=-1)
+        kernel = self.filter(streams.shape[1], self.causal, groups)
+        return (x2 * fft_conv(x1 * v, kernel, causal=self.causal))[..., None]
+
+    def _shuffle_finish(self, mixed, ctx):
+        return self.out_proj(mixed[..., 0])
+
+    # -- step mode: the short conv's last inputs and the long conv's history -------------------
+    # "proj": the last short_kernel - 1 rows of in_proj(x); "history": every x1 * v so far (the
+    # long filter has no finite state form, so this part grows with L).
+    def _init_state(self, batch_size, device, dtype):
+        taps = self.short.kernel_size[0] - 1
+        return {"proj": torch.zeros(batch_size, taps, 3 * self.dim, device=device, dtype=dtype),
+                "history": torch.zeros(batch_size, 0, self.dim, device=device, dtype=dtype)}
+
+    def _forward_with_state(self, x, state):
+        proj = self.in_proj(x)
+        window = torch.cat([state["proj"].to(proj.dtype), proj], 1)  # no padding: exactly L outputs
+        v, x1, x2 = self.short(window.mT).mT.chunk(3, dim=-1)
+        y, history = _continue_long_conv(self.filter, x1 * v, state["history"])
+        new_proj = shift_in(state["proj"], last_rows(proj, state["proj"].shape[1]), x.shape[1])
+        return self.out_proj(x2 * y), {"proj": new_proj, **history}
 
     def _operator(self, x: torch.Tensor):
         """(M, v_proj): M (b, dim, L, L) = diag(x2) T diag(x1) S_v with every matrix materialized."""

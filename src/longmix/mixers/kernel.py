@@ -16,7 +16,7 @@ import math
 import torch
 
 from ..ops.feature_maps import elu_feature_map, orthogonal_gaussian_projection, positive_random_features
-from ..ops.linear_attention import linear_attention
+from ..ops.linear_attention import linear_attention, linear_attention_state
 from .base import Taxonomy, check_int
 from .qkv import QKVMixer
 from .registry import register
@@ -28,7 +28,12 @@ class KernelAttention(QKVMixer):
     Args:
         chunk_size: positions per chunk of the causal prefix sums (memory vs. speed only).
         bias: bias in the q/k/v/out projections.
+
+    Causal, a NaN or inf at position s reaches no output before s: the masked part of each chunk
+    never multiplies a future value by zero (:mod:`longmix.ops.masked`).
     """
+
+    nonfinite_causal = True
 
     def __init__(self, dim: int, heads: int = 1, causal: bool = False, max_len: int | None = None,
                  chunk_size: int = 128, bias: bool = True):
@@ -40,6 +45,31 @@ class KernelAttention(QKVMixer):
 
     def _attend(self, q, k, v):
         return linear_attention(*self._features(q, k), v, causal=self.causal, chunk_size=self.chunk_size)
+
+    # -- step mode and state passing: the running sums S = sum_s phi(k_s) v_s^T, z = sum_s phi(k_s)
+    # A chunk adds its own sums whatever came before, so its summary is its sums from zero and
+    # chaining is addition (LASP-2's memory state).
+    feature_dim: int  # the number of features phi maps a head to
+
+    def _init_state(self, batch_size, device, dtype):
+        shape = (batch_size, self.heads, self.feature_dim)
+        return {"kv": torch.zeros(*shape, self.head_dim, device=device, dtype=dtype),
+                "ksum": torch.zeros(*shape, device=device, dtype=dtype)}
+
+    def _forward_with_state(self, x, state):
+        q, k, v = self._qkv(x)
+        out, (kv, ksum) = linear_attention(*self._features(q, k), v, causal=True, chunk_size=self.chunk_size,
+                                           initial_state=(state["kv"], state["ksum"]), return_final_state=True)
+        return self._merge(out), {"kv": kv.to(state["kv"].dtype), "ksum": ksum.to(state["ksum"].dtype)}
+
+    def _state_summary(self, x, state, stage):
+        q, k, v = self._qkv(x)
+        kv, ksum = linear_attention_state(self._features(q, k)[1], v)
+        dtype = self.state_dtype(x.dtype)
+        return {"kv": kv.to(dtype), "ksum": ksum.to(dtype)}
+
+    def _chain_state(self, state, summary, stage):
+        return {key: state[key] + summary[key].to(state[key].dtype) for key in ("kv", "ksum")}
 
     def _attention_matrix(self, q, k):
         phi_q, phi_k = self._features(q, k)
@@ -56,6 +86,10 @@ class LinearAttention(KernelAttention):
 
     taxonomy = Taxonomy(family="kernel", learned=True, input_dependent=True, causal=True,
                         time="O(L)", memory="O(L)")
+
+    @property
+    def feature_dim(self) -> int:
+        return self.head_dim
 
     def _features(self, q, k):
         return elu_feature_map(q), elu_feature_map(k)
@@ -85,6 +119,10 @@ class Performer(KernelAttention):
             features = max(16, math.ceil(d * math.log(d)))
         self.features = check_int("Performer", "features", features)
         self.register_buffer("projection", orthogonal_gaussian_projection(features, d))
+
+    @property
+    def feature_dim(self) -> int:
+        return self.features
 
     def _features(self, q, k):
         # exp(q . k / sqrt(d)) = exp(q' . k') with q' = q d^-1/4, k' = k d^-1/4.

@@ -39,6 +39,7 @@ class MLPMixer(TokenMixer):
     taxonomy = Taxonomy("mlp", learned=True, input_dependent=False, causal=False,
                         time="O(L h)", memory="O(L h)")
     requires_max_len = True
+    uses_heads = False  # one token-mixing MLP shared by every channel
 
     def __init__(self, dim: int, heads: int = 1, causal: bool = False, max_len: int | None = None,
                  hidden: int = 64):
@@ -51,9 +52,24 @@ class MLPMixer(TokenMixer):
         return self.fc1.weight[:, :length], self.fc1.bias, self.fc2.weight[:length], self.fc2.bias[:length]
 
     def _forward(self, x: torch.Tensor) -> torch.Tensor:
-        w1, b1, w2, b2 = self._weights(x.shape[1])
-        h = F.gelu(F.linear(x.mT, w1, b1))  # (b, dim, hidden)
-        return F.linear(h, w2, b2).mT
+        return self._forward_by_groups(x)
+
+    # -- shuffle hooks: the same MLP runs on every channel, so channels are the groups --------
+    supports_shuffle = True
+
+    def shuffle_groups(self) -> int:
+        return self.dim
+
+    def _shuffle_prepare(self, x, pieces):
+        return x.unsqueeze(-1), None, None
+
+    def _shuffle_mix(self, streams, shared, groups):
+        w1, b1, w2, b2 = self._weights(streams.shape[1])
+        h = F.gelu(F.linear(streams[..., 0].mT, w1, b1))  # (b, channels, hidden)
+        return F.linear(h, w2, b2).mT[..., None]
+
+    def _shuffle_finish(self, mixed, ctx):
+        return mixed[..., 0]
 
     def _reference(self, x: torch.Tensor) -> torch.Tensor:
         w1, b1, w2, b2 = self._weights(x.shape[1])

@@ -21,6 +21,8 @@ from .base import TokenMixer
 class QKVMixer(TokenMixer):
     """Base class: q/k/v/out projections around a per-head mixing of the values."""
 
+    uses_heads = True
+
     def __init__(self, dim: int, heads: int = 1, causal: bool = False, max_len: int | None = None,
                  bias: bool = True):
         super().__init__(dim, heads=heads, causal=causal, max_len=max_len)
@@ -35,7 +37,22 @@ class QKVMixer(TokenMixer):
         return self.to_out(rearrange(out, "b l h d -> b l (h d)"))
 
     def _forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self._merge(self._attend(*self._qkv(x)))
+        return self._forward_by_groups(x)
+
+    # -- shuffle hooks: heads are the groups; a head's q, k, v travel as one (3, head_dim) stream
+    supports_shuffle = True
+
+    def shuffle_groups(self) -> int:
+        return self.heads
+
+    def _shuffle_prepare(self, x, pieces):
+        return rearrange(self.to_qkv(x), "b l (three h d) -> b l h three d", three=3, h=self.heads), None, None
+
+    def _shuffle_mix(self, streams, shared, groups):
+        return self._attend(*streams.unbind(-2))
+
+    def _shuffle_finish(self, mixed, ctx):
+        return self._merge(mixed)
 
     def _mixing_matrix(self, x: torch.Tensor) -> torch.Tensor:
         q, k, _ = self._qkv(x)

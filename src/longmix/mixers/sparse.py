@@ -19,7 +19,7 @@ import torch
 
 from ..ops.block_sparse import (bigbird_block_mask, bigbird_block_pattern, block_mask,
                                 block_sparse_attention, local_block_pattern)
-from .base import Taxonomy, check_int
+from .base import Taxonomy, check_int, last_rows, shift_in
 from .qkv import QKVMixer, masked_softmax_matrix
 from .registry import register
 
@@ -31,7 +31,13 @@ def token_mask(block_level: torch.Tensor, block_size: int, length: int) -> torch
 
 
 class BlockSparseAttention(QKVMixer):
-    """Shared by the sparse mixers: a block size and softmax attention over a block pattern."""
+    """Shared by the sparse mixers: a block size and softmax attention over a block pattern.
+
+    A NaN or inf reaches only the queries whose pattern reads its position (in particular, when
+    causal, no earlier one): masked keys never multiply a value by zero (:mod:`longmix.ops.masked`).
+    """
+
+    nonfinite_causal = True
 
     def __init__(self, dim: int, heads: int = 1, causal: bool = False, max_len: int | None = None,
                  block_size: int = 16, bias: bool = True):
@@ -64,6 +70,50 @@ class LocalAttention(BlockSparseAttention):
         blocks, valid = local_block_pattern(self.n_blocks(q.shape[1]), self.causal, q.device)
         return block_sparse_attention(q, k, v, blocks, valid, self.block_size, causal=self.causal,
                                       scale=self.scale)
+
+    # -- step mode and state passing: a rolling buffer of the keys a later query can still read --
+    # A causal query at t reads keys from the start of the block before its own, at most
+    # 2 * block_size - 1 positions back; the buffer holds that many keys and values, and the
+    # position fixes where block boundaries fall. Its size does not depend on L, so the state
+    # passing form is a halo exchange: a chunk's summary is its last keys and values.
+    @property
+    def halo(self) -> int:
+        """Keys and values a causal query can read from before its position."""
+        return 2 * self.block_size - 1
+
+    def _init_state(self, batch_size, device, dtype):
+        buffer = torch.zeros(batch_size, self.halo, self.heads, self.head_dim, device=device, dtype=dtype)
+        return {"k": buffer, "v": buffer.clone(), "position": torch.zeros((), dtype=torch.int64, device=device)}
+
+    def _forward_with_state(self, x, state):
+        q, k, v = self._qkv(x)
+        position = int(state["position"])
+        # Restart the block pattern at the block before the chunk's first block: block
+        # boundaries stay where they are in the whole sequence, and the first query's keys are
+        # all inside the (halo + chunk) window. The halo's own queries are dummies.
+        start = max(0, (position // self.block_size - 1) * self.block_size)
+        seen = position - start
+        keys = torch.cat([state["k"][:, self.halo - seen:].to(k.dtype), k], 1)
+        values = torch.cat([state["v"][:, self.halo - seen:].to(v.dtype), v], 1)
+        queries = torch.cat([q.new_zeros(q.shape[0], seen, *q.shape[2:]), q], 1)
+        out = self._attend(queries, keys, values)[:, seen:]
+        summary = self._halo_summary(k, v, x.shape[1], state["k"].dtype)
+        return self._merge(out), self._chain_state(state, summary, "state")
+
+    def _halo_summary(self, k, v, length, dtype):
+        """A chunk of ``length`` positions whose last keys and values are k, v."""
+        return {"k": last_rows(k, self.halo).to(dtype), "v": last_rows(v, self.halo).to(dtype),
+                "length": torch.tensor(length, dtype=torch.int64, device=k.device)}
+
+    def _state_summary(self, x, state, stage):
+        # The projections are per position: only the rows the next chunk can read are needed.
+        _, k, v = self._qkv(x[:, max(0, x.shape[1] - self.halo):])
+        return self._halo_summary(k, v, x.shape[1], self.state_dtype(x.dtype))
+
+    def _chain_state(self, state, summary, stage):
+        length = int(summary["length"])
+        return {"k": shift_in(state["k"], summary["k"], length), "v": shift_in(state["v"], summary["v"], length),
+                "position": state["position"] + length}
 
     def _attention_matrix(self, q, k):
         length = q.shape[1]

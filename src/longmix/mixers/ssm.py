@@ -20,8 +20,8 @@ from torch import nn
 
 from ..ops.fftconv import fft_conv, toeplitz_matrix
 from ..ops.scan import selective_scan, selective_scan_matrix
-from ..ops.vandermonde import log_vandermonde, vandermonde_matrix
-from .base import Taxonomy, TokenMixer, check_int
+from ..ops.vandermonde import log_vandermonde, log_vandermonde_transpose, vandermonde_matrix
+from .base import Taxonomy, TokenMixer, WholeSequence, check_int, last_rows, shift_in
 from .registry import register
 
 
@@ -63,6 +63,10 @@ class S4D(TokenMixer):
     taxonomy = Taxonomy(family="ssm", learned=True, input_dependent=False, causal=True,
                         time="O(L log L)", memory="O(L)")
     uses_heads = False
+    nonfinite_causal = True  # fft_conv gives a NaN/inf only to the outputs that read it
+    # The SSM dynamics, as S4's reference registers them with weight_decay 0.0; C (B folded in)
+    # and D decay there like ordinary weights.
+    no_decay_patterns = ("log_dt", "log_A_real", "A_imag")
 
     def __init__(self, dim: int, heads: int = 1, causal: bool = False, max_len: int | None = None,
                  d_state: int = 64, dt_min: float = 1e-3, dt_max: float = 1e-1):
@@ -80,17 +84,18 @@ class S4D(TokenMixer):
         self.C = nn.Parameter(torch.view_as_real(torch.randn(directions, dim, modes, dtype=torch.cfloat)))
         self.D = nn.Parameter(torch.randn(dim))
 
-    def discretize(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """ZOH discretization: (dtA (dim, N/2) = log Abar, Bbar (dim, N/2), C (directions, dim, N/2))."""
-        dt = self.log_dt.exp()
-        A = torch.complex(-self.log_A_real.exp(), self.A_imag)
+    def discretize(self, channels: slice = slice(None)) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """ZOH discretization: (dtA (dim, N/2) = log Abar, Bbar (dim, N/2), C (directions, dim, N/2)),
+        for the selected ``channels`` only."""
+        dt = self.log_dt[channels].exp()
+        A = torch.complex(-self.log_A_real[channels].exp(), self.A_imag[channels])
         dtA = A * dt.unsqueeze(-1)
         Bbar = (dtA.exp() - 1) / A
-        return dtA, Bbar, torch.view_as_complex(self.C)
+        return dtA, Bbar, torch.view_as_complex(self.C)[:, channels]
 
-    def kernel(self, length: int) -> torch.Tensor:
+    def kernel(self, length: int, channels: slice = slice(None)) -> torch.Tensor:
         """The SSM convolution kernels (directions, dim, L) by the (chunked) Vandermonde product."""
-        dtA, Bbar, C = self.discretize()
+        dtA, Bbar, C = self.discretize(channels)
         return log_vandermonde(C * Bbar, dtA, length)
 
     @staticmethod
@@ -102,8 +107,24 @@ class S4D(TokenMixer):
         return torch.cat([k[1, :, :-1].flip(-1), k[0]], dim=-1).T, False
 
     def _forward(self, x):
-        lags, causal = self._lags(self.kernel(x.shape[1]))
-        return fft_conv(x, lags.to(x.dtype), causal=causal) + x * self.D
+        return self._forward_by_groups(x)
+
+    # -- shuffle hooks: every channel is a group ---------------------------------------------
+    supports_shuffle = True
+
+    def shuffle_groups(self) -> int:
+        return self.dim
+
+    def _shuffle_prepare(self, x, pieces):
+        return x.unsqueeze(-1), None, None
+
+    def _shuffle_mix(self, streams, shared, groups):
+        u = streams[..., 0]
+        lags, causal = self._lags(self.kernel(u.shape[1], groups))
+        return (fft_conv(u, lags.to(u.dtype), causal=causal) + u * self.D[groups])[..., None]
+
+    def _shuffle_finish(self, mixed, ctx):
+        return mixed[..., 0]
 
     def _toeplitz(self, length: int) -> torch.Tensor:
         """The literal mixing matrix (dim, L, L): Vandermonde matrix -> kernel -> Toeplitz + D I."""
@@ -119,6 +140,45 @@ class S4D(TokenMixer):
 
     def _mixing_matrix(self, x):
         return self._toeplitz(x.shape[1]).expand(x.shape[0], -1, -1, -1)
+
+    # -- step mode and state passing: the SSM state h (batch, dim, N/2), complex --------------
+    # Stored as (real, imag) pairs, (batch, dim, N/2, 2), so states have a real dtype like every
+    # other tensor. Continuing from h0 adds the free response y_t += 2 Re(C Abar^(t+1) h0) (a
+    # Vandermonde product) to the zero-state convolution; a chunk of n inputs moves the state to
+    # Abar^n h0 + (its state from zero), so the chunk's summary is that zero-state final state.
+    def _init_state(self, batch_size, device, dtype):
+        return {"h": torch.zeros(batch_size, self.dim, self.log_A_real.shape[1], 2, device=device, dtype=dtype)}
+
+    @staticmethod
+    def _complex(pairs: torch.Tensor, dtA: torch.Tensor) -> torch.Tensor:
+        """(real, imag) pairs -> complex in the precision of dtA."""
+        return torch.view_as_complex(pairs.to(dtA.real.dtype).contiguous())
+
+    def _state_from_zero(self, x, dtA, Bbar):
+        """The state after x from a zero state: sum_s Abar^(n-1-s) Bbar u_s, (batch, dim, N/2)."""
+        if x.shape[1] == 0:
+            return torch.zeros(x.shape[0], *dtA.shape, dtype=dtA.dtype, device=x.device)
+        return Bbar * log_vandermonde_transpose(x.mT, dtA)
+
+    def _forward_with_state(self, x, state):
+        dtA, Bbar, C = self.discretize()
+        h0 = self._complex(state["h"], dtA)
+        length = x.shape[1]
+        free = log_vandermonde(C[0] * dtA.exp() * h0, dtA, length)  # (batch, dim, L)
+        y = self._forward(x) + free.mT.to(x.dtype)
+        h = (dtA * length).exp() * h0 + self._state_from_zero(x, dtA, Bbar)
+        return y, {"h": torch.view_as_real(h).to(state["h"].dtype)}
+
+    def _state_summary(self, x, state, stage):
+        dtA, Bbar, _ = self.discretize()
+        h = torch.view_as_real(self._state_from_zero(x, dtA, Bbar))
+        return {"h": h.to(self.state_dtype(x.dtype)),
+                "length": torch.tensor(x.shape[1], dtype=torch.int64, device=x.device)}
+
+    def _chain_state(self, state, summary, stage):
+        dtA = self.discretize()[0]
+        h = (dtA * int(summary["length"])).exp() * self._complex(state["h"], dtA) + self._complex(summary["h"], dtA)
+        return {"h": torch.view_as_real(h).to(state["h"].dtype)}
 
     def recurrence(self, x: torch.Tensor) -> torch.Tensor:
         """The same operator run as a recurrence, one position at a time (O(L) sequential steps):
@@ -177,9 +237,9 @@ class Mamba(TokenMixer):
     SSM(u) per inner channel d and state n: h_t = exp(Δ_t A) h_{t-1} + Δ_t B_t u_t,
     y_t = C_t . h_t, with Δ_t = softplus(dt_proj(.)), B_t, C_t projections of u_t. The fast path
     is the chunked scan :func:`~longmix.ops.scan.selective_scan` (O(L) time, memory bounded per
-    block of chunks); the reference materializes the scan's (L, L) matrix. Training through the
-    fast path relies on autograd, which keeps every block's states: O(L d_inner d_state) memory
-    in the backward pass (no fused kernel with recomputation, as Mamba's CUDA scan has).
+    chunk); the reference materializes the scan's (L, L) matrix. The scan has its own
+    backward, which recomputes each chunk's states (as Mamba's CUDA kernel does) instead of
+    storing O(L d_inner d_state) of them.
 
     ``causal=False`` runs a bidirectional selective SSM (as in Vision Mamba): a second set of
     Δ/B/C projections and A scans the reversed sequence and the two outputs are added (the
@@ -196,25 +256,26 @@ class Mamba(TokenMixer):
         expand: d_inner = expand * dim.
         d_conv: width of the causal depthwise conv before the SSM; 0 removes it.
         dt_rank: rank of the Δ projection, default ceil(dim / 16).
-        chunk_size, block_chunks: tiling of :func:`~longmix.ops.scan.selective_scan`.
+        chunk_size: positions per chunk of :func:`~longmix.ops.scan.selective_scan`.
     """
 
     taxonomy = Taxonomy(family="ssm", learned=True, input_dependent=True, causal=True,
                         time="O(L)", memory="O(L)")
     uses_heads = False
+    nonfinite_causal = True  # a recurrence: position s only reaches later states
+    no_decay_patterns = ("selective.*.A_log", "D")  # mamba_simple's _no_weight_decay parameters
 
     def __init__(self, dim: int, heads: int = 1, causal: bool = False, max_len: int | None = None,
                  d_state: int = 16, expand: int = 2, d_conv: int = 4, dt_rank: int | None = None,
-                 dt_min: float = 1e-3, dt_max: float = 1e-1, chunk_size: int = 8, block_chunks: int = 64):
+                 dt_min: float = 1e-3, dt_max: float = 1e-1, chunk_size: int = 64):
         super().__init__(dim, heads=heads, causal=causal, max_len=max_len)
         dt_rank = math.ceil(dim / 16) if dt_rank is None else dt_rank
         for label, value, low in (("d_state", d_state, 1), ("expand", expand, 1), ("d_conv", d_conv, 0),
-                                  ("dt_rank", dt_rank, 1), ("chunk_size", chunk_size, 1),
-                                  ("block_chunks", block_chunks, 1)):
+                                  ("dt_rank", dt_rank, 1), ("chunk_size", chunk_size, 1)):
             check_int("Mamba", label, value, minimum=low)
         _check_dt_range("Mamba", dt_min, dt_max)
         self.d_inner, self.d_state = expand * dim, d_state
-        self.chunk_size, self.block_chunks = chunk_size, block_chunks
+        self.chunk_size = chunk_size
         self.in_proj = nn.Linear(dim, 2 * self.d_inner, bias=False)
         self.conv = (nn.Conv1d(self.d_inner, self.d_inner, d_conv, groups=self.d_inner, padding=d_conv - 1)
                      if d_conv else None)
@@ -225,34 +286,137 @@ class Mamba(TokenMixer):
         self.out_proj = nn.Linear(self.d_inner, dim, bias=False)
 
     # -- the three stages: ssm_input -> ssm -> output ----------------------------------------
-    def ssm_input(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """x (batch, L, dim) -> (u, z), both (batch, L, d_inner): the SSM input and the gate."""
+    def ssm_input(self, x: torch.Tensor, pieces=WholeSequence) -> tuple[torch.Tensor, torch.Tensor]:
+        """x (batch, L, dim) -> (u, z), both (batch, L, d_inner): the SSM input and the gate.
+
+        The causal conv reads d_conv - 1 rows before each piece of x (``pieces``, see
+        ``TokenMixer._shuffle_prepare``): zeros before position 0, another rank's rows when the
+        sequence is sharded."""
         u, z = self.in_proj(x).chunk(2, dim=-1)
-        if self.conv is not None:  # padding d_conv-1 on both sides; keeping the first L is causal
-            u = self.conv(u.transpose(1, 2))[..., :x.shape[1]].transpose(1, 2)
+        if self.conv is not None:
+            rows = self.conv.kernel_size[0] - 1
+            convolved = [F.conv1d(piece.mT, self.conv.weight, self.conv.bias, groups=self.d_inner).mT
+                         for piece in pieces.left_context(u, rows)]
+            u = torch.cat(convolved, dim=1) if convolved else u  # no pieces: an empty shard
         return F.silu(u), z
+
+    def _selective_inputs(self, u: torch.Tensor) -> torch.Tensor:
+        """Per position, what every channel's scan reads: [dt (dt_rank), B (N), C (N)] of each
+        direction, (batch, L, directions * (dt_rank + 2N)). Pointwise in the sequence."""
+        return torch.cat([params.x_proj(u) for params in self.selective], dim=-1)
+
+    def _ssm_channels(self, u: torch.Tensor, inputs: torch.Tensor, channels: slice, scan=None):
+        """The token mixing of ``channels``: u (batch, L, c), inputs from ``_selective_inputs``."""
+        if scan is None:
+            def scan(*args):
+                return selective_scan(*args, chunk_size=self.chunk_size)
+        y = u * self.D[channels]
+        for direction, (params, proj) in enumerate(
+                zip(self.selective, inputs.chunk(len(self.selective), dim=-1))):
+            dt, B, C = proj.split([params.dt_rank, params.d_state, params.d_state], dim=-1)
+            delta = F.softplus(F.linear(dt, params.dt_proj.weight[channels], params.dt_proj.bias[channels]))
+            A = -params.A_log[channels].exp()
+            if direction == 0:
+                y = y + scan(u, delta, A, B, C)
+            else:  # the reversed scan of the bidirectional mode
+                y = y + scan(*(t.flip(1) for t in (u, delta)), A, *(t.flip(1) for t in (B, C))).flip(1)
+        return y
 
     def ssm(self, u: torch.Tensor, scan=None) -> torch.Tensor:
         """The token mixing: u (batch, L, d_inner) -> (batch, L, d_inner), equal to M u.
 
         ``scan`` defaults to the chunked :func:`selective_scan`; tests pass the sequential one.
         """
-        if scan is None:
-            def scan(*args):
-                return selective_scan(*args, chunk_size=self.chunk_size, block_chunks=self.block_chunks)
-        y = u * self.D
-        for direction, params in enumerate(self.selective):
-            v = u if direction == 0 else u.flip(1)
-            out = scan(v, *params(v))
-            y = y + (out if direction == 0 else out.flip(1))
-        return y
+        return self._ssm_channels(u, self._selective_inputs(u), slice(None), scan)
+
+    # -- shuffle hooks: inner channels are the groups; B, C and the low-rank dt are shared by all
+    # channels, so they travel to every rank (dt_rank + 2N numbers per position and direction) --
+    supports_shuffle = True
+
+    def shuffle_groups(self) -> int:
+        return self.d_inner
+
+    def _shuffle_prepare(self, x, pieces):
+        u, z = self.ssm_input(x, pieces)
+        return u.unsqueeze(-1), self._selective_inputs(u), z
+
+    def _shuffle_mix(self, streams, shared, groups):
+        return self._ssm_channels(streams[..., 0], shared, groups)[..., None]
+
+    def _shuffle_finish(self, mixed, ctx):
+        return self.output(mixed[..., 0], ctx)
 
     def output(self, y: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
         return self.out_proj(y * F.silu(z))
 
     def _forward(self, x):
-        u, z = self.ssm_input(x)
-        return self.output(self.ssm(u), z)
+        return self._forward_by_groups(x)
+
+    # -- step mode and state passing ---------------------------------------------------------
+    # The state: "ssm", the scan's state h (batch, d_inner, d_state), and "conv", the last
+    # d_conv - 1 inputs of the causal conv (batch, d_conv - 1, d_inner), pre-activation.
+    # State passing resolves them in two stages: a chunk's conv inputs depend on the previous
+    # chunk's last rows (a halo), and its SSM summary needs them. The SSM summary of a chunk
+    # is its final state from zero and sum_t Δ_t: the chunk's transition is
+    # prod_t exp(Δ_t A) = exp(A sum_t Δ_t), input dependent but fixed in size.
+    @property
+    def state_stages(self) -> dict[str, tuple[str, ...]]:
+        return {"conv": ("conv",), "ssm": ("ssm",)} if self.conv is not None else {"ssm": ("ssm",)}
+
+    def _init_state(self, batch_size, device, dtype):
+        state = {"ssm": torch.zeros(batch_size, self.d_inner, self.d_state, device=device, dtype=dtype)}
+        if self.conv is not None:
+            state["conv"] = torch.zeros(batch_size, self.conv.kernel_size[0] - 1, self.d_inner,
+                                        device=device, dtype=dtype)
+        return state
+
+    def _continued_input(self, x: torch.Tensor, conv_state) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """ssm_input for a chunk that follows the inputs in ``conv_state``: (u, z, conv inputs)."""
+        raw, z = self.in_proj(x).chunk(2, dim=-1)
+        if self.conv is None:
+            return F.silu(raw), z, raw
+        window = torch.cat([conv_state.to(raw.dtype), raw], 1)  # no padding: exactly L outputs
+        u = F.conv1d(window.mT, self.conv.weight, self.conv.bias, groups=self.d_inner).mT
+        return F.silu(u), z, raw
+
+    def _scan(self, u, h0):
+        delta, A, B, C = self.selective[0](u)
+        y, h = selective_scan(u, delta, A, B, C, chunk_size=self.chunk_size,
+                              initial_state=h0, return_final_state=True)
+        return u * self.D + y, h, delta
+
+    def _forward_with_state(self, x, state):
+        u, z, raw = self._continued_input(x, state.get("conv"))
+        y, h, _ = self._scan(u, state["ssm"].to(u.dtype))
+        new = {"ssm": h.to(state["ssm"].dtype)}
+        if self.conv is not None:
+            new["conv"] = shift_in(state["conv"], last_rows(raw, state["conv"].shape[1]), x.shape[1])
+        return self.output(y, z), new
+
+    def _state_summary(self, x, state, stage):
+        dtype, length = self.state_dtype(x.dtype), x.shape[1]
+        if stage == "conv":  # in_proj is per position: project only the rows the next chunk reads
+            rows = self.conv.kernel_size[0] - 1
+            raw = self.in_proj(x[:, max(0, length - rows):]).chunk(2, dim=-1)[0]
+            return {"conv": last_rows(raw, rows).to(dtype),
+                    "length": torch.tensor(length, dtype=torch.int64, device=x.device)}
+        if length == 0:
+            zero = x.new_zeros(x.shape[0], self.d_inner, dtype=dtype)
+            return {"ssm": zero[..., None].expand(-1, -1, self.d_state).contiguous(), "delta_sum": zero}
+        if self.conv is not None and (state is None or "conv" not in state):
+            raise ValueError("Mamba.state_summary: stage 'ssm' needs the incoming state's 'conv' "
+                             "part (resolve stage 'conv' first)")
+        u = self._continued_input(x, None if state is None else state.get("conv"))[0]
+        _, h, delta = self._scan(u, None)
+        return {"ssm": h.to(dtype), "delta_sum": delta.sum(1).to(dtype)}
+
+    def _chain_state(self, state, summary, stage):
+        if stage == "conv":
+            return {**state, "conv": shift_in(state["conv"], summary["conv"], int(summary["length"]))}
+        A = -self.selective[0].A_log.exp()
+        h = state["ssm"]
+        decay = torch.exp(summary["delta_sum"].to(h.dtype)[..., None] * A.to(h.dtype))  # <= 1
+        return {**state, "ssm": decay * h + summary["ssm"].to(h.dtype)}
 
     def _matrix(self, u: torch.Tensor) -> torch.Tensor:
         """(batch, d_inner, L, L) with ssm(u) == einsum('bdts,bsd->btd', M, u)."""

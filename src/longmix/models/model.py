@@ -20,12 +20,13 @@ Positional information depends on the mixer family; see :mod:`longmix.models.pos
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 
 import torch
 from torch import nn
 
 from .. import mixers
+from ..checks import check_int
 from .positional import Positional, resolve
 
 HEADS = ("classify", "lm")
@@ -51,9 +52,6 @@ class ModelConfig:
     pad_id: int = 0
     mixer_options: dict = field(default_factory=dict)
 
-    def to_dict(self) -> dict:
-        return asdict(self)
-
 
 def _validate(cfg: ModelConfig) -> tuple[bool, str]:
     """Check ``cfg`` and return the resolved (causal, pool)."""
@@ -62,11 +60,9 @@ def _validate(cfg: ModelConfig) -> tuple[bool, str]:
     if cfg.pool not in POOLS:
         raise ValueError(f"pool must be one of {POOLS}, got {cfg.pool!r}")
     for name in ("vocab_size", "dim", "depth", "heads", "mlp_ratio"):
-        value = getattr(cfg, name)
-        if not isinstance(value, int) or value < 1:
-            raise ValueError(f"{name} must be a positive int, got {value!r}")
-    if cfg.head == "classify" and (not isinstance(cfg.num_classes, int) or cfg.num_classes < 2):
-        raise ValueError(f"num_classes must be an int >= 2 for the classify head, got {cfg.num_classes!r}")
+        check_int(name, getattr(cfg, name))
+    if cfg.head == "classify":
+        check_int("num_classes", cfg.num_classes, low=2, owner="the classify head")
     cls = mixers.get_class(cfg.mixer)  # ValueError listing the valid names
     # These are set by the model itself; passing them again would be a TypeError deep in build().
     reserved = sorted({"dim", "heads", "causal", "max_len"} & set(cfg.mixer_options))
@@ -109,8 +105,9 @@ class Block(nn.Module):
         self.norm2 = nn.LayerNorm(cfg.dim)
         self.mlp = MLP(cfg.dim, cfg.mlp_ratio)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x + self.mixer(self.norm1(x))
+    def forward(self, x: torch.Tensor, mixer=None) -> torch.Tensor:
+        """``mixer`` replaces ``self.mixer`` in this call (a sequence-parallel form of it)."""
+        x = x + (self.mixer if mixer is None else mixer)(self.norm1(x))
         return x + self.mlp(self.norm2(x))
 
 
@@ -140,23 +137,37 @@ class SequenceModel(nn.Module):
             raise ValueError(f"context {tokens.shape[1]} exceeds max_len={self.cfg.max_len} "
                              f"of this model (mixer {self.cfg.mixer!r})")
 
-    def features(self, tokens: torch.Tensor) -> torch.Tensor:
-        """Final normalized per-position features, (B, L, dim)."""
+    def features(self, tokens: torch.Tensor, positions: torch.Tensor | None = None,
+                 mixers=None) -> torch.Tensor:
+        """Final normalized per-position features, (B, L, dim).
+
+        A sequence-parallel run passes this rank's tokens with their global ``positions`` (L,)
+        and, per block, the parallel form of its mixer (``mixers``)."""
         self.check_tokens(tokens)
-        x = self.position(self.embed(tokens))
-        for block in self.blocks:
-            x = block(x)
+        x = self.position(self.embed(tokens), positions)
+        for i, block in enumerate(self.blocks):
+            x = block(x, None if mixers is None else mixers[i])
         return self.norm(x)
+
+    def pooled(self, h: torch.Tensor, tokens: torch.Tensor, total=None, last_row: int | None = -1):
+        """Sequence features (B, dim) from per-position ones h (B, L, dim), by ``self.pool``.
+
+        Sharded, ``total`` sums a per-rank partial over the ranks, and ``last_row`` is the local
+        row of the sequence's last token (None where another rank holds it)."""
+        total = total or (lambda partial: partial)
+        if self.pool == "last":
+            # elsewhere: a zero sum that stays in the graph, so this rank's backward still runs
+            # (and joins) every collective behind h
+            return total(h[:, last_row] if last_row is not None else h[:, :0].sum(1))
+        keep = (tokens != self.cfg.pad_id).unsqueeze(-1).to(h.dtype)  # (B, L, 1)
+        sums = total(torch.cat([(h * keep).sum(1), keep.sum(1)], dim=-1))  # features, then count
+        return sums[:, :-1] / sums[:, -1:].clamp_min(1.0)
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
         h = self.features(tokens)
         if self.cfg.head == "lm":
             return self.head(h)
-        if self.pool == "last":
-            return self.head(h[:, -1])
-        keep = (tokens != self.cfg.pad_id).unsqueeze(-1).to(h.dtype)  # (B, L, 1)
-        pooled = (h * keep).sum(1) / keep.sum(1).clamp_min(1.0)
-        return self.head(pooled)
+        return self.head(self.pooled(h, tokens))
 
 
 def build_model(cfg: ModelConfig | None = None, **kwargs) -> SequenceModel:

@@ -87,19 +87,23 @@ class Positional(nn.Module):
         # Not persistent: checkpoints stay as they were.
         self.register_buffer("_sinusoid", torch.empty(0, dim), persistent=False)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, positions: torch.Tensor | None = None) -> torch.Tensor:
+        """``positions`` (length,): the global index of each row, for a shard of a longer
+        sequence (sequence parallelism); default 0 .. length-1."""
         if self.kind == "none":
             return x
-        length = x.shape[1]
+        length = x.shape[1] if positions is None or positions.numel() == 0 else int(positions.max()) + 1
         if self.kind == "learned":
             if length > self.max_len:
                 raise ValueError(f"Positional: length {length} exceeds max_len={self.max_len} "
                                  "of the learned position table")
-            return x + self.table[:length]
-        if self._sinusoid.shape[0] < length or self._sinusoid.dtype != x.dtype \
-                or self._sinusoid.device != x.device:
-            self._sinusoid = sinusoidal_table(length, self.dim).to(dtype=x.dtype, device=x.device)
-        return x + self._sinusoid[:length]
+            table = self.table
+        else:
+            if self._sinusoid.shape[0] < length or self._sinusoid.dtype != x.dtype \
+                    or self._sinusoid.device != x.device:
+                self._sinusoid = sinusoidal_table(length, self.dim).to(dtype=x.dtype, device=x.device)
+            table = self._sinusoid
+        return x + (table[:x.shape[1]] if positions is None else table[positions.to(x.device)])
 
     def extra_repr(self) -> str:
         return f"kind={self.kind!r}, dim={self.dim}, max_len={self.max_len}"

@@ -15,7 +15,10 @@ Causal masking with Lq != Lk is aligned top-left, like the CPU flash kernel and
 restricts query i to keys with i - j < w (and j - i < w when not causal).
 
 Dispatch (see :func:`attention_forward`):
-    CPU            aten._scaled_dot_product_flash_attention_for_cpu (+ its backward), O(L) memory
+    CPU            aten._scaled_dot_product_flash_attention_for_cpu (+ its backward), O(L) memory;
+                   causal self-attention on more than one thread is split into full blocks and
+                   small causal leaves merged on the lse (see _cpu_flash_causal: the fused
+                   kernel's threads idle on the triangle)
     CUDA           aten._flash_attention_forward (fp16/bf16) or _efficient_attention_forward,
                    backward by _efficient_attention_backward. UNTESTED: written against the
                    PyTorch 2.13 op schemas and sources without a GPU at hand.
@@ -28,18 +31,82 @@ that this call is only one key block of, and then returns that block's exact gra
 """
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import math
+import threading
 from typing import Sequence
 
 import torch
 
 from .blockwise_attention import accumulator_dtype, blockwise_backward, blockwise_forward
 
-__all__ = ["attention_with_lse", "merge_partials", "attention_forward", "attention_backward"]
+__all__ = ["attention_with_lse", "merge_partials", "attention_forward", "attention_backward",
+           "attention_flops", "WorkCounter", "count_work"]
 
 _aten = torch.ops.aten
 _CPU_DTYPES = (torch.float64, torch.float32, torch.bfloat16, torch.float16)
 _MASK_TOP_LEFT = 1  # sdp::CustomMaskType::CausalFromTopLeft of the memory-efficient kernel
+
+# Causal rows per diagonal leaf of the CPU triangle split (see _cpu_flash_causal). Measured on a
+# 2-core Xeon (L = 16,384, 1 head x d 64, 2 threads): leaves of 512..4,096 rows raised the useful
+# rate by 3-25%, the largest leaves most; larger leaves would bring the thread imbalance back.
+_CAUSAL_LEAF = 4096
+
+
+def attention_flops(batch: int, heads: int, seq_len: int, head_dim: int, causal: bool) -> float:
+    """Useful flops of one attention forward: 2 per multiply-add of QK^T and PV, 4·B·H·L²·d;
+    a causal mask halves it (the masked half is not useful work, whatever a kernel spends on it)."""
+    full = 4.0 * batch * heads * seq_len**2 * head_dim
+    return full / 2 if causal else full
+
+
+class WorkCounter:
+    """Useful attention flops done so far by the kernels of this module, readable from any thread.
+
+    A collective call such as ``longmix.dist.attention`` has no progress callback; a job that wants
+    a progress bar counts its kernels' work instead (:func:`count_work`), and another thread reads
+    :attr:`flops`.
+    """
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._flops = 0.0
+
+    def add(self, flops: float) -> None:
+        with self._lock:
+            self._flops += flops
+
+    @property
+    def flops(self) -> float:
+        with self._lock:
+            return self._flops
+
+
+# The active counter of this thread/context; a context variable (not a module global) so that
+# concurrent jobs or threads never count into each other's counter.
+_COUNTER: contextvars.ContextVar[WorkCounter | None] = contextvars.ContextVar(
+    "longmix_attention_work", default=None)
+
+
+@contextlib.contextmanager
+def count_work(counter: WorkCounter):
+    """Within the block, every forward kernel call of this module adds its useful flops to
+    ``counter`` (a causal diagonal block counts as half)."""
+    token = _COUNTER.set(counter)
+    try:
+        yield counter
+    finally:
+        _COUNTER.reset(token)
+
+
+def _count(q, k, causal: bool) -> None:
+    counter = _COUNTER.get()
+    if counter is not None:
+        b, lq, h, d = q.shape
+        lk = k.shape[1]
+        pairs = lq * lk / 2 if causal and lq == lk else lq * lk
+        counter.add(4.0 * b * h * d * pairs)
 
 
 # ----------------------------------------------------------------------------- checks and helpers
@@ -116,10 +183,14 @@ def attention_forward(q, k, v, *, causal: bool = False, scale: float | None = No
     window = _effective_window(window, q.shape[1], k.shape[1])
     ke, ve = _expand_kv(k, heads), _expand_kv(v, heads)
     backend = _backend(q, k, causal, window)
+    if window is None:
+        _count(q, k, causal)
     with torch.no_grad():
         if backend == "cpu_flash":
-            out, lse = _aten._scaled_dot_product_flash_attention_for_cpu(
-                _bhld(q), _bhld(ke), _bhld(ve), 0.0, causal, scale=scale)
+            if causal and q.shape[1] == k.shape[1] > 2 * _CAUSAL_LEAF and torch.get_num_threads() > 1:
+                return _cpu_flash_causal(q, ke, ve, scale)
+            out, lse = _cpu_flash(q, ke, ve, causal, scale)
+            return out, lse
         elif backend == "cuda_flash":  # (B, L, H, D) layout, like this module
             out, lse = _aten._flash_attention_forward(
                 q, ke, ve, None, None, q.shape[1], k.shape[1], 0.0, causal, False,
@@ -133,7 +204,34 @@ def attention_forward(q, k, v, *, causal: bool = False, scale: float | None = No
             return out.contiguous(), lse[:, :, :q.shape[1]].float().contiguous()
         else:
             return blockwise_forward(q, ke, ve, causal=causal, scale=scale, window=window)
+
+
+def _cpu_flash(q, k, v, causal: bool, scale: float):
+    """One call of the fused CPU flash kernel; (B, L, H, D) in and out, lse (B, H, L)."""
+    out, lse = _aten._scaled_dot_product_flash_attention_for_cpu(
+        _bhld(q), _bhld(k), _bhld(v), 0.0, causal, scale=scale)
     return out.transpose(1, 2).contiguous(), lse.to(accumulator_dtype(q.dtype)).contiguous()
+
+
+def _cpu_flash_causal(q, k, v, scale: float):
+    """Causal self-attention (Lq == Lk) as a triangle of full blocks plus small causal leaves.
+
+    The fused kernel hands query blocks to threads in equal shares, so under a causal mask the
+    threads with the early (short) rows idle while the last ones work: with 2 threads it ran a
+    third below its non-causal rate. Halving recursively -- rows [0, m) causal; rows [m, L) full
+    against keys [0, m) and causal against [m, L), the two merged on the log-sum-exp -- puts
+    almost all the work into full rectangles, which split evenly; only leaves of
+    :data:`_CAUSAL_LEAF` rows keep the mask. Exact: the merge is the online softmax.
+    """
+    n = q.shape[1]
+    if n <= _CAUSAL_LEAF:
+        return _cpu_flash(q, k, v, True, scale)
+    m = n // 2
+    out_top, lse_top = _cpu_flash_causal(q[:, :m], k[:, :m], v[:, :m], scale)
+    out_past, lse_past = _cpu_flash(q[:, m:], k[:, :m], v[:, :m], False, scale)
+    out_diag, lse_diag = _cpu_flash_causal(q[:, m:], k[:, m:], v[:, m:], scale)
+    out_bottom, lse_bottom = merge_partials([out_past, out_diag], [lse_past, lse_diag])
+    return torch.cat([out_top, out_bottom], dim=1), torch.cat([lse_top, lse_bottom], dim=2)
 
 
 def attention_backward(dout, q, k, v, out, lse, *, causal: bool = False,

@@ -19,6 +19,8 @@ import torch
 import torch.nn.functional as F
 from einops import rearrange
 
+from .masked import masked_weighted_sum
+
 #: Elements of the temporaries (gathered keys and values, scores) per step: query blocks are
 #: processed in groups below this size, so temporaries stay small at L = 2^20.
 _ELEMENTS_PER_STEP = 2 ** 23
@@ -141,6 +143,7 @@ def block_sparse_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bl
             mask = mask & (key_pos[s:e, None, :] <= query_pos[s:e, :, None])
         scores = torch.einsum("bhncd,bhnsd->bhncs", q[:, :, s:e], keys) * scale
         weights = scores.masked_fill(~mask, float("-inf")).softmax(-1)
-        outs.append(torch.einsum("bhncs,bhnsd->bhncd", weights, values))
+        # masked_weighted_sum: a NaN or inf value reaches only the queries the mask lets read it
+        outs.append(masked_weighted_sum(weights, values, mask))
     out = rearrange(torch.cat(outs, 2), "b h n c d -> b (n c) h d")
     return out[:, :length]

@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import torch
 
+from .masked import reads_any
+
 __all__ = ["fft_conv", "toeplitz_matrix", "next_fast_len"]
 
 
@@ -60,6 +62,8 @@ def fft_conv(u: torch.Tensor, kernel: torch.Tensor, causal: bool = True) -> torc
 
     Returns:
         (..., L, C), the linear convolution, in the promoted dtype of ``u`` and ``kernel``.
+        A non-finite entry of ``u`` makes NaN exactly the outputs whose sum reads it (for a causal
+        kernel, never an earlier one), not every output of its channel as a bare FFT would.
     """
     if u.dim() < 2:
         raise ValueError(f"fft_conv: u must have shape (..., L, C), got {tuple(u.shape)}")
@@ -67,6 +71,20 @@ def fft_conv(u: torch.Tensor, kernel: torch.Tensor, causal: bool = True) -> torc
     if kernel.shape[1] != u.shape[-1]:
         raise ValueError(f"fft_conv: kernel has {kernel.shape[1]} channels, u has {u.shape[-1]} "
                          f"(u: {tuple(u.shape)}, kernel: {tuple(kernel.shape)})")
+    if u.numel() == 0:  # the FFT libraries refuse empty transforms
+        return u.new_zeros(u.shape, dtype=torch.promote_types(u.dtype, kernel.dtype))
+    nonfinite = ~torch.isfinite(u)
+    if not nonfinite.any():
+        return _fft_conv(u, kernel, causal, reach)
+    # The FFT spreads every input over every output, so a NaN or inf would reach outputs the
+    # convolution never reads (the past, for a causal kernel). Convolve the finite part instead
+    # and mark as NaN exactly the outputs whose window reads a non-finite input.
+    y = _fft_conv(u.masked_fill(nonfinite, 0), kernel, causal, reach)
+    return y.masked_fill(reads_any(nonfinite, before=reach - 1, after=0 if causal else reach - 1),
+                         float("nan"))
+
+
+def _fft_conv(u: torch.Tensor, kernel: torch.Tensor, causal: bool, reach: int) -> torch.Tensor:
     length = u.shape[-2]
     n = next_fast_len(length + reach - 1)  # >= L + K - 1: no wrap-around into kept outputs
     u_f = torch.fft.rfft(u, n=n, dim=-2)

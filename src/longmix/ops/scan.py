@@ -7,8 +7,8 @@ Per channel d and state n, with a_t = exp(delta_t[d] A[d, n]) in (0, 1]:
 
 Three ways to compute it, which must agree:
 
-* :func:`selective_scan`: the fast path, a chunked two-level scan with O(L) time and memory
-  bounded by a block of chunks, independent of L.
+* :func:`selective_scan`: the fast path, a chunked scan with its own backward that recomputes
+  each chunk's states instead of storing them: O(L) time, O(chunk d n) working memory.
 * :func:`selective_scan_sequential`: the plain recurrence, one step per position (reference).
 * :func:`selective_scan_matrix`: the materialized (batch, d, L, L) semiseparable matrix
   M[t, s] = sum_n C_t[n] (prod_{r=s+1..t} a_r[n]) delta_s B_s[n], so that y = M u (+ D u).
@@ -16,21 +16,21 @@ Three ways to compute it, which must agree:
 Layouts: u, delta (batch, length, channels); A (channels, d_state); B, C (batch, length,
 d_state); D (channels,); states (batch, channels, d_state).
 
-Stability: every decay is formed as exp of a non-positive sum of log-decays taken relative to
-a chunk start (or a segment start), never as a ratio exp(cum_t) / exp(cum_s) of global
+Stability: every decay is a product of per-step factors exp(delta_t A) <= 1 (or, in the matrix
+form, exp of a non-positive segment sum), never a ratio exp(cum_t) / exp(cum_s) of global
 cumulative products, which overflows for strongly decaying A over long sequences.
 """
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
-from einops import rearrange
 
 
 def _check(u, delta, A, B, C, D, initial_state):
     if u.dim() != 3:
         raise ValueError(f"selective_scan: u must be (batch, length, channels), got shape {tuple(u.shape)}")
     b, length, d = u.shape
+    if length < 1:
+        raise ValueError(f"selective_scan: u must have length >= 1, got shape {tuple(u.shape)}")
     if delta.shape != u.shape:
         raise ValueError(f"selective_scan: delta must have u's shape {tuple(u.shape)}, got {tuple(delta.shape)}")
     if A.dim() != 2 or A.shape[0] != d:
@@ -49,89 +49,158 @@ def _check(u, delta, A, B, C, D, initial_state):
 
 def selective_scan(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: torch.Tensor,
                    C: torch.Tensor, D: torch.Tensor | None = None, *, chunk_size: int = 64,
-                   block_chunks: int = 64, initial_state: torch.Tensor | None = None,
-                   return_state: bool = False):
-    """The selective scan by chunks (see the module docstring for the recurrence and layouts).
+                   initial_state: torch.Tensor | None = None, return_final_state: bool = False):
+    """The selective scan by chunks, with its own backward (see the module docstring for the
+    recurrence and layouts).
 
-    The sequence is cut into chunks of ``chunk_size`` positions, processed ``block_chunks`` at a
-    time:
+    The sequence is cut into chunks of ``chunk_size`` positions. Forward: per chunk, the decays
+    a_t and inputs x_t are formed for the chunk only, the recurrence runs one position at a time
+    (one fused multiply-add over (batch, channels, d_state) per step) and the chunk's states are
+    read out with C and dropped; only the state entering each chunk is kept. Backward: chunks in
+    reverse order, each chunk's states recomputed from its entering state, then the adjoint
+    recurrence G_t = C_t dy_t + a_{t+1} G_{t+1} run backwards through the chunk; every gradient
+    is a contraction of G, a and the states of that one chunk.
 
-    1. a local scan inside every chunk of the block from a zero state, all chunks in parallel
-       (``chunk_size`` vectorized steps);
-    2. a short recurrence over chunk states: the state entering chunk k+1 is the state entering
-       chunk k decayed over the whole chunk plus chunk k's local final state;
-    3. every state = its local state + exp(cumulative log-decay since the chunk start) x the
-       state entering the chunk; the decay factor is <= 1, so nothing overflows.
+    Why not autograd: it would keep every intermediate of every position, several tensors of
+    O(L d n), and replay one small graph node per op; recomputing one chunk at a time keeps the
+    backward's memory at O(chunk_size d n) + O(L d + L n) + O(L / chunk_size d n) and is over an
+    order of magnitude faster on CPU (``benchmarks/mamba_step.py``).
 
-    With Mamba's A of shape (channels, d_state) the intra-chunk decay differs for every (d, n),
-    so the intra-chunk part is not a single matmul as in Mamba-2's SSD (scalar A per head); the
-    chunk-parallel local scan costs O(chunk) steps instead of an O(chunk^2) masked product.
+    Why not Mamba-2's SSD form (within-chunk matmuls of a decay-masked chunk x chunk matrix): with
+    Mamba's A of shape (channels, d_state) the decay differs for every (d, n), so that matrix is
+    (chunk, chunk) per (d, n) -- chunk times more work than the recurrence -- and factorizing it as
+    exp(cum_t) exp(-cum_s) overflows for strongly decaying channels.
 
-    Time O(L d n); memory O(chunk_size * block_chunks * d * n) for the states of one block plus
-    O(L d) for the output. Autograd works through it (saving the states of every block).
+    Time O(L d n), exact (no approximation): the same sums as the sequential recurrence. Half
+    precision inputs are scanned in float32 (a long recurrence in bf16 loses the state; mixed
+    dtypes, as under autocast, in the widest), and y is returned in u's dtype.
 
     Args:
-        chunk_size: positions per chunk; any value >= 1 (L need not be a multiple).
-        block_chunks: chunks held in memory at once.
+        chunk_size: positions per chunk; any value >= 1 (L need not be a multiple). Memory vs.
+            per-chunk overhead only.
         initial_state: (batch, channels, d_state) state before position 0, default zeros.
-        return_state: also return the state after the last position.
+        return_final_state: also return the state after the last position.
 
     Returns:
-        y (batch, length, channels), and the final state if ``return_state``.
+        y (batch, length, channels), and the final state (batch, channels, d_state, in float32
+        or wider) if ``return_final_state``. Both are differentiable w.r.t. u, delta, A, B, C, D and
+        ``initial_state``.
     """
     _check(u, delta, A, B, C, D, initial_state)
-    for label, value in (("chunk_size", chunk_size), ("block_chunks", block_chunks)):
-        if not isinstance(value, int) or value < 1:
-            raise ValueError(f"selective_scan: {label} must be a positive int, got {value!r}")
-    b, length, d = u.shape
-    n = A.shape[1]
-    T = min(chunk_size, length)
-    block = T * block_chunks
-    h = u.new_zeros(b, d, n) if initial_state is None else initial_state
-    y = u.new_empty(b, length, d)
-    # Inputs are sliced per block, so nothing but the output is O(L) in size.
-    for start in range(0, length, block):
-        sl = slice(start, start + block)
-        du, dl, Bb, Cb = delta[:, sl] * u[:, sl], delta[:, sl], B[:, sl], C[:, sl]
-        pad = (-du.shape[1]) % T
-        if pad:  # padding has delta = 0: decay 1 and no input, so the state passes unchanged
-            du, dl, Bb, Cb = (F.pad(t, (0, 0, 0, pad)) for t in (du, dl, Bb, Cb))
-        y_block, h = _scan_block(du, dl, A, Bb, Cb, h, T)
-        y[:, sl] = y_block[:, :y_block.shape[1] - pad]
+    if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
+        raise ValueError(f"selective_scan: chunk_size must be a positive int, got {chunk_size!r}")
+    b, _, d = u.shape
+    work = torch.float32  # the widest of the inputs' dtypes and float32
+    for t in (u, delta, A, B, C, initial_state):
+        work = work if t is None else torch.promote_types(work, t.dtype)
+    h0 = u.new_zeros(b, d, A.shape[1]) if initial_state is None else initial_state
+    y, h = _ChunkedScan.apply(*(t.to(work) for t in (u, delta, A, B, C, h0)), chunk_size)
+    y = y.to(u.dtype)
     if D is not None:
         y = y + u * D
-    return (y, h) if return_state else y
+    return (y, h) if return_final_state else y
 
 
-def _scan_block(du, delta, A, B, C, h, T):
-    """One block of whole chunks; du = delta * u. Returns (y (b, len, d), state after the block)."""
-    # (t, b, g, d, n): position t inside chunk g; leading t makes each step's slice contiguous.
-    log_a = rearrange(delta, "b (g t) d -> t b g d 1", t=T) * A
-    x = rearrange(du, "b (g t) d -> t b g d 1", t=T) * rearrange(B, "b (g t) n -> t b g 1 n", t=T)
-    # 1. local scans, all chunks at once
-    a = log_a.exp()
-    local = torch.empty_like(x)
-    s = torch.zeros_like(x[0])
-    for t in range(T):
-        s = torch.addcmul(x[t], a[t], s)  # a_t * s + x_t in one pass
-        local[t] = s
-    # 2. recurrence over chunk states
-    cum = log_a.cumsum(0)  # log decay from the chunk start through t (<= 0)
-    chunk_decay = cum[-1].exp()  # (b, g, d, n)
-    entering = []
-    for k in range(chunk_decay.shape[1]):
-        entering.append(h)
-        h = chunk_decay[:, k] * h + local[-1, :, k]
-    entering = torch.stack(entering, dim=1)  # (b, g, d, n)
-    # 3. add the entering state, decayed from the chunk start, and read out with C
-    states = local + cum.exp() * entering
-    y = torch.einsum("tbgdn,tbgn->bgtd", states, rearrange(C, "b (g t) n -> t b g n", t=T))
-    return rearrange(y, "b g t d -> b (g t) d"), h
+def _time_major(t: torch.Tensor) -> torch.Tensor:
+    """(batch, chunk, k) -> contiguous (chunk, batch, k): each step's slice is then contiguous, so
+    the in-place ``out=`` updates below write straight into it instead of through a copy."""
+    return t.transpose(0, 1).contiguous()
+
+
+def _contract_n(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    """sum_n x[t, b, d, n] w[t, b, n] -> (t, b, d), as a batched matmul over (t, b) that reads x
+    in place (an einsum with the output in another order would first copy x)."""
+    return (x @ w.unsqueeze(-1)).squeeze(-1)
+
+
+def _contract_d(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    """sum_d x[t, b, d, n] w[t, b, d] -> (t, b, n), likewise without copying x."""
+    return (x.transpose(-1, -2) @ w.unsqueeze(-1)).squeeze(-1)
+
+
+class _ChunkBuffers:
+    """Work tensors (chunk, batch, d, n) allocated once per call and reused by every chunk: fresh
+    allocations of this size cost page faults on every chunk."""
+
+    def __init__(self, count: int, chunk: int, b: int, d: int, n: int, like: torch.Tensor):
+        self.full = [like.new_empty(chunk, b, d, n) for _ in range(count)]
+
+    def take(self, steps: int) -> list[torch.Tensor]:
+        return [t[:steps] for t in self.full]
+
+
+def _chunk_states(delta, du, A, B, h, a, states):
+    """States of one chunk from the state ``h`` entering it; delta, du, B time-major (t, b, .).
+
+    Fills a_t = exp(delta_t A) into ``a`` and H_t = a_t H_{t-1} + du_t B_t into ``states``, both
+    (t, b, d, n).
+    """
+    torch.mul(delta.unsqueeze(-1), A, out=a).exp_()
+    torch.mul(du.unsqueeze(-1), B.unsqueeze(-2), out=states)
+    for t in range(states.shape[0]):
+        h = torch.addcmul(states[t], a[t], h, out=states[t])
+
+
+class _ChunkedScan(torch.autograd.Function):
+    """y and the final state of the scan (no D term), with a backward that recomputes states."""
+
+    @staticmethod
+    def forward(ctx, u, delta, A, B, C, h0, chunk_size):
+        (b, length, d), n = u.shape, A.shape[1]
+        du = delta * u
+        y = u.new_empty(u.shape)
+        buffers = _ChunkBuffers(2, min(chunk_size, length), b, d, n, u)
+        entering = []  # the state entering each chunk: all the backward needs to recompute
+        h = h0
+        for start in range(0, length, chunk_size):
+            sl = slice(start, start + chunk_size)
+            a, states = buffers.take(min(chunk_size, length - start))
+            entering.append(h)
+            _chunk_states(*map(_time_major, (delta[:, sl], du[:, sl])), A, _time_major(B[:, sl]), h, a, states)
+            y[:, sl] = _contract_n(states, _time_major(C[:, sl])).transpose(0, 1)
+            h = states[-1].clone()  # a copy: the buffer is overwritten by the next chunk
+        ctx.save_for_backward(u, delta, A, B, C, torch.stack(entering))
+        ctx.chunk_size = chunk_size
+        return y, h
+
+    @staticmethod
+    def backward(ctx, dy, dh_final):
+        u, delta, A, B, C, entering = ctx.saved_tensors
+        chunk_size, (b, length, d), n = ctx.chunk_size, u.shape, A.shape[1]
+        du = delta * u
+        d_du, d_delta = torch.empty_like(u), torch.empty_like(delta)
+        dB, dC = torch.empty_like(B), torch.empty_like(C)
+        dA = torch.zeros_like(A)
+        buffers = _ChunkBuffers(3, min(chunk_size, length), b, d, n, u)
+        carry = dh_final  # dL/dh at the chunk's last position from everything after it
+        starts = list(range(0, length, chunk_size))
+        for k in reversed(range(len(starts))):
+            sl = slice(starts[k], starts[k] + chunk_size)
+            a, states, G = buffers.take(min(chunk_size, length - starts[k]))
+            delta_k, du_k, B_k, C_k, dy_k = map(_time_major, (delta[:, sl], du[:, sl], B[:, sl], C[:, sl],
+                                                             dy[:, sl]))
+            _chunk_states(delta_k, du_k, A, B_k, entering[k], a, states)
+            dC[:, sl] = _contract_d(states, dy_k).transpose(0, 1)
+            # adjoint states G_t = C_t dy_t + a_{t+1} G_{t+1}; a is overwritten by P_t = a_t G_t
+            for t in reversed(range(G.shape[0])):
+                torch.addcmul(carry, dy_k[t].unsqueeze(-1), C_k[t].unsqueeze(-2), out=G[t])
+                carry = torch.mul(a[t], G[t], out=a[t])
+            carry = carry.clone()  # P_0 = dL/dh entering the chunk, before the buffer is reused
+            d_du[:, sl] = _contract_n(G, B_k).transpose(0, 1)
+            dB[:, sl] = _contract_d(G, du_k).transpose(0, 1)
+            # dL/dlog a_t = G_t a_t H_{t-1} = P_t H_{t-1}
+            P = a
+            P[1:] *= states[:-1]
+            P[0] *= entering[k]
+            d_delta[:, sl] = torch.linalg.vecdot(P, A).transpose(0, 1)
+            dA += P.mul_(delta_k.unsqueeze(-1)).sum((0, 1))  # as a product over (t, b), no permute copy
+        d_delta += d_du * u
+        return d_du * delta, d_delta, dA, dB, dC, carry, None
 
 
 def selective_scan_sequential(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: torch.Tensor,
                               C: torch.Tensor, D: torch.Tensor | None = None, *,
-                              initial_state: torch.Tensor | None = None, return_state: bool = False):
+                              initial_state: torch.Tensor | None = None, return_final_state: bool = False):
     """The recurrence one position at a time: the plain reference for :func:`selective_scan`."""
     _check(u, delta, A, B, C, D, initial_state)
     b, length, d = u.shape
@@ -145,7 +214,7 @@ def selective_scan_sequential(u: torch.Tensor, delta: torch.Tensor, A: torch.Ten
     y = torch.stack(ys, dim=1)
     if D is not None:
         y = y + u * D
-    return (y, h) if return_state else y
+    return (y, h) if return_final_state else y
 
 
 def segsum(x: torch.Tensor) -> torch.Tensor:

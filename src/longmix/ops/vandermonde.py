@@ -58,6 +58,43 @@ def log_vandermonde(v: torch.Tensor, x: torch.Tensor, length: int, block: int | 
     return k.flatten(-2)[..., :length]
 
 
+def log_vandermonde_transpose(u: torch.Tensor, x: torch.Tensor, block: int | None = None) -> torch.Tensor:
+    """s[..., n] = sum_l u[..., l] exp(x[..., n] (L - 1 - l)): the transposed product.
+
+    This is the state a diagonal SSM with log-poles ``x`` reaches after reading the inputs
+    ``u`` (already scaled by Bbar) from a zero state, h_{L-1} = sum_l z^(L-1-l) u_l, the
+    counterpart of :func:`log_vandermonde` (which reads a state out over L steps). Blockwise as
+    there: with r = L-1-l = block i + j, s = sum_i z^(block i) sum_j u_r z^j, so the O(N L)
+    multiply-adds run as one matmul and only O(N sqrt L) exponentials are taken.
+
+    Args:
+        u: real or complex inputs, shape (..., L).
+        x: complex log-poles, shape (..., N); the leading dims broadcast with u's.
+        block: taps per block, default the power of two nearest above sqrt(L).
+
+    Returns:
+        Complex, shape (broadcast of the leading dims, N).
+    """
+    if not x.is_complex():
+        raise ValueError(f"log_vandermonde_transpose: x must be complex, got {x.dtype}")
+    length = u.shape[-1]
+    if length < 1:
+        raise ValueError(f"log_vandermonde_transpose: u must have at least one entry, got {tuple(u.shape)}")
+    if block is None:
+        block = 1 << math.ceil(math.log2(length) / 2)
+    elif not isinstance(block, int) or block < 1:
+        raise ValueError(f"log_vandermonde_transpose: block must be a positive int, got {block!r}")
+    real_dtype = torch.empty((), dtype=x.dtype).real.dtype
+    blocks = math.ceil(length / block)
+    reversed_u = torch.nn.functional.pad(u.flip(-1), (0, blocks * block - length))  # r = L-1-l
+    reversed_u = reversed_u.unflatten(-1, (blocks, block)).to(x.dtype)  # (..., blocks, block)
+    j = torch.arange(block, device=x.device, dtype=real_dtype)
+    starts = torch.arange(blocks, device=x.device, dtype=real_dtype) * block
+    powers = torch.exp(x.unsqueeze(-2) * j.unsqueeze(-1))  # (..., block, N): z^j
+    inner = torch.matmul(reversed_u, powers)  # (..., blocks, N)
+    return (inner * torch.exp(x.unsqueeze(-2) * starts.unsqueeze(-1))).sum(-2)
+
+
 def vandermonde_matrix(z: torch.Tensor, length: int) -> torch.Tensor:
     """The literal Vandermonde matrix V[..., n, l] = z[..., n] ** l, shape (..., N, L).
 

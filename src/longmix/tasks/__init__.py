@@ -12,7 +12,7 @@ from .base import SPLITS, Task, truncate_left
 from .registry import available, build, get_class, parameters, register
 
 # Importing a task module registers it (order = order of `available()`).
-from . import listops, pathfinder, mqar, passkey, text  # noqa: E402,F401  isort: skip
+from . import listops, pathfinder, mqar, passkey, distance, text  # noqa: E402,F401  isort: skip
 from .text import bits_per_byte  # noqa: E402  isort: skip
 
 __all__ = ["SPLITS", "Task", "truncate_left", "available", "build", "get_class", "parameters", "register",

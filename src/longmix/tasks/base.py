@@ -15,12 +15,19 @@ Layouts:
 
 Determinism: every batch draws from its own random stream, seeded by
 ``(task name, seed, split, index, batch_size)`` through :class:`numpy.random.SeedSequence`.
-Resuming training means calling ``batch`` with the same index. The three splits use different
-streams; for synthetic tasks an identical example in two splits is possible only by chance (the
-example spaces are astronomically large for the default sizes); the text task splits by file.
+Resuming training means calling ``batch`` with the same index.
+
+Disjoint splits: different random streams alone do not keep a test example out of training
+(a 1-digit passkey in 512 tokens has only ~5000 distinct examples, and 9600 training draws
+cover most of them). So every synthetic example belongs to exactly one split by a hash of its
+content (:meth:`Task.example_hash`): ``valid`` and ``test`` take the examples whose hash falls
+in their slices (:data:`SPLIT_FRACTIONS`) and ``train`` the rest. A split's batch draws
+examples and keeps those of its own split; identical examples hash alike, so no test example
+can ever appear in training. The text task splits by file instead.
 """
 from __future__ import annotations
 
+import hashlib
 import inspect
 import zlib
 from typing import ClassVar
@@ -28,18 +35,15 @@ from typing import ClassVar
 import numpy as np
 import torch
 
+from ..checks import check_int  # noqa: F401  (the task modules import it from here)
+
 SPLITS = ("train", "valid", "test")
 KINDS = ("classify", "lm")
-
-
-def check_int(name: str, value, low: int = 1, high: int | None = None) -> int:
-    """Return ``value`` if it is an int in ``[low, high]``; otherwise raise a ValueError naming it."""
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-        raise ValueError(f"{name} must be an int, got {value!r}")
-    if value < low or (high is not None and value > high):
-        bounds = f">= {low}" if high is None else f"in [{low}, {high}]"
-        raise ValueError(f"{name} must be {bounds}, got {value}")
-    return int(value)
+#: Fractions of the example space owned by valid and test (train owns the rest). Each valid or
+#: test example costs 1 / fraction draws, so these stay large enough for cheap generation.
+SPLIT_FRACTIONS = {"valid": 0.1, "test": 0.1}
+METRICS = ("accuracy", "bits_per_byte", "bits_per_token")
+_MAX_DRAW_ROUNDS = 1000  # a guard: a split that owns (almost) no example raises instead of looping
 
 
 def check_fraction_range(name: str, value) -> tuple[float, float]:
@@ -66,6 +70,9 @@ class Task:
         vocab_size: token ids are in ``[0, vocab_size)``.
         pad_id: the padding id, 0, never produced by a real token.
         num_classes: number of labels for ``"classify"``; None for ``"lm"``.
+        metric: the headline metric: ``"accuracy"`` (default for classify; also for lm tasks
+            whose targets are labels at some positions), ``"bits_per_token"`` (default for lm)
+            or ``"bits_per_byte"`` (byte-level text).
         length: length in tokens of a full example (the longest, for variable-length tasks).
         long_range: True when the answer depends on tokens far from the end of the sequence, so
             that a short context cannot answer it; each task's docstring says why.
@@ -83,6 +90,11 @@ class Task:
     def __init__(self, seed: int = 0):
         self.seed = check_int("seed", seed, low=0)
 
+    @property
+    def metric(self) -> str:
+        # A subclass declares its own with a class attribute (``metric = "bits_per_byte"``).
+        return "accuracy" if self.kind == "classify" else "bits_per_token"
+
     # -- randomness ------------------------------------------------------------------------------
     def rng(self, split: str, index: int, batch_size: int) -> np.random.Generator:
         """The random stream of one batch; different for every (task, seed, split, index, size)."""
@@ -98,14 +110,47 @@ class Task:
         examples do not depend on ``context``.
         """
         split, index, batch_size, context = self.check_batch_args(split, index, batch_size, context)
-        return self.window(self.rng(split, index, batch_size), batch_size, context)
+        return self.window(self.rng(split, index, batch_size), batch_size, context, split)
 
-    def window(self, rng: np.random.Generator, batch_size: int, context: int):
-        """``(x, y)`` from the last ``context`` tokens of the examples drawn from ``rng``.
+    def window(self, rng: np.random.Generator, batch_size: int, context: int, split: str = "train"):
+        """``(x, y)`` from the last ``context`` tokens of examples of ``split`` drawn from ``rng``.
         Tasks whose examples are much longer than a typical context (passkey) override this to
         render only the window; the random draws must not depend on ``context``."""
-        full, labels = self.examples(rng, batch_size)
+        full, labels = self.split_examples(rng, batch_size, split)
         return truncate_left(full, context, self.pad_id), torch.as_tensor(labels, dtype=torch.long)
+
+    # -- disjoint splits -------------------------------------------------------------------------
+    def example_hash(self, full: np.ndarray) -> np.ndarray:
+        """uint64 hash (batch,) of full examples (batch, length): equal examples, equal hashes.
+        Tasks whose examples are defined by a few drawn numbers hash those instead (passkey)."""
+        return row_hash(full)
+
+    def split_examples(self, rng: np.random.Generator, batch_size: int, split: str, draw=None):
+        """``batch_size`` examples of ``split``: draw, keep those whose hash is ``split``'s, repeat.
+
+        ``draw(rng, n) -> (content, labels, hashes)`` draws ``n`` examples; the default renders
+        :meth:`examples` and hashes them. ``content`` may be any array or tuple of arrays with
+        the batch first (passkey draws positions and digits and renders only its window).
+        """
+        if draw is None:
+            def draw(r, n):
+                full, labels = self.examples(r, n)
+                return full, labels, self.example_hash(full)
+        kept, need = [], batch_size
+        for _ in range(_MAX_DRAW_ROUNDS):
+            # Draw enough that one round usually suffices; the numbers depend only on the split.
+            n = int(np.ceil(need / split_share(split) * 1.3)) + 4
+            content, labels, hashes = draw(rng, n)
+            keep = np.flatnonzero(split_of_hash(hashes) == SPLITS.index(split))[:need]
+            kept.append((_take(content, keep), np.asarray(labels)[keep]))
+            need -= len(keep)
+            if need == 0:
+                contents = [c for c, _ in kept]
+                content = (tuple(np.concatenate(parts) for parts in zip(*contents))
+                           if isinstance(contents[0], tuple) else np.concatenate(contents))
+                return content, np.concatenate([lab for _, lab in kept])
+        raise ValueError(f"{self!r}: split {split!r} owns too few examples to fill a batch; "
+                         f"the task's example space is too small for disjoint splits")
 
     def examples(self, rng: np.random.Generator, batch_size: int) -> tuple[np.ndarray, np.ndarray]:
         """Full examples, right-aligned: int64 array (batch_size, length) whose shorter examples
@@ -134,6 +179,32 @@ class Task:
     def __repr__(self) -> str:
         args = ", ".join(f"{k}={v!r}" for k, v in {"seed": self.seed, **self.params()}.items())
         return f"{type(self).__name__}({args})"
+
+
+def split_share(split: str) -> float:
+    """The fraction of the example space owned by ``split``."""
+    return SPLIT_FRACTIONS.get(split, 1.0 - sum(SPLIT_FRACTIONS.values()))
+
+
+def split_of_hash(hashes: np.ndarray) -> np.ndarray:
+    """The split index (into SPLITS) of each example hash: test, valid, then train slices."""
+    u = (np.asarray(hashes, dtype=np.uint64) >> np.uint64(11)).astype(np.float64) / 2.0**53
+    out = np.full(u.shape, SPLITS.index("train"))
+    valid, test = SPLIT_FRACTIONS["valid"], SPLIT_FRACTIONS["test"]
+    out[u < valid + test] = SPLITS.index("valid")
+    out[u < test] = SPLITS.index("test")
+    return out
+
+
+def row_hash(rows: np.ndarray) -> np.ndarray:
+    """A 64-bit hash (uint64) of each row of an int array (batch, n): BLAKE2b of its int64 bytes."""
+    rows = np.ascontiguousarray(np.asarray(rows, dtype=np.int64))
+    return np.array([int.from_bytes(hashlib.blake2b(r.tobytes(), digest_size=8).digest(), "little")
+                     for r in rows], dtype=np.uint64)
+
+
+def _take(content, index):
+    return tuple(np.asarray(c)[index] for c in content) if isinstance(content, tuple) else np.asarray(content)[index]
 
 
 def truncate_left(full: np.ndarray | torch.Tensor, context: int, pad_id: int = 0) -> torch.Tensor:

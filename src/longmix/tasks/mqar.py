@@ -42,7 +42,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .base import Task, check_int
+from .base import Task, check_int, row_hash, truncate_left
 from .registry import register
 
 QUERY = 1
@@ -109,3 +109,83 @@ class MQAR(Task):
         full[:, -2] = QUERY
         full[:, -1] = self.key0 + keys[:, 0]
         return full, values[:, 0]
+
+
+@register("mqar_all")
+class MultiQueryAR(Task):
+    """MQAR as Zoology trains it: every key is queried, and every query is scored.
+
+    Arora et al. 2023 score the value at each query position, so one sequence carries
+    ``num_pairs`` labels instead of one: this is what makes MQAR learnable by small models in
+    a few thousand steps (the single-query form above gives one label per sequence).
+
+    Layout: ``num_pairs`` pairs ``k v`` in one block among random filler, then the last
+    ``num_pairs`` tokens are the keys again in random order. The target at each of those
+    positions is the value bound to that key (``y`` is ``pad_id`` everywhere else, so nothing
+    else is scored, and no query's value is ever an input). The block lies entirely at least
+    ``min_distance`` tokens from the end and is otherwise placed uniformly, so a context shorter
+    than ``min_distance`` sees no pair (chance, ``1 / num_values``) and a full context sees all.
+    Because the scored positions are the last ``num_pairs``, every context with
+    ``C >= num_pairs`` scores the very same targets.
+
+    Token layout (``vocab_size = 1 + num_keys + num_values + num_filler``)::
+
+        0 pad | keys [1, 1+K) | values [1+K, 1+K+V) | filler [1+K+V, vocab_size)
+
+    Kind ``"lm"`` (a causal model predicts the value at each query position), metric
+    ``"accuracy"`` over the query positions.
+
+    Args:
+        seed: base seed of every batch.
+        length: tokens per example.
+        num_pairs: key-value pairs = queries per example (<= num_keys).
+        num_keys, num_values, num_filler: sizes of the three vocabularies.
+        min_distance: every token of the pair block lies at least this many tokens from the end;
+            default ``length // 4``; in ``[num_pairs + 1, length - 2 * num_pairs]``.
+    """
+
+    kind = "lm"
+    metric = "accuracy"
+    long_range = True
+    num_classes = None
+
+    def __init__(self, seed: int = 0, length: int = 256, num_pairs: int = 8, num_keys: int = 64,
+                 num_values: int = 64, num_filler: int = 16, min_distance: int | None = None):
+        super().__init__(seed)
+        self.num_keys = check_int("num_keys", num_keys)
+        self.num_pairs = check_int("num_pairs", num_pairs, high=self.num_keys)
+        self.length = check_int("length", length, low=3 * self.num_pairs + 1)
+        self.num_values = check_int("num_values", num_values, low=2)
+        self.num_filler = check_int("num_filler", num_filler)
+        self.min_distance = min_distance
+        self.distance = check_int("min_distance", length // 4 if min_distance is None else min_distance,
+                                  low=self.num_pairs + 1, high=self.length - 2 * self.num_pairs)
+        self.key0, self.value0 = 1, 1 + self.num_keys
+        self.filler0 = self.value0 + self.num_values
+        self.vocab_size = self.filler0 + self.num_filler
+
+    def pairs(self, rng: np.random.Generator, n: int):
+        """Full inputs x (n, length) and targets y (n, length) (pad where nothing is scored)."""
+        p, L = self.num_pairs, self.length
+        x = rng.integers(self.filler0, self.vocab_size, size=(n, L))
+        keys = np.argsort(rng.random((n, self.num_keys)), axis=1)[:, :p]
+        values = rng.integers(0, self.num_values, size=(n, p))
+        # Block start: its last token (index start + 2p - 1) at distance >= min_distance from the end.
+        start = rng.integers(0, L - self.distance - 2 * p + 2, size=n)
+        rows = np.arange(n)[:, None]
+        cols = start[:, None] + 2 * np.arange(p)
+        x[rows, cols] = self.key0 + keys
+        x[rows, cols + 1] = self.value0 + values
+        order = np.argsort(rng.random((n, p)), axis=1)
+        x[:, L - p:] = self.key0 + np.take_along_axis(keys, order, axis=1)
+        y = np.full((n, L), self.pad_id, dtype=np.int64)
+        y[:, L - p:] = self.value0 + np.take_along_axis(values, order, axis=1)
+        return x, y
+
+    def window(self, rng: np.random.Generator, batch_size: int, context: int, split: str = "train"):
+        def draw(r, n):
+            x, y = self.pairs(r, n)
+            return (x, y), np.zeros(n, dtype=np.int64), row_hash(x)
+
+        (x, y), _ = self.split_examples(rng, batch_size, split, draw=draw)
+        return truncate_left(x, context, self.pad_id), truncate_left(y, context, self.pad_id)

@@ -38,7 +38,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from .base import Task, check_fraction_range, check_int, truncate_left
+from .base import Task, check_fraction_range, check_int, row_hash, truncate_left
 from .registry import register
 
 KEY, QUERY, DIGIT0, FILLER0 = 1, 2, 3, 13
@@ -104,9 +104,23 @@ class Passkey(Task):
         start, digits = self.draw(rng, batch_size)
         return self.render(start, digits), self.label(digits)
 
-    def window(self, rng: np.random.Generator, batch_size: int, context: int):
+    def example_hash(self, full: np.ndarray) -> np.ndarray:
+        # An example is its key position and digits; hash those (window() never renders it whole).
+        is_key = full == KEY
+        start = is_key.argmax(axis=1)
+        digits = full[np.arange(len(full))[:, None], start[:, None] + 1 + np.arange(self.key_digits)] - DIGIT0
+        return self._hash(start, digits)
+
+    def _hash(self, start: np.ndarray, digits: np.ndarray) -> np.ndarray:
+        return row_hash(np.concatenate([start[:, None], digits], axis=1))
+
+    def window(self, rng: np.random.Generator, batch_size: int, context: int, split: str = "train"):
         # Render only the last `context` columns: O(batch * context), whatever the length.
-        start, digits = self.draw(rng, batch_size)
+        def draw(r, n):
+            start, digits = self.draw(r, n)
+            return (start, digits), self.label(digits), self._hash(start, digits)
+
+        (start, digits), _ = self.split_examples(rng, batch_size, split, draw=draw)
         first = max(self.length - context, 0)
         x = truncate_left(self.render(start, digits, first), context, self.pad_id)
         return x, torch.as_tensor(self.label(digits), dtype=torch.long)

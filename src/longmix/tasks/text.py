@@ -103,6 +103,7 @@ class Text(Task):
     """
 
     kind = "lm"
+    metric = "bits_per_byte"
     long_range = False
     vocab_size = 257
     num_classes = None

@@ -5,13 +5,14 @@
     >>> record["test"]["accuracy"]
 
 Rerunning the same config resumes from ``out/checkpoint.pt`` (or returns the finished record).
+``TrainConfig(..., procs=2)`` splits every sequence over two local ranks, with the same result.
 """
 from .checkpoint import CheckpointError, load as load_checkpoint, save_atomic
 from .config import TrainConfig, parse_pairs, parse_value
-from .loop import evaluate, metric_name, model_config, train
+from .loop import TrainingDiverged, evaluate, metric_name, model_config, train
 from .schedule import build_scheduler, warmup_cosine
 from . import results
 
 __all__ = ["CheckpointError", "load_checkpoint", "save_atomic", "TrainConfig", "parse_pairs",
-           "parse_value", "evaluate", "metric_name", "model_config", "train", "build_scheduler",
+           "parse_value", "TrainingDiverged", "evaluate", "metric_name", "model_config", "train", "build_scheduler",
            "warmup_cosine", "results"]

@@ -4,10 +4,16 @@ from __future__ import annotations
 import ast
 import hashlib
 import json
-from dataclasses import asdict, dataclass, field, fields
+import numbers
+from dataclasses import asdict, dataclass, field
+
+from ..checks import check_int, check_optional_int
+from ..dist.layout import check_layout
+from ..dist.model_plan import FORMS
 
 #: Fields that do not change what is trained or measured: a run may be resumed with other values.
-NON_IDENTITY = ("out", "eval_every", "checkpoint_every", "device", "threads", "progress")
+NON_IDENTITY = ("out", "eval_every", "checkpoint_every", "device", "threads", "progress", "procs", "layout",
+                "form")
 
 
 @dataclass
@@ -35,6 +41,9 @@ class TrainConfig:
     seed: int = 0
     eval_batches: int = 8
     eval_last: int = 32  # lm head: score only the last eval_last positions (same for every context)
+    # lm head: train on the last train_last positions only (None: all), so that every context
+    # trains on the same number of targets and a longer context only adds history
+    train_last: int | None = None
     positional: str = "auto"
     pool: str = "auto"
     task_params: dict = field(default_factory=dict)
@@ -46,26 +55,28 @@ class TrainConfig:
     device: str = "cpu"
     threads: int | None = None
     progress: bool = True
+    procs: int = 1  # ranks the sequence is split over; the result equals one process's
+    layout: str = "contiguous"  # how the sequence is split over the ranks (see longmix.dist)
+    form: str | None = None  # the parallel form of every mixer layer on P ranks (None: planned)
 
     def __post_init__(self):
         for name in ("context", "steps", "batch_size", "dim", "depth", "heads", "eval_batches",
-                     "eval_last", "eval_every", "checkpoint_every"):
+                     "eval_last", "eval_every", "checkpoint_every", "procs"):
+            check_int(name, getattr(self, name))
+        check_int("seed", self.seed, low=0)
+        check_optional_int("train_last", self.train_last)
+        check_optional_int("warmup", self.warmup, low=0, high=self.steps)
+        check_optional_int("threads", self.threads)
+        for name, ok, expected in (("lr", lambda v: v > 0, "> 0"),
+                                   ("min_lr_ratio", lambda v: 0 <= v <= 1, "in [0, 1]"),
+                                   ("grad_clip", lambda v: v > 0, "> 0"),
+                                   ("weight_decay", lambda v: v >= 0, ">= 0")):
             value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ValueError(f"{name} must be a positive int, got {value!r}")
-        if not isinstance(self.seed, int) or isinstance(self.seed, bool) or self.seed < 0:
-            raise ValueError(f"seed must be a non-negative int, got {self.seed!r}")
-        if not self.lr > 0:
-            raise ValueError(f"lr must be > 0, got {self.lr!r}")
-        if self.warmup is not None and not (isinstance(self.warmup, int) and 0 <= self.warmup <= self.steps):
-            raise ValueError(f"warmup must be an int in [0, steps={self.steps}] or None, got {self.warmup!r}")
-        if not 0 <= self.min_lr_ratio <= 1:
-            raise ValueError(f"min_lr_ratio must be in [0, 1], got {self.min_lr_ratio!r}")
-        if not self.grad_clip > 0:
-            raise ValueError(f"grad_clip must be > 0, got {self.grad_clip!r}")
-        if self.threads is not None and (not isinstance(self.threads, int) or isinstance(self.threads, bool)
-                                         or self.threads < 1):
-            raise ValueError(f"threads must be a positive int or None, got {self.threads!r}")
+            if isinstance(value, bool) or not isinstance(value, numbers.Real) or not ok(value):
+                raise ValueError(f"{name} must be a number {expected}, got {value!r}")
+        check_layout(self.layout)
+        if self.form is not None and self.form not in FORMS:
+            raise ValueError(f"form must be None (planned per layer) or one of {FORMS}, got {self.form!r}")
         self.task_params = dict(self.task_params)
         self.mixer_options = dict(self.mixer_options)
 
@@ -84,17 +95,6 @@ class TrainConfig:
         """A short stable hash of :meth:`identity`."""
         blob = json.dumps(self.identity(), sort_keys=True).encode()
         return hashlib.sha256(blob).hexdigest()[:12]
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "TrainConfig":
-        names = {f.name for f in fields(cls)}
-        unknown = sorted(set(d) - names)
-        if unknown:
-            raise ValueError(f"unknown TrainConfig fields {unknown}; valid fields: {sorted(names)}")
-        return cls(**d)
 
 
 def identity_diff(saved: dict, current: dict) -> list[str]:

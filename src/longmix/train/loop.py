@@ -5,15 +5,22 @@ The run directory (``cfg.out``) holds:
 * ``checkpoint.pt``: the latest checkpoint (model, optimizer, scheduler, RNG states, step,
   evaluation history, the run's identity), replaced atomically every ``checkpoint_every`` steps
   and at the end;
-* ``results.jsonl``: one JSON line per finished run, append-only.
+* ``results.jsonl``: one strict-JSON line per finished (or diverged) run, append-only;
+* ``.lock``: held by the run in progress, so that a second run into the folder is refused.
 
 Rerunning the same configuration resumes from the checkpoint; a finished run (its line is in
 ``results.jsonl``) is not trained again and its line is not duplicated. Task batches are
 indexed by step, so the step counter is also the data position: a resumed run trains on
 exactly the batches, in the same order, as an uninterrupted one.
+
+On P ranks (``--procs`` or torchrun) every rank reads the same batch and keeps its shard of each
+sequence; the model runs sequence-parallel (:func:`longmix.dist.parallelize`); the loss is the
+global mean over every rank's scored positions and gradients are summed over the ranks, so the
+run is the one-process run up to float rounding. Rank 0 alone writes the run folder.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -22,17 +29,30 @@ import time
 from pathlib import Path
 
 import torch
+import torch.distributed as dist
 from torch.nn import functional as F
 from tqdm import tqdm
 
 from .. import mixers, tasks
+from ..checks import check_int
+from ..dist.launch import run_local
+from ..dist.parallelize import parallelize
+from ..fileio import append_record, folder_lock, record_line, remove_stale_temps
 from ..models import ModelConfig, SequenceModel
+from ..provenance import provenance, utc_now
 from . import checkpoint, results
 from .config import TrainConfig, identity_diff
+from .optim import param_groups
+from .ranks import Ranks, rebuild_error
 from .schedule import build_scheduler
 
 CHECKPOINT = "checkpoint.pt"
 RESULTS = "results.jsonl"
+
+
+class TrainingDiverged(ValueError):
+    """The loss or the gradient became non-finite: this configuration cannot be trained as set
+    (typically a learning rate too high). The run is recorded as diverged in ``results.jsonl``."""
 
 
 # -- set-up ---------------------------------------------------------------------------------
@@ -57,8 +77,7 @@ def model_config(cfg: TrainConfig, task) -> ModelConfig:
     mixers.get_class(cfg.mixer)  # unknown mixer: ValueError listing the valid names
     options = dict(cfg.mixer_options)
     max_len = options.pop("max_len", cfg.context)
-    if not isinstance(max_len, int) or max_len < 1:
-        raise ValueError(f"mixer option max_len must be a positive int, got {max_len!r}")
+    check_int("mixer option max_len", max_len)
     if cfg.context > max_len:
         raise ValueError(f"--context {cfg.context} exceeds max_len={max_len} of mixer {cfg.mixer!r}; "
                          f"use --context <= {max_len} or a larger max_len")
@@ -70,13 +89,8 @@ def model_config(cfg: TrainConfig, task) -> ModelConfig:
 
 
 def metric_name(task) -> str:
-    """The headline metric: accuracy (classify), bits per byte (byte-level text) or per token."""
-    if task.kind != "lm":
-        return "accuracy"
-    byte_level = getattr(task, "byte_level", None)
-    if byte_level is None:
-        byte_level = task.name == "text"
-    return "bits_per_byte" if byte_level else "bits_per_token"
+    """The headline metric the task declares: accuracy, bits per byte or bits per token."""
+    return task.metric
 
 
 def higher_is_better(metric: str) -> bool:
@@ -96,41 +110,69 @@ def resolve_device(device: str) -> torch.device:
 
 
 # -- loss and evaluation --------------------------------------------------------------------
-def loss_fn(logits: torch.Tensor, y: torch.Tensor, kind: str, pad_id: int, last: int | None = None):
-    """Mean cross entropy (nats), and the number of scored targets.
+UNSCORED = -100  # the target of a position that is not scored (cross entropy's ignore_index)
 
-    classify: logits (B, C), y (B,). lm: logits (B, L, V), y (B, L); pad targets are not scored,
-    and ``last`` restricts scoring to the last ``last`` positions.
+
+def scored_targets(y: torch.Tensor, kind: str, pad_id: int, last: int | None = None) -> torch.Tensor:
+    """``y`` with every position that is not scored set to :data:`UNSCORED`.
+
+    lm: y (B, L); pad targets (and negative ones) are not scored, and ``last`` keeps only the last
+    ``last`` positions. Marking them on the whole sequence *before* it is split over ranks keeps
+    "the last positions" global. classify: y (B,) is returned as is.
     """
     if kind != "lm":
-        return F.cross_entropy(logits, y), y.numel()
+        return y
+    keep = (y != pad_id) & (y >= 0)
     if last is not None:
-        logits, y = logits[:, -last:], y[:, -last:]
-    scored = (y != pad_id) & (y >= 0)
-    target = torch.where(scored, y, torch.full_like(y, -100))
-    n = int(scored.sum())
+        keep[:, : max(0, y.shape[1] - last)] = False
+    return torch.where(keep, y, torch.full_like(y, UNSCORED))
+
+
+def loss_sum(logits: torch.Tensor, target: torch.Tensor, kind: str) -> tuple[torch.Tensor, int]:
+    """Summed cross entropy (nats) over the scored targets, and their number.
+
+    classify: logits (B, C), target (B,). lm: logits (B, L, V), target (B, L) from
+    :func:`scored_targets` (any L: this rank's shard of the sequence, or all of it).
+    """
+    if kind != "lm":
+        return F.cross_entropy(logits, target, reduction="sum"), target.numel()
     loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), target.reshape(-1),
-                           ignore_index=-100, reduction="sum")
-    return loss / max(n, 1), n
+                           ignore_index=UNSCORED, reduction="sum")
+    return loss, int((target != UNSCORED).sum())
+
+
+def _correct(logits: torch.Tensor, target: torch.Tensor, kind: str) -> int:
+    if kind != "lm":
+        return int((logits.argmax(-1) == target).sum())
+    # lm with labels at some positions (e.g. MQAR's queries): the scored ones
+    return int(((logits.argmax(-1) == target) & (target != UNSCORED)).sum())
 
 
 @torch.no_grad()
-def evaluate(model: SequenceModel, task, cfg: TrainConfig, split: str, device: torch.device) -> dict:
+def evaluate(model: torch.nn.Module, task, cfg: TrainConfig, split: str, device: torch.device,
+             ranks: Ranks | None = None) -> dict:
     """Metrics on ``cfg.eval_batches`` fixed batches of ``split``: loss (nats) and the headline
-    metric (accuracy, or bits per byte/token over the last ``cfg.eval_last`` positions)."""
+    metric (accuracy, or bits per byte/token over the last ``cfg.eval_last`` positions).
+
+    With ``ranks``, ``model`` is the sequence-parallel model: every rank scores its shard and
+    the sums are reduced, so every rank returns the single-process metrics."""
+    ranks = ranks or Ranks.single()
     was_training = model.training
     model.eval()
-    total_loss, total_n, correct = 0.0, 0, 0
+    totals = torch.zeros(3, dtype=torch.float64)  # loss sum, scored, correct
+    last = min(cfg.eval_last, cfg.context)
     for index in range(cfg.eval_batches):
         x, y = task.batch(split, index, cfg.batch_size, cfg.context)
-        x, y = x.to(device), y.to(device)
-        logits = model(x)
-        loss, n = loss_fn(logits, y, task.kind, task.pad_id, last=min(cfg.eval_last, cfg.context))
-        total_loss += loss.item() * n
-        total_n += n
-        if task.kind != "lm":
-            correct += int((logits.argmax(-1) == y).sum())
+        target = scored_targets(y, task.kind, task.pad_id, last=last)
+        target = (ranks.shard(target) if task.kind == "lm" else target).to(device)
+        logits = model(ranks.shard(x).to(device))
+        total, n = loss_sum(logits, target, task.kind)
+        totals += torch.tensor([total.item(), n, _correct(logits, target, task.kind)], dtype=torch.float64)
     model.train(was_training)
+    if task.kind == "lm":  # each rank scored its own positions; a classifier's logits are whole
+        totals = ranks.sum(totals)
+    total_loss, total_n, correct = totals.tolist()
+    total_n = int(total_n)
     nats = total_loss / max(total_n, 1)
     metrics = {"loss": nats, "scored": total_n}
     name = metric_name(task)
@@ -139,34 +181,94 @@ def evaluate(model: SequenceModel, task, cfg: TrainConfig, split: str, device: t
 
 
 # -- the run --------------------------------------------------------------------------------
-def _param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
-    # nanoGPT's rule: decay matrices (weights, embeddings), not biases, norms or 1-d parameters.
-    decay = [p for p in model.parameters() if p.requires_grad and p.dim() >= 2]
-    rest = [p for p in model.parameters() if p.requires_grad and p.dim() < 2]
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": rest, "weight_decay": 0.0}]
-
-
-def train(cfg: TrainConfig) -> dict:
+def train(cfg: TrainConfig, group=None) -> dict:
     """Run (or resume, or skip if finished) the run ``cfg``; return its results record.
 
+    ``cfg.procs > 1`` (and no ``group``): spawn that many local ranks (gloo) and split every
+    sequence over them. ``group``: this process is one rank of an initialized process group
+    (e.g. under torchrun), and every rank of the group must call ``train`` with the same config.
+    Either way the run and its record are those of one process, up to float rounding.
+
     Raises ValueError (with a message naming the bad argument or file) for an unknown task or
-    mixer, a context above the mixer's max_len, an unwritable ``out``, a corrupt checkpoint, or
-    a checkpoint in ``out`` that belongs to a different configuration.
+    mixer, a context above the mixer's max_len, an unwritable or busy ``out``
+    (:class:`~longmix.fileio.FolderBusy`), a corrupt checkpoint, or a checkpoint in ``out`` that
+    belongs to a different configuration; :class:`TrainingDiverged` (a ValueError too) when the
+    loss becomes non-finite. On P ranks, every rank raises the same error.
     """
     # Validate everything cheap before touching the run directory.
     task = tasks.build(cfg.task, seed=cfg.seed, **cfg.task_params)
     mcfg = model_config(cfg, task)
     device = resolve_device(cfg.device)
-    out = prepare_out(cfg.out)
-    run_id = cfg.run_id()
-    results_path = out / RESULTS
-    say = tqdm.write if cfg.progress else (lambda *_: None)
+    if group is None and cfg.procs > 1 and not (dist.is_available() and dist.is_initialized()):
+        return _train_on_local_ranks(cfg, device)
+    return _train_as_rank(cfg, task, mcfg, device, Ranks.of(group, cfg.layout))
 
-    done = results.find(results_path, run_id)
-    if done is not None:
-        say(f"run {run_id} in {out} is already finished; not training it again")
-        return done
 
+def _train_on_local_ranks(cfg: TrainConfig, device: torch.device) -> dict:
+    """Train on ``cfg.procs`` spawned ranks; return rank 0's record or raise its error here.
+
+    Rank 0, the process that writes the run folder, holds its lock: were the launcher to hold
+    it, ranks outliving a killed launcher could still write while a new run took the folder.
+    The launcher only checks the lock first, so that a busy folder is refused before spawning.
+    """
+    if device.type != "cpu":
+        raise ValueError(f"--procs {cfg.procs} spawns CPU (gloo) ranks; for --device {cfg.device!r} "
+                         f"start one process per GPU with torchrun")
+    with folder_lock(prepare_out(cfg.out), "training run"):
+        pass
+    outcomes = run_local(_rank_main, cfg.procs, args=(cfg,), timeout=math.inf,
+                         collective_timeout=COLLECTIVE_TIMEOUT_S, threads_per_rank=cfg.threads)
+    status, payload = outcomes[0]
+    if status != "ok":
+        raise rebuild_error(status, payload)
+    return payload
+
+
+#: Seconds a rank waits in one collective: long enough for rank 0 to write a checkpoint or
+#: evaluate while the others wait, short enough that a stuck peer ends the run the same day.
+COLLECTIVE_TIMEOUT_S = 1800.0
+
+
+def _rank_main(group, cfg: TrainConfig):
+    """One spawned rank: ("ok", record) or (error type name, message), the same on every rank."""
+    try:
+        task = tasks.build(cfg.task, seed=cfg.seed, **cfg.task_params)
+        record = _train_as_rank(cfg, task, model_config(cfg, task), resolve_device(cfg.device),
+                                Ranks.of(group, cfg.layout))
+        return "ok", record
+    except ValueError as err:
+        return type(err).__name__, str(err)
+
+
+def _train_as_rank(cfg, task, mcfg, device, ranks: Ranks) -> dict:
+    """The run, as rank ``ranks.rank`` (rank 0 alone touches the run folder, and holds its lock)."""
+    if ranks.world > 1 and device.type != "cpu":
+        raise ValueError(f"training on {ranks.world} ranks runs on the CPU (gloo); got --device {cfg.device!r}")
+    out, run_id = Path(cfg.out), cfg.run_id()
+    say = tqdm.write if cfg.progress and ranks.is_main else (lambda *_: None)
+    with contextlib.ExitStack() as held:
+        def open_folder():
+            prepare_out(out)
+            if (out / RESULTS).is_symlink():  # records are appended only to a file of the folder's own
+                raise ValueError(f"{out / RESULTS} is a symlink; refusing to append results through it")
+            # One run per folder: a second one would interleave checkpoints and records.
+            held.enter_context(folder_lock(out, "training run"))
+            done = results.find(out / RESULTS, run_id)
+            if done is not None and done.get("status") == results.DIVERGED:
+                raise TrainingDiverged(f"run {run_id} in {out} diverged earlier ({done['reason']}); it "
+                                       f"would diverge again: change its configuration (e.g. a lower --lr)")
+            if done is None:
+                remove_stale_temps(out / CHECKPOINT)  # left by a hard kill mid-save; no writer runs now
+            return done
+
+        done = ranks.on_main(open_folder)
+        if done is not None:
+            say(f"run {run_id} in {out} is already finished; not training it again")
+            return done
+        return _with_torch_settings(cfg, task, mcfg, device, out, run_id, say, ranks)
+
+
+def _with_torch_settings(cfg, task, mcfg, device, out, run_id, say, ranks) -> dict:
     threads, deterministic = torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()
     warn_only = torch.is_deterministic_algorithms_warn_only_enabled()
     try:
@@ -174,82 +276,118 @@ def train(cfg: TrainConfig) -> dict:
             torch.set_num_threads(cfg.threads)
         # Same inputs, same kernels: a resumed run then matches an uninterrupted one.
         torch.use_deterministic_algorithms(True, warn_only=True)
-        return _run(cfg, task, mcfg, device, out, run_id, say)
+        return _run(cfg, task, mcfg, device, out, run_id, say, ranks)
     finally:  # leave the process's torch settings as we found them
         torch.set_num_threads(threads)
         torch.use_deterministic_algorithms(deterministic, warn_only=warn_only)
 
 
-def _run(cfg, task, mcfg, device, out, run_id, say) -> dict:
+def _resume(cfg, ckpt_path: Path, model, optimizer, scheduler) -> dict:
+    """Load ``ckpt_path`` into the model, optimizer, scheduler and RNGs; return its state."""
+    state = checkpoint.load(ckpt_path)
+    diff = identity_diff(state["identity"], cfg.identity())
+    if diff:
+        raise ValueError(f"{ckpt_path} belongs to a different run; refusing to mix runs. "
+                         f"Differences: {'; '.join(diff)}. Use another --out, or move the "
+                         f"checkpoint away to start over")
+    if state["step"] > cfg.steps:
+        raise checkpoint.CheckpointError(
+            f"checkpoint {ckpt_path} is at step {state['step']}, beyond this run's --steps {cfg.steps}; "
+            f"the file was left in place: move it away to restart from step 0, or use another --out")
+    try:
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        checkpoint.set_rng_state(state["rng"])
+    except (RuntimeError, KeyError, TypeError, ValueError) as err:  # readable, but not this run's state
+        raise checkpoint.CheckpointError(
+            f"checkpoint {ckpt_path} does not fit this run's model or optimizer ({type(err).__name__}: "
+            f"{str(err).splitlines()[0] if str(err) else ''}); the file was left in place: move it "
+            f"away to restart from step 0, or use another --out") from err
+    return state
+
+
+def _run(cfg, task, mcfg, device, out, run_id, say, ranks: Ranks) -> dict:
     results_path, ckpt_path = out / RESULTS, out / CHECKPOINT
     checkpoint.seed_everything(cfg.seed)
     model = SequenceModel(mcfg).to(device)
-    optimizer = torch.optim.AdamW(_param_groups(model, cfg.weight_decay), lr=cfg.lr, betas=(0.9, 0.98))
+    # On P ranks the model runs sequence-parallel; ``model`` keeps the (shared) parameters.
+    runner = model if ranks.world == 1 else parallelize(
+        model, group=ranks.group, layout=ranks.layout, forms=cfg.form, seq_len=cfg.context,
+        batch=cfg.batch_size)
+    optimizer = torch.optim.AdamW(param_groups(model, cfg.weight_decay), lr=cfg.lr, betas=(0.9, 0.98))
     scheduler = build_scheduler(optimizer, cfg.steps, cfg.warmup_steps, cfg.min_lr_ratio)
     step, history, wall_s, sessions = 0, [], 0.0, 0
 
-    if ckpt_path.exists():
-        state = checkpoint.load(ckpt_path)
-        diff = identity_diff(state["identity"], cfg.identity())
-        if diff:
-            raise ValueError(f"{ckpt_path} belongs to a different run; refusing to mix runs. "
-                             f"Differences: {'; '.join(diff)}. Use another --out, or move the "
-                             f"checkpoint away to start over")
-        try:
-            model.load_state_dict(state["model"])
-            optimizer.load_state_dict(state["optimizer"])
-            scheduler.load_state_dict(state["scheduler"])
-            checkpoint.set_rng_state(state["rng"])
-        except (RuntimeError, KeyError, TypeError, ValueError) as err:  # readable, but not this run's state
-            raise checkpoint.CheckpointError(
-                f"checkpoint {ckpt_path} does not fit this run's model or optimizer ({type(err).__name__}: "
-                f"{str(err).splitlines()[0] if str(err) else ''}); the file was left in place: move it "
-                f"away to restart from step 0, or use another --out") from err
+    if ranks.on_main(ckpt_path.exists):  # every rank reads the checkpoint rank 0 found
+        state = ranks.everywhere(lambda: _resume(cfg, ckpt_path, model, optimizer, scheduler))
         step, history = state["step"], list(state["history"])
         wall_s, sessions = state["wall_s"], state["sessions"]
         say(f"resuming run {run_id} from {ckpt_path} at step {step}/{cfg.steps}")
+    ranks.broadcast_parameters(model)  # identical weights on every rank, whatever happened above
     sessions += 1
 
-    def save() -> None:
-        checkpoint.save_atomic({
+    def save() -> None:  # rank 0 writes; the others wait, and share its error if it fails
+        state = {
             "format": checkpoint.FORMAT, "identity": cfg.identity(), "run_id": run_id, "step": step,
             "model": model.state_dict(), "optimizer": optimizer.state_dict(),
             "scheduler": scheduler.state_dict(), "rng": checkpoint.rng_state(),
             "history": history, "wall_s": wall_s + (time.perf_counter() - t0), "sessions": sessions,
-        }, ckpt_path)
+        }
+        ranks.on_main(lambda: _write_checkpoint(state, ckpt_path))
 
     metric = metric_name(task)
+    train_last = None if cfg.train_last is None else min(cfg.train_last, cfg.context)
     tokens_per_step = cfg.batch_size * cfg.context
     t0 = time.perf_counter()
     model.train()
-    bar = tqdm(total=cfg.steps, initial=step, disable=not cfg.progress, unit="step",
+    bar = tqdm(total=cfg.steps, initial=step, disable=not (cfg.progress and ranks.is_main), unit="step",
                desc=f"{cfg.task}/{cfg.mixer}/C={cfg.context}", dynamic_ncols=True)
     first_step = step
     try:  # close the bar even when a step fails (or Ctrl-C), so the terminal is left clean
         while step < cfg.steps:
             x, y = task.batch("train", step, cfg.batch_size, cfg.context)
-            x, y = x.to(device), y.to(device)
-            loss, _ = loss_fn(model(x), y, task.kind, task.pad_id)
+            if step == first_step:  # a task must give every rank the same batch
+                ranks.check_same(torch.cat([x.flatten(), y.flatten()]), f"the train batch of step {step}")
+            target = scored_targets(y, task.kind, task.pad_id, last=train_last)
+            target = (ranks.shard(target) if task.kind == "lm" else target).to(device)
+            local_sum, local_n = loss_sum(runner(ranks.shard(x).to(device)), target, task.kind)
+            if task.kind == "lm":  # the global mean over every rank's scored positions
+                total_sum, total_n = ranks.sum(torch.stack([local_sum.detach().double().cpu(),
+                                                            torch.tensor(float(local_n), dtype=torch.float64)]))
+                share = local_sum / max(total_n.item(), 1)  # this rank's share of the global mean
+                loss_value = total_sum.item() / max(total_n.item(), 1)
+            else:  # every rank holds the whole batch's logits; the model splits their gradient
+                share = local_sum / local_n
+                loss_value = share.item()
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+            share.backward()
+            ranks.sum_gradients(model)
+            grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+            # Stop before a non-finite update reaches the weights. Loss and gradients are reduced
+            # over the ranks, so every rank stops at the same step.
+            for what, value in (("loss", loss_value), ("gradient norm", grad_norm.item())):
+                if not math.isfinite(value):
+                    _diverged(cfg, run_id, results_path, device, step + 1,
+                              f"{what} {value} at step {step + 1}", ranks)
             optimizer.step()
             scheduler.step()
             step += 1
             rate = (step - first_step) * tokens_per_step / max(time.perf_counter() - t0, 1e-9)
-            bar.set_postfix(loss=f"{loss.item():.3f}", tok_s=f"{rate:.0f}", refresh=False)
+            bar.set_postfix(loss=f"{loss_value:.3f}", tok_s=f"{rate:.0f}", refresh=False)
             bar.update(1)
             if step % cfg.eval_every == 0 or step == cfg.steps:
-                valid = evaluate(model, task, cfg, "valid", device)
-                history.append({"step": step, "train_loss": loss.item(), **{f"valid_{k}": v for k, v in valid.items()}})
-                say(f"step {step}: train loss {loss.item():.4f}, valid {metric} {valid[metric]:.4f}")
+                valid = evaluate(runner, task, cfg, "valid", device, ranks)
+                history.append({"step": step, "train_loss": loss_value,
+                                **{f"valid_{k}": v for k, v in valid.items()}})
+                say(f"step {step}: train loss {loss_value:.4f}, valid {metric} {valid[metric]:.4f}")
             if step % cfg.checkpoint_every == 0 or step == cfg.steps:
                 save()
     finally:
         bar.close()
     wall_s += time.perf_counter() - t0
 
-    test = evaluate(model, task, cfg, "test", device)
+    test = evaluate(runner, task, cfg, "test", device, ranks)
     final_valid = next((h for h in reversed(history) if h["step"] == cfg.steps), None)
     record = {
         "run_id": run_id,
@@ -264,10 +402,38 @@ def _run(cfg, task, mcfg, device, out, run_id, say) -> dict:
         "parameters": sum(p.numel() for p in model.parameters()),
         "positional": model.positional_kind,
         "tokens_seen": step * tokens_per_step,
+        "world_size": ranks.world, "layout": ranks.layout if ranks.world > 1 else None,
+        "forms": list(runner.forms) if ranks.world > 1 else None,
         "wall_s": round(wall_s, 3), "sessions": sessions,
-        "machine": results.machine(str(device)), "date": results.now(), "git_commit": results.git_commit(),
+        "status": results.FINISHED,
+        "machine": results.machine(str(device)), "date": utc_now(), **provenance(),
     }
-    record = json.loads(json.dumps(record))  # exactly what a reader of results.jsonl gets back
-    results.append(results_path, record)
+    record = json.loads(record_line(record))  # exactly what a reader of results.jsonl gets back
+
+    def write_record():
+        append_record(results_path, record)
+        return record
+
+    record = ranks.on_main(write_record)  # every rank returns rank 0's record
     say(f"finished run {run_id}: test {metric} {test[metric]:.4f} ({step} steps, {wall_s:.1f} s)")
     return record
+
+
+def _write_checkpoint(state: dict, path: Path) -> None:
+    try:
+        checkpoint.save_atomic(state, path)
+    except OSError as err:  # a full disk, a removed folder: a clear error on every rank
+        raise ValueError(f"could not write checkpoint {path} ({err.strerror or err}); the previous "
+                         f"checkpoint, if any, is intact") from err
+
+
+def _diverged(cfg, run_id, results_path, device, step: int, reason: str, ranks: Ranks):
+    """Record the run as diverged (rank 0), then raise :class:`TrainingDiverged` on every rank."""
+    ranks.on_main(lambda: append_record(results_path, {
+        "run_id": run_id, "status": results.DIVERGED, "step": step, "reason": reason,
+        "config": cfg.identity(), "task": cfg.task, "mixer": cfg.mixer, "context": cfg.context,
+        "seed": cfg.seed, "world_size": ranks.world, "machine": results.machine(str(device)),
+        "date": utc_now(), **provenance(),
+    }))
+    raise TrainingDiverged(f"training diverged: {reason} (lr={cfg.lr:g}); the run is recorded as "
+                           f"diverged in {results_path}. Try a lower --lr or a smaller --grad-clip")

@@ -1,0 +1,149 @@
+"""Passkey retrieval (key anywhere) trained at long context on P ranks, against one process.
+
+    python benchmarks/passkey_long.py --mixer mamba --context 65536 --steps 300
+    python benchmarks/passkey_long.py --mixer softmax --context 8192 --steps 300
+    python benchmarks/passkey_long.py --mixer linear --context 1024 --steps 4 --dim 16   # smoke
+
+Each configuration is trained twice with ``longmix.train`` -- on ``--procs`` ranks (every sequence
+split over them, the model sequence-parallel) and on one process -- from the same seed, so the
+two runs see the same batches and should reach the same accuracy: the point of the P-rank run is
+the memory per rank (and, given cores, the time), not a different model. ``--no-single`` skips
+the one-process run where it would not fit.
+
+Reported per run: test accuracy (chance is 1/10 with one key digit), the time per optimizer step
+(the run's wall time over its steps: one evaluation and the checkpoints included), and the peak
+resident memory of each rank (VmHWM, the whole process: the torch runtime included; its size at
+the start of training is shown beside it). Each rank runs in a fresh process, so peaks never mix.
+
+Appends one record per invocation to ``<out-dir>/passkey_long.jsonl`` (machine, command, date,
+code version) and rewrites ``<out-dir>/passkey_long.md`` from all of them. Run folders (with
+their checkpoints) live under ``--runs-dir``: an interrupted benchmark resumes where it stopped.
+"""
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import shlex
+import sys
+from pathlib import Path
+
+from longmix.bench.machine import current_rss_bytes, describe, markdown, peak_rss_bytes
+from longmix.dist.launch import run_local
+from longmix.fileio import append_record, atomic_write_text, read_records
+from longmix.provenance import provenance, utc_now
+from longmix.train import TrainConfig, train
+
+STEM = "passkey_long"
+
+
+def train_rank(group, cfg: TrainConfig) -> dict:
+    """One rank (in a fresh process): train, then report this process's memory."""
+    start_rss = current_rss_bytes()
+    try:
+        record = train(cfg, group=group)
+    except ValueError as err:  # a clear error, the same on every rank: report it, not a traceback
+        return {"error": str(err)}
+    return {"record": record, "start_rss_bytes": start_rss, "peak_rss_bytes": peak_rss_bytes()}
+
+
+def run(cfg: TrainConfig, procs: int, threads: int, timeout_s: float) -> dict:
+    """Train ``cfg`` on ``procs`` fresh ranks; one row of the table."""
+    ranks = run_local(train_rank, procs, args=(cfg,), timeout=timeout_s,
+                      collective_timeout=1800.0, threads_per_rank=threads)
+    if "error" in ranks[0]:
+        raise SystemExit(f"passkey_long: error: {ranks[0]['error']}")
+    record = ranks[0]["record"]
+    return {
+        "procs": procs, "threads_per_rank": threads, "run_id": record["run_id"],
+        "accuracy": record["test"]["accuracy"], "test_loss": record["test"]["loss"],
+        "steps": record["steps"], "wall_s": record["wall_s"], "sessions": record["sessions"],
+        "s_per_step": record["wall_s"] / max(record["steps"], 1),
+        "forms": record.get("forms"),
+        "peak_rss_bytes": [r["peak_rss_bytes"] for r in ranks],
+        "start_rss_bytes": [r["start_rss_bytes"] for r in ranks],
+    }
+
+
+def config(args, procs: int, threads: int) -> TrainConfig:
+    return TrainConfig(
+        task="passkey", mixer=args.mixer, context=args.context, steps=args.steps,
+        batch_size=args.batch_size, dim=args.dim, depth=args.depth, heads=args.heads, lr=args.lr,
+        seed=args.seed, eval_every=args.steps, eval_batches=args.eval_batches,
+        checkpoint_every=max(1, args.steps // 10), threads=threads, progress=not args.quiet,
+        task_params={"length": args.context, "depth": [0.0, 1.0]},  # the key anywhere
+        procs=procs, layout=args.layout, form=args.form, out=str(Path(args.runs_dir) / f"{args.mixer}-C{args.context}-P{procs}"))
+
+
+def _gib(n: float) -> str:
+    return f"{n / 2**30:.2f}"
+
+
+def markdown_table(records: list[dict]) -> str:
+    lines = ["# Passkey (key anywhere) at long context: P ranks against one process", "",
+             "Written by `benchmarks/passkey_long.py`. Peak memory is each rank's VmHWM (the torch "
+             "runtime included; the size at the start of training is in brackets). s/step is the "
+             "run's wall time over its steps, one evaluation and the checkpoints included.", "",
+             "| mixer | context | P | forms | steps | accuracy | s/step | peak GiB per rank [start] | date | code |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    for rec in records:
+        for row in rec["rows"]:
+            peaks = ", ".join(f"{_gib(p)} [{_gib(s)}]" for p, s in zip(row["peak_rss_bytes"], row["start_rss_bytes"]))
+            forms = ", ".join(sorted(set(row["forms"]))) if row.get("forms") else "-"
+            lines.append(f"| {rec['mixer']} | {rec['context']} | {row['procs']} | {forms} | {row['steps']} | "
+                         f"{row['accuracy']:.3f} | {row['s_per_step']:.2f} | {peaks} | {rec['date']} | "
+                         f"{rec.get('git_describe')} |")
+    lines += ["", "Machines:", ""]
+    lines += sorted({f"- {markdown(rec['machine'])}" for rec in records})
+    lines += ["", "Commands:", ""] + [f"- `{rec['command']}`" for rec in records]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    a = parser.add_argument
+    a("--mixer", default="mamba", help="any mixer with a sequence-parallel form (default mamba)")
+    a("--context", type=int, default=65536, help="sequence length (default 65536)")
+    a("--procs", type=int, default=2, help="ranks of the parallel run (default 2)")
+    a("--no-single", action="store_true", help="skip the one-process run (e.g. it would not fit)")
+    a("--steps", type=int, default=300)
+    a("--batch-size", type=int, default=4)
+    a("--dim", type=int, default=32)
+    a("--depth", type=int, default=2)
+    a("--heads", type=int, default=2)
+    a("--lr", type=float, default=3e-3)
+    a("--seed", type=int, default=0)
+    a("--eval-batches", type=int, default=4)
+    a("--layout", default="contiguous", choices=["contiguous", "zigzag"])
+    a("--form", default=None,
+      help="the parallel form of every layer: shuffle, state or ring (default: planned; use "
+           "ring for softmax's ring)")
+    a("--cores", type=int, default=os.cpu_count() or 1,
+      help="cores to use: the one-process run gets all, each of P ranks cores / P (default all)")
+    a("--timeout", type=float, default=math.inf, help="seconds per run before its ranks are killed")
+    a("--runs-dir", default="runs/passkey_long", help="run folders (checkpoints; resumable)")
+    a("--out-dir", type=Path, default=Path(__file__).parent / "results")
+    a("--quiet", action="store_true")
+    args = parser.parse_args(argv)
+
+    rows = []
+    plan = [(args.procs, max(1, args.cores // args.procs))] + ([] if args.no_single else [(1, args.cores)])
+    for procs, threads in plan:
+        print(f"{args.mixer}, context {args.context}: training on {procs} process(es), "
+              f"{threads} thread(s) each", flush=True)
+        row = run(config(args, procs, threads), procs, threads, args.timeout)
+        print(f"  accuracy {row['accuracy']:.3f}, {row['s_per_step']:.2f} s/step, peak GiB per rank "
+              f"{[round(p / 2**30, 2) for p in row['peak_rss_bytes']]}, forms {row['forms']}", flush=True)
+        rows.append(row)
+    record = {"mixer": args.mixer, "context": args.context, "rows": rows, "machine": describe(),
+              "command": "python " + " ".join(shlex.quote(x) for x in [sys.argv[0], *(argv or sys.argv[1:])]),
+              "date": utc_now(), **provenance()}
+    args.out_dir.mkdir(parents=True, exist_ok=True)
+    append_record(args.out_dir / f"{STEM}.jsonl", record)
+    atomic_write_text(args.out_dir / f"{STEM}.md", markdown_table(read_records(args.out_dir / f"{STEM}.jsonl")))
+    print(f"results -> {args.out_dir / (STEM + '.md')}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

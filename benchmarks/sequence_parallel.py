@@ -1,0 +1,286 @@
+"""Sequence-parallel token mixers on local ranks: time, peak memory and bytes per rank.
+
+    python benchmarks/sequence_parallel.py                 # the full run (L = 2^20; hours on 2 cores)
+    python benchmarks/sequence_parallel.py --quick         # a smoke run at tiny sizes (~1 min)
+    python benchmarks/sequence_parallel.py --mixers s4d mamba --budget-s 1800
+
+Two parts, each point a fresh launch of P gloo ranks on this machine (``longmix.dist.launch``):
+
+* **long**: one forward pass of a mixer layer at ``--long-len`` tokens (2^20) over P = 1, 2, 4
+  ranks, every mixer that has a sequence-parallel form (softmax is left to the attention
+  benchmark), in every form it has: seconds and peak extra memory per rank.
+* **scaling**: per mixer and form, P = 1, 2, 4 at a fixed L (strong scaling) and at L = L0 * P
+  (weak scaling), with the bytes each rank sent (``CommStats``) against the planner's prediction
+  (``longmix.dist.plan_model``) and the peak activation memory per rank against one process
+  (goal: within 1/P + 10% at large L).
+
+Memory is the rise of the rank's peak resident set (VmHWM, reset after a short warm-up forward)
+during the first forward at the measured length over its resident set before it: activations and
+workspace, not weights or one-time buffers. Each rank gets cores / P threads.
+A total ``--budget-s`` bounds the run; points past it are listed as skipped. Writes
+sequence_parallel[_quick].{json,md,png} under ``--out-dir`` with machine, command, date and commit.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import statistics
+import sys
+import time
+from pathlib import Path
+
+MIXER_OPTIONS = {"linformer": {"proj_len": 64}, "mlpmixer": {"hidden": 64}}
+DEFAULT_MIXERS = ["linear", "performer", "local", "bigbird", "linformer", "nystrom", "fnet",
+                  "mlpmixer", "longconv", "hyena", "s4d", "mamba"]
+
+
+def build_mixer(name: str, dim: int, heads: int, length: int, dtype):
+    import torch
+
+    from longmix import mixers
+
+    torch.manual_seed(0)
+    cls = mixers.get_class(name)
+    options = dict(MIXER_OPTIONS.get(name, {}))
+    if cls.requires_max_len:
+        options["max_len"] = length
+    return mixers.build(name, dim, heads=heads, causal=cls.taxonomy.causal, **options).to(dtype).eval()
+
+
+def rank_worker(group, spec: dict) -> dict:
+    """One forward of one mixer in one form on this rank's rows; time, memory and bytes."""
+    import torch
+
+    import longmix.dist as ld
+    from longmix.bench.machine import current_rss_bytes, peak_rss_bytes
+    from longmix.bench.mixers import _reset_peak_rss  # the one VmHWM reset of the benchmarks
+
+    dtype = getattr(torch, spec["dtype"])
+    world = torch.distributed.get_world_size(group)
+    rank = torch.distributed.get_rank(group)
+    length = spec["length"]
+    mixer = build_mixer(spec["mixer"], spec["dim"], spec["heads"], length, dtype)
+    stats = ld.CommStats()
+    pmixer = ld.parallelize(mixer, group, spec["layout"], forms=spec["form"], stats=stats)
+    local = ld.local_length(length, world, rank, spec["layout"])
+    x = torch.randn(spec["batch"], local, spec["dim"], dtype=dtype)  # only this rank's rows
+    plan = ld.plan_model(mixer, length, world, spec["batch"], dtype=dtype, layout=spec["layout"],
+                         forms=spec["form"])
+    predicted = plan.layers[0].cost().forward_bytes
+    # memory from the first forward at this length: later ones reuse pages the allocator kept,
+    # which hides their peak from VmHWM. A short forward first pays the one-time costs (thread
+    # pools, gloo's buffers: ~100 MB) that are not activations.
+    times = []
+    with torch.no_grad():
+        short = ld.local_length(64 * world, world, rank, spec["layout"])
+        pmixer(torch.randn(spec["batch"], short, spec["dim"], dtype=dtype))
+        before = current_rss_bytes()
+        _reset_peak_rss()
+        for i in range(1 + spec["repeats"]):
+            stats.bytes_sent = 0
+            start = time.perf_counter()
+            y = pmixer(x)
+            times.append(time.perf_counter() - start)
+            if i == 0:
+                peak, sent = peak_rss_bytes(), stats.bytes_sent
+            del y
+            if sum(times) > spec["quick_s"]:
+                break
+    return {"rank": rank, "time_s": statistics.median(times[1:] or times),
+            "memory_mb": (peak - before) / 2 ** 20, "sent": sent,
+            "predicted": None if predicted is None else predicted[rank],
+            "threads": torch.get_num_threads()}
+
+
+def forms_of(name: str, world: int, dim: int, heads: int) -> list[str]:
+    """Forms the mixer can run on ``world`` ranks (``plan_model`` feasibility)."""
+    import torch
+
+    import longmix.dist as ld
+
+    mixer = build_mixer(name, dim, heads, 16, torch.float32)
+    options = ld.plan_model(mixer, None, world).layers[0].options
+    return [o.form for o in options if o.feasible]
+
+
+def measure(spec: dict, world: int, timeout: float) -> dict:
+    from longmix.dist.launch import RankFailure, run_local
+
+    row = {**spec, "world": world}
+    try:
+        ranks = run_local(rank_worker, world, (spec,), timeout=timeout,
+                          collective_timeout=max(60.0, timeout))
+    except RankFailure as exc:
+        return {**row, "status": "failed", "error": str(exc).splitlines()[0][:300]}
+    sent = max(r["sent"] for r in ranks)
+    predicted = [r["predicted"] for r in ranks]
+    return {**row, "status": "ok", "time_s": max(r["time_s"] for r in ranks),
+            "memory_mb": max(r["memory_mb"] for r in ranks), "sent": sent,
+            "predicted": None if None in predicted else max(predicted),
+            "bytes_ratio": (None if None in predicted or not max(predicted) else
+                            max(r["sent"] / p if p else 1.0 for r, p in zip(ranks, predicted))),
+            "threads": ranks[0]["threads"]}
+
+
+def plan_points(args) -> list[tuple[str, dict, int]]:
+    """(part, spec, world) for every point, in run order (cheap scaling points first)."""
+    points = []
+    base = dict(dim=args.dim, heads=args.heads, batch=args.batch, dtype=args.dtype,
+                layout=args.layout, repeats=args.repeats, quick_s=args.quick_s)
+    for name in args.mixers:
+        for form in forms_of(name, max(args.ranks), args.dim, args.heads):
+            for world in args.ranks:
+                points.append(("strong", {**base, "mixer": name, "form": form,
+                                          "length": args.strong_len}, world))
+                points.append(("weak", {**base, "mixer": name, "form": form,
+                                        "length": args.weak_len * world}, world))
+    for name in args.mixers:
+        for form in forms_of(name, max(args.ranks), args.dim, args.heads):
+            for world in args.ranks:
+                points.append(("long", {**base, "mixer": name, "form": form,
+                                        "length": args.long_len}, world))
+    return points
+
+
+def memory_vs_one(rows: list[dict]) -> None:
+    """Add each row's peak memory per rank as a fraction of the P = 1 row of its part, mixer and
+    form, and the goal: 1/P + 10% at the same L (strong, long); 1 + 10% for weak scaling, where
+    each rank's share of L stays L0."""
+    one = {(r["part"], r["mixer"], r["form"]): r for r in rows
+           if r["status"] == "ok" and r["world"] == 1}
+    for r in rows:
+        base = one.get((r["part"], r["mixer"], r["form"]))
+        if r["status"] == "ok" and base and base["memory_mb"] > 0:
+            r["memory_vs_one"] = r["memory_mb"] / base["memory_mb"]
+            r["memory_goal"] = (1.0 if r["part"] == "weak" else 1 / r["world"]) + 0.10
+
+
+def fmt(x, spec="{:.3g}") -> str:
+    return "-" if x is None else spec.format(x)
+
+
+def table(rows: list[dict], part: str) -> str:
+    head = ("| mixer | form | P | L | time (s) | peak extra MB / rank | vs 1 process (goal) "
+            "| sent MB / rank | predicted MB | sent / predicted |")
+    lines = [head, "|" + "---|" * 10]
+    for r in rows:
+        if r["part"] != part:
+            continue
+        if r["status"] != "ok":
+            lines.append(f"| {r['mixer']} | {r['form']} | {r['world']} | {r['length']} | "
+                         f"{r['status']}: {r.get('error', '')} |||||| ")
+            continue
+        mem = (f"{r['memory_vs_one']:.2f} ({r['memory_goal']:.2f})" if "memory_vs_one" in r else "-")
+        lines.append(f"| {r['mixer']} | {r['form']} | {r['world']} | {r['length']} | "
+                     f"{fmt(r['time_s'])} | {fmt(r['memory_mb'], '{:.1f}')} | {mem} | "
+                     f"{fmt(r['sent'] / 2**20)} | "
+                     f"{fmt(None if r['predicted'] is None else r['predicted'] / 2**20)} | "
+                     f"{fmt(r['bytes_ratio'], '{:.3f}')} |")
+    return "\n".join(lines)
+
+
+def plot(rows: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (ax_t, ax_m) = plt.subplots(1, 2, figsize=(12, 5))
+    keys = sorted({(r["mixer"], r["form"]) for r in rows if r["part"] == "strong"})
+    for i, (name, form) in enumerate(keys):
+        pts = sorted((r["world"], r["time_s"], r.get("memory_vs_one")) for r in rows
+                     if r["part"] == "strong" and r["status"] == "ok"
+                     and (r["mixer"], r["form"]) == (name, form))
+        if not pts:
+            continue
+        style = dict(marker="o", label=f"{name} ({form})", linestyle=("-", "--", ":")[i // 10 % 3])
+        ax_t.plot([p[0] for p in pts], [p[1] for p in pts], **style)
+        mem = [(p[0], p[2]) for p in pts if p[2] is not None]
+        if mem:
+            ax_m.plot(*zip(*mem), **style)
+    worlds = sorted({r["world"] for r in rows})
+    ax_m.plot(worlds, [1 / p + 0.1 for p in worlds], "k--", label="goal 1/P + 10%")
+    for ax, label in ((ax_t, "forward time (s)"), (ax_m, "peak memory per rank / 1 process")):
+        ax.set_xscale("log", base=2)
+        ax.set_xticks(worlds, [str(p) for p in worlds])
+        ax.set_xlabel("ranks P")
+        ax.set_ylabel(label)
+        ax.grid(True, alpha=0.3)
+    ax_t.set_yscale("log")
+    ax_m.legend(fontsize=7, ncol=2)
+    fig.suptitle("strong scaling of sequence-parallel mixers (fixed L)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def parse_args(argv):
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--mixers", nargs="+", default=DEFAULT_MIXERS)
+    p.add_argument("--ranks", nargs="+", type=int, default=[1, 2, 4])
+    p.add_argument("--long-len", type=int, default=2 ** 20)
+    p.add_argument("--strong-len", type=int, default=2 ** 16)
+    p.add_argument("--weak-len", type=int, default=2 ** 14, help="L0: weak scaling runs L = L0 * P")
+    p.add_argument("--dim", type=int, default=64)
+    p.add_argument("--heads", type=int, default=4)
+    p.add_argument("--batch", type=int, default=1)
+    p.add_argument("--dtype", default="float32", choices=["float32", "float64", "bfloat16"])
+    p.add_argument("--layout", default="contiguous", choices=["contiguous", "zigzag"])
+    p.add_argument("--repeats", type=int, default=2, help="timed forwards after the first")
+    p.add_argument("--quick-s", type=float, default=20.0,
+                   help="stop repeating once a point took this long")
+    p.add_argument("--budget-s", type=float, default=4 * 3600.0, help="total time for the run")
+    p.add_argument("--quick", action="store_true", help="tiny sizes: a smoke run")
+    p.add_argument("--out-dir", type=Path, default=Path(__file__).resolve().parent / "results")
+    args = p.parse_args(argv)
+    if args.quick:
+        args.long_len, args.strong_len, args.weak_len = 2 ** 11, 2 ** 10, 2 ** 9
+        args.dim, args.repeats, args.quick_s = 16, 1, 2.0
+        args.budget_s = min(args.budget_s, 300.0)
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    from longmix.bench.machine import describe, markdown
+    from longmix.fileio import atomic_write_text
+    from longmix.provenance import provenance, utc_now
+
+    args = parse_args(argv)
+    command = shlex.join(["python", "benchmarks/sequence_parallel.py"]
+                         + (sys.argv[1:] if argv is None else argv))
+    started, rows, skipped = time.monotonic(), [], []
+    for part, spec, world in plan_points(args):
+        remaining = args.budget_s - (time.monotonic() - started)
+        if remaining < 5:
+            skipped.append({"part": part, **spec, "world": world})
+            continue
+        row = {"part": part, **measure(spec, world, timeout=remaining)}
+        rows.append(row)
+        print(f"{part:6s} {spec['mixer']:9s} {spec['form']:7s} P={world} L={spec['length']}: "
+              f"{row['status']} {fmt(row.get('time_s'))} s, {fmt(row.get('memory_mb'), '{:.1f}')} MB,"
+              f" sent/predicted {fmt(row.get('bytes_ratio'), '{:.3f}')}", flush=True)
+    memory_vs_one(rows)
+    machine = describe()
+    stem = "sequence_parallel_quick" if args.quick else "sequence_parallel"
+    args.out_dir.mkdir(parents=True, exist_ok=True)
+    config = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
+    record = {"command": command, "date": utc_now(), "machine": machine,
+              "provenance": provenance(), "config": config, "rows": rows, "skipped": skipped}
+    atomic_write_text(args.out_dir / f"{stem}.json", json.dumps(record, indent=1) + "\n")
+    text = "\n\n".join([
+        f"# Sequence-parallel mixers\n\n{markdown(machine)}; commit "
+        f"{record['provenance'].get('git_describe')}; command: `{command}`",
+        f"## Forward at L = {args.long_len} (time and peak extra memory per rank)\n\n"
+        + table(rows, "long"),
+        f"## Strong scaling (L = {args.strong_len})\n\n" + table(rows, "strong"),
+        f"## Weak scaling (L = {args.weak_len} x P)\n\n" + table(rows, "weak"),
+        f"Skipped (over the {args.budget_s:.0f} s budget): {len(skipped)} points."])
+    atomic_write_text(args.out_dir / f"{stem}.md", text + "\n")
+    plot(rows, args.out_dir / f"{stem}.png")
+    print(text)
+    return 0 if all(r["status"] == "ok" for r in rows) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

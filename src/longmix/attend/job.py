@@ -1,0 +1,311 @@
+"""The `longmix attend` job on each rank, and its two launchers (local ranks, or torchrun's group).
+
+    cfg = AttendConfig(seq_len=2**14, heads=2, kv_heads=2, head_dim=32, dtype="fp32")
+    report = run_local_job(cfg, procs=2)          # spawn 2 gloo ranks on this machine
+    print(format_report(report)); report["passed"]
+
+Order of work: calibrate (or reuse the cached calibration) -> choose the dtype -> plan with the
+measured rates -> check memory -> generate each rank's shard -> attention, timed, with a progress
+bar over the useful flops done -> verify sampled rows against float64 -> one report.
+"""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import datetime
+import os
+import sys
+import threading
+import time
+
+import torch
+import torch.distributed as dist
+
+from longmix.bench.machine import current_rss_bytes, describe, peak_rss_bytes
+
+from . import calibrate as cal_mod
+from .report import theoretical_bytes_sent
+from .resources import predicted_bytes_per_rank
+from .verify import verdict, verify_local_rows
+from .workload import AttendConfig, build_shard
+
+
+# ---------------------------------------------------------------------------------------------
+# Planning from the calibration.
+
+def plan_for(cfg: AttendConfig, world: int, calibration: dict | None):
+    """The planner's choice and prediction for ``cfg`` on ``world`` ranks, at measured rates."""
+    from longmix.dist import plan
+
+    rates = {}
+    if calibration:
+        rates = dict(flops_per_s=calibration["rates"].get(cfg.dtype),
+                     bandwidth_bytes_per_s=calibration["bandwidth_bytes_per_s"],
+                     latency_s=calibration["latency_s"])
+    return plan(seq_len=cfg.seq_len, heads=cfg.heads, kv_heads=cfg.kv_heads,
+                head_dim=cfg.head_dim, world_size=world, dtype=cfg.torch_dtype,
+                causal=cfg.causal, layout=cfg.layout, batch=cfg.batch, **rates)
+
+
+def resolve_strategy(cfg: AttendConfig, world: int, chosen) -> tuple[str, int | None]:
+    """(strategy, hybrid_size) the job runs: auto follows the calibrated plan; one process runs
+    the local op."""
+    if world == 1:
+        return "local", None
+    if cfg.strategy == "auto":
+        return chosen.strategy, chosen.hybrid_size
+    if cfg.strategy == "hybrid":
+        return "hybrid", cfg.hybrid_size or chosen.option("hybrid").hybrid_size
+    return cfg.strategy, None
+
+
+def strategy_error(cfg: AttendConfig, world: int) -> str | None:
+    """Why ``cfg.strategy`` cannot run on ``world`` ranks (None when it can), before spawning any."""
+    if world == 1 or cfg.strategy == "auto":
+        return None
+    from longmix.dist.validate import head_split_error
+
+    if cfg.strategy == "hybrid" and cfg.hybrid_size is not None:
+        if world % cfg.hybrid_size:
+            return f"--hybrid-size {cfg.hybrid_size} must divide the world size {world}"
+        why = head_split_error(cfg.heads, cfg.kv_heads, cfg.hybrid_size)
+        return None if why is None else f"hybrid with groups of {cfg.hybrid_size}: {why}"
+    option = plan_for(cfg, world, None).option(cfg.strategy)
+    if option.feasible:
+        return None
+    return (f"{cfg.strategy} cannot run heads={cfg.heads}, kv_heads={cfg.kv_heads} on {world} "
+            f"ranks: {option.note.removeprefix('infeasible: ')}")
+
+
+def choose_dtype(requested: str, calibration: dict) -> tuple[str, str]:
+    """(dtype, why): the requested one, or for "auto" the faster of fp32 and bf16 as measured."""
+    rates = calibration["rates"]
+    if requested != "auto":
+        return requested, "requested with --dtype"
+    name = cal_mod.choose_dtype(rates)
+    other = "fp32" if name == "bf16" else "bf16"
+    if other not in rates:
+        return name, "the only dtype calibrated"
+    return name, (f"calibrated: {name} {rates[name] / 1e9:.0f} vs {other} {rates[other] / 1e9:.0f} "
+                  f"GFLOP/s per rank; bf16 is chosen only when >= {cal_mod.BF16_MARGIN:g}x fp32")
+
+
+# ---------------------------------------------------------------------------------------------
+# Progress on rank 0: a bar over the useful attention flops this rank has done, with an ETA.
+
+class _Progress:
+    """tqdm over work units (GFLOP of useful attention on this rank), plus the phase name.
+
+    The count comes from :class:`longmix.ops.attention.WorkCounter`, read by a heartbeat thread
+    while the collective attention call runs (it has no progress callback).
+    """
+
+    def __init__(self, enabled: bool, total_gflop: float):
+        from tqdm import tqdm
+
+        # tqdm's default lock is a multiprocessing semaphore; a rank killed on failure leaks it,
+        # and the resource tracker then warns at exit. A rank draws its bar alone: a thread lock
+        # does. (This process is a rank of the job's own, so the class-level setting is ours.)
+        tqdm.set_lock(threading.RLock())
+        tty = sys.stderr.isatty()
+        self.bar = tqdm(total=max(round(total_gflop), 1), desc="longmix attend", unit="GFLOP",
+                        file=sys.stderr, disable=not enabled, mininterval=0.5 if tty else 15.0,
+                        bar_format="{desc}: {percentage:3.0f}%|{bar}| {n:,}/{total:,} GFLOP "
+                                   "[{elapsed}<{remaining}, {rate_fmt}]")
+        self.interval = 0.5 if tty else 15.0
+
+    @contextlib.contextmanager
+    def phase(self, name: str, counter=None):
+        self.bar.set_description_str(f"longmix attend: {name}")
+        stop = threading.Event()
+
+        def heartbeat():
+            while not stop.wait(self.interval):
+                self._show(counter)
+
+        thread = threading.Thread(target=heartbeat, daemon=True)
+        if counter is not None and not self.bar.disable:
+            thread.start()
+        try:
+            yield
+        finally:
+            stop.set()
+            if thread.is_alive():
+                thread.join()
+            if counter is not None:
+                self._show(counter, done=True)
+
+    def _show(self, counter, done: bool = False):
+        n = self.bar.total if done else min(round(counter.flops / 1e9), self.bar.total)
+        if n > self.bar.n:
+            self.bar.update(n - self.bar.n)
+
+    def close(self):
+        self.bar.close()
+
+
+# ---------------------------------------------------------------------------------------------
+# The job on one rank.
+
+def attend_rank(group, cfg: AttendConfig, progress: bool = True, calibration: dict | None = None,
+                dtype_reason: str = "") -> dict:
+    """Generate this rank's shard, run longmix.dist.attention, verify sampled rows.
+
+    Collective: every rank of ``group`` must call it. Returns the same full report on every rank
+    (per-rank figures are all-gathered), so rank 0 of a torchrun job can print it.
+    """
+    from longmix.dist import attention
+    from longmix.dist.layout import segments
+    from longmix.dist.stats import CommStats
+    from longmix.ops.attention import WorkCounter, attention_flops, count_work
+
+    world, rank = dist.get_world_size(group), dist.get_rank(group)
+    baseline_rss = current_rss_bytes()
+    chosen = plan_for(cfg, world, calibration)
+    strategy, hybrid_size = resolve_strategy(cfg, world, chosen)
+    total = attention_flops(cfg.batch, cfg.heads, cfg.seq_len, cfg.head_dim, cfg.causal)
+    bar = _Progress(progress and rank == 0, total / world / 1e9)
+    segs = segments(cfg.seq_len, world, rank, cfg.layout)
+    timings = {}
+    counter = WorkCounter()
+    try:
+        with bar.phase("generate"):
+            t0 = time.perf_counter()
+            q, k, v = (build_shard(cfg, name, segs) for name in ("q", "k", "v"))
+            timings["generate_s"] = time.perf_counter() - t0
+
+        stats = CommStats()
+        dist.barrier(group)
+        with bar.phase("attention", counter), count_work(counter):
+            t0 = time.perf_counter()
+            run_as = "auto" if strategy == "local" else strategy
+            out = attention(q, k, v, causal=cfg.causal, group=group, strategy=run_as,
+                            layout=cfg.layout, stats=stats, hybrid_size=hybrid_size)
+            own_s = time.perf_counter() - t0
+            dist.barrier(group)  # elapsed = until the slowest rank is done
+            timings["attend_s"] = time.perf_counter() - t0
+            timings["attend_own_s"] = own_s
+        del q, k, v
+
+        with bar.phase("verify"):
+            t0 = time.perf_counter()
+            check = verify_local_rows(cfg, world, segs, out)
+            timings["verify_s"] = time.perf_counter() - t0
+    finally:
+        bar.close()
+
+    mine = {"rank": rank, "local_len": sum(n for _, n in segs), "segments": segs,
+            "bytes_sent": stats.bytes_sent, "bytes_received": stats.bytes_received,
+            "peak_rss_bytes": peak_rss_bytes(), "baseline_rss_bytes": baseline_rss,
+            "threads": torch.get_num_threads(), "work_flops": counter.flops, **timings, **check}
+    per_rank = [None] * world
+    dist.all_gather_object(per_rank, mine, group=group)
+    return summarize(cfg, world, per_rank, chosen, strategy, hybrid_size, calibration,
+                     dtype_reason)
+
+
+def summarize(cfg: AttendConfig, world: int, per_rank: list[dict], chosen, strategy: str,
+              hybrid_size: int | None, calibration: dict | None, dtype_reason: str) -> dict:
+    from longmix.ops.attention import attention_flops
+    from longmix.provenance import provenance, utc_now
+
+    elapsed = max(r["attend_s"] for r in per_rank)
+    option = chosen.option(strategy) if strategy in ("shuffle", "ring", "hybrid") else None
+    if strategy == "hybrid" and hybrid_size != chosen.option("hybrid").hybrid_size:
+        option = None  # a user-given group size the plan did not cost
+    flops = attention_flops(cfg.batch, cfg.heads, cfg.seq_len, cfg.head_dim, cfg.causal)
+    shape = dict(seq_len=cfg.seq_len, heads=cfg.heads, kv_heads=cfg.kv_heads,
+                 head_dim=cfg.head_dim, dtype=cfg.dtype, world=world, batch=cfg.batch)
+    check = verdict(cfg, world, per_rank)
+    rate = (calibration or {}).get("rates", {}).get(cfg.dtype)
+    return {
+        "config": dataclasses.asdict(cfg),
+        "world_size": world,
+        "strategy": strategy,
+        "hybrid_size": hybrid_size,
+        "plan": {"strategy": chosen.strategy, "reason": chosen.reason,
+                 "predicted_time_s": (option.predicted_time_s if option else
+                                      chosen.predicted_time_s if strategy == "local" else None),
+                 "bytes_per_rank": option.bytes_per_rank if option else 0,
+                 "rates": "calibrated" if calibration else "planner defaults"},
+        "elapsed_s": elapsed,
+        "flops": flops,
+        "gflops_per_s": flops / elapsed / 1e9 if elapsed > 0 else None,
+        "calibrated_gflops_per_rank": rate / 1e9 if rate else None,
+        "theory_bytes_sent_per_rank": theoretical_bytes_sent(strategy, hybrid_size=hybrid_size,
+                                                             **shape),
+        "predicted_bytes_per_rank": predicted_bytes_per_rank(**shape),
+        "ranks": per_rank,
+        "verification": check,
+        "passed": check["passed"],
+        "calibration": calibration,
+        "dtype_reason": dtype_reason,
+        "machine": describe(),
+        "date": utc_now(),
+        "code": provenance(),
+    }
+
+
+# ---------------------------------------------------------------------------------------------
+# Launch: spawn local ranks, or join torchrun's group.
+
+def launched_by_torchrun() -> bool:
+    """True when torchrun (or any env:// launcher) started this process as one rank of a group."""
+    return all(key in os.environ for key in ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"))
+
+
+def local_calibration(procs: int, *, heads: int, kv_heads: int, head_dim: int,
+                      dtypes: tuple[str, ...], recalibrate: bool = False,
+                      timeout: float = 300.0) -> dict:
+    """The calibration for ``procs`` local ranks: cached when this machine already measured this
+    shape, else measured on freshly spawned ranks (a few seconds) and cached."""
+    from longmix.dist.launch import run_local
+
+    threads = max(1, (os.cpu_count() or 1) // procs)  # what run_local gives each rank
+    path = cal_mod.cache_path(describe(), procs=procs, threads_per_rank=threads, heads=heads,
+                              kv_heads=kv_heads, head_dim=head_dim)
+    cached = None if recalibrate else cal_mod.load_cached(path)
+    if cached and all(d in cached["rates"] for d in dtypes):
+        return {**cached, "cached": True, "cache_file": str(path)}
+    measured = run_local(cal_mod.calibrate_rank, procs, args=(heads, kv_heads, head_dim, dtypes),
+                         timeout=timeout, collective_timeout=timeout)[0]
+    from longmix.provenance import utc_now
+
+    measured = {**measured, "date": utc_now()}
+    cal_mod.store(path, measured)
+    return {**measured, "cached": False, "cache_file": str(path)}
+
+
+def run_local_job(cfg: AttendConfig, procs: int, progress: bool = True,
+                  calibration: dict | None = None, dtype_reason: str = "") -> dict:
+    """Run the job on ``procs`` spawned gloo ranks on this machine; return rank 0's report."""
+    from longmix.dist.launch import run_local
+
+    reports = run_local(attend_rank, procs, args=(cfg, progress, calibration, dtype_reason),
+                        timeout=cfg.timeout, collective_timeout=cfg.timeout)
+    report = reports[0]
+    report["launch"] = f"{procs} local process(es), gloo"
+    return report
+
+
+def _torchrun_rank(group, cfg: AttendConfig, requested_dtype: str, progress: bool) -> dict:
+    dtypes = ("fp32", "bf16") if requested_dtype == "auto" else (requested_dtype,)
+    calibration = cal_mod.calibrate_rank(group, cfg.heads, cfg.kv_heads, cfg.head_dim, dtypes)
+    calibration["cached"] = False
+    dtype, why = choose_dtype(requested_dtype, calibration)
+    cfg = dataclasses.replace(cfg, dtype=dtype)
+    return attend_rank(group, cfg, progress, calibration, why)
+
+
+def run_torchrun_job(cfg: AttendConfig, requested_dtype: str, progress: bool = True) -> dict:
+    """Join the process group torchrun set up (env://), calibrate on it, run; every rank gets the
+    report. The calibration is measured, not cached: the ranks may span machines."""
+    backend = "gloo"  # the job's tensors live on the CPU
+    dist.init_process_group(backend, timeout=datetime.timedelta(seconds=cfg.timeout))
+    try:
+        report = _torchrun_rank(dist.group.WORLD, cfg, requested_dtype, progress)
+    finally:
+        dist.destroy_process_group()
+    report["launch"] = (f"torchrun, {report['world_size']} rank(s) "
+                        f"({os.environ.get('LOCAL_WORLD_SIZE', '?')} on this node), gloo")
+    return report
