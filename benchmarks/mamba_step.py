@@ -23,8 +23,8 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from longmix.bench.machine import describe, markdown
 from longmix.fileio import atomic_write_text
+from longmix.machine import describe, markdown
 from longmix.models import ModelConfig, build_model
 from longmix.provenance import provenance, utc_now
 

@@ -21,9 +21,9 @@ import shlex
 import sys
 from pathlib import Path
 
-from longmix.bench.machine import describe, markdown
 from longmix.bench.peak import KERNELS, SIZES, attention_rate, measure_peaks, peaks_by
 from longmix.fileio import atomic_write_text
+from longmix.machine import describe, markdown
 from longmix.provenance import provenance, utc_now
 
 RESULTS = Path(__file__).parent / "results"
@@ -136,7 +136,7 @@ def main(argv=None) -> int:
     command = "python benchmarks/matmul_peak.py " + shlex.join(sys.argv[1:] if argv is None else argv)
     machine = describe()
     run = {"command": command.strip(), "date": utc_now(), "machine": machine,
-           "code": provenance(), "records": records, "attention": attention,
+           **provenance(), "records": records, "attention": attention,
            "peaks": [{"dtype": d, "threads": t, "gflops": g}
                      for (d, t), g in sorted(peaks_by(records).items())]}
     args.out.mkdir(parents=True, exist_ok=True)
@@ -147,7 +147,7 @@ def main(argv=None) -> int:
                  f"(causal counted as half) and % of the matmul peak of its dtype on the same "
                  f"threads; median of 3 warm calls\n\n" + attention_table(attention, peaks_by(records)))
     md = [f"### Matmul peaks", "", f"- Machine: {markdown(machine)}", f"- Command: `{run['command']}`",
-          f"- Date: {run['date']}; commit: {run['code'].get('git_describe')}", "", text, "",
+          f"- Date: {run['date']}; commit: {run['git_describe']}", "", text, "",
           "![matmul rates](matmul_peak.png)", ""]
     atomic_write_text(args.out / "matmul_peak.md", "\n".join(md))
     plot(records, args.out / "matmul_peak.png")

@@ -28,9 +28,9 @@ import shlex
 import sys
 from pathlib import Path
 
-from longmix.bench.machine import current_rss_bytes, describe, markdown, peak_rss_bytes
 from longmix.dist.launch import run_local
 from longmix.fileio import append_record, atomic_write_text, read_records
+from longmix.machine import current_rss_bytes, describe, markdown, peak_rss_bytes
 from longmix.provenance import provenance, utc_now
 from longmix.train import TrainConfig, train
 

@@ -48,15 +48,26 @@ def build_mixer(name: str, dim: int, heads: int, length: int, dtype):
     return mixers.build(name, dim, heads=heads, causal=cls.taxonomy.causal, **options).to(dtype).eval()
 
 
+def _dtype_name(text: str) -> str:
+    """The one dtype vocabulary (fp32/bf16/fp64), imported here so that ``--help`` stays fast."""
+    from longmix.dtypes import dtype_name
+
+    try:
+        return dtype_name(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+
+
 def rank_worker(group, spec: dict) -> dict:
     """One forward of one mixer in one form on this rank's rows; time, memory and bytes."""
     import torch
 
     import longmix.dist as ld
-    from longmix.bench.machine import current_rss_bytes, peak_rss_bytes
     from longmix.bench.mixers import _reset_peak_rss  # the one VmHWM reset of the benchmarks
+    from longmix.dtypes import DTYPES
+    from longmix.machine import current_rss_bytes, peak_rss_bytes
 
-    dtype = getattr(torch, spec["dtype"])
+    dtype = DTYPES[spec["dtype"]]
     world = torch.distributed.get_world_size(group)
     rank = torch.distributed.get_rank(group)
     length = spec["length"]
@@ -225,7 +236,8 @@ def parse_args(argv):
     p.add_argument("--dim", type=int, default=64)
     p.add_argument("--heads", type=int, default=4)
     p.add_argument("--batch", type=int, default=1)
-    p.add_argument("--dtype", default="float32", choices=["float32", "float64", "bfloat16"])
+    p.add_argument("--dtype", type=_dtype_name, default="fp32",
+                   help="fp32, bf16 or fp64 (float32, bfloat16, float64 are read as those)")
     p.add_argument("--layout", default="contiguous", choices=["contiguous", "zigzag"])
     p.add_argument("--repeats", type=int, default=2, help="timed forwards after the first")
     p.add_argument("--quick-s", type=float, default=20.0,
@@ -242,7 +254,7 @@ def parse_args(argv):
 
 
 def main(argv: list[str] | None = None) -> int:
-    from longmix.bench.machine import describe, markdown
+    from longmix.machine import describe, markdown
     from longmix.fileio import atomic_write_text
     from longmix.provenance import provenance, utc_now
 

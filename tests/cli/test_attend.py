@@ -137,6 +137,9 @@ def test_attend_runs_and_passes(tmp_path, capsys, argv, world, strategy):
     assert report["verification"]["rows_checked"] == report["verification"]["rows_wanted"] > 16
     assert report["verification"]["max_rel_err"] <= report["verification"]["tolerance"]
     assert report["calibration"]["rates"] and report["machine"]["cpu"]
+    # the code version, flat as in every other record (train, study, bench)
+    assert {"git_describe", "git_commit", "git_dirty", "git_diff_sha256"} <= report.keys()
+    assert "code" not in report
     # the progress bar's work units: the kernels counted all the useful work, once
     done = sum(rank["work_flops"] for rank in report["ranks"])
     assert done == pytest.approx(report["flops"], rel=0.02)

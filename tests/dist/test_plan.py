@@ -36,12 +36,36 @@ def test_infeasible_strategies_are_excluded_with_reason():
     assert hybrid.degenerate and hybrid.hybrid_size == 1 and "no divisor" in hybrid.note
 
 
-def test_window_needs_shuffle():
-    plan = ld.plan(**BASE, heads=8, kv_heads=8, world_size=4, window=128)
-    assert plan.strategy == "shuffle"
-    assert "window" in plan.option("ring").note
-    with pytest.raises(ValueError, match="window"):
-        ld.plan(**BASE, heads=6, kv_heads=6, world_size=4, window=128)
+def test_window_plans_shuffle_and_a_halo_ring():
+    """With a window the ring sends only a halo of window-1 rows of K/V per side (left only when
+    causal): a middle rank of the contiguous layout sends both sides, whatever L."""
+    w, row = 128, 2 * 8 * BASE["head_dim"] * 4  # K and V, 8 kv heads, fp32
+    for causal, sides in ((False, 2), (True, 1)):
+        plan = ld.plan(**BASE, heads=8, kv_heads=8, world_size=4, window=w, causal=causal)
+        ring = plan.option("ring")
+        assert ring.feasible and ring.bytes_per_rank == sides * (w - 1) * row
+        assert ring.bytes_per_rank < plan.option("shuffle").bytes_per_rank
+        assert not plan.option("hybrid").feasible and "window" in plan.option("hybrid").note
+    plan = ld.plan(**BASE, heads=6, kv_heads=6, world_size=4, window=w)  # heads rule out shuffle
+    assert plan.strategy == "ring" and not plan.option("shuffle").feasible
+
+
+def window_ring_worker(group, layout, causal, window):
+    torch.manual_seed(0)
+    q, k, v = (torch.randn(1, 64, 2, 8) for _ in range(3))
+    local = [ld.shard(t, group, layout) for t in (q, k, v)]
+    stats = ld.CommStats()
+    ld.attention(*local, causal=causal, group=group, strategy="ring", layout=layout,
+                 window=window, stats=stats)
+    return stats.bytes_sent
+
+
+@pytest.mark.parametrize("layout, causal", [("zigzag", True), ("contiguous", False)])
+def test_window_ring_bytes_predicted_are_the_bytes_sent(layout, causal):
+    sent = run_local(window_ring_worker, 2, (layout, causal, 5), timeout=60)
+    plan = ld.plan(seq_len=64, heads=2, kv_heads=2, head_dim=8, world_size=2, window=5,
+                   causal=causal, layout=layout, dtype=torch.float32)
+    assert plan.option("ring").bytes_per_rank == max(sent) > 0
 
 
 def test_single_process():

@@ -52,6 +52,20 @@ def test_fast_path_matches_reference(name, causal, length):
     assert rel_err(fast, literal) < 1e-8
 
 
+@pytest.mark.parametrize("name,causal", CASES)
+def test_parameters_and_buffers_follow_the_default_dtype(name, causal):
+    """Built under ``torch.set_default_dtype(torch.float64)``, a mixer is float64 throughout."""
+    before = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    try:
+        mixer = mixers.build(name, DIM, heads=HEADS, causal=causal, max_len=MAX_LEN)
+        mixer(randn(7))  # and runs in float64
+    finally:
+        torch.set_default_dtype(before)
+    dtypes = {k: t.dtype for k, t in mixer.state_dict().items() if t.is_floating_point()}
+    assert set(dtypes.values()) <= {torch.float64}, dtypes
+
+
 @pytest.mark.parametrize("name", [n for n, c in CASES if c])
 def test_causal_output_ignores_the_future(name):
     mixer = make(name, causal=True)

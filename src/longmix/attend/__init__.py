@@ -9,9 +9,8 @@ Modules, one concern each:
     job         the job on each rank, progress, and the launchers (local ranks, torchrun)
     report      what is printed
 """
-from .job import attend_rank, launched_by_torchrun, run_local_job, run_torchrun_job
+from .job import attend_rank, run_local_job, run_torchrun_job
 from .report import format_report
 from .workload import AttendConfig
 
-__all__ = ["AttendConfig", "attend_rank", "run_local_job", "run_torchrun_job",
-           "launched_by_torchrun", "format_report"]
+__all__ = ["AttendConfig", "attend_rank", "run_local_job", "run_torchrun_job", "format_report"]

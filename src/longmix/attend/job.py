@@ -21,7 +21,7 @@ import time
 import torch
 import torch.distributed as dist
 
-from longmix.bench.machine import current_rss_bytes, describe, peak_rss_bytes
+from longmix.machine import current_rss_bytes, describe, peak_rss_bytes
 
 from . import calibrate as cal_mod
 from .report import theoretical_bytes_sent
@@ -242,17 +242,12 @@ def summarize(cfg: AttendConfig, world: int, per_rank: list[dict], chosen, strat
         "dtype_reason": dtype_reason,
         "machine": describe(),
         "date": utc_now(),
-        "code": provenance(),
+        **provenance(),
     }
 
 
 # ---------------------------------------------------------------------------------------------
 # Launch: spawn local ranks, or join torchrun's group.
-
-def launched_by_torchrun() -> bool:
-    """True when torchrun (or any env:// launcher) started this process as one rank of a group."""
-    return all(key in os.environ for key in ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"))
-
 
 def local_calibration(procs: int, *, heads: int, kv_heads: int, head_dim: int,
                       dtypes: tuple[str, ...], recalibrate: bool = False,

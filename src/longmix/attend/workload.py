@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 import torch
 
+from longmix.checks import check_int
 from longmix.dtypes import DTYPES
 
 CHUNK = 4096  # rows per independently seeded chunk of q/k/v (and per streamed reference block)
@@ -41,9 +42,7 @@ class AttendConfig:
 
     def __post_init__(self):
         for name in ("seq_len", "heads", "kv_heads", "head_dim", "batch"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ValueError(f"{name} must be a positive int, got {value!r}")
+            check_int(name, getattr(self, name))
         if self.heads % self.kv_heads:
             raise ValueError(f"heads={self.heads} must be divisible by kv_heads={self.kv_heads}")
         if self.dtype not in DTYPES:

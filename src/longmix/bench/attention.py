@@ -37,10 +37,11 @@ from pathlib import Path
 
 import torch
 
-from longmix.bench.machine import current_rss_bytes, peak_rss_bytes
+from longmix.checks import check_int
 from longmix.dist.validate import STRATEGIES  # the one source of the strategy names
 from longmix.dtypes import DTYPES
 from longmix.fileio import append_record, read_records
+from longmix.machine import current_rss_bytes, peak_rss_bytes
 from longmix.ops.attention import attention_flops
 from longmix.provenance import provenance, utc_now
 
@@ -63,9 +64,7 @@ class Shape:
     def __post_init__(self):
         # checked here, not first in a spawned rank where it would cost a launch and read worse
         for name in ("heads", "kv_heads", "head_dim", "batch"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ValueError(f"{name} must be a positive int, got {value!r}")
+            check_int(name, getattr(self, name))
         if self.heads % self.kv_heads:
             raise ValueError(f"kv_heads={self.kv_heads} must divide heads={self.heads}")
         if self.dtype not in DTYPES:

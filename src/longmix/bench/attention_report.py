@@ -12,9 +12,9 @@ from pathlib import Path
 
 from longmix.bench.attention import (PAPER_SPEEDUP, STRATEGIES, BenchConfig, default_series,
                                      point_text)
-from longmix.bench.machine import describe, markdown as machine_line
 from longmix.bench.peak import percent_of_peak
 from longmix.fileio import atomic_write_text
+from longmix.machine import describe, markdown as machine_line
 
 
 def load_peaks(path: Path) -> tuple[dict[tuple[str, int], float], str | None]:

@@ -49,6 +49,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from longmix.checks import check_int
 from longmix.dtypes import ALIASES, NAMES as DTYPES, dtype_name
 from longmix.fileio import atomic_write_text
 from longmix.provenance import utc_now
@@ -80,9 +81,8 @@ class SweepConfig:
 
     def __post_init__(self):
         for name in ("min_log2_len", "max_log2_len", "repeats", "dim", "heads", "batch"):
-            value, low = getattr(self, name), (0 if name in ("min_log2_len", "max_log2_len", "repeats") else 1)
-            if not isinstance(value, int) or value < low:
-                raise ValueError(f"{name} must be an int >= {low}, got {value!r}")
+            low = 0 if name in ("min_log2_len", "max_log2_len", "repeats") else 1
+            check_int(name, getattr(self, name), low)
         if self.min_log2_len > self.max_log2_len:
             raise ValueError(f"min_log2_len ({self.min_log2_len}) must be <= max_log2_len ({self.max_log2_len})")
         if self.dtype not in DTYPES:
@@ -112,7 +112,7 @@ def measure_point(mixer: str, length: int, dim: int = 64, heads: int = 4, batch:
     import torch
 
     from longmix import mixers
-    from longmix.bench.machine import current_rss_bytes, peak_rss_bytes
+    from longmix.machine import current_rss_bytes, peak_rss_bytes
 
     torch.manual_seed(seed)
     cls = mixers.get_class(mixer)
@@ -296,7 +296,7 @@ def run_sweep(cfg: SweepConfig, progress: bool = True, echo=print) -> ResultStor
     from tqdm import tqdm
 
     from longmix import mixers
-    from longmix.bench.machine import describe
+    from longmix.machine import describe
 
     names = list(cfg.mixers) or mixers.available()
     for name in names:
@@ -398,7 +398,7 @@ def format_table(store: ResultStore, cfg: SweepConfig, names: list[str]) -> str:
 
 def markdown_table(store: ResultStore, cfg: SweepConfig, names: list[str], runs: dict) -> str:
     """The README table, captioned with the machine, command and date of the runs behind it."""
-    from longmix.bench.machine import markdown
+    from longmix.machine import markdown
 
     header, body = _grid(store, cfg, names)
     used = sorted({r["run"] for r in store.rows.values() if _same_setting(r, cfg) and r["mixer"] in names})

@@ -154,9 +154,10 @@ def run(args: argparse.Namespace) -> int:
     from longmix import attend as job
     from longmix.attend.job import choose_dtype, local_calibration, strategy_error
     from longmix.attend.resources import memory_error
+    from longmix.dist.launch import launched_by_torchrun
     from longmix.fileio import atomic_write_text, strict_json_value
 
-    torchrun = job.launched_by_torchrun()
+    torchrun = launched_by_torchrun()
     world = int(os.environ["WORLD_SIZE"]) if torchrun else args.procs or DEFAULTS["procs"]
     if torchrun and args.procs is not None and args.procs != world:
         parser.error(f"argument --procs: {args.procs} disagrees with torchrun's "

@@ -30,6 +30,8 @@ def add_arguments(parser):
            "CPU time, and exit without training")
     a("--jobs", type=int, default=1,
       help="runs trained at once, one process each (default 1; 2 on a 2-core machine halves the time)")
+    a("--device", default="cpu",
+      help="where every run trains: cpu, cuda[:N] (worker processes share the GPU; default cpu)")
     a("--list", action="store_true", help="print the runs of the grid and exit")
     a("--quiet", action="store_true", help="no per-run progress bars")
 
@@ -47,6 +49,8 @@ def run(args) -> int:
                           "warmup": min(grid.train.get("warmup") or 0, args.steps),
                           "eval_every": min(grid.train.get("eval_every", 100), args.steps),
                           "checkpoint_every": min(grid.train.get("checkpoint_every", 50), args.steps)}
+        if args.device != "cpu":  # not part of a run's identity: a run may resume on another device
+            grid.train = {**grid.train, "device": args.device}
         if args.lrs:
             bad = [lr for lr in args.lrs if not lr > 0]
             if bad:

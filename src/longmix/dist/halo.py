@@ -57,6 +57,16 @@ class HaloPlan:
         return sum(len(rows) for r, rows in enumerate(self.recv_rows) if r != self.rank)
 
 
+def halo_rows_sent(segments: list[list[Segment]], rank: int, left: int, right: int = 0) -> int:
+    """Rows rank ``rank`` sends to the other ranks in :func:`halo_plan`'s exchange (per batch
+    element), counted from the ranges alone: a planner needs the volume for every rank without
+    building every rank's index lists (O(halo) each)."""
+    seq_len = sum(n for segs in segments for _, n in segs)
+    return sum(n for dst, segs in enumerate(segments) if dst != rank
+               for sides in _needed(segs, seq_len, left, right) for lo, hi in sides
+               for _, _, n in _owned(segments[rank], lo, hi))
+
+
 def halo_plan(segments: list[list[Segment]], rank: int, left: int, right: int = 0) -> HaloPlan:
     """The plan for ``left`` rows before and ``right`` rows after every piece of every rank."""
     seq_len = sum(n for segs in segments for _, n in segs)

@@ -39,6 +39,8 @@ from typing import Any, Callable
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
+from longmix.checks import check_int
+
 
 class RankFailure(RuntimeError):
     """A rank raised, died, or the launch timed out."""
@@ -155,8 +157,7 @@ def run_local(fn: Callable[..., Any], nprocs: int, args: tuple = (), *, timeout:
     :class:`RankFailure` naming the first rank that failed, after killing all ranks.
     ``start_method``: "forkserver" (default where available) or "spawn".
     """
-    if not isinstance(nprocs, int) or nprocs < 1:
-        raise ValueError(f"nprocs must be a positive int, got {nprocs!r}")
+    check_int("nprocs", nprocs)
     if threads_per_rank is None:
         threads_per_rank = max(1, (os.cpu_count() or 1) // nprocs)
     ctx = _context(start_method)

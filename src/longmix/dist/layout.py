@@ -18,6 +18,8 @@ from __future__ import annotations
 import torch
 import torch.distributed as dist
 
+from longmix.checks import check_int
+
 LAYOUTS = ("contiguous", "zigzag")
 
 Segment = tuple[int, int]  # (global_start, length)
@@ -42,10 +44,8 @@ def even_pieces(n: int, parts: int) -> list[Segment]:
 def segments(seq_len: int, world_size: int, rank: int, layout: str = "contiguous") -> list[Segment]:
     """The (global_start, length) segments rank ``rank`` holds, in local order; empty ones dropped."""
     check_layout(layout)
-    if not isinstance(seq_len, int) or seq_len < 0:
-        raise ValueError(f"seq_len must be a non-negative int, got {seq_len!r}")
-    if not isinstance(world_size, int) or world_size < 1:
-        raise ValueError(f"world_size must be a positive int, got {world_size!r}")
+    check_int("seq_len", seq_len, 0)
+    check_int("world_size", world_size)
     if not 0 <= rank < world_size:
         raise ValueError(f"rank must be in [0, {world_size}), got {rank!r}")
     if layout == "contiguous":

@@ -17,6 +17,8 @@ from dataclasses import dataclass, field
 
 import torch
 
+from longmix.checks import check_int
+
 from .halo import halo_plan
 from .layout import all_segments, check_layout
 from .regroup import group_split, regroup_elements
@@ -60,16 +62,16 @@ class ModelPlan:
 
     def forward_bytes(self) -> list[int]:
         """Predicted bytes each rank sends in one forward pass of all layers."""
-        out = [0] * self.world_size
-        for layer in self.layers:
-            for r, n in enumerate(layer.cost().forward_bytes or ()):
-                out[r] += n
-        return out
+        return self._bytes_per_rank("forward_bytes")
 
     def backward_bytes(self) -> list[int]:
+        """Predicted bytes each rank sends in one backward pass of all layers."""
+        return self._bytes_per_rank("backward_bytes")
+
+    def _bytes_per_rank(self, which: str) -> list[int]:
         out = [0] * self.world_size
         for layer in self.layers:
-            for r, n in enumerate(layer.cost().backward_bytes or ()):
+            for r, n in enumerate(getattr(layer.cost(), which) or ()):
                 out[r] += n
         return out
 
@@ -253,8 +255,7 @@ def plan_model(module, seq_len: int | None, world_size: int, batch: int = 1, *,
     Raises ValueError naming the layer when a layer has no feasible (or no forced) form.
     """
     check_layout(layout)
-    if not isinstance(world_size, int) or world_size < 1:
-        raise ValueError(f"world_size must be a positive int, got {world_size!r}")
+    check_int("world_size", world_size)
     layers = mixer_layers(module)
     if not layers:
         raise ValueError(f"{type(module).__name__} holds no TokenMixer to parallelize")

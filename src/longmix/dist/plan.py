@@ -13,7 +13,9 @@ e bytes, one forward pass costs (per rank):
   Latency: 2(P-1) messages.
 * ring: P-1 steps; each sends this rank's current K/V block, 2*B*(L/P)*Hk*d elements, while it
   computes on the previous one, so a step costs max(compute, transfer + latency).
-  In all ~2*B*L*Hk*d elements per rank, independent of P.
+  In all ~2*B*L*Hk*d elements per rank, independent of P. With a window only the halo travels:
+  the window-1 rows of K/V on each side of each piece (left only when causal), 2*B*Hk*d
+  elements a row, in one all-to-all before the compute: P-1 messages, a volume independent of L.
 * hybrid(u): shuffle inside groups of u ranks (heads/u heads each), ring across the P/u groups.
 
 Rates default to rough constants per device (:data:`DEFAULT_RATES`); :func:`measure_rates` times a
@@ -28,7 +30,10 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
-from .layout import LAYOUTS
+from longmix.checks import check_int
+
+from .halo import halo_rows_sent
+from .layout import LAYOUTS, all_segments
 from .validate import head_split_error
 
 
@@ -138,8 +143,7 @@ def plan(*, seq_len: int, heads: int, kv_heads: int | None = None, head_dim: int
         raise ValueError(f"layout must be one of {LAYOUTS}, got {layout!r}")
     for name, value in dict(seq_len=seq_len, heads=heads, kv_heads=kv_heads, head_dim=head_dim,
                             world_size=world_size, batch=batch).items():
-        if not isinstance(value, int) or value < 1:
-            raise ValueError(f"{name} must be a positive int, got {value!r}")
+        check_int(name, value)
     if heads % kv_heads:
         raise ValueError(f"kv_heads={kv_heads} must divide heads={heads}")
     # Checked rather than `x or default`: a 0 must not silently mean the default, nor may a
@@ -175,9 +179,14 @@ def plan(*, seq_len: int, heads: int, kv_heads: int | None = None, head_dim: int
     options.append(StrategyCost("shuffle", None, why is None, compute_s + comm, compute_s, comm,
                                 int(sent), note))
 
-    if window is not None:
-        options.append(StrategyCost("ring", None, False, float("inf"), 0, 0, 0,
-                                    "infeasible: window is supported by shuffle only"))
+    if window is not None:  # only the halo travels; the slowest sender sets the pace
+        reach = window - 1
+        segs = all_segments(seq_len, p, layout)
+        rows = max(halo_rows_sent(segs, r, reach, 0 if causal else reach) for r in range(p))
+        sent = rows * 2 * batch * kv_heads * head_dim * elem
+        comm = sent / rates.bandwidth_bytes_per_s + (p - 1) * rates.latency_s
+        options.append(StrategyCost("ring", None, True, compute_s + comm, compute_s, comm,
+                                    int(sent), f"a halo of window-1 = {reach} rows per side"))
     else:
         block = 2 * batch * seq_len / p * kv_heads * head_dim * elem
         t, c, m = _ring_time(flops_rank, block, p, rates, imbalance(p))
@@ -188,7 +197,7 @@ def plan(*, seq_len: int, heads: int, kv_heads: int | None = None, head_dim: int
         why_u = head_split_error(heads, kv_heads, u)
         if window is not None or why_u:
             return StrategyCost("hybrid", u, False, float("inf"), 0, 0, 0,
-                                f"infeasible: {why_u or 'window is supported by shuffle only'}",
+                                f"infeasible: {why_u or 'window is supported by shuffle and ring only'}",
                                 degenerate)
         groups = p // u
         a2a = _shuffle_bytes(seq_len / p, heads, kv_heads, head_dim, u, batch, elem)
@@ -216,11 +225,7 @@ def plan(*, seq_len: int, heads: int, kv_heads: int | None = None, head_dim: int
     else:
         options.append(hybrid[0])
 
-    feasible = [o for o in options if o.feasible and not o.degenerate]
-    if not feasible:  # only when a window rules out ring and heads rule out shuffle
-        raise ValueError(f"no strategy can run window={window} with heads={heads}, "
-                         f"kv_heads={kv_heads} on {p} ranks: the window needs strategy='shuffle', "
-                         f"which needs {why}")
+    feasible = [o for o in options if o.feasible and not o.degenerate]  # ring always is
     best = min(feasible, key=lambda o: o.predicted_time_s)
     others = [f"{o.strategy}{f'(u={o.hybrid_size})' if o.hybrid_size else ''} "
               f"{o.predicted_time_s:.3g}s" for o in feasible if o is not best]

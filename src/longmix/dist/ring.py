@@ -30,6 +30,7 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
+from longmix.checks import is_int
 from longmix.ops import attention_backward, attention_forward, merge_partials
 from longmix.ops.attention import check_attention_inputs
 from longmix.ops.blockwise_attention import accumulator_dtype
@@ -96,7 +97,7 @@ def _check_segments(segments, n: int, my_len: int, pos: int) -> list[list[Segmen
         kept = []
         for seg in member:
             if (not isinstance(seg, (list, tuple)) or len(seg) != 2
-                    or not all(isinstance(x, int) and x >= 0 for x in seg)):
+                    or not all(is_int(x, 0) for x in seg)):
                 raise ValueError(f"segments[{j}] must hold (global_start, length) pairs of "
                                  f"non-negative ints, got {seg!r}")
             if seg[1] > 0:
@@ -124,7 +125,7 @@ def _make_ring(q, k, v, segments, causal, group, ranks, scale, stats) -> _Ring:
     me = dist.get_rank(group)
     ranks = list(range(world)) if ranks is None else list(ranks)
     if (len(set(ranks)) != len(ranks) or
-            not all(isinstance(r, int) and 0 <= r < world for r in ranks)):
+            not all(is_int(r, 0, world - 1) for r in ranks)):
         raise ValueError(f"ranks must be distinct group ranks in [0, {world}), got {ranks!r}")
     if me not in ranks:
         raise ValueError(f"this rank (group rank {me}) is not in ranks={ranks!r}")

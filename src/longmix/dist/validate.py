@@ -20,6 +20,8 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
+from longmix.checks import check_optional_int
+
 from .layout import LAYOUTS, local_length
 
 STRATEGIES = ("auto", "shuffle", "ring", "hybrid")
@@ -72,12 +74,11 @@ def _local_errors(q, k, v, *, causal, strategy, layout, scale, window, hybrid_si
         errors.append(f"layout must be one of {LAYOUTS}, got {layout!r}")
     if not isinstance(causal, bool):
         errors.append(f"causal must be a bool, got {causal!r}")
-    if window is not None and (not isinstance(window, int) or isinstance(window, bool)
-                               or window < 1):
-        errors.append(f"window must be None or a positive int, got {window!r}")
-    if hybrid_size is not None and (not isinstance(hybrid_size, int) or isinstance(hybrid_size, bool)
-                                    or hybrid_size < 1):
-        errors.append(f"hybrid_size must be None or a positive int, got {hybrid_size!r}")
+    for name, value in (("window", window), ("hybrid_size", hybrid_size)):
+        try:
+            check_optional_int(name, value)
+        except ValueError as error:  # collected, not raised: every rank must raise the same error
+            errors.append(str(error))
     if hybrid_size is not None and strategy != "hybrid":
         errors.append(f"hybrid_size applies to strategy='hybrid' only, got strategy={strategy!r}")
     if scale is not None and (isinstance(scale, bool) or not isinstance(scale, (int, float))

@@ -376,3 +376,31 @@ class TokenMixer(nn.Module):
 
     def _mixing_matrix(self, x: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError(f"{type(self).__name__} does not define a mixing matrix")
+
+
+class ChannelMixer(TokenMixer):
+    """Base class of a mixer whose sequence mixing is independent per channel, one value in and
+    one out (long convolutions, S4D, the token-mixing MLP): every channel is a shuffle group, so
+    the forward and the shuffle form both come from one hook, :meth:`_mix_channels`."""
+
+    supports_shuffle = True
+
+    def _mix_channels(self, u: torch.Tensor, groups: slice) -> torch.Tensor:
+        """The sequence mixing of the channels ``groups`` over the whole length: u (batch, L, g)
+        -> (batch, L, g)."""
+        raise NotImplementedError
+
+    def _forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self._forward_by_groups(x)
+
+    def shuffle_groups(self) -> int:
+        return self.dim
+
+    def _shuffle_prepare(self, x, pieces):
+        return x.unsqueeze(-1), None, None
+
+    def _shuffle_mix(self, streams, shared, groups):
+        return self._mix_channels(streams[..., 0], groups)[..., None]
+
+    def _shuffle_finish(self, mixed, ctx):
+        return mixed[..., 0]

@@ -19,7 +19,7 @@ from einops import rearrange
 from torch import nn
 
 from ..ops.fftconv import fft_conv, toeplitz_matrix
-from .base import Taxonomy, TokenMixer, check_int, last_rows, shift_in
+from .base import ChannelMixer, Taxonomy, TokenMixer, check_int, last_rows, shift_in
 from .registry import register
 
 
@@ -103,7 +103,7 @@ def _channels_matrix(t: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
 
 
 @register("longconv")
-class LongConv(TokenMixer):
+class LongConv(ChannelMixer):
     """A learned long convolution per channel, y[:, c] = h_c * x[:, c], by zero-padded FFT.
 
     Causal: h_c over lags 0..L-1 (lower-triangular Toeplitz). Non-causal: two-sided h_c over
@@ -129,24 +129,8 @@ class LongConv(TokenMixer):
         super().__init__(dim, heads=heads, causal=causal, max_len=max_len)
         self.filter = ImplicitFilter(dim, filter_features, filter_hidden, min_reach, max_reach)
 
-    def _forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self._forward_by_groups(x)
-
-    # -- shuffle hooks: every channel is a group ---------------------------------------------
-    supports_shuffle = True
-
-    def shuffle_groups(self) -> int:
-        return self.dim
-
-    def _shuffle_prepare(self, x, pieces):
-        return x.unsqueeze(-1), None, None
-
-    def _shuffle_mix(self, streams, shared, groups):
-        u = streams[..., 0]
-        return fft_conv(u, self.filter(u.shape[1], self.causal, groups), causal=self.causal)[..., None]
-
-    def _shuffle_finish(self, mixed, ctx):
-        return mixed[..., 0]
+    def _mix_channels(self, u, groups):
+        return fft_conv(u, self.filter(u.shape[1], self.causal, groups), causal=self.causal)
 
     # -- step mode: the input history ----------------------------------------------------------
     # The filter has no finite state form (it is an arbitrary implicit function of the lag), so

@@ -11,12 +11,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .base import Taxonomy, TokenMixer, check_int
+from .base import ChannelMixer, Taxonomy, check_int
 from .registry import register
 
 
 @register("mlpmixer")
-class MLPMixer(TokenMixer):
+class MLPMixer(ChannelMixer):
     """MLP-Mixer's token-mixing MLP: Linear(max_len -> hidden), GELU, Linear(hidden -> max_len),
     applied along the length of x (batch, L, dim), the same MLP for every channel.
 
@@ -51,25 +51,10 @@ class MLPMixer(TokenMixer):
     def _weights(self, length: int):
         return self.fc1.weight[:, :length], self.fc1.bias, self.fc2.weight[:length], self.fc2.bias[:length]
 
-    def _forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self._forward_by_groups(x)
-
-    # -- shuffle hooks: the same MLP runs on every channel, so channels are the groups --------
-    supports_shuffle = True
-
-    def shuffle_groups(self) -> int:
-        return self.dim
-
-    def _shuffle_prepare(self, x, pieces):
-        return x.unsqueeze(-1), None, None
-
-    def _shuffle_mix(self, streams, shared, groups):
-        w1, b1, w2, b2 = self._weights(streams.shape[1])
-        h = F.gelu(F.linear(streams[..., 0].mT, w1, b1))  # (b, channels, hidden)
-        return F.linear(h, w2, b2).mT[..., None]
-
-    def _shuffle_finish(self, mixed, ctx):
-        return mixed[..., 0]
+    def _mix_channels(self, u, groups):  # the same MLP runs on every channel
+        w1, b1, w2, b2 = self._weights(u.shape[1])
+        h = F.gelu(F.linear(u.mT, w1, b1))  # (b, channels, hidden)
+        return F.linear(h, w2, b2).mT
 
     def _reference(self, x: torch.Tensor) -> torch.Tensor:
         w1, b1, w2, b2 = self._weights(x.shape[1])

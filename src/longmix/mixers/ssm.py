@@ -21,7 +21,7 @@ from torch import nn
 from ..ops.fftconv import fft_conv, toeplitz_matrix
 from ..ops.scan import selective_scan, selective_scan_matrix
 from ..ops.vandermonde import log_vandermonde, log_vandermonde_transpose, vandermonde_matrix
-from .base import Taxonomy, TokenMixer, WholeSequence, check_int, last_rows, shift_in
+from .base import ChannelMixer, Taxonomy, TokenMixer, WholeSequence, check_int, last_rows, shift_in
 from .registry import register
 
 
@@ -35,7 +35,7 @@ def _log_uniform(n: int, low: float, high: float) -> torch.Tensor:
 
 
 @register("s4d")
-class S4D(TokenMixer):
+class S4D(ChannelMixer):
     """S4D: per channel h, a diagonal complex SSM x' = A x + B u, y = 2 Re(C x) + D u.
 
     Continuous parameters (S4D-Lin init): A_n = -1/2 + i pi n for n < d_state/2 (the other half
@@ -79,9 +79,11 @@ class S4D(TokenMixer):
         directions = 1 if causal else 2
         self.log_dt = nn.Parameter(_log_uniform(dim, dt_min, dt_max))
         self.log_A_real = nn.Parameter(torch.full((dim, modes), math.log(0.5)))
-        self.A_imag = nn.Parameter(math.pi * torch.arange(modes, dtype=torch.float32).repeat(dim, 1))
-        # C stored as real pairs so that .double()/.float() convert it like every other parameter.
-        self.C = nn.Parameter(torch.view_as_real(torch.randn(directions, dim, modes, dtype=torch.cfloat)))
+        self.A_imag = nn.Parameter(math.pi * torch.arange(modes, dtype=torch.get_default_dtype()).repeat(dim, 1))
+        # C stored as real pairs so that .double()/.float() convert it like every other parameter;
+        # drawn as the complex type of the default dtype (complex128 under float64)
+        cdtype = torch.promote_types(torch.get_default_dtype(), torch.complex64)
+        self.C = nn.Parameter(torch.view_as_real(torch.randn(directions, dim, modes, dtype=cdtype)))
         self.D = nn.Parameter(torch.randn(dim))
 
     def discretize(self, channels: slice = slice(None)) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -106,25 +108,9 @@ class S4D(TokenMixer):
         # two-sided: lags -(L-1)..-1 hold K'[L-2]..K'[0] (s > t uses K'[s-t-1]), lags 0..L-1 hold K
         return torch.cat([k[1, :, :-1].flip(-1), k[0]], dim=-1).T, False
 
-    def _forward(self, x):
-        return self._forward_by_groups(x)
-
-    # -- shuffle hooks: every channel is a group ---------------------------------------------
-    supports_shuffle = True
-
-    def shuffle_groups(self) -> int:
-        return self.dim
-
-    def _shuffle_prepare(self, x, pieces):
-        return x.unsqueeze(-1), None, None
-
-    def _shuffle_mix(self, streams, shared, groups):
-        u = streams[..., 0]
+    def _mix_channels(self, u, groups):
         lags, causal = self._lags(self.kernel(u.shape[1], groups))
-        return (fft_conv(u, lags.to(u.dtype), causal=causal) + u * self.D[groups])[..., None]
-
-    def _shuffle_finish(self, mixed, ctx):
-        return mixed[..., 0]
+        return fft_conv(u, lags.to(u.dtype), causal=causal) + u * self.D[groups]
 
     def _toeplitz(self, length: int) -> torch.Tensor:
         """The literal mixing matrix (dim, L, L): Vandermonde matrix -> kernel -> Toeplitz + D I."""
@@ -219,7 +205,8 @@ class _SelectiveParams(nn.Module):
         with torch.no_grad():  # bias = softplus^-1(dt), so that softplus(dt_proj(0)) = dt at init
             self.dt_proj.bias.copy_(dt + torch.log(-torch.expm1(-dt)))
         # S4D-Real init: A[d, n] = -(n + 1)
-        self.A_log = nn.Parameter(torch.log(torch.arange(1, d_state + 1, dtype=torch.float32)).repeat(d_inner, 1))
+        self.A_log = nn.Parameter(torch.log(torch.arange(1, d_state + 1, dtype=torch.get_default_dtype()))
+                                  .repeat(d_inner, 1))
 
     def forward(self, u):
         """u (batch, L, d_inner) -> delta (batch, L, d_inner), A (d_inner, N), B, C (batch, L, N)."""

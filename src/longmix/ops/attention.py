@@ -39,6 +39,7 @@ from typing import Sequence
 
 import torch
 
+from ..checks import check_optional_int
 from .blockwise_attention import accumulator_dtype, blockwise_backward, blockwise_forward
 
 __all__ = ["attention_with_lse", "merge_partials", "attention_forward", "attention_backward",
@@ -131,9 +132,7 @@ def check_attention_inputs(q, k, v, window=None) -> None:
         raise ValueError(f"q, k, v must share a dtype, got {q.dtype}, {k.dtype}, {v.dtype}")
     if not (q.device == k.device == v.device):
         raise ValueError(f"q, k, v must share a device, got {q.device}, {k.device}, {v.device}")
-    if window is not None and (isinstance(window, bool) or not isinstance(window, int)
-                               or window < 1):
-        raise ValueError(f"window must be None or a positive int, got {window!r}")
+    check_optional_int("window", window)
 
 
 def _expand_kv(x: torch.Tensor, heads: int) -> torch.Tensor:

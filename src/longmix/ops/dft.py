@@ -5,6 +5,8 @@ import math
 
 import torch
 
+from ..checks import check_int
+
 __all__ = ["dft_matrix"]
 
 
@@ -15,8 +17,7 @@ def dft_matrix(n: int, dtype: torch.dtype = torch.complex128, device=None) -> to
     The exponent j*k is reduced mod n in integers first, which keeps the phases exact for
     large n (j*k itself would lose digits as a float).
     """
-    if not isinstance(n, int) or n < 1:
-        raise ValueError(f"dft_matrix: n must be a positive int, got {n!r}")
+    check_int("n", n, owner="dft_matrix")
     if not dtype.is_complex:
         raise ValueError(f"dft_matrix: dtype must be complex, got {dtype}")
     idx = torch.arange(n, device=device, dtype=torch.int64)

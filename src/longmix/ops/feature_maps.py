@@ -16,12 +16,14 @@ def elu_feature_map(x: torch.Tensor) -> torch.Tensor:
 
 
 def orthogonal_gaussian_projection(features: int, dim: int, generator: torch.Generator | None = None,
-                                   dtype: torch.dtype = torch.float32) -> torch.Tensor:
+                                   dtype: torch.dtype | None = None) -> torch.Tensor:
     """Random projection W of shape (features, dim) for FAVOR+ (Choromanski et al. 2021, sec. 2.4).
 
     Rows are orthogonal within each block of ``dim`` rows (QR of a Gaussian block), then rescaled
     to the norms of independent Gaussian vectors, so each row is marginally N(0, I_dim) while the
     rows of a block are exactly orthogonal (lower variance than i.i.d. features).
+    Built in float64, returned in ``dtype`` (default: torch's default dtype, as a module's
+    parameters are, so that a model built under float64 is float64 throughout).
     """
     if features < 1 or dim < 1:
         raise ValueError(f"features and dim must be >= 1, got features={features}, dim={dim}")
@@ -35,7 +37,7 @@ def orthogonal_gaussian_projection(features: int, dim: int, generator: torch.Gen
         blocks.append(q.T)  # rows orthonormal
     w = torch.cat(blocks)[:features]
     norms = torch.randn(features, dim, generator=generator, dtype=torch.float64).norm(dim=1, keepdim=True)
-    return (w * norms).to(dtype)
+    return (w * norms).to(dtype or torch.get_default_dtype())
 
 
 def positive_random_features(x: torch.Tensor, projection: torch.Tensor, stabilize_rows: bool = False

@@ -15,6 +15,8 @@ import torch
 import torch.nn.functional as F
 from einops import rearrange
 
+from ..checks import check_int
+
 from .masked import masked_weighted_sum
 
 #: Elements of the temporaries per step of the causal chunk loop (bounds memory at large L).
@@ -48,8 +50,7 @@ def linear_attention(phi_q: torch.Tensor, phi_k: torch.Tensor, v: torch.Tensor, 
         raise ValueError("phi_q, phi_k must be (batch, length, heads, features) and v (batch, length, heads, "
                          f"head_dim) with equal leading dims; got {tuple(phi_q.shape)}, {tuple(phi_k.shape)}, "
                          f"{tuple(v.shape)}")
-    if not isinstance(chunk_size, int) or chunk_size < 1:
-        raise ValueError(f"chunk_size must be a positive int, got {chunk_size!r}")
+    check_int("chunk_size", chunk_size)
     if not causal:
         if initial_state is not None or return_final_state:
             raise ValueError("initial_state and return_final_state need causal=True (a non-causal "

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import torch
 
+from ..checks import check_int
+
 __all__ = ["iterative_pinv", "iterative_pinv_solve"]
 
 
@@ -21,8 +23,7 @@ def iterative_pinv(a: torch.Tensor, iters: int = 6) -> torch.Tensor:
     """
     if a.dim() < 2 or a.shape[-1] != a.shape[-2]:
         raise ValueError(f"iterative_pinv: a must be square matrices (..., m, m), got {tuple(a.shape)}")
-    if not isinstance(iters, int) or iters < 0:
-        raise ValueError(f"iterative_pinv: iters must be an int >= 0, got {iters!r}")
+    check_int("iters", iters, 0, owner="iterative_pinv")
     norm_1 = a.abs().sum(dim=-2).amax(dim=-1)  # max column sum
     norm_inf = a.abs().sum(dim=-1).amax(dim=-1)  # max row sum
     scale = (norm_1 * norm_inf).clamp_min(torch.finfo(a.dtype).tiny)
@@ -42,8 +43,7 @@ def iterative_pinv_solve(a: torch.Tensor, b: torch.Tensor, iters: int = 6, refin
     of roughly cond(A) * eps, refinement brings w to the accuracy of a backward-stable solve.
     For singular A it keeps the pseudo-inverse solution: Z (b - A Z b) ~ A^+ (I - A A^+) b = 0.
     """
-    if not isinstance(refine, int) or refine < 0:
-        raise ValueError(f"iterative_pinv_solve: refine must be an int >= 0, got {refine!r}")
+    check_int("refine", refine, 0, owner="iterative_pinv_solve")
     z = iterative_pinv(a, iters)
     w = z @ b
     for _ in range(refine):

@@ -24,6 +24,8 @@ from __future__ import annotations
 
 import torch
 
+from ..checks import check_int
+
 
 def _check(u, delta, A, B, C, D, initial_state):
     if u.dim() != 3:
@@ -87,8 +89,7 @@ def selective_scan(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: tor
         ``initial_state``.
     """
     _check(u, delta, A, B, C, D, initial_state)
-    if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
-        raise ValueError(f"selective_scan: chunk_size must be a positive int, got {chunk_size!r}")
+    check_int("chunk_size", chunk_size, owner="selective_scan")
     b, _, d = u.shape
     work = torch.float32  # the widest of the inputs' dtypes and float32
     for t in (u, delta, A, B, C, initial_state):

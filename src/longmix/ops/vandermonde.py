@@ -16,6 +16,8 @@ import math
 
 import torch
 
+from ..checks import check_int
+
 
 def log_vandermonde(v: torch.Tensor, x: torch.Tensor, length: int, block: int | None = None) -> torch.Tensor:
     """K[..., l] = 2 Re(sum_n v[..., n] exp(x[..., n] l)) for l in [0, length).
@@ -43,12 +45,11 @@ def log_vandermonde(v: torch.Tensor, x: torch.Tensor, length: int, block: int | 
     if v.shape[-1] != x.shape[-1]:
         raise ValueError(f"log_vandermonde: v and x must share the last (state) dim, got "
                          f"{tuple(v.shape)} and {tuple(x.shape)}")
-    if not isinstance(length, int) or length < 1:
-        raise ValueError(f"log_vandermonde: length must be a positive int, got {length!r}")
+    check_int("length", length, owner="log_vandermonde")
     if block is None:
         block = 1 << math.ceil(math.log2(length) / 2)
-    elif not isinstance(block, int) or block < 1:
-        raise ValueError(f"log_vandermonde: block must be a positive int, got {block!r}")
+    else:
+        block = check_int("block", block, owner="log_vandermonde")
     real_dtype = torch.empty((), dtype=x.dtype).real.dtype
     j = torch.arange(block, device=x.device, dtype=real_dtype)
     starts = torch.arange(0, length, block, device=x.device, dtype=real_dtype)
@@ -82,8 +83,8 @@ def log_vandermonde_transpose(u: torch.Tensor, x: torch.Tensor, block: int | Non
         raise ValueError(f"log_vandermonde_transpose: u must have at least one entry, got {tuple(u.shape)}")
     if block is None:
         block = 1 << math.ceil(math.log2(length) / 2)
-    elif not isinstance(block, int) or block < 1:
-        raise ValueError(f"log_vandermonde_transpose: block must be a positive int, got {block!r}")
+    else:
+        block = check_int("block", block, owner="log_vandermonde_transpose")
     real_dtype = torch.empty((), dtype=x.dtype).real.dtype
     blocks = math.ceil(length / block)
     reversed_u = torch.nn.functional.pad(u.flip(-1), (0, blocks * block - length))  # r = L-1-l
@@ -101,8 +102,7 @@ def vandermonde_matrix(z: torch.Tensor, length: int) -> torch.Tensor:
     Built by repeated multiplication (a cumulative product), independently of the log form
     used by :func:`log_vandermonde`; for references and tests at small L.
     """
-    if not isinstance(length, int) or length < 1:
-        raise ValueError(f"vandermonde_matrix: length must be a positive int, got {length!r}")
+    check_int("length", length, owner="vandermonde_matrix")
     ones = torch.ones_like(z).unsqueeze(-1)
     if length == 1:
         return ones

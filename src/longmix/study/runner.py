@@ -27,6 +27,7 @@ from pathlib import Path
 from .. import tasks
 from ..checks import check_int
 from ..fileio import append_record, atomic_write_text, read_records
+from ..machine import markdown as machine_line
 from ..provenance import provenance, utc_now
 from ..train import TrainingDiverged, train
 from ..train.loop import prepare_out
@@ -219,7 +220,7 @@ def write_report(grid: Grid, out: Path, command: str | None = None, log=print) -
         "wall_min": sum(r.get("wall_s", 0.0) for r in all_runs if not r.get("reused_from")) / 60,
         "train": ", ".join(f"{k}={v}" for k, v in grid.train.items() if k not in ("device",)),
         "lrs": ", ".join(f"{lr:g}" for lr in grid.lrs), "positionals": ", ".join(grid.positionals),
-        "machine": _machine_line(last.get("machine", {})),
+        "machine": machine_line(last["machine"]) if last.get("machine") else "unknown",
         "date": last.get("date", utc_now()),
         "provenance": report.provenance_summary(all_runs),
         "diverged": [r["study"]["run"] for r in grid_records if r.get("status") == "diverged"],
@@ -230,10 +231,3 @@ def write_report(grid: Grid, out: Path, command: str | None = None, log=print) -
     return {"report": out / "report.md", "reading": out / "reading.txt",
             "plots": [out / name for d in plots.values() for name in d.values()], "records": finished}
 
-
-def _machine_line(m: dict) -> str:
-    if not m:
-        return "unknown"
-    gpu = f", {m['gpu']}" if m.get("gpu") else ""
-    return (f"{m.get('processor')} ({m.get('cpu_count')} cores, {m.get('torch_threads')} torch threads{gpu}), "
-            f"{m.get('platform')}, torch {m.get('torch')}")

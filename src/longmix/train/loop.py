@@ -33,7 +33,7 @@ import torch.distributed as dist
 from torch.nn import functional as F
 from tqdm import tqdm
 
-from .. import mixers, tasks
+from .. import machine, mixers, tasks
 from ..checks import check_int
 from ..dist.launch import run_local
 from ..dist.parallelize import parallelize
@@ -406,7 +406,7 @@ def _run(cfg, task, mcfg, device, out, run_id, say, ranks: Ranks) -> dict:
         "forms": list(runner.forms) if ranks.world > 1 else None,
         "wall_s": round(wall_s, 3), "sessions": sessions,
         "status": results.FINISHED,
-        "machine": results.machine(str(device)), "date": utc_now(), **provenance(),
+        "machine": machine.describe(str(device)), "date": utc_now(), **provenance(),
     }
     record = json.loads(record_line(record))  # exactly what a reader of results.jsonl gets back
 
@@ -432,7 +432,7 @@ def _diverged(cfg, run_id, results_path, device, step: int, reason: str, ranks: 
     ranks.on_main(lambda: append_record(results_path, {
         "run_id": run_id, "status": results.DIVERGED, "step": step, "reason": reason,
         "config": cfg.identity(), "task": cfg.task, "mixer": cfg.mixer, "context": cfg.context,
-        "seed": cfg.seed, "world_size": ranks.world, "machine": results.machine(str(device)),
+        "seed": cfg.seed, "world_size": ranks.world, "machine": machine.describe(str(device)),
         "date": utc_now(), **provenance(),
     }))
     raise TrainingDiverged(f"training diverged: {reason} (lr={cfg.lr:g}); the run is recorded as "

@@ -9,9 +9,6 @@ existed are finished runs.
 from __future__ import annotations
 
 import os
-import platform
-
-import torch
 
 from ..fileio import read_records
 
@@ -26,19 +23,3 @@ def find(path: str | os.PathLike, run_id: str) -> dict | None:
             found = record
     return found
 
-
-def machine(device: str = "cpu") -> dict:
-    """Where a run ran: host, OS, CPU, thread count, torch version and device."""
-    info = {
-        "host": platform.node(),
-        "platform": platform.platform(),
-        "processor": platform.processor() or platform.machine(),
-        "cpu_count": os.cpu_count(),
-        "torch_threads": torch.get_num_threads(),
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "device": device,
-    }
-    if device.startswith("cuda") and torch.cuda.is_available():
-        info["gpu"] = torch.cuda.get_device_name(torch.device(device))
-    return info

@@ -1,9 +1,11 @@
-"""What machine a measurement ran on: recorded beside every benchmark figure.
+"""What machine a measurement ran on: recorded beside every benchmark figure and training run.
 
     desc = describe()          # {'cpu': ..., 'cores': 2, 'memory_gb': 23.4, 'torch': ..., ...}
     print(markdown(desc))      # one line for a README table caption
 
 Also the per-process peak resident memory that the benchmarks and `longmix attend` report.
+On the ground floor (imports only the standard library, torch and :mod:`longmix.provenance`),
+so benchmarks, training and the attend job all describe a machine the same way.
 """
 from __future__ import annotations
 
@@ -45,18 +47,23 @@ def _cpu_flags() -> list[str]:
     return []
 
 
-def describe() -> dict:
-    """A JSON-able description: CPU model and flags, cores, memory, torch, GPU (if any), date (UTC)."""
+def describe(device: str | None = None) -> dict:
+    """A JSON-able description: CPU model and flags, cores, torch threads, memory, torch, GPU (if
+    any), date (UTC); with ``device`` (a run's torch device) also that device, and a CUDA device's
+    own name as the GPU."""
     import torch
 
     gpu = None
-    if torch.cuda.is_available():
+    if device is not None and device.startswith("cuda") and torch.cuda.is_available():
+        gpu = torch.cuda.get_device_name(torch.device(device))
+    elif torch.cuda.is_available():
         gpu = f"{torch.cuda.device_count()} x {torch.cuda.get_device_name(0)}"
     mem = _memory_gb()
-    return {
+    desc = {
         "cpu": _cpu_model(),
         "cpu_flags": _cpu_flags(),
         "cores": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
         "memory_gb": round(mem, 1) if mem else None,
         "gpu": gpu,
         "torch": torch.__version__,
@@ -64,15 +71,25 @@ def describe() -> dict:
         "os": f"{platform.system()} {platform.release()}",
         "date": utc_now(),
     }
+    if device is not None:
+        desc["device"] = device
+    return desc
 
 
 def markdown(desc: dict) -> str:
-    """One human line: ``Intel Xeon (2 cores, amx_bf16), 23.4 GiB, torch 2.13.0, no GPU, 2026-...``."""
+    """One human line: ``Intel Xeon (2 cores, amx_bf16), 23.4 GiB, torch 2.13.0, no GPU, 2026-...``.
+
+    Also reads the older training records (``processor``, ``cpu_count``, ``platform``): committed
+    result files still hold them and their reports are regenerated."""
+    cpu = desc.get("cpu") or desc.get("processor") or "CPU unknown"
+    cores = desc.get("cores") or desc.get("cpu_count")
     flags = f", {'/'.join(desc['cpu_flags'])}" if desc.get("cpu_flags") else ""
+    threads = f", {desc['torch_threads']} torch threads" if desc.get("torch_threads") else ""
     mem = f"{desc['memory_gb']} GiB RAM" if desc.get("memory_gb") else "RAM unknown"
     gpu = desc.get("gpu") or "no GPU"
-    return (f"{desc['cpu']} ({desc['cores']} cores{flags}), {mem}, torch {desc['torch']}, "
-            f"{gpu}, {desc['date']}")
+    where = desc.get("os") or desc.get("platform") or "OS unknown"
+    date = f", {desc['date']}" if desc.get("date") else ""
+    return f"{cpu} ({cores} cores{flags}{threads}), {mem}, {where}, torch {desc.get('torch')}, {gpu}{date}"
 
 
 def _proc_status_bytes(field: str) -> int | None:
