@@ -266,3 +266,27 @@ def test_work_counter_counts_useful_flops():
     assert counter.flops == attention_flops(1, 2, 64, 8, True) + attention_flops(1, 2, 64, 8, False)
     attention_forward(q, k, v)  # outside the block: not counted
     assert counter.flops == 3 * attention_flops(1, 2, 64, 8, True)
+
+
+def test_a_watched_long_call_runs_by_row_blocks_exactly_and_counts_as_it_goes(monkeypatch):
+    """With a progress counter active, a long non-causal call runs in row blocks (each counted
+    when it finishes) and gives the same output and lse as one call."""
+    from longmix.ops import attention as op
+
+    q, k, v = (x.detach() for x in _inputs(1, 50, 50, 2, 2, 8))
+    whole_out, whole_lse = attention_forward(q, k, v, causal=False)
+    seen = []
+
+    class Recording(op.WorkCounter):
+        def add(self, flops):
+            seen.append(flops)
+            super().add(flops)
+
+    monkeypatch.setattr(op, "_PROGRESS_ROWS", 16)
+    with op.count_work(Recording()) as counter:
+        out, lse = attention_forward(q, k, v, causal=False)
+    assert len(seen) == 4  # rows 0-15, 16-31, 32-47, 48-49
+    assert counter.flops == op.attention_flops(1, 2, 50, 8, False)
+    # float64: equal up to the kernel's blocking of the sums
+    torch.testing.assert_close(out, whole_out, rtol=1e-12, atol=1e-14)
+    torch.testing.assert_close(lse, whole_lse, rtol=1e-12, atol=1e-14)

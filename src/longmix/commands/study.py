@@ -37,14 +37,14 @@ def add_arguments(parser):
 
 
 def run(args) -> int:
+    from ..checks import check_int
     from ..study import get_grid, run_study
 
     try:
         grid = get_grid(args.grid).select(tasks_=args.tasks, mixers_=args.mixers, contexts=args.contexts,
                                           seeds=args.seeds)
         if args.steps is not None:
-            if args.steps < 1:
-                raise ValueError(f"--steps must be a positive int, got {args.steps}")
+            check_int("--steps", args.steps)
             grid.train = {**grid.train, "steps": args.steps,
                           "warmup": min(grid.train.get("warmup") or 0, args.steps),
                           "eval_every": min(grid.train.get("eval_every", 100), args.steps),

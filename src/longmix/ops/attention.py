@@ -54,6 +54,9 @@ _MASK_TOP_LEFT = 1  # sdp::CustomMaskType::CausalFromTopLeft of the memory-effic
 # rate by 3-25%, the largest leaves most; larger leaves would bring the thread imbalance back.
 _CAUSAL_LEAF = 4096
 
+# Query rows per call when a progress counter watches a long non-causal call (see _cpu_flash_by_rows).
+_PROGRESS_ROWS = 65536
+
 
 def attention_flops(batch: int, heads: int, seq_len: int, head_dim: int, causal: bool) -> float:
     """Useful flops of one attention forward: 2 per multiply-add of QK^T and PV, 4·B·H·L²·d;
@@ -182,34 +185,50 @@ def attention_forward(q, k, v, *, causal: bool = False, scale: float | None = No
     window = _effective_window(window, q.shape[1], k.shape[1])
     ke, ve = _expand_kv(k, heads), _expand_kv(v, heads)
     backend = _backend(q, k, causal, window)
-    if window is None:
-        _count(q, k, causal)
     with torch.no_grad():
-        if backend == "cpu_flash":
+        if backend == "cpu_flash":  # counts its work call by call, as each call finishes
             if causal and q.shape[1] == k.shape[1] > 2 * _CAUSAL_LEAF and torch.get_num_threads() > 1:
                 return _cpu_flash_causal(q, ke, ve, scale)
-            out, lse = _cpu_flash(q, ke, ve, causal, scale)
-            return out, lse
-        elif backend == "cuda_flash":  # (B, L, H, D) layout, like this module
-            out, lse = _aten._flash_attention_forward(
-                q, ke, ve, None, None, q.shape[1], k.shape[1], 0.0, causal, False,
-                scale=scale)[:2]
-            return out.contiguous(), lse.float().contiguous()
-        elif backend == "cuda_efficient":
-            out, lse = _aten._efficient_attention_forward(
-                q, ke, ve, None, None, None, None, None, 0.0, _MASK_TOP_LEFT if causal else 0,
-                True, scale=scale)[:2]
-            # the kernel pads lse's length to a multiple of 32
-            return out.contiguous(), lse[:, :, :q.shape[1]].float().contiguous()
-        else:
-            return blockwise_forward(q, ke, ve, causal=causal, scale=scale, window=window)
+            if not causal and _COUNTER.get() is not None and q.shape[1] > _PROGRESS_ROWS:
+                return _cpu_flash_by_rows(q, ke, ve, scale)
+            return _cpu_flash(q, ke, ve, causal, scale)
+        # the other kernels are one call each: count once it has finished
+        out, lse = _fused_or_blockwise(backend, q, ke, ve, causal, scale, window)
+        if window is None:
+            _count(q, k, causal)
+        return out, lse
+
+
+def _fused_or_blockwise(backend, q, ke, ve, causal, scale, window):
+    """(out, lse) from the CUDA kernels or the blockwise fallback (K/V already expanded)."""
+    if backend == "cuda_flash":  # (B, L, H, D) layout, like this module
+        out, lse = _aten._flash_attention_forward(
+            q, ke, ve, None, None, q.shape[1], ke.shape[1], 0.0, causal, False, scale=scale)[:2]
+        return out.contiguous(), lse.float().contiguous()
+    if backend == "cuda_efficient":
+        out, lse = _aten._efficient_attention_forward(
+            q, ke, ve, None, None, None, None, None, 0.0, _MASK_TOP_LEFT if causal else 0,
+            True, scale=scale)[:2]
+        # the kernel pads lse's length to a multiple of 32
+        return out.contiguous(), lse[:, :, :q.shape[1]].float().contiguous()
+    return blockwise_forward(q, ke, ve, causal=causal, scale=scale, window=window)
 
 
 def _cpu_flash(q, k, v, causal: bool, scale: float):
     """One call of the fused CPU flash kernel; (B, L, H, D) in and out, lse (B, H, L)."""
     out, lse = _aten._scaled_dot_product_flash_attention_for_cpu(
         _bhld(q), _bhld(k), _bhld(v), 0.0, causal, scale=scale)
+    _count(q, k, causal)
     return out.transpose(1, 2).contiguous(), lse.to(accumulator_dtype(q.dtype)).contiguous()
+
+
+def _cpu_flash_by_rows(q, k, v, scale: float):
+    """Non-causal attention in blocks of :data:`_PROGRESS_ROWS` query rows (rows are independent,
+    so this is exact), so that a progress counter advances during a long call instead of jumping
+    once at its end."""
+    parts = [_cpu_flash(q[:, i:i + _PROGRESS_ROWS], k, v, False, scale)
+             for i in range(0, q.shape[1], _PROGRESS_ROWS)]
+    return torch.cat([o for o, _ in parts], dim=1), torch.cat([lse for _, lse in parts], dim=2)
 
 
 def _cpu_flash_causal(q, k, v, scale: float):

@@ -410,13 +410,14 @@ def cite(t: TaskTable, mixer: str, *contexts: int) -> str:
 
 def trend(t: TaskTable, mixer: str) -> tuple[str, str]:
     """(kind, sentence) describing how ``mixer``'s metric changes from the shortest to the longest
-    context, citing its cells; kind is "better", "worse" or "flat" (within the spread)."""
+    context, citing its cells; kind is "better", "worse", "flat" (within the spread) or "single"
+    (one context measured: no trend, so it counts for no hypothesis)."""
     row = t.cells[mixer]
     cs = sorted(row)
     lo, hi = row[cs[0]], row[cs[-1]]
     name = t.metric.replace("_", " ")
     if len(cs) < 2:
-        return "flat", f"{mixer} {name} {lo.mean:.3f} at C={cs[0]}, one context only {cite(t, mixer, cs[0])}"
+        return "single", f"{mixer} {name} {lo.mean:.3f} at C={cs[0]}, one context only {cite(t, mixer, cs[0])}"
     if not _differs(lo, hi, t.metric):
         vals = [row[c].mean for c in cs]
         return "flat", (f"{mixer} {name} stays within the spread from C={cs[0]} to C={cs[-1]} "
@@ -497,6 +498,8 @@ def reading(tabs: list[TaskTable]) -> str:
                 jump_total += 1
                 jumps += [f"{t.label}/{m}"] if j[0] else []
                 out.append(f"  - {j[1]}.")
+            elif kind == "single":
+                pass
             elif t.expect == "rises":
                 long_total += 1
                 long_rises += [f"{t.label}/{m}"] if kind == "better" else []
@@ -518,7 +521,7 @@ def reading(tabs: list[TaskTable]) -> str:
         out.append(f"  - local tasks: context changes the metric by no more than the spread for "
                    f"{len(local_flat)} of {local_total} trained task/mixer pairs"
                    + (f" ({', '.join(local_flat)})" if local_flat else "") + ".")
-    out.append("  - caveats: small models trained briefly on a CPU; a mixer below its floor or not "
+    out.append("  - caveats: small models trained briefly; a mixer below its floor or not "
                "converged may need more steps or another setting, not lack the ability. Learning rates "
                "and positions were chosen at the longest context only. Compare the cost table: runs "
                "differ in wall time at equal steps.")
