@@ -69,7 +69,7 @@ def config(args, procs: int, threads: int) -> TrainConfig:
     return TrainConfig(
         task="passkey", mixer=args.mixer, context=args.context, steps=args.steps,
         batch_size=args.batch_size, dim=args.dim, depth=args.depth, heads=args.heads, lr=args.lr,
-        seed=args.seed, eval_every=args.steps, eval_batches=args.eval_batches,
+        seed=args.seed, pool=args.pool, eval_every=args.steps, eval_batches=args.eval_batches,
         checkpoint_every=max(1, args.steps // 10), threads=threads, progress=not args.quiet,
         task_params={"length": args.context, "depth": [0.0, 1.0]},  # the key anywhere
         procs=procs, layout=args.layout, form=args.form, out=str(Path(args.runs_dir) / f"{args.mixer}-C{args.context}-P{procs}"))
@@ -84,13 +84,15 @@ def markdown_table(records: list[dict]) -> str:
              "Written by `benchmarks/passkey_long.py`. Peak memory is each rank's VmHWM (the torch "
              "runtime included; the size at the start of training is in brackets). s/step is the "
              "run's wall time over its steps, one evaluation and the checkpoints included.", "",
-             "| mixer | context | P | forms | steps | accuracy | s/step | peak GiB per rank [start] | date | code |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+             "| mixer | context | pool | P | forms | steps | accuracy | s/step | peak GiB per rank [start] | date | code |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     for rec in records:
         for row in rec["rows"]:
             peaks = ", ".join(f"{_gib(p)} [{_gib(s)}]" for p, s in zip(row["peak_rss_bytes"], row["start_rss_bytes"]))
             forms = ", ".join(sorted(set(row["forms"]))) if row.get("forms") else "-"
-            lines.append(f"| {rec['mixer']} | {rec['context']} | {row['procs']} | {forms} | {row['steps']} | "
+            # records from before --pool existed ran the then-default: mean over non-pad tokens
+            lines.append(f"| {rec['mixer']} | {rec['context']} | {rec.get('pool', 'mean')} | {row['procs']} | "
+                         f"{forms} | {row['steps']} | "
                          f"{row['accuracy']:.3f} | {row['s_per_step']:.2f} | {peaks} | {rec['date']} | "
                          f"{rec.get('git_describe')} |")
     lines += ["", "Machines:", ""]
@@ -112,6 +114,8 @@ def main(argv: list[str] | None = None) -> int:
     a("--depth", type=int, default=2)
     a("--heads", type=int, default=2)
     a("--lr", type=float, default=3e-3)
+    a("--pool", default="last", choices=["last", "mean"],
+      help="classification pooling (default last, the study's: a mean over L dilutes the one key)")
     a("--seed", type=int, default=0)
     a("--eval-batches", type=int, default=4)
     a("--layout", default="contiguous", choices=["contiguous", "zigzag"])
@@ -135,7 +139,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  accuracy {row['accuracy']:.3f}, {row['s_per_step']:.2f} s/step, peak GiB per rank "
               f"{[round(p / 2**30, 2) for p in row['peak_rss_bytes']]}, forms {row['forms']}", flush=True)
         rows.append(row)
-    record = {"mixer": args.mixer, "context": args.context, "rows": rows, "machine": describe(),
+    record = {"mixer": args.mixer, "context": args.context, "pool": args.pool, "rows": rows, "machine": describe(),
               "command": "python " + " ".join(shlex.quote(x) for x in [sys.argv[0], *(argv or sys.argv[1:])]),
               "date": utc_now(), **provenance()}
     args.out_dir.mkdir(parents=True, exist_ok=True)

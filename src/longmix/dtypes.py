@@ -10,11 +10,10 @@ from __future__ import annotations
 
 import torch
 
-DTYPES: dict[str, torch.dtype] = {"fp32": torch.float32, "bf16": torch.bfloat16,
-                                  "fp64": torch.float64}
-#: Long spellings a user may type; mapped to the short names, never stored.
-ALIASES = {"float32": "fp32", "bfloat16": "bf16", "float64": "fp64"}
-NAMES = tuple(DTYPES)
+from .vocabulary import DTYPE_ALIASES as ALIASES
+from .vocabulary import DTYPE_NAMES as NAMES
+
+DTYPES: dict[str, torch.dtype] = dict(zip(NAMES, (torch.float32, torch.bfloat16, torch.float64)))
 
 # Significand bits (the implicit one included): the unit roundoff is 2**-bits.
 _BITS = {"fp32": 24, "bf16": 8, "fp64": 53}

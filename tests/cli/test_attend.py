@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import math
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -157,14 +159,13 @@ def test_check_rows_zero_is_not_verified_and_never_pass(capsys):
     assert "not verified" in out and "PASS" not in out
 
 
-def test_parser_choices_match_the_library():
-    """commands/attend.py copies these to keep `longmix --help` free of torch; they must agree."""
-    import longmix.dist as ld
-    from longmix import dtypes
-    from longmix.commands import attend as command
-
-    assert command.STRATEGIES == ld.STRATEGIES and command.LAYOUTS == ld.LAYOUTS
-    assert command.DTYPES == dtypes.NAMES and command.DTYPE_ALIASES == dtypes.ALIASES
+def test_the_parser_is_built_without_torch():
+    """The choices come from the torch-free vocabulary, so `longmix attend --help` stays fast."""
+    code = ("import argparse, sys; from longmix.commands import attend; "
+            "attend.add_arguments(argparse.ArgumentParser()); print('torch' in sys.modules)")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "False"
 
 
 @pytest.mark.parametrize("argv, flag", [

@@ -92,3 +92,16 @@ def test_show_unwritable_out_is_a_clear_error(tmp_path, capsys, folder):
 def test_show_bad_option_is_a_clear_error(tmp_path, capsys):
     assert main(["show", "softmax", "-o", "window=0", "--out", str(tmp_path / "x.png")]) == 2
     assert "window" in capsys.readouterr().err
+
+
+def test_show_without_an_extension_prints_the_file_it_wrote(tmp_path, capsys):
+    assert main(["show", "s4d", "--out", str(tmp_path / "noext")]) == 0
+    assert (tmp_path / "noext.png").is_file()
+    assert capsys.readouterr().out.strip() == f"wrote {tmp_path / 'noext.png'}"
+
+
+@pytest.mark.parametrize("length", [0, 100_000])
+def test_show_refuses_lengths_it_cannot_draw(tmp_path, capsys, length):
+    assert main(["show", "softmax", "--length", str(length), "--out", str(tmp_path / "x.png")]) == 2
+    assert "--length must be between 1 and 4096" in capsys.readouterr().err
+    assert not (tmp_path / "x.png").exists()

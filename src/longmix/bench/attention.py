@@ -38,7 +38,7 @@ from pathlib import Path
 import torch
 
 from longmix.checks import check_int
-from longmix.dist.validate import STRATEGIES  # the one source of the strategy names
+from longmix.vocabulary import STRATEGIES
 from longmix.dtypes import DTYPES
 from longmix.fileio import append_record, read_records
 from longmix.machine import current_rss_bytes, peak_rss_bytes

@@ -16,13 +16,9 @@ import signal
 import sys
 from pathlib import Path
 
-# Copies of longmix.dist.STRATEGIES / LAYOUTS and longmix.dtypes: importing those pulls in torch,
-# and building the parser (`longmix --help`) must stay fast. tests/cli/test_attend.py keeps them
-# in sync.
-STRATEGIES = ("auto", "shuffle", "ring", "hybrid")
-LAYOUTS = ("contiguous", "zigzag")
-DTYPES = ("fp32", "bf16", "fp64")
-DTYPE_ALIASES = {"float32": "fp32", "bfloat16": "bf16", "float64": "fp64"}
+# From the torch-free vocabulary: building the parser (`longmix --help`) must stay fast.
+from ..vocabulary import DTYPE_ALIASES, LAYOUTS, STRATEGIES
+from ..vocabulary import DTYPE_NAMES as DTYPES
 
 #: Exit statuses, documented in --help and the README.
 EXIT_PASS, EXIT_FAIL, EXIT_USAGE, EXIT_RUNTIME = 0, 1, 2, 3

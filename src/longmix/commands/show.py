@@ -9,13 +9,19 @@ from pathlib import Path
 def add_arguments(parser):
     parser.add_argument("name", help="a mixer name (see `longmix mixers`), or 'all' for one panel per mixer")
     parser.add_argument("--out", required=True, type=Path, help="PNG file to write")
-    parser.add_argument("--length", type=int, default=64, help="sequence length L (default 64)")
+    parser.add_argument("--length", type=int, default=64,
+                        help=f"sequence length L, 1..{MAX_LENGTH} (default 64)")
     parser.add_argument("--dim", type=int, default=16, help="model width (default 16)")
     parser.add_argument("--heads", type=int, default=2, help="heads / channel groups (default 2)")
     parser.add_argument("--causal", action="store_true", help="build causal mixers (where possible)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the weights and the random input")
     parser.add_argument("--option", "-o", action="append", default=[], metavar="KEY=VALUE",
                         help="a constructor option of the mixer, e.g. -o window=8 (repeatable; not with 'all')")
+
+
+# Each panel materializes L x L float64 matrices (several, for the literal paths) and draws one
+# pixel per entry: past a few thousand positions that is gigabytes for a picture no screen shows.
+MAX_LENGTH = 4096
 
 
 def _fail(message: str) -> int:
@@ -29,8 +35,11 @@ def run(args) -> int:
 
     if args.name != "all" and args.name not in mixers.available():
         return _fail(f"unknown mixer {args.name!r}; valid names: all, {', '.join(mixers.available())}")
-    if args.length < 1:
-        return _fail(f"--length must be >= 1, got {args.length}")
+    if not 1 <= args.length <= MAX_LENGTH:
+        return _fail(f"--length must be between 1 and {MAX_LENGTH} (the L x L mixing matrix is "
+                     f"materialized and drawn), got {args.length}")
+    if not args.out.suffix:  # matplotlib would append ".png"; say the name it really writes
+        args.out = args.out.with_suffix(".png")
     folder = args.out.parent if str(args.out.parent) else Path(".")
     if not folder.is_dir():
         return _fail(f"--out: {str(folder)!r} is not an existing directory")

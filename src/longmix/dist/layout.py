@@ -19,8 +19,8 @@ import torch
 import torch.distributed as dist
 
 from longmix.checks import check_int
+from longmix.vocabulary import LAYOUTS
 
-LAYOUTS = ("contiguous", "zigzag")
 
 Segment = tuple[int, int]  # (global_start, length)
 

@@ -21,10 +21,10 @@ import torch
 import torch.distributed as dist
 
 from longmix.checks import check_optional_int
+from longmix.vocabulary import STRATEGIES
 
 from .layout import LAYOUTS, local_length
 
-STRATEGIES = ("auto", "shuffle", "ring", "hybrid")
 _DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 _DEVICES = ("cpu", "cuda", "mps", "xpu", "meta", "other")
 _MESSAGE_BYTES = 400  # room for one rank's local error text in the gathered record

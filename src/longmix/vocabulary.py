@@ -1,0 +1,15 @@
+"""The names that longmix's command line, jobs, records and libraries share, defined once.
+
+Kept free of torch so that building a command-line parser (`longmix --help`) stays fast: the
+modules that use these names with torch (``longmix.dtypes``, ``longmix.dist``) import them from here.
+"""
+from __future__ import annotations
+
+#: Strategies of ``longmix.dist.attention``.
+STRATEGIES = ("auto", "shuffle", "ring", "hybrid")
+#: Which rows of a sharded sequence each rank holds (``longmix.dist.layout``).
+LAYOUTS = ("contiguous", "zigzag")
+#: The short dtype names of jobs, benchmarks and records.
+DTYPE_NAMES = ("fp32", "bf16", "fp64")
+#: Long spellings a user may type; mapped to the short names, never stored.
+DTYPE_ALIASES = {"float32": "fp32", "bfloat16": "bf16", "float64": "fp64"}
