@@ -15,18 +15,10 @@ from __future__ import annotations
 import torch
 import torch.distributed as dist
 
+from .layout import resolve_group
 from .stats import CommStats
 
-__all__ = ["group_size_and_rank", "all_gather_tensors", "depend_on"]
-
-
-def group_size_and_rank(group=None) -> tuple[int, int]:
-    """(world size, rank) of ``group``; (1, 0) when torch.distributed is not initialized."""
-    if not dist.is_available() or not dist.is_initialized():
-        if group is not None:
-            raise ValueError("group was given but torch.distributed is not initialized")
-        return 1, 0
-    return dist.get_world_size(group), dist.get_rank(group)
+__all__ = ["all_gather_tensors", "depend_on"]
 
 
 def _pack(tensors: list[torch.Tensor], device) -> torch.Tensor:
@@ -56,7 +48,7 @@ class _AllGather(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, group, stats, *tensors):
-        world, rank = group_size_and_rank(group)
+        _, world, rank = resolve_group(group)
         device = tensors[0].device
         mine = _pack(list(tensors), device)
         buffers = [torch.empty_like(mine) for _ in range(world)]
@@ -111,7 +103,7 @@ def all_gather_tensors(tensors: list[torch.Tensor], group=None, stats: CommStats
     for i, t in enumerate(tensors):
         if not isinstance(t, torch.Tensor):
             raise ValueError(f"all_gather_tensors: tensors[{i}] must be a torch.Tensor, got {type(t).__name__}")
-    world, _ = group_size_and_rank(group)
+    _, world, _ = resolve_group(group)
     if world == 1 or not tensors:
         return [tensors]
     flat = _AllGather.apply(group, stats, *tensors)

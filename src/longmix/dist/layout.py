@@ -80,13 +80,15 @@ def sequence_order(segs: list[list[Segment]]) -> torch.Tensor | None:
     return torch.argsort(positions)
 
 
-def _group_info(group) -> tuple[int, int]:
+def resolve_group(group=None) -> tuple[object, int, int]:
+    """(group, world size, rank): ``None`` means the default group; without an initialized
+    torch.distributed this is one process, (None, 1, 0), and passing a group is an error."""
     if not dist.is_available() or not dist.is_initialized():
         if group is not None:
             raise ValueError("group was given but torch.distributed is not initialized")
-        return 1, 0
+        return None, 1, 0
     group = dist.group.WORLD if group is None else group
-    return dist.get_world_size(group), dist.get_rank(group)
+    return group, dist.get_world_size(group), dist.get_rank(group)
 
 
 def shard(x: torch.Tensor, group=None, layout: str = "contiguous") -> torch.Tensor:
@@ -97,7 +99,7 @@ def shard(x: torch.Tensor, group=None, layout: str = "contiguous") -> torch.Tens
     check_layout(layout)
     if x.dim() < 2:
         raise ValueError(f"x must have a sequence dim 1, got shape {tuple(x.shape)}")
-    world, rank = _group_info(group)
+    _, world, rank = resolve_group(group)
     segs = segments(x.shape[1], world, rank, layout)
     if not segs:
         return x[:, :0]
@@ -116,7 +118,7 @@ def unshard(y: torch.Tensor, group=None, layout: str = "contiguous") -> torch.Te
     check_layout(layout)
     if y.dim() < 2:
         raise ValueError(f"y must have a sequence dim 1, got shape {tuple(y.shape)}")
-    world, rank = _group_info(group)
+    _, world, rank = resolve_group(group)
     if world == 1:
         return y
     group = dist.group.WORLD if group is None else group

@@ -31,7 +31,7 @@ import torch.distributed as dist
 from torch import nn
 
 from .halo import HaloPieces, join_backward, window_attention
-from .layout import LAYOUTS, Segment, all_segments, check_layout, sequence_order
+from .layout import LAYOUTS, Segment, all_segments, check_layout, resolve_group, sequence_order
 from .model_plan import mixer_layers, plan_model
 from .regroup import (group_split, pack_for_groups, pack_for_sequence, to_group_shards,
                       to_sequence_shards)
@@ -73,22 +73,13 @@ class Shards:
         return None
 
 
-def _world(group) -> tuple[object, int, int]:
-    if not (dist.is_available() and dist.is_initialized()):
-        if group is not None:
-            raise ValueError("group was given but torch.distributed is not initialized")
-        return None, 1, 0
-    group = dist.group.WORLD if group is None else group
-    return group, dist.get_world_size(group), dist.get_rank(group)
-
-
 def agree_on_shards(x, group, layout: str, *, what: str, dims: int, width: int | None = None,
                     max_len: int | None = None) -> Shards:
     """Check this rank's shard ``x`` against every other rank's in one small all-gather, so bad
     or disagreeing shards raise the same ValueError on every rank instead of hanging.
 
     ``dims``: the expected rank of x (batch, local_len[, width]); ``width``: its last dim."""
-    group, world, rank = _world(group)
+    group, world, rank = resolve_group(group)
     error = ""
     if not isinstance(x, torch.Tensor):
         error = f"{what} must be a torch.Tensor, got {type(x).__name__}"
@@ -188,7 +179,7 @@ class ParallelMixer(nn.Module):
         """The forward once the shards are agreed (a parallel model agrees once for all layers)."""
         if shards.world == 1:
             return self.mixer(x)
-        group, _, _ = _world(self.group)
+        group, _, _ = resolve_group(self.group)
         if self.form == "shuffle":
             return self._shuffle(x, shards, group)
         if self.form == "ring":
@@ -277,7 +268,7 @@ class ParallelSequenceModel(nn.Module):
                                  max_len=model.cfg.max_len)
         if shards.world == 1:
             return model(tokens)
-        group, world, _ = _world(self.group)
+        group, world, _ = resolve_group(self.group)
         mixers = [lambda x, layer=layer: layer.run(x, shards) for layer in self.layers]
         h = model.features(tokens, positions=shards.positions.to(tokens.device), mixers=mixers)
         if model.cfg.head == "lm":
@@ -316,7 +307,7 @@ def parallelize(module: nn.Module, group=None, layout: str = "contiguous", forms
     if not isinstance(module, (TokenMixer, SequenceModel)):
         raise ValueError(f"parallelize: module must be a TokenMixer or a SequenceModel, got "
                          f"{type(module).__name__}")
-    _, world, _ = _world(group)
+    _, world, _ = resolve_group(group)
     param = next(module.parameters(), None)
     dtype = param.dtype if param is not None else torch.float32
     plan = plan_model(module, seq_len, world, batch, dtype=dtype, layout=layout, forms=forms)

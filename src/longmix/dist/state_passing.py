@@ -21,8 +21,8 @@ from __future__ import annotations
 
 import torch
 
-from .collectives import all_gather_tensors, depend_on, group_size_and_rank
-from .layout import check_layout, even_pieces, local_length
+from .collectives import all_gather_tensors, depend_on
+from .layout import check_layout, even_pieces, local_length, resolve_group
 from .stats import CommStats
 
 __all__ = ["state_passing_mix", "state_passing_bytes", "state_passing_backward_bytes"]
@@ -93,7 +93,7 @@ def state_passing_mix(mixer, x_local: torch.Tensor, *, group=None, layout: str =
     if not hasattr(mixer, "check_state_form"):
         raise ValueError(f"state_passing_mix: mixer must be a longmix TokenMixer, got {name}")
     mixer.check_state_form("state_passing_mix")  # the same on every rank: no collective has run yet
-    world, rank = group_size_and_rank(group)
+    _, world, rank = resolve_group(group)
     if seq_len is None:
         metas = [m.tolist() for m, in all_gather_tensors([_meta(mixer, x_local)], group, stats)]
         seq_len = _check_shards(name, metas, world, layout)

@@ -23,7 +23,7 @@ import torch.distributed as dist
 from longmix.checks import check_optional_int
 from longmix.vocabulary import STRATEGIES
 
-from .layout import LAYOUTS, local_length
+from .layout import LAYOUTS, local_length, resolve_group
 
 _DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 _DEVICES = ("cpu", "cuda", "mps", "xpu", "meta", "other")
@@ -177,15 +177,12 @@ def validate(q, k, v, *, causal, group, strategy, layout, scale, window, hybrid_
     opts = dict(causal=causal, strategy=strategy, layout=layout, scale=scale, window=window,
                 hybrid_size=hybrid_size)
     errors = _local_errors(q, k, v, **opts)
-    if not (dist.is_available() and dist.is_initialized()):
-        if group is not None:
-            raise ValueError("group was given but torch.distributed is not initialized")
+    group, world, rank = resolve_group(group)
+    if group is None:  # one process: nothing to agree on
         if errors:
             raise ValueError("longmix.dist.attention: " + "; ".join(errors))
-        records, world, rank = [_record(q, k, v, errors=errors, **opts)], 1, 0
+        records = [_record(q, k, v, errors=errors, **opts)]
     else:
-        group = dist.group.WORLD if group is None else group
-        world, rank = dist.get_world_size(group), dist.get_rank(group)
         records = _gather(_record(q, k, v, errors=errors, **opts), group)
 
     n = len(_FIELDS)

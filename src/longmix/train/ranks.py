@@ -19,7 +19,7 @@ from typing import Callable, TypeVar
 import torch
 import torch.distributed as dist
 
-from ..dist.layout import shard
+from ..dist.layout import resolve_group, shard
 
 T = TypeVar("T")
 
@@ -54,12 +54,7 @@ class Ranks:
 
     @classmethod
     def of(cls, group=None, layout: str = "contiguous") -> "Ranks":
-        if not (dist.is_available() and dist.is_initialized()):
-            if group is not None:
-                raise ValueError("group was given but torch.distributed is not initialized")
-            return cls(None, 1, 0, layout)
-        group = dist.group.WORLD if group is None else group
-        return cls(group, dist.get_world_size(group), dist.get_rank(group), layout)
+        return cls(*resolve_group(group), layout)
 
     @property
     def is_main(self) -> bool:
