@@ -63,9 +63,8 @@ def rank_worker(group, spec: dict) -> dict:
     import torch
 
     import longmix.dist as ld
-    from longmix.bench.mixers import _reset_peak_rss  # the one VmHWM reset of the benchmarks
     from longmix.dtypes import DTYPES
-    from longmix.machine import current_rss_bytes, peak_rss_bytes
+    from longmix.machine import current_rss_bytes, peak_rss_bytes, reset_peak_rss
 
     dtype = DTYPES[spec["dtype"]]
     world = torch.distributed.get_world_size(group)
@@ -87,7 +86,7 @@ def rank_worker(group, spec: dict) -> dict:
         short = ld.local_length(64 * world, world, rank, spec["layout"])
         pmixer(torch.randn(spec["batch"], short, spec["dim"], dtype=dtype))
         before = current_rss_bytes()
-        _reset_peak_rss()
+        reset_peak_rss()
         for i in range(1 + spec["repeats"]):
             stats.bytes_sent = 0
             start = time.perf_counter()

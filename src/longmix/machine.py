@@ -114,6 +114,17 @@ def peak_rss_bytes() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale
 
 
+def reset_peak_rss() -> bool:
+    """Reset this process's peak resident set (VmHWM) to its current size; False where the
+    kernel offers no reset (no /proc/self/clear_refs), so the peak then covers the whole life."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")  # 5: reset the peak resident set size (VmHWM) to the current RSS
+        return True
+    except OSError:
+        return False
+
+
 def current_rss_bytes() -> int:
     """This process's resident set size now (VmRSS), to separate a run's own memory from the baseline."""
     now = _proc_status_bytes("VmRSS")

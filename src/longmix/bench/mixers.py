@@ -96,15 +96,6 @@ class SweepConfig:
 
 
 # -- one point, in the child process --------------------------------------------------------
-def _reset_peak_rss() -> bool:
-    try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")  # 5: reset the peak resident set size (VmHWM) to the current RSS
-        return True
-    except OSError:
-        return False
-
-
 def measure_point(mixer: str, length: int, dim: int = 64, heads: int = 4, batch: int = 1,
                   dtype: str = "fp32", causal: bool = False, repeats: int = 3,
                   quick_s: float = 2.0, seed: int = 0) -> dict:
@@ -112,18 +103,18 @@ def measure_point(mixer: str, length: int, dim: int = 64, heads: int = 4, batch:
     import torch
 
     from longmix import mixers
-    from longmix.machine import current_rss_bytes, peak_rss_bytes
+    from longmix.machine import current_rss_bytes, peak_rss_bytes, reset_peak_rss
 
     torch.manual_seed(seed)
     cls = mixers.get_class(mixer)
-    heads = heads if getattr(cls, "uses_heads", True) else 1
+    heads = heads if cls.uses_heads else 1
     from longmix.dtypes import DTYPES as TORCH_DTYPES
 
     dt = TORCH_DTYPES[dtype_name(dtype)]
     model = mixers.build(mixer, dim, heads=heads, causal=causal, max_len=length).to(dt).eval()
     x = torch.randn(batch, length, dim, dtype=dt)
     rss_before = current_rss_bytes()
-    reset = _reset_peak_rss()
+    reset = reset_peak_rss()
     times = []
     with torch.no_grad():
         for i in range(1 + repeats):

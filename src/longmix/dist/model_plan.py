@@ -198,7 +198,9 @@ def state_cost(mixer, seq_len, world, batch, dtype, layout) -> FormCost:
     if seq_len is None:
         return FormCost("state", True)
     # the same on every rank, and independent of L; the backward is not predicted there
-    sent = state_passing.state_passing_bytes(mixer, batch, world, layout, dtype=dtype)
+    # parallelize passes the agreed seq_len, so no shape-check record travels
+    sent = state_passing.state_passing_bytes(mixer, batch, world, layout, dtype=dtype,
+                                             seq_len_known=True)
     return FormCost("state", True, forward_bytes=(sent,) * world)
 
 
@@ -216,7 +218,7 @@ def layer_options(mixer, seq_len, world, batch, dtype, layout) -> list[FormCost]
     return options
 
 
-def _choose(options: list[FormCost]) -> str | None:
+def _choose(options: list[FormCost]) -> FormCost | None:
     """The feasible form sending the fewest bytes (the busiest rank's); unpredicted forms rank
     after predicted ones, in FORMS order (shuffle first: it runs the mixer's own kernel)."""
     feasible = [o for o in options if o.feasible]
@@ -275,7 +277,7 @@ def plan_model(module, seq_len: int | None, world_size: int, batch: int = 1, *,
             choice = _choose(options)
             if choice is None:
                 raise no_form_error(name, mixer, options, world_size)
-            form = choice if isinstance(choice, str) else choice.form
+            form = choice.form
         else:
             cost = next(o for o in options if o.form == want)
             if not cost.feasible:

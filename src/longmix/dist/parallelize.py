@@ -31,7 +31,7 @@ import torch.distributed as dist
 from torch import nn
 
 from .halo import HaloPieces, join_backward, window_attention
-from .layout import LAYOUTS, Segment, all_segments, check_layout, resolve_group, sequence_order
+from .layout import Segment, all_segments, check_layout, resolve_group, sequence_order
 from .model_plan import mixer_layers, plan_model
 from .regroup import (group_split, pack_for_groups, pack_for_sequence, to_group_shards,
                       to_sequence_shards)
@@ -187,8 +187,9 @@ class ParallelMixer(nn.Module):
         if self.form == "state":
             from .state_passing import state_passing_mix
 
+            # the shards were agreed above: skip state passing's own all-gathered shape check
             return state_passing_mix(self.mixer, x, group=group, layout=self.layout,
-                                     stats=self.stats)
+                                     stats=self.stats, seq_len=shards.seq_len)
         raise ValueError(f"unknown form {self.form!r}")
 
     def _shuffle(self, x, shards: Shards, group):
@@ -302,8 +303,7 @@ def parallelize(module: nn.Module, group=None, layout: str = "contiguous", forms
     from longmix.mixers import TokenMixer
     from longmix.models.model import SequenceModel
 
-    if layout not in LAYOUTS:
-        raise ValueError(f"layout must be one of {LAYOUTS}, got {layout!r}")
+    check_layout(layout)
     if not isinstance(module, (TokenMixer, SequenceModel)):
         raise ValueError(f"parallelize: module must be a TokenMixer or a SequenceModel, got "
                          f"{type(module).__name__}")

@@ -35,10 +35,6 @@ from . import report
 from .floors import floors
 from .grid import Grid, Run, choose, with_out
 
-#: Record fields that carry the code version (every record has them; older ones may not).
-PROVENANCE_KEYS = ("git_describe", "git_commit", "git_dirty", "git_diff_sha256")
-
-
 def _train_one(cfg):
     """Worker entry point: (record, None), or (None, message) for a clear ValueError. A diverged
     run returns a record with ``status: "diverged"`` (a sweep's candidate may diverge)."""
@@ -81,9 +77,10 @@ def run_study(grid: Grid, out: str | os.PathLike, progress: bool = True, command
             # spawn: a fresh interpreter per worker, no forked torch thread pools.
             pool = stack.enter_context(cf.ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn")))
         _run_phase(grid, grid.sweep_runs(), out, "sweep", progress, pool, log, failed)
-        choices, _ = choose(grid, [r for r in study_records(out) if r["study"].get("phase") == "sweep"])
+        records = study_records(out)  # read once: choosing and reusing see the same records
+        choices, _ = choose(grid, [r for r in records if r["study"].get("phase") == "sweep"])
         grid_runs = grid.runs(choices)
-        _reuse_sweep_records(grid, grid_runs, out)
+        _reuse_sweep_records(grid, grid_runs, out, records)
         _run_phase(grid, grid_runs, out, "grid", progress, pool, log, failed)
     paths = write_report(grid, out, command=command, log=log)
     return {"finished": paths.pop("records"), "failed": failed, "paths": paths}
@@ -103,9 +100,9 @@ def _append(grid: Grid, out: Path, run: Run, record: dict) -> None:
     append_record(out / "results.jsonl", record)
 
 
-def _reuse_sweep_records(grid: Grid, runs: list[Run], out: Path) -> None:
-    """Record, under their grid ids, the grid runs a sweep run already trained (same config)."""
-    records = study_records(out)
+def _reuse_sweep_records(grid: Grid, runs: list[Run], out: Path, records: list[dict]) -> None:
+    """Record, under their grid ids, the grid runs a sweep run already trained (same config);
+    ``records`` are the study's records in ``out``."""
     done = {r["study"]["run"] for r in records}
     by_config = {r["run_id"]: r for r in records if r["study"].get("phase") == "sweep"
                  and r.get("status", "finished") == "finished"}
