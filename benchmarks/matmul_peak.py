@@ -8,6 +8,11 @@ Part 2: the local attention forward (torch's fused `scaled_dot_product_attention
 it, and longmix's op: the same kernel with the causal triangle split into full blocks) at one L,
 1 x 32, 1 x 64 and 2 x 32 heads x head_dim, causal or not, each as useful GFLOP/s (causal counted
 as half) and % of the matmul peak of its dtype on the same threads.
+Part 3: the ceiling the softmax puts on that percentage. Every score costs 4·d useful flops in
+the two matmuls and at least one exp, which run on the same cores; the exp's measured cost per
+score (and that of torch's whole softmax: max, exp, sum, scale) on 1 thread bounds the % of peak
+any exact kernel can reach at head_dim d: 4d/peak / (4d/peak + exp time). A model, not a
+measurement of a kernel; it says which goals no kernel built on these cores can meet.
 
 Writes benchmarks/results/matmul_peak.{json,md,png} with the machine, command, date and commit.
 attention_scaling.py reads the JSON to print "% of the dtype's peak".
@@ -21,7 +26,8 @@ import shlex
 import sys
 from pathlib import Path
 
-from longmix.bench.peak import KERNELS, SIZES, attention_rate, measure_peaks, peaks_by
+from longmix.bench.peak import (KERNELS, SIZES, attention_ceiling, attention_rate, measure_peaks,
+                                peaks_by, softmax_ns_per_score)
 from longmix.fileio import atomic_write_text
 from longmix.machine import describe, markdown
 from longmix.provenance import provenance, utc_now
@@ -59,7 +65,7 @@ def table(records: list[dict]) -> str:
     return "\n".join(lines)
 
 
-SHAPES = ((1, 32), (1, 64), (2, 32))  # heads x head_dim, as in the table
+SHAPES = ((1, 32), (1, 64), (2, 32), (1, 128))  # heads x head_dim: the table, and d = 128
 
 
 def measure_attention(threads, seq_len: int, budget_s: float) -> list[dict]:
@@ -102,6 +108,25 @@ def attention_table(records: list[dict], peaks: dict) -> str:
     return "\n".join(lines)
 
 
+CEILING_HEAD_DIMS = (32, 64, 128)
+
+
+def ceiling_table(vector_ns: dict, peaks: dict, attention: list[dict]) -> str:
+    lines = ["| dtype | head_dim | ceiling: exp only | ceiling: torch softmax | longmix measured, 1 thread |",
+             "|---|---|---|---|---|"]
+    for dtype in ("fp32", "bf16"):
+        peak = peaks.get((dtype, 1))
+        if not peak:
+            continue
+        for d in CEILING_HEAD_DIMS:
+            rates = [r["gflops"] for r in attention if r["status"] == "ok" and r["kernel"] == "longmix"
+                     and (r["dtype"], r["threads"], r["head_dim"]) == (dtype, 1, d)]
+            measured = f"{100 * max(rates) / peak:.0f}%" if rates else "-"
+            lines.append(f"| {dtype} | {d} | {attention_ceiling(peak, d, vector_ns['exp']):.0f}% | "
+                         f"{attention_ceiling(peak, d, vector_ns['softmax']):.0f}% | {measured} |")
+    return "\n".join(lines)
+
+
 def plot(records: list[dict], path: Path) -> None:
     import matplotlib
 
@@ -133,10 +158,11 @@ def main(argv=None) -> int:
     records = measure_peaks(threads, sizes=sizes, budget_s=args.budget_s)
     attention = (measure_attention(threads, args.attention_len, args.attention_budget_s)
                  if args.attention_len > 0 else [])
+    vector_ns = softmax_ns_per_score(threads=1)
     command = "python benchmarks/matmul_peak.py " + shlex.join(sys.argv[1:] if argv is None else argv)
     machine = describe()
     run = {"command": command.strip(), "date": utc_now(), "machine": machine,
-           **provenance(), "records": records, "attention": attention,
+           **provenance(), "records": records, "attention": attention, "vector_ns_per_score": vector_ns,
            "peaks": [{"dtype": d, "threads": t, "gflops": g}
                      for (d, t), g in sorted(peaks_by(records).items())]}
     args.out.mkdir(parents=True, exist_ok=True)
@@ -146,6 +172,11 @@ def main(argv=None) -> int:
         text += (f"\n\nLocal attention forward at L = {args.attention_len:,}: useful GFLOP/s "
                  f"(causal counted as half) and % of the matmul peak of its dtype on the same "
                  f"threads; median of 3 warm calls\n\n" + attention_table(attention, peaks_by(records)))
+    text += (f"\n\nThe softmax's ceiling on attention's % of peak (1 thread): each score costs "
+             f"4·head_dim flops at the matmul peak plus {vector_ns['exp']:.3f} ns of exp (measured; "
+             f"{vector_ns['softmax']:.3f} ns for torch's whole softmax) on the same core. A kernel "
+             f"above the exp-only ceiling would have to skip exponentials.\n\n"
+             + ceiling_table(vector_ns, peaks_by(records), attention))
     md = [f"### Matmul peaks", "", f"- Machine: {markdown(machine)}", f"- Command: `{run['command']}`",
           f"- Date: {run['date']}; commit: {run['git_describe']}", "", text, "",
           "![matmul rates](matmul_peak.png)", ""]

@@ -3,6 +3,15 @@
     python benchmarks/passkey_long.py --mixer mamba --context 65536 --steps 300
     python benchmarks/passkey_long.py --mixer softmax --context 8192 --steps 300
     python benchmarks/passkey_long.py --mixer linear --context 1024 --steps 4 --dim 16   # smoke
+    python benchmarks/passkey_long.py --mixer mamba --causal --curriculum 64:400,256:200,1024:100 \
+        --context 4096 --steps 50 --batch-size 8          # a curriculum of growing contexts
+
+A curriculum (``--curriculum``) trains short contexts first, on the same P ranks, each stage
+starting from the weights of the one before (``longmix train --init-from``); the final stage at
+``--context`` starts from the last of them, on P ranks and on one process alike. Tiny models
+learn to find the key in a few hundred steps at 64 tokens, where the search is short, and
+then need only tens of steps per 4x longer context: the same task trained cold at 2,048 tokens
+stayed at chance after 1,500 steps (the first rows of the table).
 
 Each configuration is trained twice with ``longmix.train`` -- on ``--procs`` ranks (every sequence
 split over them, the model sequence-parallel) and on one process -- from the same seed, so the
@@ -26,6 +35,7 @@ import math
 import os
 import shlex
 import sys
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from longmix.dist.launch import run_local
@@ -59,20 +69,48 @@ def run(cfg: TrainConfig, procs: int, threads: int, timeout_s: float) -> dict:
         "accuracy": record["test"]["accuracy"], "test_loss": record["test"]["loss"],
         "steps": record["steps"], "wall_s": record["wall_s"], "sessions": record["sessions"],
         "s_per_step": record["wall_s"] / max(record["steps"], 1),
-        "forms": record.get("forms"),
+        "forms": record.get("forms"), "positional": record["positional"],
         "peak_rss_bytes": [r["peak_rss_bytes"] for r in ranks],
         "start_rss_bytes": [r["start_rss_bytes"] for r in ranks],
     }
 
 
-def config(args, procs: int, threads: int) -> TrainConfig:
-    return TrainConfig(
-        task="passkey", mixer=args.mixer, context=args.context, steps=args.steps,
-        batch_size=args.batch_size, dim=args.dim, depth=args.depth, heads=args.heads, lr=args.lr,
-        seed=args.seed, pool=args.pool, eval_every=args.steps, eval_batches=args.eval_batches,
-        checkpoint_every=max(1, args.steps // 10), threads=threads, progress=not args.quiet,
-        task_params={"length": args.context, "depth": [0.0, 1.0]},  # the key anywhere
-        procs=procs, layout=args.layout, form=args.form, out=str(Path(args.runs_dir) / f"{args.mixer}-C{args.context}-P{procs}"))
+def config(args, procs: int, threads: int, stage: "Stage", init_from: str | None) -> TrainConfig:
+    cfg = TrainConfig(
+        task="passkey", mixer=args.mixer, context=stage.context, steps=stage.steps,
+        batch_size=stage.batch_size, dim=args.dim, depth=args.depth, heads=args.heads, lr=args.lr,
+        seed=args.seed, pool=args.pool, positional=args.positional, causal=True if args.causal else None,
+        init_from=init_from,
+        eval_every=stage.steps, eval_batches=args.eval_batches,
+        checkpoint_every=max(1, stage.steps // 10), threads=threads, progress=not args.quiet,
+        task_params={"length": stage.context, "depth": [0.0, 1.0]},  # the key anywhere
+        procs=procs, layout=args.layout, form=args.form)
+    # One folder per configuration (its run id): a rerun resumes it, another one never collides.
+    cfg.out = str(Path(args.runs_dir) / f"{args.mixer}-C{stage.context}-P{procs}-{cfg.run_id()}")
+    return cfg
+
+
+@dataclass(frozen=True)
+class Stage:
+    context: int
+    steps: int
+    batch_size: int
+
+
+def parse_curriculum(text: str, batch_size: int) -> list[Stage]:
+    """'64:400,256:200:8' -> stages (context, steps, batch size; the batch defaults to --batch-size)."""
+    stages = []
+    for item in filter(None, text.split(",")):
+        parts = item.split(":")
+        try:
+            numbers = [int(p) for p in parts]
+        except ValueError:
+            numbers = []
+        if len(numbers) not in (2, 3) or min(numbers) < 1:
+            raise SystemExit(f"passkey_long: error: --curriculum expects CONTEXT:STEPS[:BATCH] items of "
+                             f"positive integers, got {item!r}")
+        stages.append(Stage(numbers[0], numbers[1], numbers[2] if len(numbers) == 3 else batch_size))
+    return stages
 
 
 def _gib(n: float) -> str:
@@ -84,15 +122,21 @@ def markdown_table(records: list[dict]) -> str:
              "Written by `benchmarks/passkey_long.py`. Peak memory is each rank's VmHWM (the torch "
              "runtime included; the size at the start of training is in brackets). s/step is the "
              "run's wall time over its steps, one evaluation and the checkpoints included.", "",
-             "| mixer | context | pool | P | forms | steps | accuracy | s/step | peak GiB per rank [start] | date | code |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
+             "A curriculum lists each earlier stage as context:steps (batch) = test accuracy, s/step, on "
+             "the same P ranks; the final stage starts from its weights.", "",
+             "| mixer | context | pool | causal | positions | curriculum | P | forms | batch | steps | accuracy | s/step | peak GiB per rank [start] | date | code |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for rec in records:
+        stages = "; ".join(f"{c['context']}:{c['steps']} ({c['batch_size']}) = {c['accuracy']:.3f}, "
+                           f"{c['s_per_step']:.2f}" for c in rec.get("curriculum", [])) or "-"
         for row in rec["rows"]:
             peaks = ", ".join(f"{_gib(p)} [{_gib(s)}]" for p, s in zip(row["peak_rss_bytes"], row["start_rss_bytes"]))
             forms = ", ".join(sorted(set(row["forms"]))) if row.get("forms") else "-"
             # records from before --pool existed ran the then-default: mean over non-pad tokens
-            lines.append(f"| {rec['mixer']} | {rec['context']} | {rec.get('pool', 'mean')} | {row['procs']} | "
-                         f"{forms} | {row['steps']} | "
+            lines.append(f"| {rec['mixer']} | {rec['context']} | {rec.get('pool', 'mean')} | "
+                         f"{'yes' if rec.get('causal') else 'no'} | {row.get('positional', 'family default')} | "
+                         f"{stages} | {row['procs']} | "
+                         f"{forms} | {rec.get('batch_size', 16)} | {row['steps']} | "
                          f"{row['accuracy']:.3f} | {row['s_per_step']:.2f} | {peaks} | {rec['date']} | "
                          f"{rec.get('git_describe')} |")
     lines += ["", "Machines:", ""]
@@ -114,6 +158,14 @@ def main(argv: list[str] | None = None) -> int:
     a("--depth", type=int, default=2)
     a("--heads", type=int, default=2)
     a("--lr", type=float, default=3e-3)
+    a("--curriculum", default="", metavar="C:STEPS[:BATCH],...",
+      help="stages trained before the final one, on the same ranks, each from the weights of the "
+           "one before (e.g. 64:400,256:200,1024:100); default none")
+    a("--causal", action="store_true",
+      help="causal mixers (with --pool last the last token reads the whole sequence, as an RNN's)")
+    a("--positional", default="auto", choices=["auto", "sinusoidal", "learned", "none"],
+      help="positional information (default: by mixer family; 'none' with --causal lets softmax "
+           "run at lengths it was not trained on)")
     a("--pool", default="last", choices=["last", "mean"],
       help="classification pooling (default last, the study's: a mean over L dilutes the one key)")
     a("--seed", type=int, default=0)
@@ -130,16 +182,31 @@ def main(argv: list[str] | None = None) -> int:
     a("--quiet", action="store_true")
     args = parser.parse_args(argv)
 
+    stages = parse_curriculum(args.curriculum, args.batch_size)
+    threads = max(1, args.cores // args.procs)
+    init_from, curriculum = None, []
+    for stage in stages:  # each on the P ranks, from the weights of the stage before
+        print(f"{args.mixer}, curriculum stage: context {stage.context}, {stage.steps} steps, "
+              f"batch {stage.batch_size}, {args.procs} process(es)", flush=True)
+        cfg = config(args, args.procs, threads, stage, init_from)
+        row = run(cfg, args.procs, threads, args.timeout)
+        print(f"  accuracy {row['accuracy']:.3f}, {row['s_per_step']:.2f} s/step", flush=True)
+        curriculum.append({**asdict(stage), **row})
+        init_from = cfg.out
+
+    final = Stage(args.context, args.steps, args.batch_size)
     rows = []
-    plan = [(args.procs, max(1, args.cores // args.procs))] + ([] if args.no_single else [(1, args.cores)])
+    plan = [(args.procs, threads)] + ([] if args.no_single else [(1, args.cores)])
     for procs, threads in plan:
         print(f"{args.mixer}, context {args.context}: training on {procs} process(es), "
               f"{threads} thread(s) each", flush=True)
-        row = run(config(args, procs, threads), procs, threads, args.timeout)
+        row = run(config(args, procs, threads, final, init_from), procs, threads, args.timeout)
         print(f"  accuracy {row['accuracy']:.3f}, {row['s_per_step']:.2f} s/step, peak GiB per rank "
               f"{[round(p / 2**30, 2) for p in row['peak_rss_bytes']]}, forms {row['forms']}", flush=True)
         rows.append(row)
-    record = {"mixer": args.mixer, "context": args.context, "pool": args.pool, "rows": rows, "machine": describe(),
+    record = {"mixer": args.mixer, "context": args.context, "pool": args.pool, "causal": args.causal,
+              "positional": args.positional,
+              "batch_size": args.batch_size, "curriculum": curriculum, "rows": rows, "machine": describe(),
               "command": "python " + " ".join(shlex.quote(x) for x in [sys.argv[0], *(argv or sys.argv[1:])]),
               "date": utc_now(), **provenance()}
     args.out_dir.mkdir(parents=True, exist_ok=True)

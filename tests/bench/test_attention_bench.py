@@ -173,3 +173,14 @@ def test_matmul_peak_and_percent_of_peak():
     assert set(peaks) == {("fp32", 1), ("bf16", 1)} and all(g > 0 for g in peaks.values())
     assert percent_of_peak(peaks[("fp32", 1)] / 2, "fp32", 1, peaks) == pytest.approx(50)
     assert percent_of_peak(1.0, "fp32", 8, peaks) is None  # not measured on 8 threads
+
+
+def test_the_softmax_ceiling_on_attention():
+    from longmix.bench.peak import attention_ceiling, softmax_ns_per_score
+
+    # 4 * 32 flops at 128 GFLOP/s is 1 ns per score: no vector work, 100%; as much again, 50%
+    assert attention_ceiling(128.0, 32, 0.0) == pytest.approx(100)
+    assert attention_ceiling(128.0, 32, 1.0) == pytest.approx(50)
+    assert attention_ceiling(128.0, 64, 1.0) == pytest.approx(200 / 3)  # wider heads hide more
+    costs = softmax_ns_per_score(rows=16, cols=64, reps=8)
+    assert set(costs) == {"exp", "softmax"} and all(ns > 0 for ns in costs.values())

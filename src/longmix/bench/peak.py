@@ -115,3 +115,39 @@ def attention_rate(kernel: str, dtype: str, threads: int, seq_len: int, heads: i
         return attention_flops(1, heads, seq_len, head_dim, causal) / statistics.median(times) / 1e9
     finally:
         torch.set_num_threads(previous)
+
+
+# -- the ceiling the softmax puts on attention ------------------------------------------------
+def softmax_ns_per_score(threads: int = 1, rows: int = 256, cols: int = 512, reps: int = 200) -> dict:
+    """Nanoseconds per score of the vector work attention adds to its matmuls, on a
+    cache-resident (rows x cols) fp32 tile (a flash kernel's block): ``exp`` alone (the least any
+    exact kernel does) and ``softmax`` (max, exp, sum and scale, as torch's fused op does them).
+    Best of 7 rounds of ``reps`` calls."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        x = torch.randn(rows, cols, generator=torch.Generator().manual_seed(0))
+        out = torch.empty_like(x)
+        calls = {"exp": lambda: torch.exp(x, out=out), "softmax": lambda: torch.softmax(x, -1)}
+        result = {}
+        for name, call in calls.items():
+            for _ in range(reps // 4):  # warm-up
+                call()
+            best = float("inf")
+            for _ in range(7):
+                t0 = time.perf_counter()
+                for _ in range(reps):
+                    call()
+                best = min(best, (time.perf_counter() - t0) / reps)
+            result[name] = best / (rows * cols) * 1e9
+        return result
+    finally:
+        torch.set_num_threads(previous)
+
+
+def attention_ceiling(peak_gflops: float, head_dim: int, vector_ns: float) -> float:
+    """The highest % of ``peak_gflops`` an attention kernel can reach when each score costs
+    ``4 * head_dim`` useful flops at the matmul peak plus ``vector_ns`` of vector work that the
+    same cores do (so it cannot overlap with the matmuls)."""
+    matmul_ns = 4 * head_dim / peak_gflops  # GFLOP/s = flops per ns
+    return 100 * matmul_ns / (matmul_ns + vector_ns)

@@ -3,6 +3,7 @@
     longmix train --task passkey --mixer softmax --context 256 --out runs/pk
     longmix train ... --procs 2                       # every sequence split over 2 local ranks
     torchrun --nproc-per-node 2 -m longmix.cli train ...   # joins torchrun's group instead
+    longmix train ... --context 4096 --init-from runs/pk   # continue a curriculum at a longer context
 
 Rerun the same command to resume after an interruption; a finished run is not trained twice.
 Exit status: 0 done, 2 bad arguments or an unusable run folder (busy, damaged checkpoint),
@@ -41,6 +42,12 @@ def add_arguments(parser):
       help="positional information (default: by mixer family, see longmix.models.positional)")
     a("--pool", default="auto", choices=["auto", "mean", "last"],
       help="classification pooling (default: mean over non-pad tokens; last for causal models)")
+    a("--causal", action="store_true",
+      help="causal mixers for classification too (the lm head is always causal); with --pool last "
+           "the last token then reads the whole sequence, as a recurrent model does")
+    a("--init-from", default=None, metavar="RUN_DIR",
+      help="start from the weights of the finished run in RUN_DIR (same mixer and sizes; the "
+           "context, task and learning rate may differ): a curriculum of growing contexts")
     a("--task-param", action="append", default=[], metavar="K=V", help="task parameter (repeatable)")
     a("--mixer-option", action="append", default=[], metavar="K=V",
       help="mixer constructor option (repeatable); max_len=N caps the context")
@@ -68,7 +75,8 @@ def config_from_args(args, procs: int | None = None):
         batch_size=args.batch_size, dim=args.dim, depth=args.depth, heads=args.heads, lr=args.lr,
         weight_decay=args.weight_decay, warmup=args.warmup, grad_clip=args.grad_clip, seed=args.seed,
         eval_batches=args.eval_batches, eval_last=args.eval_last, positional=args.positional,
-        pool=args.pool, task_params=parse_pairs(args.task_param, "--task-param"),
+        pool=args.pool, causal=True if args.causal else None, init_from=args.init_from,
+        task_params=parse_pairs(args.task_param, "--task-param"),
         mixer_options=parse_pairs(args.mixer_option, "--mixer-option"), out=args.out,
         eval_every=args.eval_every, checkpoint_every=args.checkpoint_every, device=args.device,
         threads=args.threads, progress=not args.quiet, procs=procs, layout=args.layout, form=args.form)

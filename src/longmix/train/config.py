@@ -11,6 +11,10 @@ from ..checks import check_int, check_optional_int
 from ..dist.layout import check_layout
 from ..dist.model_plan import FORMS
 
+#: Fields left out of the identity while they hold these defaults, so that the run ids of runs
+#: made before the fields existed stay the same.
+OPTIONAL_IDENTITY = {"causal": None, "init_from": None}
+
 #: Fields that do not change what is trained or measured: a run may be resumed with other values.
 NON_IDENTITY = ("out", "eval_every", "checkpoint_every", "device", "threads", "progress", "procs", "layout",
                 "form")
@@ -46,6 +50,10 @@ class TrainConfig:
     train_last: int | None = None
     positional: str = "auto"
     pool: str = "auto"
+    causal: bool | None = None  # None: causal for the lm head only; True: also for classification
+    # a finished run's folder whose weights start this run (a curriculum: short contexts first);
+    # the optimizer and schedule start afresh
+    init_from: str | None = None
     task_params: dict = field(default_factory=dict)
     mixer_options: dict = field(default_factory=dict)
     # -- not part of the identity -----------------------------------------------------------
@@ -75,6 +83,10 @@ class TrainConfig:
             if isinstance(value, bool) or not isinstance(value, numbers.Real) or not ok(value):
                 raise ValueError(f"{name} must be a number {expected}, got {value!r}")
         check_layout(self.layout)
+        if self.causal not in (None, True, False):
+            raise ValueError(f"causal must be None (by head), True or False, got {self.causal!r}")
+        if self.init_from is not None and not (isinstance(self.init_from, str) and self.init_from):
+            raise ValueError(f"init_from must be None or the path of a finished run's folder, got {self.init_from!r}")
         if self.form is not None and self.form not in FORMS:
             raise ValueError(f"form must be None (planned per layer) or one of {FORMS}, got {self.form!r}")
         self.task_params = dict(self.task_params)
@@ -89,6 +101,9 @@ class TrainConfig:
         d = asdict(self)
         for name in NON_IDENTITY:
             d.pop(name)
+        for name, default in OPTIONAL_IDENTITY.items():
+            if d[name] == default:
+                d.pop(name)
         return json.loads(json.dumps(d, sort_keys=True))  # canonical: plain JSON types only
 
     def run_id(self) -> str:

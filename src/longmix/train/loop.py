@@ -84,7 +84,7 @@ def model_config(cfg: TrainConfig, task) -> ModelConfig:
     head = "lm" if task.kind == "lm" else "classify"
     return ModelConfig(vocab_size=task.vocab_size, mixer=cfg.mixer, head=head,
                        num_classes=task.num_classes or 2, dim=cfg.dim, depth=cfg.depth,
-                       heads=cfg.heads, max_len=max_len, positional=cfg.positional, pool=cfg.pool,
+                       heads=cfg.heads, max_len=max_len, positional=cfg.positional, pool=cfg.pool, causal=cfg.causal,
                        pad_id=task.pad_id, mixer_options=options)
 
 
@@ -307,6 +307,38 @@ def _resume(cfg, ckpt_path: Path, model, optimizer, scheduler) -> dict:
     return state
 
 
+#: What a run must share with the run whose weights start it (``init_from``). Everything else may
+#: change -- context, task length, steps, learning rate -- which is the point of a curriculum.
+ARCHITECTURE = ("mixer", "dim", "depth", "heads", "positional", "causal")
+
+
+def _initialize(cfg, model) -> str:
+    """Load the weights of the finished run in folder ``cfg.init_from``; return its run id."""
+    path = Path(cfg.init_from) / CHECKPOINT
+    if not path.is_file():
+        raise ValueError(f"init_from {cfg.init_from!r} has no {CHECKPOINT}; expected the folder of a "
+                         f"finished training run")
+    state = checkpoint.load(path)
+    source, mine = state["identity"], cfg.identity()
+    if state["step"] != source.get("steps"):
+        raise ValueError(f"init_from {cfg.init_from!r}: that run stopped at step {state['step']} of "
+                         f"{source.get('steps')}; finish it first (rerun its command)")
+    differ = [f"{k}: {source.get(k)!r} there, {mine.get(k)!r} here" for k in ARCHITECTURE
+              if source.get(k) != mine.get(k)]
+    options = [{k: v for k, v in (o or {}).items() if k != "max_len"}
+               for o in (source.get("mixer_options"), mine.get("mixer_options"))]
+    if options[0] != options[1]:
+        differ.append(f"mixer_options: {options[0]!r} there, {options[1]!r} here (max_len aside)")
+    if differ:
+        raise ValueError(f"init_from {cfg.init_from!r} holds another architecture: {'; '.join(differ)}")
+    try:
+        model.load_state_dict(state["model"])
+    except RuntimeError as err:  # e.g. another task's vocabulary or number of classes
+        raise ValueError(f"init_from {cfg.init_from!r}: its weights do not fit this model "
+                         f"({str(err).splitlines()[0]}...)") from err
+    return state["run_id"]
+
+
 def _run(cfg, task, mcfg, device, out, run_id, say, ranks: Ranks) -> dict:
     results_path, ckpt_path = out / RESULTS, out / CHECKPOINT
     checkpoint.seed_everything(cfg.seed)
@@ -324,6 +356,9 @@ def _run(cfg, task, mcfg, device, out, run_id, say, ranks: Ranks) -> dict:
         step, history = state["step"], list(state["history"])
         wall_s, sessions = state["wall_s"], state["sessions"]
         say(f"resuming run {run_id} from {ckpt_path} at step {step}/{cfg.steps}")
+    elif cfg.init_from is not None:  # rank 0 loads; the broadcast below gives every rank its weights
+        source = ranks.on_main(lambda: _initialize(cfg, model))
+        say(f"starting from the weights of run {source} in {cfg.init_from}")
     ranks.broadcast_parameters(model)  # identical weights on every rank, whatever happened above
     sessions += 1
 
