@@ -35,6 +35,7 @@ import math
 import os
 import shlex
 import sys
+import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -42,7 +43,7 @@ from longmix.dist.launch import run_local
 from longmix.fileio import append_record, atomic_write_text, read_records
 from longmix.machine import current_rss_bytes, describe, markdown, peak_rss_bytes
 from longmix.provenance import provenance, utc_now
-from longmix.train import TrainConfig, train
+from longmix.train import TrainConfig, evaluate_checkpoint, train
 
 STEM = "passkey_long"
 
@@ -55,6 +56,24 @@ def train_rank(group, cfg: TrainConfig) -> dict:
     except ValueError as err:  # a clear error, the same on every rank: report it, not a traceback
         return {"error": str(err)}
     return {"record": record, "start_rss_bytes": start_rss, "peak_rss_bytes": peak_rss_bytes()}
+
+
+def score_rank(group, cfg: TrainConfig, path: str) -> dict:
+    try:
+        return evaluate_checkpoint(cfg, path, split="test", group=group)
+    except ValueError as err:
+        return {"error": str(err)}
+
+
+def score(cfg: TrainConfig, path: str, procs: int, threads: int, timeout_s: float) -> dict:
+    """Test accuracy of the weights in checkpoint ``path`` at ``cfg``'s context, on ``procs`` ranks."""
+    t0 = time.perf_counter()
+    ranks = run_local(score_rank, procs, args=(cfg, path), timeout=timeout_s,
+                      collective_timeout=1800.0, threads_per_rank=threads)
+    if "error" in ranks[0]:
+        raise SystemExit(f"passkey_long: error: {ranks[0]['error']}")
+    return {"context": cfg.context, "accuracy": ranks[0]["accuracy"], "scored": ranks[0]["scored"],
+            "procs": procs, "wall_s": round(time.perf_counter() - t0, 1)}
 
 
 def run(cfg: TrainConfig, procs: int, threads: int, timeout_s: float) -> dict:
@@ -126,10 +145,14 @@ def markdown_table(records: list[dict]) -> str:
              "the same P ranks; the final stage starts from its weights.", "",
              "| mixer | context | pool | causal | positions | curriculum | P | forms | batch | steps | accuracy | s/step | peak GiB per rank [start] | date | code |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    shown = set()
     for rec in records:
         stages = "; ".join(f"{c['context']}:{c['steps']} ({c['batch_size']}) = {c['accuracy']:.3f}, "
                            f"{c['s_per_step']:.2f}" for c in rec.get("curriculum", [])) or "-"
         for row in rec["rows"]:
+            if row["run_id"] in shown:  # a rerun that only added evaluations reuses finished runs
+                continue
+            shown.add(row["run_id"])
             peaks = ", ".join(f"{_gib(p)} [{_gib(s)}]" for p, s in zip(row["peak_rss_bytes"], row["start_rss_bytes"]))
             forms = ", ".join(sorted(set(row["forms"]))) if row.get("forms") else "-"
             # records from before --pool existed ran the then-default: mean over non-pad tokens
@@ -139,6 +162,18 @@ def markdown_table(records: list[dict]) -> str:
                          f"{forms} | {rec.get('batch_size', 16)} | {row['steps']} | "
                          f"{row['accuracy']:.3f} | {row['s_per_step']:.2f} | {peaks} | {rec['date']} | "
                          f"{rec.get('git_describe')} |")
+    scored = [rec for rec in records if rec.get("start") or rec.get("beyond")]
+    if scored:
+        lines += ["", "Test accuracy without training at that context, on the P ranks: the curriculum's "
+                  "last weights at the final context before the final stage trains (`--eval-start`), "
+                  "and the final weights at longer contexts (`--eval-beyond`), with the examples scored.", "",
+                  "| mixer | trained up to | before the final stage | longer contexts | date |", "|---|---|---|---|---|"]
+        for rec in scored:
+            start = rec.get("start")
+            before = f"{start['accuracy']:.3f} at {start['context']} ({start['scored']})" if start else "-"
+            longer = "; ".join(f"{b['accuracy']:.3f} at {b['context']} ({b['scored']}, {b['wall_s']:.0f} s)"
+                               for b in rec.get("beyond", [])) or "-"
+            lines.append(f"| {rec['mixer']} | {rec['context']} | {before} | {longer} | {rec['date']} |")
     lines += ["", "Machines:", ""]
     lines += sorted({f"- {markdown(rec['machine'])}" for rec in records})
     lines += ["", "Commands:", ""] + [f"- `{rec['command']}`" for rec in records]
@@ -166,6 +201,12 @@ def main(argv: list[str] | None = None) -> int:
     a("--positional", default="auto", choices=["auto", "sinusoidal", "learned", "none"],
       help="positional information (default: by mixer family; 'none' with --causal lets softmax "
            "run at lengths it was not trained on)")
+    a("--eval-start", action="store_true",
+      help="also score the curriculum's last weights at --context before the final stage trains")
+    a("--eval-beyond", type=lambda t: [int(c) for c in t.split(",") if c], default=[], metavar="C,...",
+      help="score the final P-rank weights at these longer contexts, on the P ranks (no training)")
+    a("--beyond-batches", type=int, default=8, help="test batches per --eval-beyond context (default 8)")
+    a("--beyond-batch-size", type=int, default=1, help="examples per --eval-beyond batch (default 1)")
     a("--pool", default="last", choices=["last", "mean"],
       help="classification pooling (default last, the study's: a mean over L dilutes the one key)")
     a("--seed", type=int, default=0)
@@ -195,7 +236,12 @@ def main(argv: list[str] | None = None) -> int:
         init_from = cfg.out
 
     final = Stage(args.context, args.steps, args.batch_size)
-    rows = []
+    start = None
+    if args.eval_start and init_from is not None:  # what the curriculum alone gives at the final context
+        start = score(config(args, args.procs, threads, final, None), str(Path(init_from) / "checkpoint.pt"),
+                      args.procs, threads, args.timeout)
+        print(f"  before the final stage: accuracy {start['accuracy']:.3f} at context {args.context}", flush=True)
+    rows, beyond = [], []
     plan = [(args.procs, threads)] + ([] if args.no_single else [(1, args.cores)])
     for procs, threads in plan:
         print(f"{args.mixer}, context {args.context}: training on {procs} process(es), "
@@ -204,9 +250,17 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  accuracy {row['accuracy']:.3f}, {row['s_per_step']:.2f} s/step, peak GiB per rank "
               f"{[round(p / 2**30, 2) for p in row['peak_rss_bytes']]}, forms {row['forms']}", flush=True)
         rows.append(row)
+        if procs == args.procs:
+            trained = str(Path(config(args, procs, threads, final, init_from).out) / "checkpoint.pt")
+    for context in args.eval_beyond:  # the final P-rank weights at contexts they never trained on
+        cfg = config(args, args.procs, threads, Stage(context, 1, args.beyond_batch_size), None)
+        cfg.eval_batches = args.beyond_batches
+        beyond.append(score(cfg, trained, args.procs, threads, args.timeout))
+        print(f"  at context {context} (not trained there): accuracy {beyond[-1]['accuracy']:.3f} "
+              f"on {beyond[-1]['scored']} examples, {beyond[-1]['wall_s']:.0f} s", flush=True)
     record = {"mixer": args.mixer, "context": args.context, "pool": args.pool, "causal": args.causal,
               "positional": args.positional,
-              "batch_size": args.batch_size, "curriculum": curriculum, "rows": rows, "machine": describe(),
+              "batch_size": args.batch_size, "curriculum": curriculum, "start": start, "beyond": beyond, "rows": rows, "machine": describe(),
               "command": "python " + " ".join(shlex.quote(x) for x in [sys.argv[0], *(argv or sys.argv[1:])]),
               "date": utc_now(), **provenance()}
     args.out_dir.mkdir(parents=True, exist_ok=True)

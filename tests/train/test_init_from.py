@@ -101,3 +101,15 @@ def test_causal_classification_is_causal(tmp_path):
     assert model.causal
     with pytest.raises(ValueError, match="causal must be"):
         tiny(tmp_path, causal="yes")
+
+
+def test_evaluate_checkpoint_reproduces_the_record_and_runs_at_another_context(short_run, tmp_path):
+    from longmix.train import evaluate_checkpoint, results
+
+    record = results.find(short_run / "results.jsonl", tiny(short_run).run_id())
+    again = evaluate_checkpoint(tiny(short_run), short_run / "checkpoint.pt")
+    assert again == record["test"]
+    longer = evaluate_checkpoint(tiny(short_run, context=64, task_params={"length": 64}), short_run / "checkpoint.pt")
+    assert longer["scored"] == TINY["batch_size"] * TINY["eval_batches"]
+    with pytest.raises(ValueError, match="does not fit this model"):
+        evaluate_checkpoint(tiny(short_run, dim=16), short_run / "checkpoint.pt")

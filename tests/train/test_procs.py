@@ -195,3 +195,23 @@ def test_sigkill_of_a_two_rank_run_then_rerun_matches_an_uninterrupted_torchrun_
     wa, wb = (load_checkpoint(d / "checkpoint.pt")["model"] for d in (killed, clean))
     for name in wb:
         torch.testing.assert_close(wa[name], wb[name], rtol=1e-6, atol=1e-7)
+
+
+def evaluate_as_rank(group, cfg, path):
+    toys.register_toys()
+    torch.set_default_dtype(torch.float64)
+    from longmix.train import evaluate_checkpoint
+    return evaluate_checkpoint(cfg, path, group=group)
+
+
+def test_a_checkpoint_scores_the_same_on_two_ranks_at_a_longer_context(tmp_path):
+    name = "lm-linear-contiguous"
+    cfg = config(tmp_path / "run", name)
+    record, _ = in_float64(cfg)
+    longer = config(tmp_path / "run", name, context=40, task_params={"length": 40, "lag": 2})
+    path = tmp_path / "run" / "checkpoint.pt"
+    one = evaluate_as_rank(None, longer, path)
+    got = run_local(evaluate_as_rank, 2, args=(longer, path), timeout=120)
+    assert got[0] == got[1]
+    assert_close(got[0], one, "2 ranks vs 1")
+    assert one != record["test"]  # another context: another score

@@ -9,10 +9,10 @@ Rerunning the same config resumes from ``out/checkpoint.pt`` (or returns the fin
 """
 from .checkpoint import CheckpointError, load as load_checkpoint, save_atomic
 from .config import TrainConfig, parse_pairs, parse_value
-from .loop import TrainingDiverged, evaluate, metric_name, model_config, train
+from .loop import TrainingDiverged, evaluate, evaluate_checkpoint, metric_name, model_config, train
 from .schedule import build_scheduler, warmup_cosine
 from . import results
 
 __all__ = ["CheckpointError", "load_checkpoint", "save_atomic", "TrainConfig", "parse_pairs",
-           "parse_value", "TrainingDiverged", "evaluate", "metric_name", "model_config", "train", "build_scheduler",
+           "parse_value", "TrainingDiverged", "evaluate", "evaluate_checkpoint", "metric_name", "model_config", "train", "build_scheduler",
            "warmup_cosine", "results"]

@@ -180,6 +180,25 @@ def evaluate(model: torch.nn.Module, task, cfg: TrainConfig, split: str, device:
     return metrics
 
 
+def evaluate_checkpoint(cfg: TrainConfig, path: str | os.PathLike, split: str = "test", group=None) -> dict:
+    """:func:`evaluate` the model saved in checkpoint ``path`` on ``cfg``'s task and context, which
+    may differ from those it was trained on (e.g. a longer context: length generalization).
+
+    With ``group`` (every rank calls this with the same arguments) the model runs sequence-parallel
+    over it. ValueError when the checkpoint does not fit ``cfg``'s model."""
+    task = tasks.build(cfg.task, seed=cfg.seed, **cfg.task_params)
+    device = resolve_device(cfg.device)
+    model = SequenceModel(model_config(cfg, task)).to(device)
+    try:
+        model.load_state_dict(checkpoint.load(path)["model"])
+    except RuntimeError as err:
+        raise ValueError(f"checkpoint {path} does not fit this model ({str(err).splitlines()[0]})") from err
+    ranks = Ranks.of(group, cfg.layout)
+    runner = model if ranks.world == 1 else parallelize(
+        model, group=ranks.group, layout=ranks.layout, forms=cfg.form, seq_len=cfg.context, batch=cfg.batch_size)
+    return evaluate(runner, task, cfg, split, device, ranks)
+
+
 # -- the run --------------------------------------------------------------------------------
 def train(cfg: TrainConfig, group=None) -> dict:
     """Run (or resume, or skip if finished) the run ``cfg``; return its results record.
