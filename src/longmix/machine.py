@@ -47,6 +47,16 @@ def _cpu_flags() -> list[str]:
     return []
 
 
+#: Variables that keep the math libraries off some of the CPU's instructions (AMX, say): a run
+#: under them is a run on a lesser machine, and its description must say so.
+ISA_LIMITS = ("MKL_ENABLE_INSTRUCTIONS", "ONEDNN_MAX_CPU_ISA", "DNNL_MAX_CPU_ISA", "ATEN_CPU_CAPABILITY")
+
+
+def isa_limits() -> dict[str, str]:
+    """The :data:`ISA_LIMITS` set in this process's environment."""
+    return {k: os.environ[k] for k in ISA_LIMITS if os.environ.get(k)}
+
+
 def describe(device: str | None = None) -> dict:
     """A JSON-able description: CPU model and flags, cores, torch threads, memory, torch, GPU (if
     any), date (UTC); with ``device`` (a run's torch device) also that device, and a CUDA device's
@@ -71,6 +81,8 @@ def describe(device: str | None = None) -> dict:
         "os": f"{platform.system()} {platform.release()}",
         "date": utc_now(),
     }
+    if isa_limits():
+        desc["isa_limits"] = isa_limits()
     if device is not None:
         desc["device"] = device
     return desc
@@ -89,7 +101,9 @@ def markdown(desc: dict) -> str:
     gpu = desc.get("gpu") or "no GPU"
     where = desc.get("os") or desc.get("platform") or "OS unknown"
     date = f", {desc['date']}" if desc.get("date") else ""
-    return f"{cpu} ({cores} cores{flags}{threads}), {mem}, {where}, torch {desc.get('torch')}, {gpu}{date}"
+    limits = " ".join(f"{k}={v}" for k, v in (desc.get("isa_limits") or {}).items())
+    limits = f" with the math libraries limited by {limits}" if limits else ""
+    return f"{cpu} ({cores} cores{flags}{threads}){limits}, {mem}, {where}, torch {desc.get('torch')}, {gpu}{date}"
 
 
 def _proc_status_bytes(field: str) -> int | None:

@@ -93,6 +93,7 @@ def cache_path(machine: dict, *, procs: int, threads_per_rank: int, heads: int, 
     """Where the calibration of this machine, torch version and problem shape is kept."""
     key = {"cpu": machine.get("cpu"), "flags": machine.get("cpu_flags"),
            "cores": machine.get("cores"), "torch": machine.get("torch"), "procs": procs,
+           "isa_limits": machine.get("isa_limits"),
            "threads": threads_per_rank, "heads": heads, "kv_heads": kv_heads,
            "head_dim": head_dim, "queries": CAL_QUERIES, "keys": CAL_KEYS}
     digest = hashlib.blake2b(json.dumps(key, sort_keys=True).encode(), digest_size=8).hexdigest()

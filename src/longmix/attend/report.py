@@ -69,11 +69,13 @@ def format_report(report: dict) -> str:
     plan = report["plan"]
     machine = report["machine"]
     flags = "/".join(machine.get("cpu_flags") or []) or "no matrix/vector flags"
+    limits = " ".join(f"{k}={v}" for k, v in (machine.get("isa_limits") or {}).items())
+    limits = f", math libraries limited by {limits}" if limits else ""
     lines = [
         f"longmix attend: L={c['seq_len']:,} {'causal' if c['causal'] else 'non-causal'}, "
         f"batch {c['batch']}, heads {c['heads']} (kv_heads {c['kv_heads']}) x head_dim "
         f"{c['head_dim']}, {c['dtype']}, layout {c['layout']}",
-        f"machine: {machine['cpu']} ({machine['cores']} cores, {flags}), torch {machine['torch']}",
+        f"machine: {machine['cpu']} ({machine['cores']} cores, {flags}){limits}, torch {machine['torch']}",
         f"world size: {report['world_size']} ({report.get('launch', '')})",
         *_calibration_lines(report),
     ]
