@@ -43,7 +43,7 @@ from longmix.dist.launch import run_local
 from longmix.fileio import append_record, atomic_write_text, read_records
 from longmix.machine import current_rss_bytes, describe, markdown, peak_rss_bytes
 from longmix.provenance import provenance, utc_now
-from longmix.train import TrainConfig, evaluate_checkpoint, train
+from longmix.train import TrainConfig, evaluate_checkpoint, results, train
 
 STEM = "passkey_long"
 
@@ -77,7 +77,9 @@ def score(cfg: TrainConfig, path: str, procs: int, threads: int, timeout_s: floa
 
 
 def run(cfg: TrainConfig, procs: int, threads: int, timeout_s: float) -> dict:
-    """Train ``cfg`` on ``procs`` fresh ranks; one row of the table."""
+    """Train ``cfg`` on ``procs`` fresh ranks; one row of the table. A run already finished in its
+    folder is not trained again: its row is marked ``reused`` and has no memory figures."""
+    reused = results.find(Path(cfg.out) / "results.jsonl", cfg.run_id()) is not None
     ranks = run_local(train_rank, procs, args=(cfg,), timeout=timeout_s,
                       collective_timeout=1800.0, threads_per_rank=threads)
     if "error" in ranks[0]:
@@ -89,8 +91,9 @@ def run(cfg: TrainConfig, procs: int, threads: int, timeout_s: float) -> dict:
         "steps": record["steps"], "wall_s": record["wall_s"], "sessions": record["sessions"],
         "s_per_step": record["wall_s"] / max(record["steps"], 1),
         "forms": record.get("forms"), "positional": record["positional"],
-        "peak_rss_bytes": [r["peak_rss_bytes"] for r in ranks],
-        "start_rss_bytes": [r["start_rss_bytes"] for r in ranks],
+        "peak_rss_bytes": None if reused else [r["peak_rss_bytes"] for r in ranks],
+        "start_rss_bytes": None if reused else [r["start_rss_bytes"] for r in ranks],
+        "reused": reused,
     }
 
 
@@ -150,7 +153,7 @@ def markdown_table(records: list[dict]) -> str:
         stages = "; ".join(f"{c['context']}:{c['steps']} ({c['batch_size']}) = {c['accuracy']:.3f}, "
                            f"{c['s_per_step']:.2f}" for c in rec.get("curriculum", [])) or "-"
         for row in rec["rows"]:
-            if row["run_id"] in shown:  # a rerun that only added evaluations reuses finished runs
+            if row["run_id"] in shown or row.get("reused"):  # a rerun reuses finished runs: shown once
                 continue
             shown.add(row["run_id"])
             peaks = ", ".join(f"{_gib(p)} [{_gib(s)}]" for p, s in zip(row["peak_rss_bytes"], row["start_rss_bytes"]))
@@ -247,8 +250,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{args.mixer}, context {args.context}: training on {procs} process(es), "
               f"{threads} thread(s) each", flush=True)
         row = run(config(args, procs, threads, final, init_from), procs, threads, args.timeout)
+        memory = "reused" if row["reused"] else [round(p / 2**30, 2) for p in row["peak_rss_bytes"]]
         print(f"  accuracy {row['accuracy']:.3f}, {row['s_per_step']:.2f} s/step, peak GiB per rank "
-              f"{[round(p / 2**30, 2) for p in row['peak_rss_bytes']]}, forms {row['forms']}", flush=True)
+              f"{memory}, forms {row['forms']}", flush=True)
         rows.append(row)
         if procs == args.procs:
             trained = str(Path(config(args, procs, threads, final, init_from).out) / "checkpoint.pt")
