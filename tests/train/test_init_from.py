@@ -111,5 +111,5 @@ def test_evaluate_checkpoint_reproduces_the_record_and_runs_at_another_context(s
     assert again == record["test"]
     longer = evaluate_checkpoint(tiny(short_run, context=64, task_params={"length": 64}), short_run / "checkpoint.pt")
     assert longer["scored"] == TINY["batch_size"] * TINY["eval_batches"]
-    with pytest.raises(ValueError, match="does not fit this model"):
+    with pytest.raises(ValueError, match="its weights do not fit this model"):
         evaluate_checkpoint(tiny(short_run, dim=16), short_run / "checkpoint.pt")

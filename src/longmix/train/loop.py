@@ -84,8 +84,8 @@ def model_config(cfg: TrainConfig, task) -> ModelConfig:
     head = "lm" if task.kind == "lm" else "classify"
     return ModelConfig(vocab_size=task.vocab_size, mixer=cfg.mixer, head=head,
                        num_classes=task.num_classes or 2, dim=cfg.dim, depth=cfg.depth,
-                       heads=cfg.heads, max_len=max_len, positional=cfg.positional, pool=cfg.pool, causal=cfg.causal,
-                       pad_id=task.pad_id, mixer_options=options)
+                       heads=cfg.heads, max_len=max_len, positional=cfg.positional, pool=cfg.pool,
+                       causal=cfg.causal, pad_id=task.pad_id, mixer_options=options)
 
 
 def metric_name(task) -> str:
@@ -180,6 +180,15 @@ def evaluate(model: torch.nn.Module, task, cfg: TrainConfig, split: str, device:
     return metrics
 
 
+def load_weights(model: torch.nn.Module, weights: dict, source: str) -> None:
+    """``model.load_state_dict(weights)``, with a ValueError naming ``source`` when they do not fit
+    (another task's vocabulary or number of classes, another width)."""
+    try:
+        model.load_state_dict(weights)
+    except RuntimeError as err:
+        raise ValueError(f"{source}: its weights do not fit this model ({str(err).splitlines()[0]})") from err
+
+
 def evaluate_checkpoint(cfg: TrainConfig, path: str | os.PathLike, split: str = "test", group=None) -> dict:
     """:func:`evaluate` the model saved in checkpoint ``path`` on ``cfg``'s task and context, which
     may differ from those it was trained on (e.g. a longer context: length generalization).
@@ -189,10 +198,7 @@ def evaluate_checkpoint(cfg: TrainConfig, path: str | os.PathLike, split: str = 
     task = tasks.build(cfg.task, seed=cfg.seed, **cfg.task_params)
     device = resolve_device(cfg.device)
     model = SequenceModel(model_config(cfg, task)).to(device)
-    try:
-        model.load_state_dict(checkpoint.load(path)["model"])
-    except RuntimeError as err:
-        raise ValueError(f"checkpoint {path} does not fit this model ({str(err).splitlines()[0]})") from err
+    load_weights(model, checkpoint.load(path)["model"], f"checkpoint {path}")
     ranks = Ranks.of(group, cfg.layout)
     runner = model if ranks.world == 1 else parallelize(
         model, group=ranks.group, layout=ranks.layout, forms=cfg.form, seq_len=cfg.context, batch=cfg.batch_size)
@@ -350,11 +356,7 @@ def _initialize(cfg, model) -> str:
         differ.append(f"mixer_options: {options[0]!r} there, {options[1]!r} here (max_len aside)")
     if differ:
         raise ValueError(f"init_from {cfg.init_from!r} holds another architecture: {'; '.join(differ)}")
-    try:
-        model.load_state_dict(state["model"])
-    except RuntimeError as err:  # e.g. another task's vocabulary or number of classes
-        raise ValueError(f"init_from {cfg.init_from!r}: its weights do not fit this model "
-                         f"({str(err).splitlines()[0]}...)") from err
+    load_weights(model, state["model"], f"init_from {cfg.init_from!r}")
     return state["run_id"]
 
 
