@@ -169,7 +169,8 @@ def markdown_table(records: list[dict]) -> str:
     if scored:
         lines += ["", "Test accuracy without training at that context, on the P ranks: the curriculum's "
                   "last weights at the final context before the final stage trains (`--eval-start`), "
-                  "and the final weights at longer contexts (`--eval-beyond`), with the examples scored.", "",
+                  "and the final weights at longer contexts (`--eval-beyond`), with the examples scored and the "
+                  "wall time of the scoring (not a speed figure: other jobs may have shared the cores).", "",
                   "| mixer | trained up to | before the final stage | longer contexts | date |", "|---|---|---|---|---|"]
         for rec in scored:
             start = rec.get("start")
