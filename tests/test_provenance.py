@@ -36,6 +36,24 @@ def test_a_clean_then_a_dirty_tree(tmp_path):
     assert provenance(tmp_path)["git_diff_sha256"] != dirty["git_diff_sha256"]
 
 
+def test_results_are_data_not_code(tmp_path):
+    """A study appends to its own tracked results file: that must not make its records dirty."""
+    git(tmp_path, "init", "-q")
+    results = tmp_path / "benchmarks" / "results"
+    results.mkdir(parents=True)
+    (results / "r.jsonl").write_text("{}\n")
+    (tmp_path / "a.txt").write_text("one\n")
+    git(tmp_path, "add", ".")
+    git(tmp_path, "commit", "-q", "-m", "first")
+    (results / "r.jsonl").write_text("{}\n{}\n")
+    inside = provenance(results)  # also when asked from inside the results folder
+    assert inside["git_dirty"] is False and not inside["git_describe"].endswith("-dirty")
+    (tmp_path / "a.txt").write_text("two\n")
+    dirty = provenance(results)
+    assert dirty["git_dirty"] is True
+    assert dirty["git_diff_sha256"] == hashlib.sha256(git(tmp_path, "diff", "HEAD", "--binary", "--", "a.txt")).hexdigest()
+
+
 def test_no_repository_or_no_git_gives_nones(tmp_path, monkeypatch):
     nothing = {"git_describe": None, "git_commit": None, "git_dirty": None, "git_diff_sha256": None}
     assert provenance(tmp_path) == nothing  # not a checkout

@@ -18,6 +18,9 @@ from pathlib import Path
 #: The package's own directory: git runs here, so records name longmix's version, not the caller's.
 _PACKAGE = Path(__file__).resolve().parent
 _GIT_TIMEOUT_S = 10
+#: Folders of results, not code: a change there does not make the code dirty. A study appends to
+#: its own tracked results file, which would otherwise mark every record it writes as dirty.
+DATA_PATHS = ("benchmarks/results",)
 
 
 def utc_now() -> str:
@@ -38,26 +41,26 @@ def _git(*args: str, cwd: Path) -> bytes | None:
 def provenance(path: str | Path | None = None) -> dict:
     """The code version: ``{"git_describe", "git_commit", "git_dirty", "git_diff_sha256"}``.
 
-    ``git_describe`` is ``git describe --always --dirty`` (ends in ``-dirty`` when the tree has
-    uncommitted changes); ``git_diff_sha256`` is the sha256 of ``git diff HEAD --binary`` (changed
-    binary files count too) for a dirty tree, else None. Untracked files are in neither: add them
-    to git for a record to name them. ``path`` is a directory inside the checkout (default: the longmix package). The
-    package must be tracked by that checkout: an installed copy inside someone else's repository
-    (a virtualenv in a project) would otherwise report that project's version.
+    ``git_describe`` is ``git describe --always``, with ``-dirty`` appended when tracked files
+    outside :data:`DATA_PATHS` have uncommitted changes; ``git_diff_sha256`` is the sha256 of that
+    ``git diff HEAD --binary`` (changed binary files count too) for a dirty tree, else None.
+    Untracked files are in neither: add them to git for a record to name them. ``path`` is a
+    directory inside the checkout (default: the longmix package). The package must be tracked by
+    that checkout: an installed copy inside someone else's repository (a virtualenv in a project)
+    would otherwise report that project's version.
     """
     cwd = Path(path) if path is not None else _PACKAGE
     unknown = {"git_describe": None, "git_commit": None, "git_dirty": None, "git_diff_sha256": None}
     if path is None and _git("ls-files", "--error-unmatch", "__init__.py", cwd=cwd) is None:
         return unknown
-    describe = _git("describe", "--always", "--dirty", cwd=cwd)
+    describe = _git("describe", "--always", cwd=cwd)
     commit = _git("rev-parse", "HEAD", cwd=cwd)
-    if describe is None or commit is None:
+    diff = _git("diff", "HEAD", "--no-ext-diff", "--binary", "--", ":(top)",
+                *(f":(top,exclude){p}" for p in DATA_PATHS), cwd=cwd)
+    if describe is None or commit is None or diff is None:
         return unknown
-    describe_text = describe.decode().strip()
-    dirty = describe_text.endswith("-dirty")
-    diff_hash = None
-    if dirty:
-        diff = _git("diff", "HEAD", "--no-ext-diff", "--binary", cwd=cwd)
-        diff_hash = hashlib.sha256(diff).hexdigest() if diff is not None else None
+    dirty = bool(diff)
+    describe_text = describe.decode().strip() + ("-dirty" if dirty else "")
+    diff_hash = hashlib.sha256(diff).hexdigest() if dirty else None
     return {"git_describe": describe_text, "git_commit": commit.decode().strip(), "git_dirty": dirty,
             "git_diff_sha256": diff_hash}

@@ -171,6 +171,14 @@ def provenance_summary(records: list[dict]) -> dict:
 
 
 # -- markdown -------------------------------------------------------------------------------
+def _diffs(hashes: list[str], shown: int = 5) -> str:
+    """The uncommitted diffs behind dirty records: their hashes, or how many when there are many
+    (each record's own is in results.jsonl)."""
+    if len(hashes) <= shown:
+        return f"diff sha256 {', '.join(hashes)}"
+    return f"{len(hashes)} distinct uncommitted diffs; each record's sha256 is in results.jsonl"
+
+
 def fmt(cell: Cell | None, metric: str, flags: str = "") -> str:
     if cell is None:
         return "—"
@@ -232,7 +240,7 @@ def markdown(tabs: list[TaskTable], header: dict, plots: dict, reading_text: str
               f"- machine: {header.get('machine', '')}; date: {header.get('date', '')}",
               f"- code: {', '.join(prov.get('describes', [])) or 'unknown'}; "
               f"{prov.get('dirty', 0)} of {prov.get('total', 0)} records from a dirty tree"
-              + (f" (diff sha256 {', '.join(prov.get('diffs', []))})" if prov.get("dirty") else ""),
+              + (f" ({_diffs(prov.get('diffs', []))})" if prov.get("dirty") else ""),
               "- cells: mean ± sample std over seeds of the test metric; — = not run (yet). "
               "† = does not beat the floor by more than its spread; ~ = a seed not converged "
               f"(validation moved > {CONVERGED_TOL['accuracy']} over the last third); * = dirty tree", ""]

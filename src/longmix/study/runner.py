@@ -17,6 +17,7 @@ checkpoints, and starts the rest; the whole study may be interrupted at any poin
 """
 from __future__ import annotations
 
+import collections
 import contextlib
 import json
 import os
@@ -188,6 +189,14 @@ def _mean_floors(per_seed: list[dict]) -> dict:
     return out
 
 
+def _machines(records: list[dict]) -> str:
+    """Which machines trained the runs, and how many each (a grid may be split over machines)."""
+    counts = collections.Counter(
+        machine_line({k: v for k, v in r["machine"].items() if k != "date"}) if r.get("machine") else "unknown"
+        for r in records)
+    return "; ".join(f"{line}: {n} runs" for line, n in counts.most_common()) or "unknown"
+
+
 def write_report(grid: Grid, out: Path, command: str | None = None, log=print) -> dict:
     """Write report.md, the PNGs and reading.txt from the finished runs of ``grid`` in ``out``."""
     records = study_records(out)
@@ -217,7 +226,7 @@ def write_report(grid: Grid, out: Path, command: str | None = None, log=print) -
         "wall_min": sum(r.get("wall_s", 0.0) for r in all_runs if not r.get("reused_from")) / 60,
         "train": ", ".join(f"{k}={v}" for k, v in grid.train.items() if k not in ("device",)),
         "lrs": ", ".join(f"{lr:g}" for lr in grid.lrs), "positionals": ", ".join(grid.positionals),
-        "machine": machine_line(last["machine"]) if last.get("machine") else "unknown",
+        "machine": _machines(all_runs),
         "date": last.get("date", utc_now()),
         "provenance": report.provenance_summary(all_runs),
         "diverged": [r["study"]["run"] for r in grid_records if r.get("status") == "diverged"],
