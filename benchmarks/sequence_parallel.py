@@ -59,7 +59,8 @@ def _dtype_name(text: str) -> str:
 
 
 def rank_worker(group, spec: dict) -> dict:
-    """One forward of one mixer in one form on this rank's rows; time, memory and bytes."""
+    """One forward (with ``backward``: forward and backward) of one mixer in one form on this
+    rank's rows; time, memory and bytes (sent by the forward; with ``backward``, both)."""
     import torch
 
     import longmix.dist as ld
@@ -77,24 +78,40 @@ def rank_worker(group, spec: dict) -> dict:
     x = torch.randn(spec["batch"], local, spec["dim"], dtype=dtype)  # only this rank's rows
     plan = ld.plan_model(mixer, length, world, spec["batch"], dtype=dtype, layout=spec["layout"],
                          forms=spec["form"])
-    predicted = plan.layers[0].cost().forward_bytes
+    cost = plan.layers[0].cost()
+    predicted = cost.forward_bytes
+    if spec.get("backward") and predicted is not None:  # the backward's bytes come on top
+        predicted = None if cost.backward_bytes is None else tuple(
+            f + b for f, b in zip(predicted, cost.backward_bytes))
     # memory from the first forward at this length: later ones reuse pages the allocator kept,
     # which hides their peak from VmHWM. A short forward first pays the one-time costs (thread
     # pools, gloo's buffers: ~100 MB) that are not activations.
+    backward = spec.get("backward", False)
+    if backward:  # a training step's memory: the activations autograd keeps, then the gradients
+        x.requires_grad_(True)
+
+    def step(inputs):
+        y = pmixer(inputs)
+        if backward:
+            y.float().sum().backward()
+        return y
+
     times = []
-    with torch.no_grad():
+    with torch.set_grad_enabled(backward):
         short = ld.local_length(64 * world, world, rank, spec["layout"])
-        pmixer(torch.randn(spec["batch"], short, spec["dim"], dtype=dtype))
+        step(torch.randn(spec["batch"], short, spec["dim"], dtype=dtype, requires_grad=backward))
+        mixer.zero_grad(set_to_none=True)
         before = current_rss_bytes()
         reset_peak_rss()
         for i in range(1 + spec["repeats"]):
             stats.bytes_sent = 0
             start = time.perf_counter()
-            y = pmixer(x)
+            y = step(x)
             times.append(time.perf_counter() - start)
             if i == 0:
                 peak, sent = peak_rss_bytes(), stats.bytes_sent
             del y
+            x.grad = None
             if sum(times) > spec["quick_s"]:
                 break
     return {"rank": rank, "time_s": statistics.median(times[1:] or times),
@@ -137,19 +154,19 @@ def plan_points(args) -> list[tuple[str, dict, int]]:
     """(part, spec, world) for every point, in run order (cheap scaling points first)."""
     points = []
     base = dict(dim=args.dim, heads=args.heads, batch=args.batch, dtype=args.dtype,
-                layout=args.layout, repeats=args.repeats, quick_s=args.quick_s)
+                layout=args.layout, repeats=args.repeats, quick_s=args.quick_s, backward=args.backward)
     for name in args.mixers:
         for form in forms_of(name, max(args.ranks), args.dim, args.heads):
             for world in args.ranks:
-                points.append(("strong", {**base, "mixer": name, "form": form,
-                                          "length": args.strong_len}, world))
-                points.append(("weak", {**base, "mixer": name, "form": form,
-                                        "length": args.weak_len * world}, world))
-    for name in args.mixers:
-        for form in forms_of(name, max(args.ranks), args.dim, args.heads):
-            for world in args.ranks:
-                points.append(("long", {**base, "mixer": name, "form": form,
-                                        "length": args.long_len}, world))
+                for part, length in (("strong", args.strong_len), ("weak", args.weak_len * world)):
+                    if part in args.parts:
+                        points.append((part, {**base, "mixer": name, "form": form, "length": length}, world))
+    if "long" in args.parts:
+        for name in args.mixers:
+            for form in forms_of(name, max(args.ranks), args.dim, args.heads):
+                for world in args.ranks:
+                    points.append(("long", {**base, "mixer": name, "form": form,
+                                            "length": args.long_len}, world))
     return points
 
 
@@ -243,6 +260,11 @@ def parse_args(argv):
                    help="stop repeating once a point took this long")
     p.add_argument("--budget-s", type=float, default=4 * 3600.0, help="total time for the run")
     p.add_argument("--quick", action="store_true", help="tiny sizes: a smoke run")
+    p.add_argument("--backward", action="store_true",
+                   help="time and measure forward + backward (a training step's memory) instead "
+                        "of the forward; writes sequence_parallel_backward.*")
+    p.add_argument("--parts", nargs="+", default=["strong", "weak", "long"],
+                   choices=["strong", "weak", "long"], help="which parts to run (default all)")
     p.add_argument("--out-dir", type=Path, default=Path(__file__).resolve().parent / "results")
     args = p.parse_args(argv)
     if args.quick:
@@ -273,7 +295,7 @@ def main(argv: list[str] | None = None) -> int:
               f" sent/predicted {fmt(row.get('bytes_ratio'), '{:.3f}')}", flush=True)
     memory_vs_one(rows)
     machine = describe()
-    stem = "sequence_parallel_quick" if args.quick else "sequence_parallel"
+    stem = "sequence_parallel" + ("_backward" if args.backward else "") + ("_quick" if args.quick else "")
     args.out_dir.mkdir(parents=True, exist_ok=True)
     config = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
     record = {"command": command, "date": utc_now(), "machine": machine,
@@ -282,7 +304,8 @@ def main(argv: list[str] | None = None) -> int:
     text = "\n\n".join([
         f"# Sequence-parallel mixers\n\n{markdown(machine)}; commit "
         f"{record['provenance'].get('git_describe')}; command: `{command}`",
-        f"## Forward at L = {args.long_len} (time and peak extra memory per rank)\n\n"
+        f"## {'Forward and backward' if args.backward else 'Forward'} at L = {args.long_len} "
+        f"(time and peak extra memory per rank)\n\n"
         + table(rows, "long"),
         f"## Strong scaling (L = {args.strong_len})\n\n" + table(rows, "strong"),
         f"## Weak scaling (L = {args.weak_len} x P)\n\n" + table(rows, "weak"),

@@ -197,11 +197,12 @@ def state_cost(mixer, seq_len, world, batch, dtype, layout) -> FormCost:
         return FormCost("state", False, "longmix.dist.state_passing is not available")
     if seq_len is None:
         return FormCost("state", True)
-    # the same on every rank, and independent of L; the backward is not predicted there
-    # parallelize passes the agreed seq_len, so no shape-check record travels
+    # the same on every rank, and independent of L; parallelize passes the agreed seq_len, so no
+    # shape-check record travels
     sent = state_passing.state_passing_bytes(mixer, batch, world, layout, dtype=dtype,
                                              seq_len_known=True)
-    return FormCost("state", True, forward_bytes=(sent,) * world)
+    back = state_passing.state_passing_backward_bytes(mixer, batch, world, layout, dtype=dtype)
+    return FormCost("state", True, forward_bytes=(sent,) * world, backward_bytes=(back,) * world)
 
 
 _COSTS = {"shuffle": shuffle_cost, "ring": ring_cost, "state": state_cost}
