@@ -146,8 +146,9 @@ def markdown_table(records: list[dict]) -> str:
              "run's wall time over its steps, one evaluation and the checkpoints included.", "",
              "A curriculum lists each earlier stage as context:steps (batch) = test accuracy, s/step, on "
              "the same P ranks; the final stage starts from its weights.", "",
-             "| mixer | context | pool | causal | positions | curriculum | P | forms | batch | steps | accuracy | s/step | peak GiB per rank [start] | date | code |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "| mixer | context | pool | causal | positions | curriculum | P | forms | batch | steps | "
+             "accuracy | s/step | peak GiB per rank [start] | date | code |",
+             "|" + "---|" * 15]
     shown = set()
     for rec in records:
         stages = "; ".join(f"{c['context']}:{c['steps']} ({c['batch_size']}) = {c['accuracy']:.3f}, "
@@ -156,7 +157,8 @@ def markdown_table(records: list[dict]) -> str:
             if row["run_id"] in shown or row.get("reused"):  # a rerun reuses finished runs: shown once
                 continue
             shown.add(row["run_id"])
-            peaks = ", ".join(f"{_gib(p)} [{_gib(s)}]" for p, s in zip(row["peak_rss_bytes"], row["start_rss_bytes"]))
+            peaks = ", ".join(f"{_gib(p)} [{_gib(s)}]"
+                              for p, s in zip(row["peak_rss_bytes"], row["start_rss_bytes"]))
             forms = ", ".join(sorted(set(row["forms"]))) if row.get("forms") else "-"
             # records from before --pool existed ran the then-default: mean over non-pad tokens
             lines.append(f"| {rec['mixer']} | {rec['context']} | {rec.get('pool', 'mean')} | "
@@ -169,9 +171,11 @@ def markdown_table(records: list[dict]) -> str:
     if scored:
         lines += ["", "Test accuracy without training at that context, on the P ranks: the curriculum's "
                   "last weights at the final context before the final stage trains (`--eval-start`), "
-                  "and the final weights at longer contexts (`--eval-beyond`), with the examples scored and the "
-                  "wall time of the scoring (not a speed figure: other jobs may have shared the cores).", "",
-                  "| mixer | trained up to | before the final stage | longer contexts | date |", "|---|---|---|---|---|"]
+                  "and the final weights at longer contexts (`--eval-beyond`), with the examples scored "
+                  "and the wall time of the scoring (not a speed figure: other jobs may have shared the "
+                  "cores).", "",
+                  "| mixer | trained up to | before the final stage | longer contexts | date |",
+                  "|---|---|---|---|---|"]
         for rec in scored:
             start = rec.get("start")
             before = f"{start['accuracy']:.3f} at {start['context']} ({start['scored']})" if start else "-"
@@ -247,16 +251,16 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  before the final stage: accuracy {start['accuracy']:.3f} at context {args.context}", flush=True)
     rows, beyond = [], []
     plan = [(args.procs, threads)] + ([] if args.no_single else [(1, args.cores)])
-    for procs, threads in plan:
+    for procs, procs_threads in plan:
         print(f"{args.mixer}, context {args.context}: training on {procs} process(es), "
-              f"{threads} thread(s) each", flush=True)
-        row = run(config(args, procs, threads, final, init_from), procs, threads, args.timeout)
+              f"{procs_threads} thread(s) each", flush=True)
+        row = run(config(args, procs, procs_threads, final, init_from), procs, procs_threads, args.timeout)
         memory = "reused" if row["reused"] else [round(p / 2**30, 2) for p in row["peak_rss_bytes"]]
         print(f"  accuracy {row['accuracy']:.3f}, {row['s_per_step']:.2f} s/step, peak GiB per rank "
               f"{memory}, forms {row['forms']}", flush=True)
         rows.append(row)
         if procs == args.procs:
-            trained = str(Path(config(args, procs, threads, final, init_from).out) / "checkpoint.pt")
+            trained = str(Path(config(args, procs, procs_threads, final, init_from).out) / "checkpoint.pt")
     for context in args.eval_beyond:  # the final P-rank weights at contexts they never trained on
         cfg = config(args, args.procs, threads, Stage(context, 1, args.beyond_batch_size), None)
         cfg.eval_batches = args.beyond_batches
@@ -264,8 +268,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  at context {context} (not trained there): accuracy {beyond[-1]['accuracy']:.3f} "
               f"on {beyond[-1]['scored']} examples, {beyond[-1]['wall_s']:.0f} s", flush=True)
     record = {"mixer": args.mixer, "context": args.context, "pool": args.pool, "causal": args.causal,
-              "positional": args.positional,
-              "batch_size": args.batch_size, "curriculum": curriculum, "start": start, "beyond": beyond, "rows": rows, "machine": describe(),
+              "positional": args.positional, "batch_size": args.batch_size, "curriculum": curriculum,
+              "start": start, "beyond": beyond, "rows": rows, "machine": describe(),
               "command": "python " + " ".join(shlex.quote(x) for x in [sys.argv[0], *(argv or sys.argv[1:])]),
               "date": utc_now(), **provenance()}
     args.out_dir.mkdir(parents=True, exist_ok=True)
