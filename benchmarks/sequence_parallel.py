@@ -274,8 +274,26 @@ def parse_args(argv):
     return args
 
 
+def markdown_text(record: dict) -> str:
+    """The tables of ``record`` (what main writes to JSON), one section per part that ran."""
+    from longmix.machine import markdown
+
+    cfg, rows = record["config"], record["rows"]
+    step = "Forward and backward" if cfg.get("backward") else "Forward"
+    sections = {"long": f"## {step} at L = {cfg['long_len']} (time and peak extra memory per rank)",
+                "strong": f"## Strong scaling (L = {cfg['strong_len']})",
+                "weak": f"## Weak scaling (L = {cfg['weak_len']} x P)"}
+    parts = cfg.get("parts", list(sections))
+    return "\n\n".join(
+        [f"# Sequence-parallel mixers{' (forward and backward)' if cfg.get('backward') else ''}\n\n"
+         f"{markdown(record['machine'])}; commit {record['provenance'].get('git_describe')}; "
+         f"command: `{record['command']}`"]
+        + [f"{title}\n\n" + table(rows, part) for part, title in sections.items() if part in parts]
+        + [f"Skipped (over the {cfg['budget_s']:.0f} s budget): {len(record['skipped'])} points."])
+
+
 def main(argv: list[str] | None = None) -> int:
-    from longmix.machine import describe, markdown
+    from longmix.machine import describe
     from longmix.fileio import atomic_write_text
     from longmix.provenance import provenance, utc_now
 
@@ -301,15 +319,7 @@ def main(argv: list[str] | None = None) -> int:
     record = {"command": command, "date": utc_now(), "machine": machine,
               "provenance": provenance(), "config": config, "rows": rows, "skipped": skipped}
     atomic_write_text(args.out_dir / f"{stem}.json", json.dumps(record, indent=1) + "\n")
-    text = "\n\n".join([
-        f"# Sequence-parallel mixers\n\n{markdown(machine)}; commit "
-        f"{record['provenance'].get('git_describe')}; command: `{command}`",
-        f"## {'Forward and backward' if args.backward else 'Forward'} at L = {args.long_len} "
-        f"(time and peak extra memory per rank)\n\n"
-        + table(rows, "long"),
-        f"## Strong scaling (L = {args.strong_len})\n\n" + table(rows, "strong"),
-        f"## Weak scaling (L = {args.weak_len} x P)\n\n" + table(rows, "weak"),
-        f"Skipped (over the {args.budget_s:.0f} s budget): {len(skipped)} points."])
+    text = markdown_text(record)
     atomic_write_text(args.out_dir / f"{stem}.md", text + "\n")
     plot(rows, args.out_dir / f"{stem}.png")
     print(text)
