@@ -103,7 +103,8 @@ def markdown(desc: dict) -> str:
     date = f", {desc['date']}" if desc.get("date") else ""
     limits = " ".join(f"{k}={v}" for k, v in (desc.get("isa_limits") or {}).items())
     limits = f" with the math libraries limited by {limits}" if limits else ""
-    return f"{cpu} ({cores} cores{flags}{threads}){limits}, {mem}, {where}, torch {desc.get('torch')}, {gpu}{date}"
+    return (f"{cpu} ({cores} cores{flags}{threads}){limits}, {mem}, {where}, torch {desc.get('torch')}, "
+            f"{gpu}{date}")
 
 
 def _proc_status_bytes(field: str) -> int | None:

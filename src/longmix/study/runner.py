@@ -192,8 +192,8 @@ def _mean_floors(per_seed: list[dict]) -> dict:
 def _machines(records: list[dict]) -> str:
     """Which machines trained the runs, and how many each (a grid may be split over machines)."""
     counts = collections.Counter(
-        machine_line({k: v for k, v in r["machine"].items() if k != "date"}) if r.get("machine") else "unknown"
-        for r in records)
+        machine_line({k: v for k, v in r["machine"].items() if k != "date"}) if r.get("machine")
+        else "unknown" for r in records)
     return "; ".join(f"{line}: {n} runs" for line, n in counts.most_common()) or "unknown"
 
 

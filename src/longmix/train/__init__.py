@@ -14,5 +14,5 @@ from .schedule import build_scheduler, warmup_cosine
 from . import results
 
 __all__ = ["CheckpointError", "load_checkpoint", "save_atomic", "TrainConfig", "parse_pairs",
-           "parse_value", "TrainingDiverged", "evaluate", "evaluate_checkpoint", "metric_name", "model_config", "train", "build_scheduler",
-           "warmup_cosine", "results"]
+           "parse_value", "TrainingDiverged", "evaluate", "evaluate_checkpoint", "metric_name",
+           "model_config", "train", "build_scheduler", "warmup_cosine", "results"]

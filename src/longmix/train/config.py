@@ -83,10 +83,11 @@ class TrainConfig:
             if isinstance(value, bool) or not isinstance(value, numbers.Real) or not ok(value):
                 raise ValueError(f"{name} must be a number {expected}, got {value!r}")
         check_layout(self.layout)
-        if self.causal not in (None, True, False):
+        if self.causal is not None and not isinstance(self.causal, bool):
             raise ValueError(f"causal must be None (by head), True or False, got {self.causal!r}")
         if self.init_from is not None and not (isinstance(self.init_from, str) and self.init_from):
-            raise ValueError(f"init_from must be None or the path of a finished run's folder, got {self.init_from!r}")
+            raise ValueError(f"init_from must be None or the path of a finished run's folder, "
+                             f"got {self.init_from!r}")
         if self.form is not None and self.form not in FORMS:
             raise ValueError(f"form must be None (planned per layer) or one of {FORMS}, got {self.form!r}")
         self.task_params = dict(self.task_params)

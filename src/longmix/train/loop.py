@@ -180,13 +180,23 @@ def evaluate(model: torch.nn.Module, task, cfg: TrainConfig, split: str, device:
     return metrics
 
 
+def sequence_parallel(model: torch.nn.Module, cfg: TrainConfig, ranks: Ranks) -> torch.nn.Module:
+    """``model`` itself on one process; on P ranks, the sequence-parallel model that shares its
+    parameters (each layer in ``cfg.form``, or the planned one)."""
+    if ranks.world == 1:
+        return model
+    return parallelize(model, group=ranks.group, layout=ranks.layout, forms=cfg.form,
+                       seq_len=cfg.context, batch=cfg.batch_size)
+
+
 def load_weights(model: torch.nn.Module, weights: dict, source: str) -> None:
     """``model.load_state_dict(weights)``, with a ValueError naming ``source`` when they do not fit
     (another task's vocabulary or number of classes, another width)."""
     try:
         model.load_state_dict(weights)
     except RuntimeError as err:
-        raise ValueError(f"{source}: its weights do not fit this model ({str(err).splitlines()[0]})") from err
+        first_line = str(err).splitlines()[0]
+        raise ValueError(f"{source}: its weights do not fit this model ({first_line})") from err
 
 
 def evaluate_checkpoint(cfg: TrainConfig, path: str | os.PathLike, split: str = "test", group=None) -> dict:
@@ -200,8 +210,7 @@ def evaluate_checkpoint(cfg: TrainConfig, path: str | os.PathLike, split: str = 
     model = SequenceModel(model_config(cfg, task)).to(device)
     load_weights(model, checkpoint.load(path)["model"], f"checkpoint {path}")
     ranks = Ranks.of(group, cfg.layout)
-    runner = model if ranks.world == 1 else parallelize(
-        model, group=ranks.group, layout=ranks.layout, forms=cfg.form, seq_len=cfg.context, batch=cfg.batch_size)
+    runner = sequence_parallel(model, cfg, ranks)
     return evaluate(runner, task, cfg, split, device, ranks)
 
 
@@ -365,9 +374,7 @@ def _run(cfg, task, mcfg, device, out, run_id, say, ranks: Ranks) -> dict:
     checkpoint.seed_everything(cfg.seed)
     model = SequenceModel(mcfg).to(device)
     # On P ranks the model runs sequence-parallel; ``model`` keeps the (shared) parameters.
-    runner = model if ranks.world == 1 else parallelize(
-        model, group=ranks.group, layout=ranks.layout, forms=cfg.form, seq_len=cfg.context,
-        batch=cfg.batch_size)
+    runner = sequence_parallel(model, cfg, ranks)
     optimizer = torch.optim.AdamW(param_groups(model, cfg.weight_decay), lr=cfg.lr, betas=(0.9, 0.98))
     scheduler = build_scheduler(optimizer, cfg.steps, cfg.warmup_steps, cfg.min_lr_ratio)
     step, history, wall_s, sessions = 0, [], 0.0, 0
