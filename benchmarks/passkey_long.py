@@ -154,9 +154,12 @@ def markdown_table(records: list[dict]) -> str:
         stages = "; ".join(f"{c['context']}:{c['steps']} ({c['batch_size']}) = {c['accuracy']:.3f}, "
                            f"{c['s_per_step']:.2f}" for c in rec.get("curriculum", [])) or "-"
         for row in rec["rows"]:
-            if row["run_id"] in shown or row.get("reused"):  # a rerun reuses finished runs: shown once
+            # A rerun reuses finished runs: each is shown once. The run id leaves out the process
+            # count (a run may resume on another), so the P-rank and one-process runs share it.
+            key = (row["run_id"], row["procs"])
+            if key in shown or row.get("reused"):
                 continue
-            shown.add(row["run_id"])
+            shown.add(key)
             peaks = ", ".join(f"{_gib(p)} [{_gib(s)}]"
                               for p, s in zip(row["peak_rss_bytes"], row["start_rss_bytes"]))
             forms = ", ".join(sorted(set(row["forms"]))) if row.get("forms") else "-"
