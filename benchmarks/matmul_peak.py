@@ -159,24 +159,25 @@ def main(argv=None) -> int:
     attention = (measure_attention(threads, args.attention_len, args.attention_budget_s)
                  if args.attention_len > 0 else [])
     vector_ns = softmax_ns_per_score(threads=1)
+    peaks = peaks_by(records)
     command = "python benchmarks/matmul_peak.py " + shlex.join(sys.argv[1:] if argv is None else argv)
     machine = describe()
     run = {"command": command.strip(), "date": utc_now(), "machine": machine,
            **provenance(), "records": records, "attention": attention, "vector_ns_per_score": vector_ns,
            "peaks": [{"dtype": d, "threads": t, "gflops": g}
-                     for (d, t), g in sorted(peaks_by(records).items())]}
+                     for (d, t), g in sorted(peaks.items())]}
     args.out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(args.out / "matmul_peak.json", json.dumps(run, indent=2))
     text = table(records)
     if attention:
         text += (f"\n\nLocal attention forward at L = {args.attention_len:,}: useful GFLOP/s "
                  f"(causal counted as half) and % of the matmul peak of its dtype on the same "
-                 f"threads; median of 3 warm calls\n\n" + attention_table(attention, peaks_by(records)))
+                 f"threads; median of 3 warm calls\n\n" + attention_table(attention, peaks))
     text += (f"\n\nThe softmax's ceiling on attention's % of peak (1 thread): each score costs "
              f"4·head_dim flops at the matmul peak plus {vector_ns['exp']:.3f} ns of exp (measured; "
              f"{vector_ns['softmax']:.3f} ns for torch's whole softmax) on the same core. A kernel "
              f"above the exp-only ceiling would have to skip exponentials.\n\n"
-             + ceiling_table(vector_ns, peaks_by(records), attention))
+             + ceiling_table(vector_ns, peaks, attention))
     md = [f"### Matmul peaks", "", f"- Machine: {markdown(machine)}", f"- Command: `{run['command']}`",
           f"- Date: {run['date']}; commit: {run['git_describe']}", "", text, "",
           "![matmul rates](matmul_peak.png)", ""]

@@ -257,13 +257,14 @@ def main(argv: list[str] | None = None) -> int:
     for procs, procs_threads in plan:
         print(f"{args.mixer}, context {args.context}: training on {procs} process(es), "
               f"{procs_threads} thread(s) each", flush=True)
-        row = run(config(args, procs, procs_threads, final, init_from), procs, procs_threads, args.timeout)
+        cfg = config(args, procs, procs_threads, final, init_from)
+        row = run(cfg, procs, procs_threads, args.timeout)
         memory = "reused" if row["reused"] else [round(p / 2**30, 2) for p in row["peak_rss_bytes"]]
         print(f"  accuracy {row['accuracy']:.3f}, {row['s_per_step']:.2f} s/step, peak GiB per rank "
               f"{memory}, forms {row['forms']}", flush=True)
         rows.append(row)
         if procs == args.procs:
-            trained = str(Path(config(args, procs, procs_threads, final, init_from).out) / "checkpoint.pt")
+            trained = str(Path(cfg.out) / "checkpoint.pt")
     for context in args.eval_beyond:  # the final P-rank weights at contexts they never trained on
         cfg = config(args, args.procs, threads, Stage(context, 1, args.beyond_batch_size), None)
         cfg.eval_batches = args.beyond_batches

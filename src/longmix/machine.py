@@ -57,6 +57,11 @@ def isa_limits() -> dict[str, str]:
     return {k: os.environ[k] for k in ISA_LIMITS if os.environ.get(k)}
 
 
+def isa_limits_text(desc: dict) -> str:
+    """``K=V K=V`` of a description's ``isa_limits``; empty when the run had none."""
+    return " ".join(f"{k}={v}" for k, v in (desc.get("isa_limits") or {}).items())
+
+
 def describe(device: str | None = None) -> dict:
     """A JSON-able description: CPU model and flags, cores, torch threads, memory, torch, GPU (if
     any), date (UTC); with ``device`` (a run's torch device) also that device, and a CUDA device's
@@ -81,8 +86,9 @@ def describe(device: str | None = None) -> dict:
         "os": f"{platform.system()} {platform.release()}",
         "date": utc_now(),
     }
-    if isa_limits():
-        desc["isa_limits"] = isa_limits()
+    limits = isa_limits()
+    if limits:
+        desc["isa_limits"] = limits
     if device is not None:
         desc["device"] = device
     return desc
@@ -101,7 +107,7 @@ def markdown(desc: dict) -> str:
     gpu = desc.get("gpu") or "no GPU"
     where = desc.get("os") or desc.get("platform") or "OS unknown"
     date = f", {desc['date']}" if desc.get("date") else ""
-    limits = " ".join(f"{k}={v}" for k, v in (desc.get("isa_limits") or {}).items())
+    limits = isa_limits_text(desc)
     limits = f" with the math libraries limited by {limits}" if limits else ""
     return (f"{cpu} ({cores} cores{flags}{threads}){limits}, {mem}, {where}, torch {desc.get('torch')}, "
             f"{gpu}{date}")

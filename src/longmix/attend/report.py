@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 
 from longmix.dtypes import DTYPES
+from longmix.machine import isa_limits_text
 
 
 def theoretical_bytes_sent(strategy: str, *, seq_len: int, heads: int, kv_heads: int,
@@ -69,7 +70,7 @@ def format_report(report: dict) -> str:
     plan = report["plan"]
     machine = report["machine"]
     flags = "/".join(machine.get("cpu_flags") or []) or "no matrix/vector flags"
-    limits = " ".join(f"{k}={v}" for k, v in (machine.get("isa_limits") or {}).items())
+    limits = isa_limits_text(machine)
     limits = f", math libraries limited by {limits}" if limits else ""
     lines = [
         f"longmix attend: L={c['seq_len']:,} {'causal' if c['causal'] else 'non-causal'}, "
