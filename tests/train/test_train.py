@@ -3,10 +3,8 @@ results, and a clear error (with earlier results kept) for every kind of bad inp
 import json
 import math
 import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -14,6 +12,7 @@ import torch
 
 from longmix.cli import main
 from longmix.train import TrainConfig, load_checkpoint, parse_pairs, train
+from resume_checks import assert_resumed_equals_uninterrupted, sigkill_after_first_checkpoint
 
 pytestmark = pytest.mark.usefixtures("toy_registry")
 TOYS = Path(__file__).with_name("toys.py")
@@ -100,14 +99,7 @@ def test_sigkill_then_rerun_matches_an_uninterrupted_run(tmp_path):
     killed, clean = tmp_path / "killed", tmp_path / "clean"
     proc = spawn(killed, steps)
     try:
-        deadline = time.monotonic() + 60
-        while not (killed / "checkpoint.pt").exists():
-            assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
-            assert time.monotonic() < deadline, "no checkpoint appeared"
-            time.sleep(0.005)
-        time.sleep(0.02)  # let it go past the first checkpoint, mid-step
-        proc.send_signal(signal.SIGKILL)
-        proc.wait(timeout=30)
+        sigkill_after_first_checkpoint(proc, killed, timeout=60, poll_s=0.005, settle_s=0.02)
     finally:
         if proc.poll() is None:
             proc.kill()
@@ -118,16 +110,9 @@ def test_sigkill_then_rerun_matches_an_uninterrupted_run(tmp_path):
 
     finish(spawn(killed, steps))  # resume
     finish(spawn(clean, steps))  # uninterrupted, same seed
-    a, b = (json.loads(lines(d / "results.jsonl")[0]) for d in (killed, clean))
-    assert a["sessions"] == 2 and b["sessions"] == 1
-    assert a["run_id"] == b["run_id"] and a["steps"] == b["steps"] == steps
-    for split in ("test", "valid"):
-        for key, value in b[split].items():
-            assert math.isclose(a[split][key], value, rel_tol=1e-6, abs_tol=1e-9), (split, key)
+    a, b = assert_resumed_equals_uninterrupted(killed, clean)
+    assert a["sessions"] == 2 and b["sessions"] == 1 and b["steps"] == steps
     assert [h["step"] for h in a["history"]] == [h["step"] for h in b["history"]]
-    wa, wb = (load_checkpoint(d / "checkpoint.pt")["model"] for d in (killed, clean))
-    for name in wb:
-        torch.testing.assert_close(wa[name], wb[name], rtol=1e-6, atol=1e-7)
 
 
 def test_rerun_of_a_finished_run_adds_no_line_and_results_are_append_only(tmp_path):
