@@ -108,3 +108,38 @@ def test_ranks_die_with_their_launcher(tmp_path, sig):
                 os.kill(int(p.read_text()), signal.SIGKILL)
             except (ProcessLookupError, ValueError):
                 pass
+
+
+TORCHRUN_ENV = {"RANK": "0", "WORLD_SIZE": "2", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "29500"}
+
+
+def test_torchrun_world_size_and_a_procs_that_disagrees(monkeypatch):
+    from longmix.dist.launch import torchrun_world_size
+
+    for key in TORCHRUN_ENV:
+        monkeypatch.delenv(key, raising=False)
+    assert torchrun_world_size(3) is None  # not under torchrun: --procs is the user's to choose
+    for key, value in TORCHRUN_ENV.items():
+        monkeypatch.setenv(key, value)
+    assert torchrun_world_size(None) == torchrun_world_size(2) == 2
+    with pytest.raises(ValueError, match="--procs 3 disagrees with torchrun's WORLD_SIZE=2"):
+        torchrun_world_size(3)
+
+
+@pytest.mark.parametrize("command", [
+    ["attend", "--seq-len", "64"],
+    ["train", "--task", "passkey", "--mixer", "softmax", "--context", "16", "--steps", "1"],
+])
+def test_both_commands_refuse_a_procs_that_disagrees_with_torchrun(monkeypatch, capsys, tmp_path, command):
+    from longmix.cli import main
+
+    for key, value in TORCHRUN_ENV.items():
+        monkeypatch.setenv(key, value)
+    argv = [*command, "--procs", "3"] + (["--out", str(tmp_path / "run")] if command[0] == "train" else [])
+    try:
+        code = main(argv)
+    except SystemExit as exc:  # attend reports argument errors through argparse
+        code = exc.code
+    assert code == 2
+    assert "--procs 3 disagrees with torchrun's WORLD_SIZE=2" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()  # refused before anything was written

@@ -150,14 +150,15 @@ def run(args: argparse.Namespace) -> int:
     from longmix import attend as job
     from longmix.attend.job import choose_dtype, local_calibration, strategy_error
     from longmix.attend.resources import memory_error
-    from longmix.dist.launch import launched_by_torchrun
+    from longmix.dist.launch import torchrun_world_size
     from longmix.fileio import atomic_write_text, strict_json_value
 
-    torchrun = launched_by_torchrun()
-    world = int(os.environ["WORLD_SIZE"]) if torchrun else args.procs or DEFAULTS["procs"]
-    if torchrun and args.procs is not None and args.procs != world:
-        parser.error(f"argument --procs: {args.procs} disagrees with torchrun's "
-                     f"WORLD_SIZE={world}; leave --procs out under torchrun")
+    try:
+        torchrun_world = torchrun_world_size(args.procs)
+    except ValueError as err:
+        parser.error(f"argument {err}")
+    torchrun = torchrun_world is not None
+    world = torchrun_world if torchrun else args.procs or DEFAULTS["procs"]
     cfg = job.AttendConfig(seq_len=args.seq_len, heads=args.heads, kv_heads=kv_heads,
                            head_dim=args.head_dim, causal=args.causal, strategy=args.strategy,
                            layout=layout, dtype="fp32" if args.dtype == "auto" else args.dtype,

@@ -85,18 +85,18 @@ def config_from_args(args, procs: int | None = None):
 def run(args) -> int:
     import json
 
-    from ..dist.launch import RankFailure, launched_by_torchrun
+    from ..dist.launch import RankFailure, torchrun_world_size
     from ..train import TrainingDiverged, train
 
     def fail(code: int, message) -> int:
         print(f"longmix train: error: {message}", file=sys.stderr)
         return code
 
-    torchrun = launched_by_torchrun()
-    world = int(os.environ["WORLD_SIZE"]) if torchrun else None
-    if torchrun and args.procs is not None and args.procs != world:
-        return fail(EXIT_BAD_INPUT, f"--procs {args.procs} disagrees with torchrun's WORLD_SIZE={world}; "
-                                    f"leave --procs out under torchrun")
+    try:
+        world = torchrun_world_size(args.procs)
+    except ValueError as err:
+        return fail(EXIT_BAD_INPUT, err)
+    torchrun = world is not None
     try:
         cfg = config_from_args(args, procs=world)
         record = _train_in_torchrun_group(cfg) if torchrun else train(cfg)

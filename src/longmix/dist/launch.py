@@ -212,3 +212,15 @@ def launched_by_torchrun() -> bool:
     then a command joins that group (``init_process_group()`` reads these variables) instead of
     spawning ranks of its own."""
     return all(key in os.environ for key in ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"))
+
+
+def torchrun_world_size(procs: int | None) -> int | None:
+    """torchrun's WORLD_SIZE when this process is one of its ranks (:func:`launched_by_torchrun`),
+    else None. ValueError when ``procs``, a process count the user also gave, disagrees with it."""
+    if not launched_by_torchrun():
+        return None
+    world = int(os.environ["WORLD_SIZE"])
+    if procs is not None and procs != world:
+        raise ValueError(f"--procs {procs} disagrees with torchrun's WORLD_SIZE={world}; "
+                         f"leave --procs out under torchrun")
+    return world
