@@ -295,3 +295,17 @@ def test_run_seconds_counts_steps_and_evaluations():
 
     cfg = TrainConfig(task="passkey", mixer="softmax", context=8, steps=100, eval_every=25, eval_batches=4)
     assert run_seconds(cfg, per_step=0.5, per_eval=0.1) == pytest.approx(100 * 0.5 + 5 * 4 * 0.1)
+
+
+def test_a_diverged_run_keeps_the_trainers_record(tmp_path):
+    from longmix.study.runner import _train_one
+    from longmix.train import TrainConfig
+
+    cfg = TrainConfig(task="passkey", mixer="softmax", context=16, steps=6, batch_size=4, dim=8,
+                      depth=1, lr=float("inf"), eval_every=6, eval_batches=1, progress=False,
+                      threads=1, task_params={"length": 16}, out=str(tmp_path / "run"))
+    record, error = _train_one(cfg)
+    assert error is None and record["status"] == "diverged" and record["run_id"] == cfg.run_id()
+    written = [json.loads(line) for line in (tmp_path / "run" / "results.jsonl").read_text().splitlines()]
+    assert written == [record]  # the one record the trainer wrote, not a second version of it
+    assert record["step"] >= 1 and "git_describe" in record and "machine" in record

@@ -30,7 +30,7 @@ from ..checks import check_int
 from ..fileio import append_record, atomic_write_text, read_records
 from ..machine import markdown as machine_line
 from ..provenance import provenance, utc_now
-from ..train import TrainingDiverged, train
+from ..train import TrainingDiverged, results, train
 from ..train.loop import prepare_out
 from . import report
 from .floors import floors
@@ -41,10 +41,9 @@ def _train_one(cfg):
     run returns a record with ``status: "diverged"`` (a sweep's candidate may diverge)."""
     try:
         return train(cfg), None
-    except TrainingDiverged as err:
-        return {"status": "diverged", "reason": str(err), "run_id": cfg.run_id(), "config": cfg.identity(),
-                "task": cfg.task, "mixer": cfg.mixer, "context": cfg.context, "seed": cfg.seed,
-                "date": utc_now(), **provenance()}, None
+    except TrainingDiverged as err:  # the trainer recorded it in the run folder: keep that record
+        record = results.find(Path(cfg.out) / "results.jsonl", cfg.run_id())
+        return (record, None) if record is not None else (None, str(err))
     except ValueError as err:
         return None, str(err)
 
