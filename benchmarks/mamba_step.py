@@ -2,11 +2,17 @@
 
     python benchmarks/mamba_step.py                       # C = 512, dim 64, depth 2, batch 16
     python benchmarks/mamba_step.py --lengths 256 512 --repeats 5
+    python benchmarks/mamba_step.py --scan-backends cpu torch   # mamba's scan both ways
 
 Both mixers sit in the same model (``longmix.models``, "lm" head, byte vocabulary) with the same
 width, depth and batch, so the ratio mamba / s4d is the cost of the selective scan relative to an
-FFT convolution. Each step is a forward pass, a cross-entropy loss and a backward pass; the
-median of ``--repeats`` timed steps after ``--warmup`` untimed ones is reported. Writes
+FFT convolution. ``--scan-backends`` times mamba once per backend of its selective scan (``cpu``:
+the fused numba kernel, ``torch``: the loop of PyTorch ops), so the two ratios to s4d are
+measured side by side.
+
+Each step is a forward pass, a cross-entropy loss and a backward pass. The variants' steps are
+timed in turns (A B A B ...), so that load on a shared machine slows all of them alike; the
+median of ``--repeats`` timed steps after ``--warmup`` untimed rounds is reported. Writes
 ``mamba_step.{json,md}`` to ``--out-dir`` with the machine, command, date and commit.
 """
 from __future__ import annotations
@@ -26,28 +32,41 @@ import torch.nn.functional as F
 from longmix.fileio import atomic_write_text
 from longmix.machine import describe, markdown
 from longmix.models import ModelConfig, build_model
+from longmix.ops.scan import SCAN_BACKENDS
 from longmix.provenance import provenance, utc_now
 
 VOCAB = 256
 
 
-def step_seconds(mixer: str, length: int, dim: int, depth: int, batch: int, warmup: int,
-                 repeats: int, mixer_options: dict | None = None, seed: int = 0) -> list[float]:
-    """Wall-clock seconds of ``repeats`` forward+backward steps of an LM with ``mixer``."""
-    torch.manual_seed(seed)
-    model = build_model(ModelConfig(vocab_size=VOCAB, mixer=mixer, head="lm", dim=dim, depth=depth,
-                                    mixer_options=mixer_options or {}))
-    tokens = torch.randint(VOCAB, (batch, length + 1))
-    inputs, targets = tokens[:, :-1], tokens[:, 1:]
-    times = []
-    for i in range(warmup + repeats):
+class TrainingStep:
+    """A forward + backward step of an LM with ``mixer`` on one fixed batch."""
+
+    def __init__(self, mixer: str, length: int, dim: int, depth: int, batch: int,
+                 mixer_options: dict | None = None, seed: int = 0):
+        torch.manual_seed(seed)
+        self.model = build_model(ModelConfig(vocab_size=VOCAB, mixer=mixer, head="lm", dim=dim, depth=depth,
+                                             mixer_options=mixer_options or {}))
+        tokens = torch.randint(VOCAB, (batch, length + 1))
+        self.inputs, self.targets = tokens[:, :-1], tokens[:, 1:]
+
+    def seconds(self) -> float:
         start = time.perf_counter()
-        logits = model(inputs)
-        F.cross_entropy(logits.reshape(-1, VOCAB), targets.reshape(-1)).backward()
+        logits = self.model(self.inputs)
+        F.cross_entropy(logits.reshape(-1, VOCAB), self.targets.reshape(-1)).backward()
         elapsed = time.perf_counter() - start
-        model.zero_grad(set_to_none=True)
-        if i >= warmup:
-            times.append(elapsed)
+        self.model.zero_grad(set_to_none=True)
+        return elapsed
+
+
+def interleaved_seconds(steps: list[TrainingStep], warmup: int, repeats: int) -> list[list[float]]:
+    """Per step, ``repeats`` timings taken in turns (A B A B ...) after ``warmup`` untimed rounds,
+    so that a slow stretch of a shared machine lands on every variant alike, not on one."""
+    times = [[] for _ in steps]
+    for i in range(warmup + repeats):
+        for step, own in zip(steps, times):
+            elapsed = step.seconds()
+            if i >= warmup:
+                own.append(elapsed)
     return times
 
 
@@ -60,24 +79,33 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--scan-backends", nargs="+", default=["auto"], choices=SCAN_BACKENDS,
+                        help="mamba's selective-scan backends, one mamba row each")
     parser.add_argument("--chunk-size", type=int, default=None,
                         help="mamba's scan chunk (default: the mixer's own default)")
     parser.add_argument("--out-dir", type=Path, default=Path(__file__).parent / "results")
     args = parser.parse_args(argv)
     command = shlex.join(["python", "benchmarks/mamba_step.py"] + (sys.argv[1:] if argv is None else argv))
 
+    variants = [(mixer, backend) for mixer in args.mixers
+                for backend in (args.scan_backends if mixer == "mamba" else [None])]
+    labels = [_label(mixer, backend, args.scan_backends) for mixer, backend in variants]
     rows = []
     for length in args.lengths:
-        for mixer in args.mixers:
+        steps = []
+        for mixer, backend in variants:
             options = {"chunk_size": args.chunk_size} if mixer == "mamba" and args.chunk_size else {}
-            times = step_seconds(mixer, length, args.dim, args.depth, args.batch, args.warmup, args.repeats,
-                                 options)
-            rows.append({"mixer": mixer, "length": length, "median_s": statistics.median(times),
+            if backend is not None:
+                options["scan_backend"] = backend
+            steps.append(TrainingStep(mixer, length, args.dim, args.depth, args.batch, options))
+        for label, times in zip(labels, interleaved_seconds(steps, args.warmup, args.repeats)):
+            rows.append({"mixer": label, "length": length, "median_s": statistics.median(times),
                          "times_s": times})
-            print(f"{mixer:>8} C={length:<6} median {rows[-1]['median_s'] * 1e3:8.1f} ms  "
+            print(f"{label:>18} C={length:<6} median {rows[-1]['median_s'] * 1e3:8.1f} ms  "
                   f"(steps: {', '.join(f'{t * 1e3:.1f}' for t in times)} ms)", flush=True)
 
-    setting = {k: getattr(args, k) for k in ("dim", "depth", "batch", "warmup", "repeats", "chunk_size")}
+    setting = {k: getattr(args, k) for k in ("dim", "depth", "batch", "warmup", "repeats", "chunk_size",
+                                             "scan_backends")}
     setting["torch_threads"] = torch.get_num_threads()
     if hasattr(os, "sched_getaffinity"):  # cores this process may run on (taskset), not the machine's
         setting["usable_cores"] = len(os.sched_getaffinity(0))
@@ -85,15 +113,21 @@ def main(argv: list[str] | None = None) -> int:
               "setting": setting, "rows": rows}
     args.out_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_text(args.out_dir / "mamba_step.json", json.dumps(record, indent=2) + "\n")
-    atomic_write_text(args.out_dir / "mamba_step.md", _markdown(record, args.mixers))
+    atomic_write_text(args.out_dir / "mamba_step.md", _markdown(record, labels))
     return 0
 
 
-def _markdown(record: dict, mixers: list[str]) -> str:
+def _label(mixer: str, backend: str | None, backends: list[str]) -> str:
+    """"mamba" alone, "mamba (cpu scan)" when several backends are compared."""
+    return mixer if backend is None or len(backends) == 1 else f"{mixer} ({backend} scan)"
+
+
+def _markdown(record: dict, labels: list[str]) -> str:
+    """One column per variant and, with s4d among them, each other variant's time over s4d's."""
     by = {(r["mixer"], r["length"]): r["median_s"] for r in record["rows"]}
     lengths = sorted({r["length"] for r in record["rows"]})
-    ratio = len(mixers) == 2
-    head = ["C"] + [f"{m} (ms)" for m in mixers] + ([f"{mixers[0]} / {mixers[1]}"] if ratio else [])
+    others = [m for m in labels if m != "s4d"] if "s4d" in labels else []
+    head = ["C"] + [f"{m} (ms)" for m in labels] + [f"{m} / s4d" for m in others]
     lines = ["# Training step: forward + backward of an LM, median seconds per step", "",
              f"Command: `{record['command']}`  ", f"Date: {record['date']}  ",
              f"Commit: {record['git_describe']} ({record['git_commit']}), "
@@ -101,9 +135,8 @@ def _markdown(record: dict, mixers: list[str]) -> str:
              f"Setting: {', '.join(f'{k} {v}' for k, v in record['setting'].items())}", "",
              "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for length in lengths:
-        cells = [str(length)] + [f"{by[(m, length)] * 1e3:.1f}" for m in mixers]
-        if ratio:
-            cells.append(f"{by[(mixers[0], length)] / by[(mixers[1], length)]:.2f}")
+        cells = [str(length)] + [f"{by[(m, length)] * 1e3:.1f}" for m in labels]
+        cells += [f"{by[(m, length)] / by[('s4d', length)]:.2f}" for m in others]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n\n" + markdown(record["machine"]) + "\n"
 

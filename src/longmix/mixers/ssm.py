@@ -19,7 +19,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..ops.fftconv import fft_conv, toeplitz_matrix
-from ..ops.scan import selective_scan, selective_scan_matrix
+from ..ops.scan import SCAN_BACKENDS, selective_scan, selective_scan_matrix
+from ..ops.short_conv import short_conv
 from ..ops.vandermonde import log_vandermonde, log_vandermonde_transpose, vandermonde_matrix
 from .base import ChannelMixer, Taxonomy, TokenMixer, WholeSequence, check_int, last_rows, shift_in
 from .registry import register
@@ -214,6 +215,12 @@ class _SelectiveParams(nn.Module):
         return F.softplus(self.dt_proj(dt)), -self.A_log.exp(), B, C
 
 
+def _joined(parts: list[torch.Tensor], dim: int) -> torch.Tensor:
+    """torch.cat, without the copy (and its backward) when there is one part: the usual case
+    of one direction and of one sequence piece."""
+    return parts[0] if len(parts) == 1 else torch.cat(parts, dim=dim)
+
+
 @register("mamba")
 class Mamba(TokenMixer):
     """Mamba's block around a selective SSM (S6), x (batch, L, dim) -> (batch, L, dim).
@@ -244,6 +251,7 @@ class Mamba(TokenMixer):
         d_conv: width of the causal depthwise conv before the SSM; 0 removes it.
         dt_rank: rank of the Δ projection, default ceil(dim / 16).
         chunk_size: positions per chunk of :func:`~longmix.ops.scan.selective_scan`.
+        scan_backend: its ``backend``: "auto" (the fused kernel on CPU), "cpu" or "torch".
     """
 
     taxonomy = Taxonomy(family="ssm", learned=True, input_dependent=True, causal=True,
@@ -254,15 +262,17 @@ class Mamba(TokenMixer):
 
     def __init__(self, dim: int, heads: int = 1, causal: bool = False, max_len: int | None = None,
                  d_state: int = 16, expand: int = 2, d_conv: int = 4, dt_rank: int | None = None,
-                 dt_min: float = 1e-3, dt_max: float = 1e-1, chunk_size: int = 64):
+                 dt_min: float = 1e-3, dt_max: float = 1e-1, chunk_size: int = 64, scan_backend: str = "auto"):
         super().__init__(dim, heads=heads, causal=causal, max_len=max_len)
         dt_rank = math.ceil(dim / 16) if dt_rank is None else dt_rank
         for label, value, low in (("d_state", d_state, 1), ("expand", expand, 1), ("d_conv", d_conv, 0),
                                   ("dt_rank", dt_rank, 1), ("chunk_size", chunk_size, 1)):
             check_int("Mamba", label, value, minimum=low)
         _check_dt_range("Mamba", dt_min, dt_max)
+        if scan_backend not in SCAN_BACKENDS:
+            raise ValueError(f"Mamba: scan_backend must be one of {SCAN_BACKENDS}, got {scan_backend!r}")
         self.d_inner, self.d_state = expand * dim, d_state
-        self.chunk_size = chunk_size
+        self.chunk_size, self.scan_backend = chunk_size, scan_backend
         self.in_proj = nn.Linear(dim, 2 * self.d_inner, bias=False)
         self.conv = (nn.Conv1d(self.d_inner, self.d_inner, d_conv, groups=self.d_inner, padding=d_conv - 1)
                      if d_conv else None)
@@ -282,29 +292,32 @@ class Mamba(TokenMixer):
         u, z = self.in_proj(x).chunk(2, dim=-1)
         if self.conv is not None:
             rows = self.conv.kernel_size[0] - 1
-            convolved = [F.conv1d(piece.mT, self.conv.weight, self.conv.bias, groups=self.d_inner).mT
-                         for piece in pieces.left_context(u, rows)]
-            u = torch.cat(convolved, dim=1) if convolved else u  # no pieces: an empty shard
+            convolved = [self._short_conv(piece) for piece in pieces.left_context(u, rows)]
+            u = _joined(convolved, dim=1) if convolved else u  # no pieces: an empty shard
         return F.silu(u), z
+
+    def _short_conv(self, window: torch.Tensor) -> torch.Tensor:
+        """The depthwise conv over (batch, d_conv - 1 + L, d_inner) rows -> L outputs (no padding)."""
+        return short_conv(window, self.conv.weight[:, 0], self.conv.bias)
 
     def _selective_inputs(self, u: torch.Tensor) -> torch.Tensor:
         """Per position, what every channel's scan reads: [dt (dt_rank), B (N), C (N)] of each
         direction, (batch, L, directions * (dt_rank + 2N)). Pointwise in the sequence."""
-        return torch.cat([params.x_proj(u) for params in self.selective], dim=-1)
+        return _joined([params.x_proj(u) for params in self.selective], dim=-1)
 
     def _ssm_channels(self, u: torch.Tensor, inputs: torch.Tensor, channels: slice, scan=None):
         """The token mixing of ``channels``: u (batch, L, c), inputs from ``_selective_inputs``."""
         if scan is None:
             def scan(*args):
-                return selective_scan(*args, chunk_size=self.chunk_size)
-        y = u * self.D[channels]
+                return selective_scan(*args, chunk_size=self.chunk_size, backend=self.scan_backend)
+        y = None
         for direction, (params, proj) in enumerate(
                 zip(self.selective, inputs.chunk(len(self.selective), dim=-1))):
             dt, B, C = proj.split([params.dt_rank, params.d_state, params.d_state], dim=-1)
             delta = F.softplus(F.linear(dt, params.dt_proj.weight[channels], params.dt_proj.bias[channels]))
             A = -params.A_log[channels].exp()
-            if direction == 0:
-                y = y + scan(u, delta, A, B, C)
+            if direction == 0:  # with the skip term D u, which the scan fuses
+                y = scan(u, delta, A, B, C, self.D[channels])
             else:  # the reversed scan of the bidirectional mode
                 y = y + scan(*(t.flip(1) for t in (u, delta)), A, *(t.flip(1) for t in (B, C))).flip(1)
         return y
@@ -363,14 +376,13 @@ class Mamba(TokenMixer):
         if self.conv is None:
             return F.silu(raw), z, raw
         window = torch.cat([conv_state.to(raw.dtype), raw], 1)  # no padding: exactly L outputs
-        u = F.conv1d(window.mT, self.conv.weight, self.conv.bias, groups=self.d_inner).mT
-        return F.silu(u), z, raw
+        return F.silu(self._short_conv(window)), z, raw
 
     def _scan(self, u, h0):
         delta, A, B, C = self.selective[0](u)
-        y, h = selective_scan(u, delta, A, B, C, chunk_size=self.chunk_size,
+        y, h = selective_scan(u, delta, A, B, C, self.D, chunk_size=self.chunk_size, backend=self.scan_backend,
                               initial_state=h0, return_final_state=True)
-        return u * self.D + y, h, delta
+        return y, h, delta
 
     def _forward_with_state(self, x, state):
         u, z, raw = self._continued_input(x, state.get("conv"))

@@ -8,7 +8,8 @@ Per channel d and state n, with a_t = exp(delta_t[d] A[d, n]) in (0, 1]:
 Three ways to compute it, which must agree:
 
 * :func:`selective_scan`: the fast path, a chunked scan with its own backward that recomputes
-  each chunk's states instead of storing them: O(L) time, O(chunk d n) working memory.
+  each chunk's states instead of storing them: O(L) time, O(chunk d n) working memory. On CPU
+  it runs the fused kernel of :mod:`longmix.ops.scan_cpu`; elsewhere the PyTorch loop below.
 * :func:`selective_scan_sequential`: the plain recurrence, one step per position (reference).
 * :func:`selective_scan_matrix`: the materialized (batch, d, L, L) semiseparable matrix
   M[t, s] = sum_n C_t[n] (prod_{r=s+1..t} a_r[n]) delta_s B_s[n], so that y = M u (+ D u).
@@ -25,6 +26,8 @@ from __future__ import annotations
 import torch
 
 from ..checks import check_int
+
+SCAN_BACKENDS = ("auto", "cpu", "torch")
 
 
 def _check(u, delta, A, B, C, D, initial_state):
@@ -51,7 +54,8 @@ def _check(u, delta, A, B, C, D, initial_state):
 
 def selective_scan(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: torch.Tensor,
                    C: torch.Tensor, D: torch.Tensor | None = None, *, chunk_size: int = 64,
-                   initial_state: torch.Tensor | None = None, return_final_state: bool = False):
+                   initial_state: torch.Tensor | None = None, return_final_state: bool = False,
+                   backend: str = "auto"):
     """The selective scan by chunks, with its own backward (see the module docstring for the
     recurrence and layouts).
 
@@ -77,9 +81,18 @@ def selective_scan(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: tor
     precision inputs are scanned in float32 (a long recurrence in bf16 loses the state; mixed
     dtypes, as under autocast, in the widest), and y is returned in u's dtype.
 
+    Two implementations of these sums, the same chunks and the same recomputation:
+
+    * ``"cpu"``: the fused numba kernel of :mod:`longmix.ops.scan_cpu`, one loop over the
+      sequence with the state in cache (5x the PyTorch loop on CPU, ``benchmarks/mamba_step.py``);
+      CPU tensors only.
+    * ``"torch"``: the loop below in PyTorch ops, any device.
+
     Args:
         chunk_size: positions per chunk; any value >= 1 (L need not be a multiple). Memory vs.
             per-chunk overhead only.
+        backend: ``"auto"`` (``"cpu"`` for CPU tensors, ``"torch"`` otherwise), ``"cpu"`` or
+            ``"torch"``.
         initial_state: (batch, channels, d_state) state before position 0, default zeros.
         return_final_state: also return the state after the last position.
 
@@ -90,16 +103,26 @@ def selective_scan(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: tor
     """
     _check(u, delta, A, B, C, D, initial_state)
     check_int("chunk_size", chunk_size, owner="selective_scan")
+    scan = _scan_function(backend, u.device)
     b, _, d = u.shape
     work = torch.float32  # the widest of the inputs' dtypes and float32
     for t in (u, delta, A, B, C, initial_state):
         work = work if t is None else torch.promote_types(work, t.dtype)
     h0 = u.new_zeros(b, d, A.shape[1]) if initial_state is None else initial_state
-    y, h = _ChunkedScan.apply(*(t.to(work) for t in (u, delta, A, B, C, h0)), chunk_size)
-    y = y.to(u.dtype)
-    if D is not None:
-        y = y + u * D
-    return (y, h) if return_final_state else y
+    D = u.new_zeros(d) if D is None else D  # the kernels fuse the skip term D u
+    y, h = scan.apply(*(t.to(work) for t in (u, delta, A, B, C, D, h0)), chunk_size)
+    return (y.to(u.dtype), h) if return_final_state else y.to(u.dtype)
+
+
+def _scan_function(backend: str, device: torch.device) -> type[torch.autograd.Function]:
+    if backend not in SCAN_BACKENDS:
+        raise ValueError(f"selective_scan: backend must be one of {SCAN_BACKENDS}, got {backend!r}")
+    if backend == "cpu" and device.type != "cpu":
+        raise ValueError(f"selective_scan: backend='cpu' needs CPU tensors, got tensors on {device}")
+    if backend == "torch" or device.type != "cpu":
+        return _ChunkedScan
+    from .scan_cpu import FusedScan  # numba compiles on first use: import only when needed
+    return FusedScan
 
 
 def _time_major(t: torch.Tensor) -> torch.Tensor:
@@ -143,13 +166,14 @@ def _chunk_states(delta, du, A, B, h, a, states):
 
 
 class _ChunkedScan(torch.autograd.Function):
-    """y and the final state of the scan (no D term), with a backward that recomputes states."""
+    """y (with the D u term) and the final state of the scan, with a backward that recomputes
+    states."""
 
     @staticmethod
-    def forward(ctx, u, delta, A, B, C, h0, chunk_size):
+    def forward(ctx, u, delta, A, B, C, D, h0, chunk_size):
         (b, length, d), n = u.shape, A.shape[1]
         du = delta * u
-        y = u.new_empty(u.shape)
+        y = u * D
         buffers = _ChunkBuffers(2, min(chunk_size, length), b, d, n, u)
         entering = []  # the state entering each chunk: all the backward needs to recompute
         h = h0
@@ -158,15 +182,15 @@ class _ChunkedScan(torch.autograd.Function):
             a, states = buffers.take(min(chunk_size, length - start))
             entering.append(h)
             _chunk_states(*map(_time_major, (delta[:, sl], du[:, sl])), A, _time_major(B[:, sl]), h, a, states)
-            y[:, sl] = _contract_n(states, _time_major(C[:, sl])).transpose(0, 1)
+            y[:, sl] += _contract_n(states, _time_major(C[:, sl])).transpose(0, 1)
             h = states[-1].clone()  # a copy: the buffer is overwritten by the next chunk
-        ctx.save_for_backward(u, delta, A, B, C, torch.stack(entering))
+        ctx.save_for_backward(u, delta, A, B, C, D, torch.stack(entering))
         ctx.chunk_size = chunk_size
         return y, h
 
     @staticmethod
     def backward(ctx, dy, dh_final):
-        u, delta, A, B, C, entering = ctx.saved_tensors
+        u, delta, A, B, C, D, entering = ctx.saved_tensors
         chunk_size, (b, length, d), n = ctx.chunk_size, u.shape, A.shape[1]
         du = delta * u
         d_du, d_delta = torch.empty_like(u), torch.empty_like(delta)
@@ -196,7 +220,7 @@ class _ChunkedScan(torch.autograd.Function):
             d_delta[:, sl] = torch.linalg.vecdot(P, A).transpose(0, 1)
             dA += P.mul_(delta_k.unsqueeze(-1)).sum((0, 1))  # as a product over (t, b), no permute copy
         d_delta += d_du * u
-        return d_du * delta, d_delta, dA, dB, dC, carry, None
+        return torch.addcmul(d_du * delta, dy, D), d_delta, dA, dB, dC, (dy * u).sum((0, 1)), carry, None
 
 
 def selective_scan_sequential(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: torch.Tensor,

@@ -274,7 +274,7 @@ SMALL_TASKS = [
 SMALL = Grid(
     name="small",
     tasks=SMALL_TASKS,
-    mixers=["softmax", "s4d", "hyena", "local"],
+    mixers=["softmax", "s4d", "hyena", "local", "mamba"],
     contexts=[32, 64, 128, 256, 512],
     seeds=[0, 1, 2],
     train=dict(steps=800, **_COMMON),
