@@ -221,3 +221,23 @@ def test_cpu_kernel_float32_exp_is_within_two_ulp():
     assert (np.abs(got[normal] - want[normal]) <= 2 * ulp).all()
     assert (got[x < -87.7] == 0).all()
     assert np.isinf(got[~np.isfinite(want)]).all() and (~np.isfinite(want)).sum() == 2
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_an_empty_batch_gives_an_empty_output(backend):
+    u, delta, A, B, C, D = (t[:0] if t.dim() == 3 else t for t in inputs(length=6))
+    y, h = selective_scan(u, delta, A, B, C, D, return_final_state=True, backend=backend)
+    assert y.shape == (0, 6, 5) and h.shape == (0, 5, 3)
+
+
+def test_cpu_kernel_leaves_torch_threads_alone():
+    """The kernel runs on torch's thread count and does not change it (numba's OpenMP layer
+    would reset it for the whole process)."""
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        tensors = [t.requires_grad_() for t in inputs(length=9)]
+        selective_scan(*tensors, backend="cpu").sum().backward()
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)
