@@ -46,9 +46,9 @@ def config(task: StudyTask, context: int, mixer: str, steps: int, dim: int | Non
            positional: str, runs: Path, progress: bool):
     """The grid's cell of ``mixer`` on ``task`` at ``context``, with the given settings."""
     cfg = SMALL.base_config(task, mixer, context, seed=0, steps=steps, heads=heads, lr=lr,
+                            dim=dim if dim is not None else SMALL.matched(task, mixer)["dim"],
                             positional=positional, warmup=min(SMALL.train["warmup"], steps),
-                            eval_every=max(100, steps // 40), checkpoint_every=250)
-    cfg = replace(cfg, dim=dim if dim is not None else SMALL.matched(task, mixer)["dim"], progress=progress)
+                            eval_every=max(100, steps // 40), checkpoint_every=250, progress=progress)
     return replace(cfg, out=str(runs / cfg.run_id()))
 
 

@@ -165,3 +165,5 @@ def test_mamba_bad_options():
         mixers.build("mamba", 4, chunk_size=0)
     with pytest.raises(ValueError, match="dt_min"):
         mixers.build("mamba", 4, dt_min=1.0, dt_max=0.5)
+    with pytest.raises(ValueError, match="Mamba: scan_backend must be one of"):
+        mixers.build("mamba", 4, scan_backend="numba")

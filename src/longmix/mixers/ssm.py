@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..ops.fftconv import fft_conv, toeplitz_matrix
-from ..ops.scan import SCAN_BACKENDS, selective_scan, selective_scan_matrix
+from ..ops.scan import check_backend, selective_scan, selective_scan_matrix
 from ..ops.short_conv import short_conv
 from ..ops.vandermonde import log_vandermonde, log_vandermonde_transpose, vandermonde_matrix
 from .base import ChannelMixer, Taxonomy, TokenMixer, WholeSequence, check_int, last_rows, shift_in
@@ -269,8 +269,7 @@ class Mamba(TokenMixer):
                                   ("dt_rank", dt_rank, 1), ("chunk_size", chunk_size, 1)):
             check_int("Mamba", label, value, minimum=low)
         _check_dt_range("Mamba", dt_min, dt_max)
-        if scan_backend not in SCAN_BACKENDS:
-            raise ValueError(f"Mamba: scan_backend must be one of {SCAN_BACKENDS}, got {scan_backend!r}")
+        check_backend(scan_backend, owner="Mamba", name="scan_backend")
         self.d_inner, self.d_state = expand * dim, d_state
         self.chunk_size, self.scan_backend = chunk_size, scan_backend
         self.in_proj = nn.Linear(dim, 2 * self.d_inner, bias=False)

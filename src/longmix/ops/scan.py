@@ -114,9 +114,14 @@ def selective_scan(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: tor
     return (y.to(u.dtype), h) if return_final_state else y.to(u.dtype)
 
 
-def _scan_function(backend: str, device: torch.device) -> type[torch.autograd.Function]:
+def check_backend(backend: str, owner: str = "selective_scan", name: str = "backend") -> None:
+    """ValueError unless ``backend`` is one of :data:`SCAN_BACKENDS`."""
     if backend not in SCAN_BACKENDS:
-        raise ValueError(f"selective_scan: backend must be one of {SCAN_BACKENDS}, got {backend!r}")
+        raise ValueError(f"{owner}: {name} must be one of {SCAN_BACKENDS}, got {backend!r}")
+
+
+def _scan_function(backend: str, device: torch.device) -> type[torch.autograd.Function]:
+    check_backend(backend)
     if backend == "cpu" and device.type != "cpu":
         raise ValueError(f"selective_scan: backend='cpu' needs CPU tensors, got tensors on {device}")
     if backend == "torch" or device.type != "cpu":
