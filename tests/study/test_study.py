@@ -155,6 +155,19 @@ def test_small_grid_shape():
     assert SMALL.select(seeds=3).seeds == [0, 1, 2]
 
 
+def test_task_steps_set_a_tasks_budget_and_steps_override_every_task():
+    grid = get_grid("small")
+    steps = {r.label: r.config.steps for r in grid.sweep_runs()}
+    assert steps["mqar"] == grid.task_steps["mqar"] > grid.train["steps"] == steps["text"]
+    # --steps (a smoke test) applies to every task, the long ones too, and caps the schedule.
+    short = grid.with_steps(5)
+    assert {r.config.steps for r in short.sweep_runs()} == {5}
+    assert all(r.config.warmup <= 5 and r.config.eval_every <= 5 for r in short.sweep_runs())
+    assert grid.task_steps == {"mqar": 6000}  # the shipped grid is left alone
+    with pytest.raises(ValueError, match="--steps"):
+        grid.with_steps(0)
+
+
 @pytest.mark.parametrize("name", ["tiny", "small"])
 def test_parameter_counts_are_matched_within_ten_percent(name):
     grid = get_grid(name)

@@ -37,18 +37,13 @@ def add_arguments(parser):
 
 
 def run(args) -> int:
-    from ..checks import check_int
     from ..study import get_grid, run_study
 
     try:
         grid = get_grid(args.grid).select(tasks_=args.tasks, mixers_=args.mixers, contexts=args.contexts,
                                           seeds=args.seeds)
         if args.steps is not None:
-            check_int("--steps", args.steps)
-            grid.train = {**grid.train, "steps": args.steps,
-                          "warmup": min(grid.train.get("warmup") or 0, args.steps),
-                          "eval_every": min(grid.train.get("eval_every", 100), args.steps),
-                          "checkpoint_every": min(grid.train.get("checkpoint_every", 50), args.steps)}
+            grid = grid.with_steps(args.steps)
         if args.device != "cpu":  # not part of a run's identity: a run may resume on another device
             grid.train = {**grid.train, "device": args.device}
         if args.lrs:

@@ -77,6 +77,8 @@ class Grid:
     lrs: list[float] = field(default_factory=lambda: [1e-3])  # the validation sweep's learning rates
     positionals: list[str] = field(default_factory=lambda: ["sinusoidal"])  # swept for POSITIONAL_FAMILIES
     reference: str | None = None  # the mixer whose parameter count the others match; None: no matching
+    #: Steps per run of the tasks (by label) that need another budget than ``train["steps"]``.
+    task_steps: dict = field(default_factory=dict)
 
     def select(self, tasks_: list[str] | None = None, mixers_: list[str] | None = None,
                contexts: list[int] | None = None, seeds: int | None = None) -> "Grid":
@@ -125,9 +127,20 @@ class Grid:
 
     def base_config(self, st: StudyTask, mixer: str, context: int, seed: int, **overrides) -> TrainConfig:
         """The run's config before matching: grid, task and ``overrides`` settings, in that order."""
+        steps = {"steps": self.task_steps[st.label]} if st.label in self.task_steps else {}
         return TrainConfig(task=st.task, mixer=mixer, context=context, seed=seed, task_params=dict(st.params),
                            mixer_options=dict(self.mixer_options.get(mixer, {})),
-                           **{**self.train, **st.train, **overrides})
+                           **{**self.train, **st.train, **steps, **overrides})
+
+    def with_steps(self, steps: int) -> "Grid":
+        """A copy whose every run trains ``steps`` steps (warmup, evaluations and checkpoints
+        capped to fit), e.g. a smoke test."""
+        check_int("--steps", steps)
+        train = self.train
+        return replace(self, task_steps={}, train={
+            **train, "steps": steps, "warmup": min(train.get("warmup") or 0, steps),
+            "eval_every": min(train.get("eval_every", 100), steps),
+            "checkpoint_every": min(train.get("checkpoint_every", 50), steps)})
 
     def matched(self, st: StudyTask, mixer: str) -> dict:
         """``{"dim": ..., "parameters": ..., "reference": ...}`` of the cell (at the task's
@@ -188,7 +201,7 @@ class Grid:
     def describe(self) -> dict:
         return {"name": self.name, "mixers": self.mixers, "contexts": self.contexts, "seeds": self.seeds,
                 "train": self.train, "mixer_options": self.mixer_options, "lrs": self.lrs,
-                "positionals": self.positionals, "reference": self.reference,
+                "positionals": self.positionals, "reference": self.reference, "task_steps": self.task_steps,
                 "tasks": [{"label": t.label, "task": t.task, "params": t.params, "expect": t.expect,
                            "note": t.note, "train": t.train, "max_context": t.max_context,
                            "jump_at": t.jump_at} for t in self.tasks]}
@@ -240,8 +253,12 @@ def with_out(run: Run, root: str | Path, progress: bool) -> TrainConfig:
 # ~134 min, grid 312 runs ~176 min, total ~5.2 h of one core, ~2.6 h wall with --jobs 2.
 # Learnability at this size (single runs, 800 steps, lr 3e-3, learned positions): softmax
 # reaches test accuracy 1.0 on passkey-far at C=512 and on distance-100 at C=128 (valid 1.0
-# from step 200). MQAR is NOT learned at this budget: softmax stays at 0.15-0.17 (chance 0.0625)
-# after 800-1600 steps at dim 32 or 64 (Zoology trains ~30x longer); the report says so.
+# from step 200). MQAR is NOT learned in 800 steps: softmax stays at 0.15-0.23 (chance 0.0625)
+# after 800-3000 steps at dim 32 or 64, 1-2 heads, batch 16-64, lr 1e-3-1e-2, with learned,
+# sinusoidal or rotary positions, and with 4 pairs or length 128 (/tmp runs, 2026-11-30). It sits on a
+# plateau, then learns abruptly: at 6000 steps its validation accuracy reaches 0.9 at step 4350
+# (benchmarks/results/mqar_steps.md). So MQAR trains 6000 steps (`task_steps`), the study's
+# largest cost (`--dry-run`: ~3.1 h of one core for its sweep and grid).
 _COMMON = dict(batch_size=16, dim=32, depth=2, heads=1, warmup=60, eval_every=100, eval_batches=8,
                eval_last=32, train_last=32, checkpoint_every=100, pool="last",
                threads=1)  # models this small run faster on one thread; use --jobs 2 for both cores
@@ -282,6 +299,7 @@ SMALL = Grid(
     lrs=[1e-3, 3e-3, 1e-2],
     positionals=["sinusoidal", "learned"],
     reference="softmax",
+    task_steps={"mqar": 6000},
 )
 
 #: The smoke test of the whole pipeline (sweep, matching, floors, report) in a few minutes:
