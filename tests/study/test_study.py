@@ -237,6 +237,17 @@ def test_table_cells_are_mean_and_sample_std():
     assert f"| ssm (ssm) | 1050 (30) | {0.55:.3f} ± {statistics.stdev([0.5, 0.6]):.3f} |" in md
 
 
+def test_cost_table_is_per_step_across_tasks_of_different_budgets():
+    short = record("far", "attn", 64, 0, 0.5)
+    long = {**record("near", "attn", 64, 0, 0.5), "task": "distance"}
+    short.update(steps=100, wall_s=2.0)
+    long.update(steps=1000, wall_s=40.0)
+    tabs = report.tables([short, long])
+    assert "| attn | 30.0 |" in report.cost_table(tabs)  # mean of 20 ms and 40 ms per step
+    md = report.markdown(tabs, {"grid": "x"}, {}, "reading")
+    assert "Training steps per run: 100." in md and "Training steps per run: 1000." in md
+
+
 def test_reading_is_computed_from_the_numbers_and_cites_its_cells():
     text = report.reading(report.tables(synthetic(), floors=chance_floors("far", (64, 256, 1024))))
     assert "attn accuracy rises from 0.110 at C=64 to 0.960 at C=1024 (far, attn, C=1024 vs C=64)" in text

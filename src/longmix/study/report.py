@@ -58,6 +58,7 @@ class Cell:
     seeds: list[int]
     wall_s: list[float]
     scored: int  # evaluation targets per run
+    steps: int = 0  # training steps per run
     converged: list = field(default_factory=list)  # per seed: True, False or None
     dirty: bool = False
     tokens_seen: int = 0
@@ -144,6 +145,7 @@ def tables(records: list[dict], floors: dict | None = None, matched: dict | None
         for mixer, by_context in by_mixer.items():
             cells[mixer] = {c: Cell(values=[x["test"][metric] for x in rs], seeds=[x["seed"] for x in rs],
                                     wall_s=[x["wall_s"] for x in rs], scored=rs[0]["test"].get("scored", 0),
+                                    steps=rs[0].get("steps", 0),
                                     converged=[converged(x) for x in rs],
                                     dirty=any(str(x.get("git_describe") or "").endswith("-dirty") for x in rs),
                                     tokens_seen=rs[0].get("tokens_seen", 0),
@@ -273,7 +275,9 @@ def markdown(tabs: list[TaskTable], header: dict, plots: dict, reading_text: str
                          "parameters (within ±10%).")
         tokens = {c: next(iter(t.cells[m][c].tokens_seen for m in t.mixers if c in t.cells[m]))
                   for c in t.contexts}
-        lines.append("Input tokens seen per run: " + ", ".join(f"C={c}: {n}" for c, n in tokens.items()) + ".")
+        steps = sorted({cell.steps for row in t.cells.values() for cell in row.values()})
+        lines.append(f"Training steps per run: {', '.join(map(str, steps))}. Input tokens seen per run: "
+                     + ", ".join(f"C={c}: {n}" for c, n in tokens.items()) + ".")
         untrained = [m for m in t.mixers if t.trained(m) is False]
         if untrained:
             lines.append(f"**Not trained** (below the floor at C={t.contexts[-1]}): {', '.join(untrained)}; "
@@ -312,20 +316,21 @@ def sweep_lines(t: TaskTable, sweep_table: dict, choices: dict) -> list[str]:
 
 
 def cost_table(tabs: list[TaskTable]) -> list[str]:
-    """Mean wall seconds per run, by mixer and context, over every task and seed."""
+    """Mean wall milliseconds per training step, by mixer and context, over every task and seed
+    (tasks may train different numbers of steps)."""
     walls: dict = defaultdict(lambda: defaultdict(list))
     for t in tabs:
         for m, row in t.cells.items():
             for c, cell in row.items():
-                walls[m][c] += cell.wall_s
+                walls[m][c] += [1e3 * wall / cell.steps for wall in cell.wall_s if cell.steps]
     if not walls:
         return []
     contexts = sorted({c for row in walls.values() for c in row})
-    lines = ["## Cost", "", "Mean wall seconds per run (all tasks and seeds); every run takes the same "
-             "number of steps and examples.", "",
+    lines = ["## Cost", "", "Mean wall milliseconds per training step (a run's wall time, its evaluations "
+             "included, over its steps; all tasks and seeds). Each task's steps per run are under its table.", "",
              "| mixer | " + " | ".join(f"C={c}" for c in contexts) + " |", "|---|" + "---:|" * len(contexts)]
     for m, row in walls.items():
-        lines.append(f"| {m} | " + " | ".join(f"{statistics.fmean(row[c]):.1f}" if c in row else "—"
+        lines.append(f"| {m} | " + " | ".join(f"{statistics.fmean(row[c]):.1f}" if row.get(c) else "—"
                                               for c in contexts) + " |")
     return lines + [""]
 
