@@ -253,12 +253,10 @@ def with_out(run: Run, root: str | Path, progress: bool) -> TrainConfig:
 # ~134 min, grid 312 runs ~176 min, total ~5.2 h of one core, ~2.6 h wall with --jobs 2.
 # Learnability at this size (single runs, 800 steps, lr 3e-3, learned positions): softmax
 # reaches test accuracy 1.0 on passkey-far at C=512 and on distance-100 at C=128 (valid 1.0
-# from step 200). MQAR is NOT learned in 800 steps: softmax stays at 0.15-0.23 (chance 0.0625)
-# after 800-3000 steps at dim 32 or 64, 1-2 heads, batch 16-64, lr 1e-3-1e-2, with learned,
-# sinusoidal or rotary positions, and with 4 pairs or length 128 (/tmp runs, 2026-11-30). It sits on a
-# plateau, then learns abruptly: at 6000 steps its validation accuracy reaches 0.9 at step 4350
-# (benchmarks/results/mqar_steps.md). So MQAR trains 6000 steps (`task_steps`), the study's
-# largest cost (`--dry-run`: ~3.1 h of one core for its sweep and grid).
+# from step 200). MQAR is NOT learned in 800 steps: softmax sits on a plateau near 0.2 (chance
+# 0.0625) until ~3000 steps, then learns abruptly; in a 6000-step run its validation accuracy
+# reaches 0.9 at step 4350 (benchmarks/results/mqar_steps.md). So MQAR trains 6000 steps
+# (`task_steps`), the study's largest cost (`--dry-run`: ~3.1 h of one core for its sweep and grid).
 _COMMON = dict(batch_size=16, dim=32, depth=2, heads=1, warmup=60, eval_every=100, eval_batches=8,
                eval_last=32, train_last=32, checkpoint_every=100, pool="last",
                threads=1)  # models this small run faster on one thread; use --jobs 2 for both cores
