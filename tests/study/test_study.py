@@ -105,6 +105,18 @@ def test_interrupted_study_resumes_without_duplicates(study_copy):
     assert all(r["sessions"] == 1 for r in again)  # not retrained
 
 
+def test_a_superseded_sweep_takes_no_part_in_the_report(study_copy):
+    # A sweep record of another budget (another run id) stays in the file but is not counted.
+    path = study_copy / "results.jsonl"
+    sweep = next(json.loads(x) for x in lines(path) if json.loads(x)["study"]["phase"] == "sweep")
+    old = {**sweep, "study": {**sweep["study"], "run": sweep["study"]["run"] + "-old"},
+           "valid": {k: 1.0 for k in sweep["valid"]}}
+    path.write_text(path.read_text() + json.dumps(old) + "\n")
+    assert cli(*TINY, "--out", str(study_copy))[0] == 0
+    text = (study_copy / "report.md").read_text()
+    assert "sweep runs: 2 of 2" in text and "-old" not in text
+
+
 @pytest.mark.skipif("softmax" not in mixers.available(), reason="needs the softmax mixer")
 def test_parallel_jobs_record_every_run_once(tmp_path):
     # Worker processes import longmix afresh (spawn), so this uses a registered mixer, not a toy.

@@ -199,7 +199,10 @@ def _machines(records: list[dict]) -> str:
 def write_report(grid: Grid, out: Path, command: str | None = None, log=print) -> dict:
     """Write report.md, the PNGs and reading.txt from the finished runs of ``grid`` in ``out``."""
     records = study_records(out)
-    sweep_records = [r for r in records if r["study"].get("phase") == "sweep"]
+    # Only this grid's sweep: records of a superseded sweep (e.g. another step budget) stay in
+    # the results file but take no part.
+    sweep_ids = {run.run_id for run in grid.sweep_runs()}
+    sweep_records = [r for r in records if r["study"]["run"] in sweep_ids]
     choices, sweep_table = choose(grid, sweep_records)
     wanted = {r.run_id for r in grid.runs(choices)}
     grid_records = [r for r in records if r["study"]["run"] in wanted]
@@ -215,7 +218,7 @@ def write_report(grid: Grid, out: Path, command: str | None = None, log=print) -
         report.summary_plot(tabs, out / "summary.png")
     reading_text = report.reading(tabs) if tabs else "No finished runs yet.\n"
     last = max(finished, key=lambda r: r["date"]) if finished else {}
-    all_runs = [r for r in records if r["study"]["run"] in wanted or r["study"].get("phase") == "sweep"]
+    all_runs = [r for r in records if r["study"]["run"] in wanted | sweep_ids]
     header = {
         "grid": grid.name,
         "command": command or "longmix " + " ".join(shlex.quote(a) for a in sys.argv[1:]),
