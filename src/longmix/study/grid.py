@@ -249,13 +249,15 @@ def with_out(run: Run, root: str | Path, progress: bool) -> TrainConfig:
 # Sizing the small grid (2-core CPU, one torch thread, dim ~32, depth 2, batch 16): a step costs
 # ~10 ms at C=32 and ~70-110 ms at C=512 (CPU time). `longmix study --grid small --dry-run` times
 # a few steps of every (task, mixer, context) on the machine at hand and prints the estimate; on
-# the 2-core development box (2026-11-29, shared with other work) it printed: sweep 108 runs
-# ~134 min, grid 312 runs ~176 min, total ~5.2 h of one core, ~2.6 h wall with --jobs 2.
+# the 2-core development box (2026-11-30, with mamba and 6000-step MQAR, one other job running)
+# it printed: sweep 126 runs ~199 min, grid 390 runs ~259 min, total ~7.6 h of one core,
+# ~3.8 h wall with --jobs 2.
 # Learnability at this size (single runs, 800 steps, lr 3e-3, learned positions): softmax
 # reaches test accuracy 1.0 on passkey-far at C=512 and on distance-100 at C=128 (valid 1.0
 # from step 200). MQAR is NOT learned in 800 steps: softmax sits on a plateau near 0.2 (chance
 # 0.0625) until ~3000 steps, then learns abruptly; in a 6000-step run its validation accuracy
-# reaches 0.9 at step 4350 (benchmarks/results/mqar_steps.md). So MQAR trains 6000 steps
+# reaches 0.9 at step 4350, while a 3000-step run (its own schedule) ends at 0.21
+# (benchmarks/results/mqar_steps.md). So MQAR trains 6000 steps
 # (`task_steps`), the study's largest cost (`--dry-run`: ~3.1 h of one core for its sweep and grid).
 _COMMON = dict(batch_size=16, dim=32, depth=2, heads=1, warmup=60, eval_every=100, eval_batches=8,
                eval_last=32, train_last=32, checkpoint_every=100, pool="last",
