@@ -43,9 +43,9 @@ def grid_task(label: str) -> StudyTask:
 
 
 def config(task: StudyTask, context: int, mixer: str, steps: int, dim: int | None, heads: int, lr: float,
-           positional: str, runs: Path, progress: bool):
+           positional: str, runs: Path, progress: bool, seed: int = 0):
     """The grid's cell of ``mixer`` on ``task`` at ``context``, with the given settings."""
-    cfg = SMALL.base_config(task, mixer, context, seed=0, steps=steps, heads=heads, lr=lr,
+    cfg = SMALL.base_config(task, mixer, context, seed=seed, steps=steps, heads=heads, lr=lr,
                             dim=dim if dim is not None else SMALL.matched(task, mixer)["dim"],
                             positional=positional, warmup=min(SMALL.train["warmup"], steps),
                             eval_every=max(100, steps // 40), checkpoint_every=250, progress=progress)
@@ -69,17 +69,17 @@ def first_step(history: list[dict], threshold: float) -> int | None:
 
 
 def markdown_text(label: str, records: list[dict]) -> str:
-    head = ["mixer", "C", "dim", "heads", "lr", "parameters", "steps"] + \
+    head = ["mixer", "C", "dim", "heads", "lr", "seed", "parameters", "steps"] + \
            [f"valid >= {t} at step" for t in THRESHOLDS] + ["final valid", "test accuracy", "minutes", "command"]
     first = records[0]
     lines = [f"# {label} (a task of the small grid): how many steps a mixer needs", "",
              f"Task `{first['task']}` {first['config']['task_params']}; chance {chance(first):.3f}. Every row "
-             "one run (seed 0); '-' = never within its steps.", "",
+             "one run; '-' = never within its steps.", "",
              "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in records:
         c = r["config"]
         reached = [first_step(r["history"], t) for t in THRESHOLDS]
-        cells = [c["mixer"], c["context"], c["dim"], c["heads"], c["lr"], r["parameters"], c["steps"],
+        cells = [c["mixer"], c["context"], c["dim"], c["heads"], c["lr"], c["seed"], r["parameters"], c["steps"],
                  *("-" if s is None else s for s in reached), f"{r['history'][-1]['valid_accuracy']:.3f}",
                  f"{r['test']['accuracy']:.3f}", f"{r['wall_s'] / 60:.1f}", f"`{r['command']}`"]
         lines.append("| " + " | ".join(map(str, cells)) + " |")
@@ -116,6 +116,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, default=6000)
     parser.add_argument("--dim", type=int, default=None, help="default: the grid's matched width")
     parser.add_argument("--heads", type=int, default=1)
+    parser.add_argument("--seed", type=int, default=0, help="the grid's seed of the run (its data and init)")
     parser.add_argument("--lr", type=float, default=3e-3, help="default: softmax's sweep choice on MQAR")
     parser.add_argument("--positional", default=None,
                         help="default: sinusoidal (softmax's sweep choice on MQAR) for the families the grid "
@@ -130,7 +131,7 @@ def main(argv: list[str] | None = None) -> int:
     context = args.context or SMALL.contexts_of(task)[-1]
     positional = args.positional or ("sinusoidal" if family(args.mixer) in POSITIONAL_FAMILIES else "auto")
     cfg = config(task, context, args.mixer, args.steps, args.dim, args.heads, args.lr, positional, args.runs,
-                 not args.quiet)
+                 not args.quiet, args.seed)
     record = {**train(cfg), "command": command}
     stem = f"{args.task}_steps"
     path = args.out_dir / f"{stem}.jsonl"
