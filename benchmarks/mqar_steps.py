@@ -93,16 +93,17 @@ def plot(label: str, records: list[dict], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(7, 4))
+    fig, ax = plt.subplots(figsize=(11, 4))
     for r in records:
         c = r["config"]
         ax.plot([h["step"] for h in r["history"]], [h["valid_accuracy"] for h in r["history"]],
-                label=f"{c['mixer']}, C {c['context']}, dim {c['dim']}, {c['heads']} heads, lr {c['lr']}")
+                label=f"{c['mixer']}, C {c['context']}, dim {c['dim']}, {c['heads']} heads, lr {c['lr']}, "
+                      f"seed {c['seed']}, {c['steps']} steps")
     if chance(records[0]) is not None:
         ax.axhline(chance(records[0]), color="gray", ls=":", label="chance")
     ax.axhline(0.9, color="gray", ls="--", label="0.9")
     ax.set(xlabel="step", ylabel="valid accuracy", title=label, ylim=(0, 1))
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1))  # outside: the curves fill the axes
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)

@@ -218,7 +218,8 @@ def write_report(grid: Grid, out: Path, command: str | None = None, log=print) -
         report.summary_plot(tabs, out / "summary.png")
     reading_text = report.reading(tabs) if tabs else "No finished runs yet.\n"
     last = max(finished, key=lambda r: r["date"]) if finished else {}
-    all_runs = [r for r in records if r["study"]["run"] in wanted | sweep_ids]
+    reported = wanted | sweep_ids
+    all_runs = [r for r in records if r["study"]["run"] in reported]
     header = {
         "grid": grid.name,
         "command": command or "longmix " + " ".join(shlex.quote(a) for a in sys.argv[1:]),
