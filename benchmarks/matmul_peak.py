@@ -30,6 +30,7 @@ from longmix.bench.peak import (KERNELS, SIZES, attention_ceiling, attention_rat
                                 peaks_by, softmax_ns_per_score)
 from longmix.fileio import atomic_write_text
 from longmix.machine import describe, markdown
+from longmix.plotting import pyplot
 from longmix.provenance import provenance, utc_now
 
 RESULTS = Path(__file__).parent / "results"
@@ -128,10 +129,7 @@ def ceiling_table(vector_ns: dict, peaks: dict, attention: list[dict]) -> str:
 
 
 def plot(records: list[dict], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     fig, ax = plt.subplots(figsize=(6, 4))
     for dtype in sorted({r["dtype"] for r in records}):

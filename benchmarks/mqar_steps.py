@@ -3,6 +3,7 @@
     python benchmarks/mqar_steps.py --steps 6000                        # the grid's softmax cell
     python benchmarks/mqar_steps.py --steps 6000 --mixer hyena --lr 3e-3
     python benchmarks/mqar_steps.py --task distance-100 --context 128 --mixer mamba --lr 3e-3 --steps 3000
+    python benchmarks/mqar_steps.py --param length=64 --param min_distance=16 --context 64 --steps 3000
 
 The task is a task of the small grid exactly, by its label (default "mqar": ``mqar_all``, 8
 key-value pairs at least 64 tokens before the end, every query scored), at ``--context`` (default
@@ -10,7 +11,8 @@ the task's longest in the grid), and the model is the grid's cell for ``--mixer`
 width, depth, batch, pooling), trained for ``--steps`` instead of the grid's 800. Pass the
 learning rate (and, for attention-like mixers, positions) that the cell's validation sweep
 chose: the defaults are softmax's on MQAR (3e-3, sinusoidal). ``--dim``, ``--heads`` change one
-setting at a time.
+setting at a time. ``--param KEY=VALUE`` changes one of the task's parameters (a smaller MQAR,
+say); such runs are not the grid's cell, so they go to files of their own, named by the changes.
 
 Each run is the trainer's (checkpointed under ``--runs``, resumed by a rerun), and its record,
 with the validation curve and the test accuracy, goes to ``<task>_steps.jsonl`` (append-only; a
@@ -21,6 +23,7 @@ accuracy, the time -- and ``<task>_steps.png`` draws the curves.
 from __future__ import annotations
 
 import argparse
+import json
 import shlex
 import sys
 from dataclasses import replace
@@ -29,17 +32,35 @@ from pathlib import Path
 from longmix import mixers
 from longmix.fileio import append_record, atomic_write_text, read_records
 from longmix.machine import markdown as machine_line
+from longmix.plotting import pyplot
 from longmix.study.grid import POSITIONAL_FAMILIES, SMALL, StudyTask
 from longmix.train import train
 
 THRESHOLDS = (0.5, 0.9)
 
 
-def grid_task(label: str) -> StudyTask:
+def grid_task(label: str, changes: dict | None = None) -> StudyTask:
+    """The small grid's task ``label``, its parameters updated by ``changes``."""
     tasks = {t.label: t for t in SMALL.tasks}
     if label not in tasks:
         raise SystemExit(f"--task must be a task of the small grid, one of {sorted(tasks)}; got {label!r}")
-    return tasks[label]
+    return replace(tasks[label], params={**tasks[label].params, **(changes or {})})
+
+
+def parse_param(text: str) -> tuple[str, object]:
+    """``KEY=VALUE`` -> (key, value), the value read as JSON (a number, a list), else as a string."""
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"--param must be KEY=VALUE, got {text!r}")
+    try:
+        return key, json.loads(value)
+    except json.JSONDecodeError:
+        return key, value
+
+
+def stem(label: str, changes: dict) -> str:
+    """The name of the result files: ``<task>_steps``, the changed parameters in between."""
+    return "_".join([label, *(f"{k}{v}" for k, v in sorted(changes.items())), "steps"])
 
 
 def config(task: StudyTask, context: int, mixer: str, steps: int, dim: int | None, heads: int, lr: float,
@@ -68,11 +89,12 @@ def first_step(history: list[dict], threshold: float) -> int | None:
     return next((h["step"] for h in history if h["valid_accuracy"] >= threshold), None)
 
 
-def markdown_text(label: str, records: list[dict]) -> str:
+def markdown_text(label: str, records: list[dict], changes: dict | None = None) -> str:
     head = ["mixer", "C", "dim", "heads", "lr", "seed", "parameters", "steps"] + \
            [f"valid >= {t} at step" for t in THRESHOLDS] + ["final valid", "test accuracy", "minutes", "command"]
     first = records[0]
-    lines = [f"# {label} (a task of the small grid): how many steps a mixer needs", "",
+    what = f"with {changes} (the small grid's task changed, so not its cell)" if changes else "(a task of the small grid)"
+    lines = [f"# {label} {what}: how many steps a mixer needs", "",
              f"Task `{first['task']}` {first['config']['task_params']}; chance {chance(first):.3f}. Every row "
              "one run; '-' = never within its steps.", "",
              "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
@@ -89,9 +111,7 @@ def markdown_text(label: str, records: list[dict]) -> str:
 
 
 def plot(label: str, records: list[dict], path: Path) -> None:
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     fig, ax = plt.subplots(figsize=(11, 4))
     for r in records:
@@ -118,6 +138,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dim", type=int, default=None, help="default: the grid's matched width")
     parser.add_argument("--heads", type=int, default=1)
     parser.add_argument("--seed", type=int, default=0, help="the grid's seed of the run (its data and init)")
+    parser.add_argument("--param", type=parse_param, action="append", default=[], metavar="KEY=VALUE",
+                        help="change a parameter of the task (repeatable); the run is then not the grid's cell")
     parser.add_argument("--lr", type=float, default=3e-3, help="default: softmax's sweep choice on MQAR")
     parser.add_argument("--positional", default=None,
                         help="default: sinusoidal (softmax's sweep choice on MQAR) for the families the grid "
@@ -128,20 +150,23 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     command = shlex.join(["python", "benchmarks/mqar_steps.py"] + (sys.argv[1:] if argv is None else argv))
 
-    task = grid_task(args.task)
+    changes = dict(args.param)
+    task = grid_task(args.task, changes)
     context = args.context or SMALL.contexts_of(task)[-1]
+    if context > task.params.get("length", context):  # beyond it, the window would be left padding
+        parser.error(f"--context {context} exceeds the task's length {task.params['length']}; pass --context")
     positional = args.positional or ("sinusoidal" if family(args.mixer) in POSITIONAL_FAMILIES else "auto")
     cfg = config(task, context, args.mixer, args.steps, args.dim, args.heads, args.lr, positional, args.runs,
                  not args.quiet, args.seed)
     record = {**train(cfg), "command": command}
-    stem = f"{args.task}_steps"
-    path = args.out_dir / f"{stem}.jsonl"
+    name = stem(args.task, changes)
+    path = args.out_dir / f"{name}.jsonl"
     args.out_dir.mkdir(parents=True, exist_ok=True)
     append_record(path, record)
     records = list({r["run_id"]: r for r in read_records(path)}.values())  # the latest line of each setting
-    atomic_write_text(args.out_dir / f"{stem}.md", markdown_text(args.task, records))
-    plot(args.task, records, args.out_dir / f"{stem}.png")
-    print(markdown_text(args.task, [record]))
+    atomic_write_text(args.out_dir / f"{name}.md", markdown_text(args.task, records, changes))
+    plot(args.task, records, args.out_dir / f"{name}.png")
+    print(markdown_text(args.task, [record], changes))
     return 0
 
 

@@ -208,10 +208,9 @@ def table(rows: list[dict], part: str) -> str:
 
 
 def plot(rows: list[dict], path: Path) -> None:
-    import matplotlib
+    from longmix.plotting import pyplot
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     fig, (ax_t, ax_m) = plt.subplots(1, 2, figsize=(12, 5))
     keys = sorted({(r["mixer"], r["form"]) for r in rows if r["part"] == "strong"})

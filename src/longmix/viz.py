@@ -12,6 +12,8 @@ from pathlib import Path
 
 import torch
 
+from .plotting import pyplot
+
 #: At most this many heads/groups are drawn for one mixer (channel-wise mixers have dim groups).
 MAX_PANELS = 8
 
@@ -84,10 +86,7 @@ def _draw_reason(ax, name: str, reason: str):
 
 
 def _figure(rows: int, cols: int):
-    import matplotlib
-
-    matplotlib.use("Agg")  # files only; never needs a display
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     fig, axes = plt.subplots(rows, cols, figsize=(3.4 * cols, 3.0 * rows + 0.4), squeeze=False,
                              layout="constrained")  # places the title and colorbars without overlap

@@ -171,6 +171,8 @@ def test_task_steps_set_a_tasks_budget_and_steps_override_every_task():
     grid = get_grid("small")
     steps = {r.label: r.config.steps for r in grid.sweep_runs()}
     assert steps["mqar"] == grid.task_steps["mqar"] > grid.train["steps"] == steps["text"]
+    tasks = {st.label: st for st in grid.tasks}
+    assert grid.task_train(tasks["mqar"]) == {"steps": grid.task_steps["mqar"]} and grid.task_train(tasks["text"]) == {}
     # --steps (a smoke test) applies to every task, the long ones too, and caps the schedule.
     short = grid.with_steps(5)
     assert {r.config.steps for r in short.sweep_runs()} == {5}

@@ -15,6 +15,7 @@ from longmix.bench.attention import (PAPER_SPEEDUP, STRATEGIES, BenchConfig, def
 from longmix.bench.peak import percent_of_peak
 from longmix.fileio import atomic_write_text
 from longmix.machine import describe, markdown as machine_line
+from longmix.plotting import pyplot
 
 
 def load_peaks(path: Path) -> tuple[dict[tuple[str, int], float], str | None]:
@@ -121,10 +122,7 @@ def summarize(cfg: BenchConfig, records: list[dict]) -> list[str]:
 
 
 def write_plot(cfg: BenchConfig, records: list[dict], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     series_list, by = _grid(cfg, records)
     fig, ax = plt.subplots(figsize=(8, 5.5))

@@ -52,6 +52,7 @@ from pathlib import Path
 from longmix.checks import check_int
 from longmix.dtypes import ALIASES, NAMES as DTYPES, dtype_name
 from longmix.fileio import atomic_write_text
+from longmix.plotting import pyplot
 from longmix.provenance import utc_now
 
 STEM = "mixers_scaling"
@@ -411,10 +412,7 @@ def markdown_table(store: ResultStore, cfg: SweepConfig, names: list[str], runs:
 
 def plot(store: ResultStore, cfg: SweepConfig, names: list[str], path: Path) -> None:
     """Log-log time vs L and forward memory vs L, one line per mixer."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     fig, (ax_t, ax_m) = plt.subplots(1, 2, figsize=(13, 5.5))
     plotted = False

@@ -125,12 +125,16 @@ class Grid:
         return [(st, m) for st in self.tasks for m in self.mixers
                 if not self.compatible(st, m) and self.contexts_of(st)]
 
+    def task_train(self, st: StudyTask) -> dict:
+        """The settings in which task ``st``'s runs differ from ``train``: its own, and its steps."""
+        steps = {"steps": self.task_steps[st.label]} if st.label in self.task_steps else {}
+        return {**st.train, **steps}
+
     def base_config(self, st: StudyTask, mixer: str, context: int, seed: int, **overrides) -> TrainConfig:
         """The run's config before matching: grid, task and ``overrides`` settings, in that order."""
-        steps = {"steps": self.task_steps[st.label]} if st.label in self.task_steps else {}
         return TrainConfig(task=st.task, mixer=mixer, context=context, seed=seed, task_params=dict(st.params),
                            mixer_options=dict(self.mixer_options.get(mixer, {})),
-                           **{**self.train, **st.train, **steps, **overrides})
+                           **{**self.train, **self.task_train(st), **overrides})
 
     def with_steps(self, steps: int) -> "Grid":
         """A copy whose every run trains ``steps`` steps (warmup, evaluations and checkpoints

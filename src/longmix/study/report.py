@@ -28,6 +28,7 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..plotting import pyplot
 from .floors import beats
 
 #: A run has converged when its validation metric moved by at most this over its last third
@@ -336,15 +337,6 @@ def cost_table(tabs: list[TaskTable]) -> list[str]:
 
 
 # -- plots ----------------------------------------------------------------------------------
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg")  # files only, no display needed
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
 def draw(t: TaskTable, ax, title: str) -> None:
     """Metric vs context (log2 axis) on ``ax``, one line per mixer, error bars = std over seeds."""
     for m in t.mixers:
@@ -365,7 +357,7 @@ def draw(t: TaskTable, ax, title: str) -> None:
 
 def plot(t: TaskTable, path: Path, title_suffix: str = "") -> Path:
     """One PNG for one task."""
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(6.4, 4.2), dpi=110)
     draw(t, ax, f"{t.label}{title_suffix}")
     fig.tight_layout()
@@ -377,7 +369,7 @@ def plot(t: TaskTable, path: Path, title_suffix: str = "") -> Path:
 def curves_plot(t: TaskTable, path: Path) -> Path:
     """Validation metric vs training step at the task's longest context, every seed, one
     colour per mixer, with the floor: what the converged / not-converged flags are read from."""
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(6.4, 4.2), dpi=110)
     c = t.contexts[-1]
     for i, m in enumerate(t.mixers):
@@ -401,7 +393,7 @@ def curves_plot(t: TaskTable, path: Path) -> Path:
 
 def summary_plot(tabs: list[TaskTable], path: Path) -> Path:
     """Every task side by side in one PNG (for the README)."""
-    plt = _pyplot()
+    plt = pyplot()
     fig, axes = plt.subplots(1, len(tabs), figsize=(5.2 * len(tabs), 4.0), dpi=100, squeeze=False)
     for t, ax in zip(tabs, axes[0]):
         draw(t, ax, t.label)

@@ -228,7 +228,8 @@ def write_report(grid: Grid, out: Path, command: str | None = None, log=print) -
         "seeds": ", ".join(map(str, grid.seeds)),
         "wall_min": sum(r.get("wall_s", 0.0) for r in all_runs if not r.get("reused_from")) / 60,
         "train": ", ".join(f"{k}={v}" for k, v in grid.train.items() if k not in ("device",))
-                 + "".join(f"; {label}: steps={steps}" for label, steps in grid.task_steps.items()),
+                 + "".join(f"; {st.label}: " + ", ".join(f"{k}={v}" for k, v in grid.task_train(st).items())
+                           for st in grid.tasks if grid.task_train(st)),
         "lrs": ", ".join(f"{lr:g}" for lr in grid.lrs), "positionals": ", ".join(grid.positionals),
         "machine": _machines(all_runs),
         "date": last.get("date", utc_now()),

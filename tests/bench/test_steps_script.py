@@ -1,0 +1,33 @@
+"""benchmarks/mqar_steps.py: a run with a changed task goes to files of its own, and bad
+arguments are refused by name before anything trains."""
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "mqar_steps.py"
+
+
+def run(tmp_path, *args):
+    return subprocess.run([sys.executable, str(SCRIPT), "--quiet", "--runs", str(tmp_path / "runs"),
+                           "--out-dir", str(tmp_path / "out"), *args], capture_output=True, text=True, timeout=300)
+
+
+def test_a_changed_task_writes_files_named_by_the_changes(tmp_path):
+    done = run(tmp_path, "--param", "length=64", "--param", "min_distance=16", "--context", "64", "--steps", "4")
+    assert done.returncode == 0, done.stderr
+    out = tmp_path / "out"
+    assert sorted(p.name for p in out.iterdir()) == [f"mqar_length64_min_distance16_steps.{ext}"
+                                                     for ext in ("jsonl", "md", "png")]
+    text = (out / "mqar_length64_min_distance16_steps.md").read_text()
+    assert "the small grid's task changed, so not its cell" in text
+    assert "'length': 64, 'min_distance': 16" in text and "| softmax | 64 |" in text
+
+
+def test_bad_arguments_are_refused_by_name(tmp_path):
+    bad_param = run(tmp_path, "--param", "length", "--steps", "4")
+    assert bad_param.returncode == 2 and "--param must be KEY=VALUE" in bad_param.stderr
+    too_long = run(tmp_path, "--param", "length=64", "--steps", "4")  # the grid's C=256 > length 64
+    assert too_long.returncode == 2 and "--context 256 exceeds the task's length 64" in too_long.stderr
+    assert not (tmp_path / "out").exists()
