@@ -90,10 +90,11 @@ def first_step(history: list[dict], threshold: float) -> int | None:
 
 
 def markdown_text(label: str, records: list[dict], changes: dict | None = None) -> str:
-    head = ["mixer", "C", "dim", "heads", "lr", "seed", "parameters", "steps"] + \
+    head = ["mixer", "C", "dim", "heads", "positions", "lr", "seed", "parameters", "steps"] + \
            [f"valid >= {t} at step" for t in THRESHOLDS] + ["final valid", "test accuracy", "minutes", "command"]
     first = records[0]
-    what = f"with {changes} (the small grid's task changed, so not its cell)" if changes else "(a task of the small grid)"
+    what = f"with {changes} (the small grid's task changed, so not its cell)" if changes \
+        else "(a task of the small grid)"
     lines = [f"# {label} {what}: how many steps a mixer needs", "",
              f"Task `{first['task']}` {first['config']['task_params']}; chance {chance(first):.3f}. Every row "
              "one run; '-' = never within its steps.", "",
@@ -101,8 +102,8 @@ def markdown_text(label: str, records: list[dict], changes: dict | None = None) 
     for r in records:
         c = r["config"]
         reached = [first_step(r["history"], t) for t in THRESHOLDS]
-        cells = [c["mixer"], c["context"], c["dim"], c["heads"], c["lr"], c["seed"], r["parameters"], c["steps"],
-                 *("-" if s is None else s for s in reached), f"{r['history'][-1]['valid_accuracy']:.3f}",
+        cells = [c["mixer"], c["context"], c["dim"], c["heads"], r["positional"], c["lr"], c["seed"],
+                 r["parameters"], c["steps"], *("-" if s is None else s for s in reached), f"{r['history'][-1]['valid_accuracy']:.3f}",
                  f"{r['test']['accuracy']:.3f}", f"{r['wall_s'] / 60:.1f}", f"`{r['command']}`"]
         lines.append("| " + " | ".join(map(str, cells)) + " |")
     lines += ["", "Commits: " + ", ".join(sorted({f"{r['git_describe']} ({r['date']})" for r in records})), "",
@@ -117,8 +118,8 @@ def plot(label: str, records: list[dict], path: Path) -> None:
     for r in records:
         c = r["config"]
         ax.plot([h["step"] for h in r["history"]], [h["valid_accuracy"] for h in r["history"]],
-                label=f"{c['mixer']}, C {c['context']}, dim {c['dim']}, {c['heads']} heads, lr {c['lr']}, "
-                      f"seed {c['seed']}, {c['steps']} steps")
+                label=f"{c['mixer']}, C {c['context']}, dim {c['dim']}, {c['heads']} heads, {r['positional']} "
+                      f"positions, lr {c['lr']}, seed {c['seed']}, {c['steps']} steps")
     if chance(records[0]) is not None:
         ax.axhline(chance(records[0]), color="gray", ls=":", label="chance")
     ax.axhline(0.9, color="gray", ls="--", label="0.9")

@@ -22,7 +22,7 @@ def test_a_changed_task_writes_files_named_by_the_changes(tmp_path):
                                                      for ext in ("jsonl", "md", "png")]
     text = (out / "mqar_length64_min_distance16_steps.md").read_text()
     assert "the small grid's task changed, so not its cell" in text
-    assert "'length': 64, 'min_distance': 16" in text and "| softmax | 64 |" in text
+    assert "'length': 64, 'min_distance': 16" in text and "| softmax | 64 | 32 | 1 | sinusoidal |" in text
 
 
 def test_bad_arguments_are_refused_by_name(tmp_path):
