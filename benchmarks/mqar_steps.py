@@ -111,19 +111,22 @@ def markdown_text(label: str, records: list[dict], changes: dict | None = None) 
     return "\n".join(lines) + "\n"
 
 
-def plot(label: str, records: list[dict], path: Path) -> None:
+def plot(label: str, records: list[dict], path: Path, changes: dict | None = None) -> None:
     plt = pyplot()
 
     fig, ax = plt.subplots(figsize=(11, 4))
-    for r in records:
+    colors = plt.get_cmap("tab20").colors  # tab10's cycle repeats a color from the 11th curve
+    for i, r in enumerate(records):
         c = r["config"]
         ax.plot([h["step"] for h in r["history"]], [h["valid_accuracy"] for h in r["history"]],
+                color=colors[i % len(colors)], ls="--" if r["positional"] == "learned" else "-",
                 label=f"{c['mixer']}, C {c['context']}, dim {c['dim']}, {c['heads']} heads, {r['positional']} "
                       f"positions, lr {c['lr']}, seed {c['seed']}, {c['steps']} steps")
     if chance(records[0]) is not None:
         ax.axhline(chance(records[0]), color="gray", ls=":", label="chance")
     ax.axhline(0.9, color="gray", ls="--", label="0.9")
-    ax.set(xlabel="step", ylabel="valid accuracy", title=label, ylim=(0, 1))
+    ax.set(xlabel="step", ylabel="valid accuracy", ylim=(0, 1),
+           title=label + (", task changed: " + ", ".join(f"{k}={v}" for k, v in changes.items()) if changes else ""))
     ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1))  # outside: the curves fill the axes
     fig.tight_layout()
     fig.savefig(path, dpi=120)
@@ -166,7 +169,7 @@ def main(argv: list[str] | None = None) -> int:
     append_record(path, record)
     records = list({r["run_id"]: r for r in read_records(path)}.values())  # the latest line of each setting
     atomic_write_text(args.out_dir / f"{name}.md", markdown_text(args.task, records, changes))
-    plot(args.task, records, args.out_dir / f"{name}.png")
+    plot(args.task, records, args.out_dir / f"{name}.png", changes)
     print(markdown_text(args.task, [record], changes))
     return 0
 
