@@ -18,7 +18,9 @@ Memory is the rise of the rank's peak resident set (VmHWM, reset after a short w
 during the first forward at the measured length over its resident set before it: activations and
 workspace, not weights or one-time buffers. Each rank gets cores / P threads.
 A total ``--budget-s`` bounds the run; points past it are listed as skipped. Writes
-sequence_parallel[_quick].{json,md,png} under ``--out-dir`` with machine, command, date and commit.
+sequence_parallel[_backward][_<mixers>][_quick].{json,md,png} under ``--out-dir`` with machine,
+command, date and commit (``_<mixers>`` when ``--mixers`` is not the default set, so that a partial
+rerun keeps the full run's files).
 """
 from __future__ import annotations
 
@@ -273,6 +275,13 @@ def parse_args(argv):
     return args
 
 
+def result_stem(args) -> str:
+    """The name of the run's files. A run of some mixers only gets files of its own, so that it
+    never replaces the full run's."""
+    subset = "" if args.mixers == DEFAULT_MIXERS else "_" + "_".join(args.mixers)
+    return "sequence_parallel" + ("_backward" if args.backward else "") + subset + ("_quick" if args.quick else "")
+
+
 def markdown_text(record: dict) -> str:
     """The tables of ``record`` (what main writes to JSON), one section per part that ran."""
     from longmix.machine import markdown
@@ -312,7 +321,7 @@ def main(argv: list[str] | None = None) -> int:
               f" sent/predicted {fmt(row.get('bytes_ratio'), '{:.3f}')}", flush=True)
     memory_vs_one(rows)
     machine = describe()
-    stem = "sequence_parallel" + ("_backward" if args.backward else "") + ("_quick" if args.quick else "")
+    stem = result_stem(args)
     args.out_dir.mkdir(parents=True, exist_ok=True)
     config = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
     record = {"command": command, "date": utc_now(), "machine": machine,

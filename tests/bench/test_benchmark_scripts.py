@@ -1,5 +1,5 @@
-"""benchmarks/mqar_steps.py: a run with a changed task goes to files of its own, and bad
-arguments are refused by name before anything trains."""
+"""The benchmark scripts' own logic: mqar_steps.py runs with a changed task go to files of their
+own and bad arguments are refused by name; a partial sequence_parallel.py run keeps the full run's files."""
 from __future__ import annotations
 
 import subprocess
@@ -31,3 +31,19 @@ def test_bad_arguments_are_refused_by_name(tmp_path):
     too_long = run(tmp_path, "--param", "length=64", "--steps", "4")  # the grid's C=256 > length 64
     assert too_long.returncode == 2 and "--context 256 exceeds the task's length 64" in too_long.stderr
     assert not (tmp_path / "out").exists()
+
+
+def test_a_partial_sequence_parallel_run_never_names_the_full_runs_files():
+    import importlib.util
+
+    path = SCRIPT.parent / "sequence_parallel.py"
+    spec = importlib.util.spec_from_file_location("sequence_parallel_script", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+
+    def stem(*argv):
+        return module.result_stem(module.parse_args(list(argv)))
+
+    assert stem() == "sequence_parallel" and stem("--backward", "--quick") == "sequence_parallel_backward_quick"
+    assert stem("--backward", "--mixers", "mamba") == "sequence_parallel_backward_mamba"
+    assert stem("--mixers", "s4d", "mamba", "--quick") == "sequence_parallel_s4d_mamba_quick"
