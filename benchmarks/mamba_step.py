@@ -3,6 +3,7 @@
     python benchmarks/mamba_step.py                       # C = 512, dim 64, depth 2, batch 16
     python benchmarks/mamba_step.py --lengths 256 512 --repeats 5
     python benchmarks/mamba_step.py --scan-backends cpu torch   # mamba's scan both ways
+    python benchmarks/mamba_step.py --score-last 32             # the study's loss: last 32 positions
 
 Both mixers sit in the same model (``longmix.models``, "lm" head, byte vocabulary) with the same
 width, depth and batch, so the ratio mamba / s4d is the cost of the selective scan relative to an
@@ -10,10 +11,11 @@ FFT convolution. ``--scan-backends`` times mamba once per backend of its selecti
 the fused numba kernel, ``torch``: the loop of PyTorch ops), so the two ratios to s4d are
 measured side by side.
 
-Each step is a forward pass, a cross-entropy loss and a backward pass. The variants' steps are
+Each step is a forward pass, a cross-entropy loss (over every position, or with ``--score-last N``
+over the last N only, as the study trains its language tasks) and a backward pass. The variants' steps are
 timed in turns (A B A B ...), so that load on a shared machine slows all of them alike; the
 median of ``--repeats`` timed steps after ``--warmup`` untimed rounds is reported. Writes
-``mamba_step.{json,md}`` to ``--out-dir`` with the machine, command, date and commit.
+``mamba_step[_last<N>].{json,md}`` to ``--out-dir`` with the machine, command, date and commit.
 """
 from __future__ import annotations
 
@@ -42,8 +44,9 @@ class TrainingStep:
     """A forward + backward step of an LM with ``mixer`` on one fixed batch."""
 
     def __init__(self, mixer: str, length: int, dim: int, depth: int, batch: int,
-                 mixer_options: dict | None = None, seed: int = 0):
+                 mixer_options: dict | None = None, seed: int = 0, score_last: int | None = None):
         torch.manual_seed(seed)
+        self.scored = slice(None) if score_last is None else slice(-score_last, None)
         self.model = build_model(ModelConfig(vocab_size=VOCAB, mixer=mixer, head="lm", dim=dim, depth=depth,
                                              mixer_options=mixer_options or {}))
         tokens = torch.randint(VOCAB, (batch, length + 1))
@@ -51,8 +54,8 @@ class TrainingStep:
 
     def seconds(self) -> float:
         start = time.perf_counter()
-        logits = self.model(self.inputs)
-        F.cross_entropy(logits.reshape(-1, VOCAB), self.targets.reshape(-1)).backward()
+        logits = self.model(self.inputs)[:, self.scored]
+        F.cross_entropy(logits.reshape(-1, VOCAB), self.targets[:, self.scored].reshape(-1)).backward()
         elapsed = time.perf_counter() - start
         self.model.zero_grad(set_to_none=True)
         return elapsed
@@ -83,8 +86,12 @@ def main(argv: list[str] | None = None) -> int:
                         help="mamba's selective-scan backends, one mamba row each")
     parser.add_argument("--chunk-size", type=int, default=None,
                         help="mamba's scan chunk (default: the mixer's own default)")
+    parser.add_argument("--score-last", type=int, default=None,
+                        help="the loss over the last N positions only (the study's language tasks: 32)")
     parser.add_argument("--out-dir", type=Path, default=Path(__file__).parent / "results")
     args = parser.parse_args(argv)
+    if args.score_last is not None and not 1 <= args.score_last <= min(args.lengths):
+        parser.error(f"--score-last must be in [1, {min(args.lengths)}] (the shortest length), got {args.score_last}")
     command = shlex.join(["python", "benchmarks/mamba_step.py"] + (sys.argv[1:] if argv is None else argv))
 
     variants = [(mixer, backend) for mixer in args.mixers
@@ -97,7 +104,8 @@ def main(argv: list[str] | None = None) -> int:
             options = {"chunk_size": args.chunk_size} if mixer == "mamba" and args.chunk_size else {}
             if backend is not None:
                 options["scan_backend"] = backend
-            steps.append(TrainingStep(mixer, length, args.dim, args.depth, args.batch, options))
+            steps.append(TrainingStep(mixer, length, args.dim, args.depth, args.batch, options,
+                                      score_last=args.score_last))
         for label, times in zip(labels, interleaved_seconds(steps, args.warmup, args.repeats)):
             rows.append({"mixer": label, "length": length, "median_s": statistics.median(times),
                          "times_s": times})
@@ -105,15 +113,16 @@ def main(argv: list[str] | None = None) -> int:
                   f"(steps: {', '.join(f'{t * 1e3:.1f}' for t in times)} ms)", flush=True)
 
     setting = {k: getattr(args, k) for k in ("dim", "depth", "batch", "warmup", "repeats", "chunk_size",
-                                             "scan_backends")}
+                                             "scan_backends", "score_last")}
     setting["torch_threads"] = torch.get_num_threads()
     if hasattr(os, "sched_getaffinity"):  # cores this process may run on (taskset), not the machine's
         setting["usable_cores"] = len(os.sched_getaffinity(0))
     record = {"command": command, "date": utc_now(), **provenance(), "machine": describe(),
               "setting": setting, "rows": rows}
     args.out_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(args.out_dir / "mamba_step.json", json.dumps(record, indent=2) + "\n")
-    atomic_write_text(args.out_dir / "mamba_step.md", _markdown(record, labels))
+    stem = "mamba_step" + ("" if args.score_last is None else f"_last{args.score_last}")  # its own files
+    atomic_write_text(args.out_dir / f"{stem}.json", json.dumps(record, indent=2) + "\n")
+    atomic_write_text(args.out_dir / f"{stem}.md", _markdown(record, labels))
     return 0
 
 

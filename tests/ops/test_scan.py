@@ -1,5 +1,6 @@
 """The chunked selective scan, both backends (the fused CPU kernel and the PyTorch loop), against
 the sequential recurrence and the materialized matrix."""
+import platform
 from functools import partial
 
 import numpy as np
@@ -241,3 +242,19 @@ def test_cpu_kernel_leaves_torch_threads_alone():
         assert torch.get_num_threads() == 1
     finally:
         torch.set_num_threads(before)
+
+
+@pytest.mark.skipif(platform.machine() not in ("x86_64", "AMD64"), reason="flush-to-zero is an x86 MXCSR mode")
+def test_cpu_kernel_threads_flush_denormals_and_the_callers_do_not():
+    """Subnormals cost ~100x on x86, and a backward whose adjoint decays over a long stretch
+    without gradient meets them: the kernel's threads treat them as zero, the caller's thread
+    keeps its own floating-point mode."""
+    tiny = np.array([1e-39], dtype=np.float32)  # subnormal in float32
+    out = np.empty(1, dtype=np.float32)
+
+    def kernel(job_range, x, y):
+        y[0] = x[0] * np.float32(1.0)
+
+    scan_cpu._run_jobs(kernel, 1, 1, tiny, out)
+    assert out[0] == 0.0
+    assert (tiny * np.float32(1.0))[0] != 0.0  # this thread: untouched
