@@ -12,8 +12,8 @@ the fused numba kernel, ``torch``: the loop of PyTorch ops), so the two ratios t
 measured side by side.
 
 Each step is a forward pass, a cross-entropy loss (over every position, or with ``--score-last N``
-over the last N only, as the study trains its language tasks) and a backward pass. The variants' steps are
-timed in turns (A B A B ...), so that load on a shared machine slows all of them alike; the
+over the last N only, as the study trains its language tasks) and a backward pass. The variants'
+steps are timed in turns (A B A B ...), so that load on a shared machine slows all of them alike; the
 median of ``--repeats`` timed steps after ``--warmup`` untimed rounds is reported. Writes
 ``mamba_step[_last<N>].{json,md}`` to ``--out-dir`` with the machine, command, date and commit.
 """
@@ -91,7 +91,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out-dir", type=Path, default=Path(__file__).parent / "results")
     args = parser.parse_args(argv)
     if args.score_last is not None and not 1 <= args.score_last <= min(args.lengths):
-        parser.error(f"--score-last must be in [1, {min(args.lengths)}] (the shortest length), got {args.score_last}")
+        parser.error(f"--score-last must be in [1, {min(args.lengths)}] (the shortest length), "
+                     f"got {args.score_last}")
     command = shlex.join(["python", "benchmarks/mamba_step.py"] + (sys.argv[1:] if argv is None else argv))
 
     variants = [(mixer, backend) for mixer in args.mixers

@@ -103,7 +103,8 @@ def markdown_text(label: str, records: list[dict], changes: dict | None = None) 
         c = r["config"]
         reached = [first_step(r["history"], t) for t in THRESHOLDS]
         cells = [c["mixer"], c["context"], c["dim"], c["heads"], r["positional"], c["lr"], c["seed"],
-                 r["parameters"], c["steps"], *("-" if s is None else s for s in reached), f"{r['history'][-1]['valid_accuracy']:.3f}",
+                 r["parameters"], c["steps"], *("-" if s is None else s for s in reached),
+                 f"{r['history'][-1]['valid_accuracy']:.3f}",
                  f"{r['test']['accuracy']:.3f}", f"{r['wall_s'] / 60:.1f}", f"`{r['command']}`"]
         lines.append("| " + " | ".join(map(str, cells)) + " |")
     lines += ["", "Commits: " + ", ".join(sorted({f"{r['git_describe']} ({r['date']})" for r in records})), "",
@@ -125,8 +126,8 @@ def plot(label: str, records: list[dict], path: Path, changes: dict | None = Non
     if chance(records[0]) is not None:
         ax.axhline(chance(records[0]), color="gray", ls=":", label="chance")
     ax.axhline(0.9, color="gray", ls="--", label="0.9")
-    ax.set(xlabel="step", ylabel="valid accuracy", ylim=(0, 1),
-           title=label + (", task changed: " + ", ".join(f"{k}={v}" for k, v in changes.items()) if changes else ""))
+    changed = ", task changed: " + ", ".join(f"{k}={v}" for k, v in changes.items()) if changes else ""
+    ax.set(xlabel="step", ylabel="valid accuracy", ylim=(0, 1), title=label + changed)
     ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1))  # outside: the curves fill the axes
     fig.tight_layout()
     fig.savefig(path, dpi=120)

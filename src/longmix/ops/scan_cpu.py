@@ -229,7 +229,7 @@ def _run_jobs(kernel, jobs: int, threads: int, *args) -> None:
     threads = max(1, min(threads, jobs))
     bounds = [jobs * i // threads for i in range(threads + 1)]
     ranges = [np.array(bounds[i:i + 2], dtype=np.int64) for i in range(threads)]
-    # Even one job goes to the pool: only its threads flush denormals (the caller's FP mode is the user's).
+    # Even one job goes to the pool: only its threads flush denormals (the caller's mode is the user's).
     if _pool is None or _pool[0] != os.getpid() or _pool[1] < threads:
         _pool = (os.getpid(), threads, ThreadPoolExecutor(max_workers=threads, thread_name_prefix="longmix-scan",
                                                           initializer=_flush_denormals))
