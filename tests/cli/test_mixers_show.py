@@ -1,4 +1,8 @@
 """`longmix mixers` and `longmix show`, run through the CLI entry point."""
+import os
+import subprocess
+import sys
+
 import matplotlib.image
 import pytest
 import torch
@@ -105,3 +109,18 @@ def test_show_refuses_lengths_it_cannot_draw(tmp_path, capsys, length):
     assert main(["show", "softmax", "--length", str(length), "--out", str(tmp_path / "x.png")]) == 2
     assert "--length must be between 1 and 4096" in capsys.readouterr().err
     assert not (tmp_path / "x.png").exists()
+
+
+@pytest.mark.parametrize("torchrun", [False, True])
+def test_the_executable_exits_a_torchrun_rank_without_teardown_and_loses_no_output(torchrun):
+    """A torchrun rank leaves by os._exit (gloo's C++ teardown could abort it after its work was
+    done); what it printed still arrives, and so does its exit code. Elsewhere: a normal exit."""
+    code = ("import atexit, sys; atexit.register(print, 'teardown ran'); sys.argv = ['longmix', 'mixers']; "
+            "from longmix.cli import entry; entry()")
+    rank_env = {"RANK": "0", "WORLD_SIZE": "1", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "29500"}
+    env = {k: v for k, v in os.environ.items() if k not in rank_env}
+    done = subprocess.run([sys.executable, "-c", code], env={**env, **(rank_env if torchrun else {})},
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert "softmax" in done.stdout and "mamba" in done.stdout
+    assert ("teardown ran" in done.stdout) is not torchrun

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import datetime
 import os
 import sys
 import threading
@@ -295,12 +294,10 @@ def _torchrun_rank(group, cfg: AttendConfig, requested_dtype: str, progress: boo
 def run_torchrun_job(cfg: AttendConfig, requested_dtype: str, progress: bool = True) -> dict:
     """Join the process group torchrun set up (env://), calibrate on it, run; every rank gets the
     report. The calibration is measured, not cached: the ranks may span machines."""
-    backend = "gloo"  # the job's tensors live on the CPU
-    dist.init_process_group(backend, timeout=datetime.timedelta(seconds=cfg.timeout))
-    try:
-        report = _torchrun_rank(dist.group.WORLD, cfg, requested_dtype, progress)
-    finally:
-        dist.destroy_process_group()
+    from longmix.dist.launch import torchrun_group
+
+    with torchrun_group(cfg.timeout) as group:  # gloo: the job's tensors live on the CPU
+        report = _torchrun_rank(group, cfg, requested_dtype, progress)
     report["launch"] = (f"torchrun, {report['world_size']} rank(s) "
                         f"({os.environ.get('LOCAL_WORLD_SIZE', '?')} on this node), gloo")
     return report

@@ -11,7 +11,6 @@ Exit status: 0 done, 2 bad arguments or an unusable run folder (busy, damaged ch
 """
 from __future__ import annotations
 
-import datetime
 import os
 import sys
 
@@ -117,13 +116,9 @@ def run(args) -> int:
 
 def _train_in_torchrun_group(cfg):
     """Join the group torchrun set up (env://) and train as one of its ranks."""
-    import torch.distributed as dist
-
+    from ..dist.launch import torchrun_group
     from ..train import train
     from ..train.loop import COLLECTIVE_TIMEOUT_S
 
-    dist.init_process_group("gloo", timeout=datetime.timedelta(seconds=COLLECTIVE_TIMEOUT_S))
-    try:
-        return train(cfg, group=dist.group.WORLD)
-    finally:
-        dist.destroy_process_group()
+    with torchrun_group(COLLECTIVE_TIMEOUT_S) as group:
+        return train(cfg, group=group)
