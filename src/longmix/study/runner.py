@@ -224,12 +224,12 @@ def write_report(grid: Grid, out: Path, command: str | None = None, log=print) -
         "grid": grid.name,
         "command": command or "longmix " + " ".join(shlex.quote(a) for a in sys.argv[1:]),
         "runs_planned": grid.planned_runs(), "runs_finished": len(finished),
-        "sweep_planned": len(grid.sweep_runs()), "sweep_finished": len(sweep_records),
+        "sweep_planned": len(sweep_ids), "sweep_finished": len(sweep_records),
         "seeds": ", ".join(map(str, grid.seeds)),
         "wall_min": sum(r.get("wall_s", 0.0) for r in all_runs if not r.get("reused_from")) / 60,
         "train": ", ".join(f"{k}={v}" for k, v in grid.train.items() if k not in ("device",))
-                 + "".join(f"; {st.label}: " + ", ".join(f"{k}={v}" for k, v in grid.task_train(st).items())
-                           for st in grid.tasks if grid.task_train(st)),
+                 + "".join(f"; {label}: " + ", ".join(f"{k}={v}" for k, v in own.items())
+                           for label, own in ((st.label, grid.task_train(st)) for st in grid.tasks) if own),
         "lrs": ", ".join(f"{lr:g}" for lr in grid.lrs), "positionals": ", ".join(grid.positionals),
         "machine": _machines(all_runs),
         "date": last.get("date", utc_now()),
