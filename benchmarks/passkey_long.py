@@ -39,7 +39,7 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from longmix.dist.launch import run_local
+from longmix.parallel.launch import run_local
 from longmix.fileio import append_record, atomic_write_text, read_records
 from longmix.machine import current_rss_bytes, describe, markdown, peak_rss_bytes
 from longmix.provenance import provenance, utc_now

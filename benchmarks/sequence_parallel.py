@@ -4,14 +4,14 @@
     python benchmarks/sequence_parallel.py --quick         # a smoke run at tiny sizes (~1 min)
     python benchmarks/sequence_parallel.py --mixers s4d mamba --budget-s 1800
 
-Two parts, each point a fresh launch of P gloo ranks on this machine (``longmix.dist.launch``):
+Two parts, each point a fresh launch of P gloo ranks on this machine (``longmix.parallel.launch``):
 
 * **long**: one forward pass of a mixer layer at ``--long-len`` tokens (2^20) over P = 1, 2, 4
   ranks, every mixer that has a sequence-parallel form (softmax is left to the attention
   benchmark), in every form it has: seconds and peak extra memory per rank.
 * **scaling**: per mixer and form, P = 1, 2, 4 at a fixed L (strong scaling) and at L = L0 * P
   (weak scaling), with the bytes each rank sent (``CommStats``) against the planner's prediction
-  (``longmix.dist.plan_model``) and the peak activation memory per rank against one process
+  (``longmix.parallel.plan_model``) and the peak activation memory per rank against one process
   (goal: within 1/P + 10% at large L).
 
 Memory is the rise of the rank's peak resident set (VmHWM, reset after a short warm-up forward)
@@ -65,7 +65,7 @@ def rank_worker(group, spec: dict) -> dict:
     rank's rows; time, memory and bytes (sent by the forward; with ``backward``, both)."""
     import torch
 
-    import longmix.dist as ld
+    import longmix.parallel as ld
     from longmix.dtypes import DTYPES
     from longmix.machine import current_rss_bytes, peak_rss_bytes, reset_peak_rss
 
@@ -126,7 +126,7 @@ def forms_of(name: str, world: int, dim: int, heads: int) -> list[str]:
     """Forms the mixer can run on ``world`` ranks (``plan_model`` feasibility)."""
     import torch
 
-    import longmix.dist as ld
+    import longmix.parallel as ld
 
     mixer = build_mixer(name, dim, heads, 16, torch.float32)
     options = ld.plan_model(mixer, None, world).layers[0].options
@@ -134,7 +134,7 @@ def forms_of(name: str, world: int, dim: int, heads: int) -> list[str]:
 
 
 def measure(spec: dict, world: int, timeout: float) -> dict:
-    from longmix.dist.launch import RankFailure, run_local
+    from longmix.parallel.launch import RankFailure, run_local
 
     row = {**spec, "world": world}
     try:

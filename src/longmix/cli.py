@@ -44,7 +44,7 @@ def main(argv: list[str] | None = None) -> int:
 def entry() -> None:
     """The ``longmix`` executable (and ``python -m longmix.cli``): :func:`main`, then exit."""
     code = main()
-    from .dist.launch import launched_by_torchrun
+    from .parallel.launch import launched_by_torchrun
 
     if launched_by_torchrun():
         _exit_rank(code)

@@ -1,13 +1,13 @@
 """The names that longmix's command line, jobs, records and libraries share, defined once.
 
 Kept free of torch so that building a command-line parser (`longmix --help`) stays fast: the
-modules that use these names with torch (``longmix.dtypes``, ``longmix.dist``) import them from here.
+modules that use these names with torch (``longmix.dtypes``, ``longmix.parallel``) import them from here.
 """
 from __future__ import annotations
 
-#: Strategies of ``longmix.dist.attention``.
+#: Strategies of ``longmix.parallel.attention``.
 STRATEGIES = ("auto", "shuffle", "ring", "hybrid")
-#: Which rows of a sharded sequence each rank holds (``longmix.dist.layout``).
+#: Which rows of a sharded sequence each rank holds (``longmix.parallel.layout``).
 LAYOUTS = ("contiguous", "zigzag")
 #: The short dtype names of jobs, benchmarks and records.
 DTYPE_NAMES = ("fp32", "bf16", "fp64")

@@ -13,7 +13,7 @@ import torch
 from longmix.attend import verify, workload
 from longmix.attend.workload import AttendConfig
 from longmix.cli import main
-from longmix.dist.layout import segments
+from longmix.parallel.layout import segments
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -195,7 +195,7 @@ def test_a_failing_rank_exits_3(monkeypatch, capsys):
     import longmix.attend as package
 
     def broken(*args, **kwargs):
-        from longmix.dist.launch import RankFailure
+        from longmix.parallel.launch import RankFailure
 
         raise RankFailure(1, "rank 1 died with exit code -9")
 

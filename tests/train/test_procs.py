@@ -14,7 +14,7 @@ import torch
 
 import toys
 from resume_checks import assert_resumed_equals_uninterrupted, sigkill_after_first_checkpoint
-from longmix.dist.launch import run_local
+from longmix.parallel.launch import run_local
 from longmix.fileio import FolderBusy, folder_lock
 from longmix.train import TrainConfig, TrainingDiverged, load_checkpoint, train
 from longmix.train.checkpoint import CheckpointError
@@ -102,7 +102,10 @@ def test_two_ranks_train_exactly_like_one_and_agree_on_errors(tmp_path):
             for key in ("history", "test", "valid", "steps", "tokens_seen", "run_id", "parameters"):
                 assert_close(rec2[key], rec1[key], f"{name}: {key}")
             for k in w1:
-                torch.testing.assert_close(w2[k], w1[k], rtol=1e-9, atol=1e-11, msg=f"{name}: {k}")
+                # atol 1e-10: AdamW divides by sqrt(v), so a parameter whose gradient is ~0 (a
+                # norm's bias under mean pooling) turns float64 rounding of the summed gradient
+                # into ~1e-11 absolute steps (measured 1.3e-11 on an AVX-512 machine)
+                torch.testing.assert_close(w2[k], w1[k], rtol=1e-9, atol=1e-10, msg=f"{name}: {k}")
         # The same error on every rank, of the same type.
         kind, message = got[r][len(names)]
         assert kind == "TrainingDiverged" and "training diverged: " in message

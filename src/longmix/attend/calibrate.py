@@ -7,7 +7,7 @@ Each rank times the local attention kernel (the one every strategy calls) on a r
 like a ring step's -- 4,096 queries against 16,384 keys, non-causal, the median of 5 calls, on
 this rank's thread count, all ranks at once so they contend for memory and cores as in the job --
 in fp32 and in bf16, and
-:func:`longmix.dist.measure_rates` times a small all-to-all. The slowest rank's figures are kept,
+:func:`longmix.parallel.measure_rates` times a small all-to-all. The slowest rank's figures are kept,
 so all ranks agree. The planner turns them into a predicted time for the job.
 
 Results are cached per machine (CPU model and flags, cores, torch version) and problem shape
@@ -40,7 +40,7 @@ def calibrate_rank(group, heads: int, kv_heads: int, head_dim: int,
     """Measure useful attention flop rates per dtype and the link's rates; collective on ``group``."""
     import torch.distributed as dist
 
-    from longmix.dist import measure_rates
+    from longmix.parallel import measure_rates
     from longmix.ops import attention_forward
     from longmix.ops.attention import attention_flops
 

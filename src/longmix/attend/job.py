@@ -34,7 +34,7 @@ from .workload import AttendConfig, build_shard
 
 def plan_for(cfg: AttendConfig, world: int, calibration: dict | None):
     """The planner's choice and prediction for ``cfg`` on ``world`` ranks, at measured rates."""
-    from longmix.dist import plan
+    from longmix.parallel import plan
 
     rates = {}
     if calibration:
@@ -62,7 +62,7 @@ def strategy_error(cfg: AttendConfig, world: int) -> str | None:
     """Why ``cfg.strategy`` cannot run on ``world`` ranks (None when it can), before spawning any."""
     if world == 1 or cfg.strategy == "auto":
         return None
-    from longmix.dist.validate import head_split_error
+    from longmix.parallel.attn.validate import head_split_error
 
     if cfg.strategy == "hybrid" and cfg.hybrid_size is not None:
         if world % cfg.hybrid_size:
@@ -148,14 +148,14 @@ class _Progress:
 
 def attend_rank(group, cfg: AttendConfig, progress: bool = True, calibration: dict | None = None,
                 dtype_reason: str = "") -> dict:
-    """Generate this rank's shard, run longmix.dist.attention, verify sampled rows.
+    """Generate this rank's shard, run longmix.parallel.attention, verify sampled rows.
 
     Collective: every rank of ``group`` must call it. Returns the same full report on every rank
     (per-rank figures are all-gathered), so rank 0 of a torchrun job can print it.
     """
-    from longmix.dist import attention
-    from longmix.dist.layout import segments
-    from longmix.dist.stats import CommStats
+    from longmix.parallel import attention
+    from longmix.parallel.layout import segments
+    from longmix.parallel.stats import CommStats
     from longmix.ops.attention import WorkCounter, attention_flops, count_work
 
     world, rank = dist.get_world_size(group), dist.get_rank(group)
@@ -253,7 +253,7 @@ def local_calibration(procs: int, *, heads: int, kv_heads: int, head_dim: int,
                       timeout: float = 300.0) -> dict:
     """The calibration for ``procs`` local ranks: cached when this machine already measured this
     shape, else measured on freshly spawned ranks (a few seconds) and cached."""
-    from longmix.dist.launch import run_local
+    from longmix.parallel.launch import run_local
 
     threads = max(1, (os.cpu_count() or 1) // procs)  # what run_local gives each rank
     path = cal_mod.cache_path(describe(), procs=procs, threads_per_rank=threads, heads=heads,
@@ -273,7 +273,7 @@ def local_calibration(procs: int, *, heads: int, kv_heads: int, head_dim: int,
 def run_local_job(cfg: AttendConfig, procs: int, progress: bool = True,
                   calibration: dict | None = None, dtype_reason: str = "") -> dict:
     """Run the job on ``procs`` spawned gloo ranks on this machine; return rank 0's report."""
-    from longmix.dist.launch import run_local
+    from longmix.parallel.launch import run_local
 
     reports = run_local(attend_rank, procs, args=(cfg, progress, calibration, dtype_reason),
                         timeout=cfg.timeout, collective_timeout=cfg.timeout)
@@ -294,7 +294,7 @@ def _torchrun_rank(group, cfg: AttendConfig, requested_dtype: str, progress: boo
 def run_torchrun_job(cfg: AttendConfig, requested_dtype: str, progress: bool = True) -> dict:
     """Join the process group torchrun set up (env://), calibrate on it, run; every rank gets the
     report. The calibration is measured, not cached: the ranks may span machines."""
-    from longmix.dist.launch import torchrun_group
+    from longmix.parallel.launch import torchrun_group
 
     with torchrun_group(cfg.timeout) as group:  # gloo: the job's tensors live on the CPU
         report = _torchrun_rank(group, cfg, requested_dtype, progress)

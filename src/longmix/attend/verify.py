@@ -47,7 +47,7 @@ def fault_sizes(seq_len: int) -> dict:
 def structural_rows(seq_len: int, world: int) -> set[int]:
     """First and last row, and both sides of every shard boundary of both layouts over ``world``
     ranks (the zigzag layout's boundaries are its 2P chunk edges)."""
-    from longmix.dist.layout import LAYOUTS, all_segments
+    from longmix.parallel.layout import LAYOUTS, all_segments
 
     rows = {0, seq_len - 1}
     for layout in LAYOUTS:

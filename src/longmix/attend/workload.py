@@ -20,7 +20,7 @@ CHUNK = 4096  # rows per independently seeded chunk of q/k/v (and per streamed r
 
 @dataclass(frozen=True)
 class AttendConfig:
-    """One `longmix attend` problem. Shapes follow longmix.dist.attention: (batch, L, heads, d).
+    """One `longmix attend` problem. Shapes follow longmix.parallel.attention: (batch, L, heads, d).
 
     ``check_rows`` is the number of *random* rows verified on top of the structural ones (shard
     boundaries, layout chunk edges, first and last row); 0 verifies nothing.

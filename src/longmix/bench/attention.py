@@ -9,14 +9,14 @@ Series (each a method on P processes), measured for L = 2^a .. 2^b, causal or no
   plus longmix's causal triangle split (diagonal leaves + full blocks merged on the lse);
 * ``vanilla`` (P=1): softmax(QK^T/sqrt(d))V with the L x L scores materialized -- the paper's
   baseline;
-* ``auto`` / ``shuffle`` / ``ring`` / ``hybrid`` (P>1): :func:`longmix.dist.attention` with that
+* ``auto`` / ``shuffle`` / ``ring`` / ``hybrid`` (P>1): :func:`longmix.parallel.attention` with that
   strategy, cores / P threads per rank, so P ranks use the same cores as one process;
 * ``peer`` (P>1): ``ring_attention_pytorch.ring_flash_attn(..., ring_reduce_col=True)``
   (lucidrains' ring-attention-pytorch, optional: ``pip install -e .[bench]``), contiguous shards,
   its default bucket of 1024 rows. Its output is first checked against a float64 reference at a
   small L (:func:`check_peer`); a peer that is wrong is not timed.
 
-Every point runs in freshly spawned processes (:func:`longmix.dist.launch.run_local`), warm (a
+Every point runs in freshly spawned processes (:func:`longmix.parallel.launch.run_local`), warm (a
 call at a small L first), and its time is the *median* of at least ``min_reps`` calls (each the
 slowest rank's, between barriers). Each gets its own peak-memory figure (VmHWM, the whole
 process: the torch runtime included, reported beside the figure at start); a crash or a timeout
@@ -190,14 +190,14 @@ def _method_fn(method: str, shape: Shape, group):
 
         return lambda q, k, v: ring_flash_attn(q, k, v, causal=shape.causal, ring_reduce_col=True,
                                                bucket_size=min(1024, q.shape[1]))
-    from longmix.dist import attention
+    from longmix.parallel import attention
 
     return lambda q, k, v: attention(q, k, v, causal=shape.causal, group=group, strategy=method,
                                      layout=shape.layout)
 
 
 def _local_inputs(shape: Shape, method: str, seq_len: int, world: int, rank: int, seed: int):
-    from longmix.dist.layout import local_length
+    from longmix.parallel.layout import local_length
 
     layout = shape.layout if method in STRATEGIES else "contiguous"
     n = local_length(seq_len, world, rank, layout)
@@ -269,7 +269,7 @@ def peer_check_rank(group, shape: Shape, seq_len: int) -> float:
 def check_peer(shape: Shape, procs: int, timeout_s: float = 120.0) -> dict:
     """Is the peer's output right (vs float64, fp32, L = :data:`PEER_CHECK_LEN`) on ``procs``
     ranks? {"status": "ok" | "wrong" | "error" | "missing", ...}; only an "ok" peer is timed."""
-    from longmix.dist.launch import RankFailure, run_local
+    from longmix.parallel.launch import RankFailure, run_local
 
     try:
         import ring_attention_pytorch  # noqa: F401
@@ -293,7 +293,7 @@ def _feasibility(shape: Shape, series: Series, seq_len: int) -> tuple[bool, str,
     """(feasible, note, strategy auto resolves to) for a longmix strategy; trivially ok otherwise."""
     if series.method not in STRATEGIES:
         return True, "", None
-    from longmix.dist import plan
+    from longmix.parallel import plan
 
     chosen = plan(seq_len=seq_len, heads=shape.heads, kv_heads=shape.kv_heads,
                   head_dim=shape.head_dim, world_size=series.procs, dtype=DTYPES[shape.dtype],
@@ -335,7 +335,7 @@ def load_results(path: Path) -> dict[str, dict]:
 
 def run_point(cfg: BenchConfig, series: Series, seq_len: int, timeout_s: float) -> dict:
     """Measure one point in fresh processes; returns the record (status ok / error / timeout)."""
-    from longmix.dist.launch import RankFailure, run_local
+    from longmix.parallel.launch import RankFailure, run_local
 
     shape = cfg.shape
     rec = {"seq_len": seq_len, "method": series.method, "procs": series.procs,

@@ -150,7 +150,7 @@ def run(args: argparse.Namespace) -> int:
     from longmix import attend as job
     from longmix.attend.job import choose_dtype, local_calibration, strategy_error
     from longmix.attend.resources import memory_error
-    from longmix.dist.launch import torchrun_world_size
+    from longmix.parallel.launch import torchrun_world_size
     from longmix.fileio import atomic_write_text, strict_json_value
 
     try:
@@ -177,7 +177,7 @@ def run(args: argparse.Namespace) -> int:
         if why:
             parser.error(f"argument --seq-len: L={cfg.seq_len:,} {why}")
 
-    from longmix.dist.launch import RankFailure
+    from longmix.parallel.launch import RankFailure
 
     previous = signal.signal(signal.SIGTERM, _on_sigterm) if not torchrun else None
     try:

@@ -84,7 +84,7 @@ def config_from_args(args, procs: int | None = None):
 def run(args) -> int:
     import json
 
-    from ..dist.launch import RankFailure, torchrun_world_size
+    from ..parallel.launch import RankFailure, torchrun_world_size
     from ..train import TrainingDiverged, train
 
     def fail(code: int, message) -> int:
@@ -116,7 +116,7 @@ def run(args) -> int:
 
 def _train_in_torchrun_group(cfg):
     """Join the group torchrun set up (env://) and train as one of its ranks."""
-    from ..dist.launch import torchrun_group
+    from ..parallel.launch import torchrun_group
     from ..train import train
     from ..train.loop import COLLECTIVE_TIMEOUT_S
 

@@ -194,7 +194,7 @@ class TokenMixer(nn.Module):
     # finish(mix(prepare(x))). prepare and finish are pointwise in the sequence (apart from short
     # left context, fetched through ``pieces``), mix runs the mixer's own kernel on some groups
     # over the whole length. One process calls them in a row (``_forward_by_groups``); the
-    # sequence-parallel shuffle (``longmix.dist.parallelize``) puts an all-to-all between them.
+    # sequence-parallel shuffle (``longmix.parallel.forms.parallelize``) puts an all-to-all between them.
     def shuffle_groups(self) -> int:
         """G, the number of groups whose sequence mixing is independent."""
         raise NotImplementedError(f"{type(self).__name__} has no shuffle form")

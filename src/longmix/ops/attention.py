@@ -68,7 +68,7 @@ def attention_flops(batch: int, heads: int, seq_len: int, head_dim: int, causal:
 class WorkCounter:
     """Useful attention flops done so far by the kernels of this module, readable from any thread.
 
-    A collective call such as ``longmix.dist.attention`` has no progress callback; a job that wants
+    A collective call such as ``longmix.parallel.attention`` has no progress callback; a job that wants
     a progress bar counts its kernels' work instead (:func:`count_work`), and another thread reads
     :attr:`flops`.
     """

@@ -8,8 +8,8 @@ import numbers
 from dataclasses import asdict, dataclass, field
 
 from ..checks import check_int, check_optional_int
-from ..dist.layout import check_layout
-from ..dist.model_plan import FORMS
+from ..parallel.layout import check_layout
+from ..parallel.forms.model_plan import FORMS
 
 #: Fields left out of the identity while they hold these defaults, so that the run ids of runs
 #: made before the fields existed stay the same.
@@ -64,7 +64,7 @@ class TrainConfig:
     threads: int | None = None
     progress: bool = True
     procs: int = 1  # ranks the sequence is split over; the result equals one process's
-    layout: str = "contiguous"  # how the sequence is split over the ranks (see longmix.dist)
+    layout: str = "contiguous"  # how the sequence is split over the ranks (see longmix.parallel)
     form: str | None = None  # the parallel form of every mixer layer on P ranks (None: planned)
 
     def __post_init__(self):

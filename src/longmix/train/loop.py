@@ -14,7 +14,7 @@ indexed by step, so the step counter is also the data position: a resumed run tr
 exactly the batches, in the same order, as an uninterrupted one.
 
 On P ranks (``--procs`` or torchrun) every rank reads the same batch and keeps its shard of each
-sequence; the model runs sequence-parallel (:func:`longmix.dist.parallelize`); the loss is the
+sequence; the model runs sequence-parallel (:func:`longmix.parallel.forms.parallelize`); the loss is the
 global mean over every rank's scored positions and gradients are summed over the ranks, so the
 run is the one-process run up to float rounding. Rank 0 alone writes the run folder.
 """
@@ -35,8 +35,8 @@ from tqdm import tqdm
 
 from .. import machine, mixers, tasks
 from ..checks import check_int
-from ..dist.launch import run_local
-from ..dist.parallelize import parallelize
+from ..parallel.launch import run_local
+from ..parallel.forms.parallelize import parallelize
 from ..fileio import append_record, folder_lock, record_line, remove_stale_temps
 from ..models import ModelConfig, SequenceModel
 from ..provenance import provenance, utc_now

@@ -19,7 +19,7 @@ from typing import Callable, TypeVar
 import torch
 import torch.distributed as dist
 
-from ..dist.layout import resolve_group, shard
+from ..parallel.layout import resolve_group, shard
 
 T = TypeVar("T")
 

@@ -58,7 +58,7 @@ def free_port() -> int:
 
 
 # Imported once by the forkserver so that forked ranks start warm; missing ones are skipped.
-_PRELOAD = ["torch", "torch.distributed", "longmix.ops", "longmix.dist"]
+_PRELOAD = ["torch", "torch.distributed", "longmix.ops", "longmix.parallel"]
 
 
 def _context(start_method: str | None):

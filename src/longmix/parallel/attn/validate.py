@@ -1,4 +1,4 @@
-"""Cross-rank argument checks for :func:`longmix.dist.attention`: one clear error, on every rank.
+"""Cross-rank argument checks for :func:`longmix.parallel.attention`: one clear error, on every rank.
 
 A distributed call with bad arguments on one rank usually *hangs*: that rank raises and the
 others wait forever in a collective. Here every rank first checks its own arguments, then all
@@ -9,7 +9,7 @@ text) and run the same checks on the same gathered data. So every rank raises th
 What cannot be caught this way is a rank that never arrives (it died, or raised before calling
 us): the others then wait in the all-gather until the process group's timeout. Pass
 ``timeout=`` to ``torch.distributed.init_process_group`` to bound that wait
-(``longmix.dist.launch.run_local`` does).
+(``longmix.parallel.launch.run_local`` does).
 """
 from __future__ import annotations
 
@@ -23,7 +23,8 @@ import torch.distributed as dist
 from longmix.checks import check_optional_int
 from longmix.vocabulary import STRATEGIES
 
-from .layout import LAYOUTS, local_length, resolve_group
+from ..exchange import gather_records
+from ..layout import LAYOUTS, local_length, resolve_group
 
 _DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 _DEVICES = ("cpu", "cuda", "mps", "xpu", "meta", "other")
@@ -157,17 +158,6 @@ def _decode(name: str, value: int):
     return value
 
 
-def _gather(record: list[int], group) -> list[list[int]]:
-    backend = dist.get_backend(group)
-    # NCCL only moves CUDA tensors; every other backend (gloo, mpi) takes this CPU record
-    device = (torch.device("cuda", torch.cuda.current_device()) if backend == "nccl"
-              else torch.device("cpu"))
-    mine = torch.tensor(record, dtype=torch.int64, device=device)
-    out = [torch.empty_like(mine) for _ in range(dist.get_world_size(group))]
-    dist.all_gather(out, mine, group=group)
-    return [t.tolist() for t in out]
-
-
 def validate(q, k, v, *, causal, group, strategy, layout, scale, window, hybrid_size) -> Problem:
     """Check the call's arguments on every rank of ``group``; raise the same ValueError everywhere.
 
@@ -180,10 +170,10 @@ def validate(q, k, v, *, causal, group, strategy, layout, scale, window, hybrid_
     group, world, rank = resolve_group(group)
     if group is None:  # one process: nothing to agree on
         if errors:
-            raise ValueError("longmix.dist.attention: " + "; ".join(errors))
+            raise ValueError("longmix.parallel.attention: " + "; ".join(errors))
         records = [_record(q, k, v, errors=errors, **opts)]
     else:
-        records = _gather(_record(q, k, v, errors=errors, **opts), group)
+        records = gather_records(_record(q, k, v, errors=errors, **opts), group)
 
     n = len(_FIELDS)
     bad = {r: bytes(rec[n + 1:n + 1 + rec[n]]).decode(errors="replace")
@@ -193,7 +183,7 @@ def validate(q, k, v, *, causal, group, strategy, layout, scale, window, hybrid_
             detail = next(iter(bad.values()))
         else:
             detail = "; ".join(f"rank {r}: {msg}" for r, msg in bad.items())
-        raise ValueError(f"longmix.dist.attention: invalid arguments on rank(s) {sorted(bad)}: {detail}")
+        raise ValueError(f"longmix.parallel.attention: invalid arguments on rank(s) {sorted(bad)}: {detail}")
 
     fields = [dict(zip(_FIELDS, rec[:n])) for rec in records]
     for name in _FIELDS:
@@ -202,20 +192,20 @@ def validate(q, k, v, *, causal, group, strategy, layout, scale, window, hybrid_
         values = [f[name] for f in fields]
         if len(set(values)) > 1:
             per_rank = ", ".join(f"rank {r}: {_decode(name, x)!r}" for r, x in enumerate(values))
-            raise ValueError(f"longmix.dist.attention: {name} must agree across ranks, got {per_rank}")
+            raise ValueError(f"longmix.parallel.attention: {name} must agree across ranks, got {per_rank}")
 
     lengths = [f["local_len"] for f in fields]
     seq_len = sum(lengths)
     layout_name = _decode("layout", fields[0]["layout"])
     expected = [local_length(seq_len, world, r, layout_name) for r in range(world)]
     if seq_len < 1:
-        raise ValueError("longmix.dist.attention: the sequence is empty (every rank has local_len 0)")
+        raise ValueError("longmix.parallel.attention: the sequence is empty (every rank has local_len 0)")
     if lengths != expected:
         wrong = [r for r in range(world) if lengths[r] != expected[r]]
         raise ValueError(
-            f"longmix.dist.attention: shard lengths (dim 1) {lengths} do not match the "
+            f"longmix.parallel.attention: shard lengths (dim 1) {lengths} do not match the "
             f"{layout_name!r} layout of a length-{seq_len} sequence over {world} ranks: expected "
-            f"{expected}; rank(s) {wrong} differ. Use longmix.dist.shard(x, layout={layout_name!r}).")
+            f"{expected}; rank(s) {wrong} differ. Use longmix.parallel.shard(x, layout={layout_name!r}).")
     f = fields[0]
     return Problem(seq_len=seq_len, world_size=world, rank=rank, lengths=tuple(lengths),
                    batch=f["batch"], heads=f["heads"], kv_heads=f["kv_heads"],
@@ -226,7 +216,7 @@ def validate(q, k, v, *, causal, group, strategy, layout, scale, window, hybrid_
 def check_strategy(strategy: str, problem: Problem, *, window, hybrid_size) -> None:
     """Raise a ValueError if ``strategy`` cannot run ``problem`` (same outcome on every rank)."""
     p, h, hk = problem.world_size, problem.heads, problem.kv_heads
-    where = "longmix.dist.attention"
+    where = "longmix.parallel.attention"
     if strategy == "shuffle":
         why = head_split_error(h, hk, p)
         if why:

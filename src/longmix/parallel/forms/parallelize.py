@@ -1,7 +1,7 @@
 """``parallelize``: run a token mixer or a whole ``SequenceModel`` on a sequence split over ranks.
 
-    pmodel = longmix.dist.parallelize(model, group=group, layout="zigzag")
-    logits_local = pmodel(longmix.dist.shard(tokens, group, layout="zigzag"))
+    pmodel = longmix.parallel.forms.parallelize(model, group=group, layout="zigzag")
+    logits_local = pmodel(longmix.parallel.shard(tokens, group, layout="zigzag"))
 
 The returned module shares the parameters of the one given. Its forward takes this rank's shard
 (dim 1) and returns this rank's shard of the output; a classifier returns the full (B, classes)
@@ -10,17 +10,17 @@ LM: its own part of the loss); each rank's parameter gradients are its share, an
 the ranks is the single-process gradient (all-reduce them to train).
 
 Each mixer layer runs in one exact form (``forms``, chosen per layer by
-:func:`longmix.dist.model_plan.plan_model` or forced):
+:func:`longmix.parallel.forms.model_plan.plan_model` or forced):
 
 * ``"shuffle"``: the mixer's ``_shuffle_prepare`` on local rows, an all-to-all to group shards
   (heads or channels, with all L rows), the mixer's own ``_shuffle_mix`` over the whole
   sequence, an all-to-all back, ``_shuffle_finish``. One code path for every mixer with hooks.
-* ``"state"``: state passing (``longmix.dist.state_passing``): a fixed-size state per rank.
+* ``"state"``: state passing (``longmix.parallel.forms.state_passing``): a fixed-size state per rank.
 * ``"ring"``: softmax attention with K/V blocks around a ring, or only a halo with a window.
 
 Everything else (embeddings, norms, MLPs, the lm head) is pointwise in the sequence and runs on
 local rows; positions are the rows' global indices; classification pooling sums per-rank
-partials. All collectives have hand-written backward passes (``_Exchange``, ``_AllReduceSum``).
+partials. All collectives have hand-written backward passes (``Exchange``, ``_AllReduceSum``).
 """
 from __future__ import annotations
 
@@ -30,13 +30,13 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from .halo import HaloPieces, join_backward, window_attention
-from .layout import Segment, all_segments, check_layout, resolve_group, sequence_order
+from ..halo import HaloPieces, join_backward, window_attention
+from ..layout import Segment, all_segments, check_layout, resolve_group, sequence_order
 from .model_plan import mixer_layers, plan_model
 from .regroup import (group_split, pack_for_groups, pack_for_sequence, to_group_shards,
                       to_sequence_shards)
-from .stats import CommStats
-from .validate import _gather
+from ..stats import CommStats
+from ..exchange import gather_records
 
 _DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64, torch.int64)
 _MESSAGE_BYTES = 300
@@ -92,7 +92,7 @@ def agree_on_shards(x, group, layout: str, *, what: str, dims: int, width: int |
     record = ([-1, -1, -1] if error else
               [x.shape[0], x.shape[1], _DTYPES.index(x.dtype)]) + \
         [len(text)] + list(text) + [0] * (_MESSAGE_BYTES - len(text))
-    records = _gather(record, group) if world > 1 else [record]
+    records = gather_records(record, group) if world > 1 else [record]
     bad = {r: bytes(rec[4:4 + rec[3]]).decode(errors="replace")
            for r, rec in enumerate(records) if rec[3] > 0}
     if bad:
@@ -113,7 +113,7 @@ def agree_on_shards(x, group, layout: str, *, what: str, dims: int, width: int |
     if lengths != expected:
         raise ValueError(f"parallelize: shard lengths (dim 1) {lengths} of {what} do not match the "
                          f"{layout!r} layout of a length-{seq_len} sequence over {world} ranks "
-                         f"(expected {expected}); use longmix.dist.shard(x, layout={layout!r})")
+                         f"(expected {expected}); use longmix.parallel.shard(x, layout={layout!r})")
     if max_len is not None and seq_len > max_len:
         raise ValueError(f"parallelize: the sequence length {seq_len} exceeds max_len={max_len}")
     return Shards(world=world, rank=rank, layout=layout, seq_len=seq_len,
@@ -221,7 +221,7 @@ class ParallelMixer(nn.Module):
         return out if shards.lengths[shards.rank] else join_backward(out, *pieces.received)
 
     def _ring(self, x, shards: Shards, group):
-        from .ring import ring_attention
+        from ..attn.ring import ring_attention
 
         mixer = self.mixer  # softmax attention: the only mixer with the ring form
         q, k, v = mixer._qkv(x)
@@ -291,7 +291,7 @@ def parallelize(module: nn.Module, group=None, layout: str = "contiguous", forms
         module: the mixer or model; the result shares its parameters.
         group: the process group (None: the default group, or one process when
             torch.distributed is not initialized).
-        layout: ``"contiguous"`` or ``"zigzag"``, as given to :func:`longmix.dist.shard`.
+        layout: ``"contiguous"`` or ``"zigzag"``, as given to :func:`longmix.parallel.shard`.
         forms: None (planned per layer), a form name for every layer, or a list per layer.
         stats: a :class:`CommStats` that counts the bytes every layer sends and receives.
         seq_len, batch: when given, ``forms=None`` picks the form sending the fewest bytes at this

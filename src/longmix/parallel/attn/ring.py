@@ -35,8 +35,8 @@ from longmix.ops import attention_backward, attention_forward, merge_partials
 from longmix.ops.attention import check_attention_inputs
 from longmix.ops.blockwise_attention import accumulator_dtype
 
-from .layout import Segment
-from .stats import CommStats
+from ..layout import Segment
+from ..stats import CommStats
 
 # A block: (query segment ids, key segment ids, causal diagonal?)
 Block = tuple[tuple[int, ...], tuple[int, ...], bool]
@@ -301,10 +301,10 @@ def ring_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, segment
         Every ring member must run the forward and, if any member does, the backward.
 
     With NCCL, as for any ``batch_isend_irecv``, set the CUDA device first, and let this not be
-    the group's first communication (``longmix.dist.attention`` validates with a collective).
+    the group's first communication (``longmix.parallel.attention`` validates with a collective).
 
     Only local arguments are checked here (shapes against segments, heads, ranks); agreement
-    between ranks is the caller's job (:func:`longmix.dist.attention` checks it).
+    between ranks is the caller's job (:func:`longmix.parallel.attention` checks it).
     """
     ring = _make_ring(q, k, v, segments, bool(causal), group, ranks, scale, stats)
     return _RingAttention.apply(q, k, v, ring)

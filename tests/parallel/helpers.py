@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import torch
 
-import longmix.dist as ld
+import longmix.parallel as ld
 
 
 def reference_attention(q, k, v, *, causal=False, scale=None, window=None):

@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from longmix.dist.launch import free_port
+from longmix.parallel.launch import free_port
 
 TIMEOUT_S = 150
 

@@ -9,7 +9,7 @@ import pytest
 import torch
 import torch.distributed as dist
 
-from longmix.dist.launch import RankFailure, run_local
+from longmix.parallel.launch import RankFailure, run_local
 
 
 def sum_of_ranks(group, offset):
@@ -59,7 +59,7 @@ def test_bad_nprocs():
 
 _ORPHAN_SCRIPT = """
 import os, sys, time
-from longmix.dist.launch import run_local
+from longmix.parallel.launch import run_local
 
 def report_pid_and_sleep(group, folder):
     with open(os.path.join(folder, f"rank{os.getpid()}"), "w") as f:
@@ -114,7 +114,7 @@ TORCHRUN_ENV = {"RANK": "0", "WORLD_SIZE": "2", "MASTER_ADDR": "127.0.0.1", "MAS
 
 
 def test_torchrun_world_size_and_a_procs_that_disagrees(monkeypatch):
-    from longmix.dist.launch import torchrun_world_size
+    from longmix.parallel.launch import torchrun_world_size
 
     for key in TORCHRUN_ENV:
         monkeypatch.delenv(key, raising=False)

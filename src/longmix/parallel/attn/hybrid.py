@@ -17,9 +17,9 @@ from __future__ import annotations
 import torch
 import torch.distributed as dist
 
-from .layout import Segment
+from ..layout import Segment
 from .shuffle import heads_to_seq, seq_to_heads
-from .stats import CommStats
+from ..stats import CommStats
 
 
 def hybrid_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *,

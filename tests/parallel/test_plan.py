@@ -4,8 +4,8 @@ import math
 import pytest
 import torch
 
-import longmix.dist as ld
-from longmix.dist.launch import run_local
+import longmix.parallel as ld
+from longmix.parallel.launch import run_local
 
 BASE = dict(seq_len=8192, head_dim=64, dtype=torch.float32)
 

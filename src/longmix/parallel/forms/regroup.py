@@ -5,22 +5,22 @@ or channels) of F numbers per row (any trailing shape), and of ``shared`` (batch
 per-row inputs that every group needs (Mamba's B and C). After :func:`to_group_shards`: each
 rank holds *all* rows of its share of the groups, and all rows of ``shared``. :func:`to_sequence_shards` is the way back for
 the mixed result. Groups are split as evenly as the rows (``layout.even_pieces``), so G need not
-be divisible by P; rows arrive rank-major, and :func:`longmix.dist.layout.sequence_order` sorts
+be divisible by P; rows arrive rank-major, and :func:`longmix.parallel.layout.sequence_order` sorts
 them when the layout is not contiguous.
 
 Elements each rank r sends, forward (batch b, l_j rows and g_j groups on rank j, L = sum l_j):
     to groups    b * l_r * ((G - g_r) * F + (P - 1) * S)
     to sequence  b * (L - l_r) * g_r * F_out
-The backward of each is the same exchange reversed (:class:`longmix.dist.shuffle._Exchange`).
+The backward of each is the same exchange reversed (:class:`longmix.parallel.attn.shuffle.Exchange`).
 """
 from __future__ import annotations
 
 import torch
 import torch.distributed as dist
 
-from .layout import Segment, even_pieces
-from .shuffle import _Exchange
-from .stats import CommStats
+from ..layout import Segment, even_pieces
+from ..exchange import Exchange
+from ..stats import CommStats
 
 
 def group_split(groups: int, world_size: int) -> list[Segment]:
@@ -76,7 +76,7 @@ def to_group_shards(send: torch.Tensor, *, batch: int, features: tuple[int, ...]
     mine = split[me][1]
     send_sizes = [lengths[me] * batch * (count * feats + shared) for _, count in split]
     recv_sizes = [n * batch * (mine * feats + shared) for n in lengths]
-    received = _Exchange.apply(send, send_sizes, recv_sizes, list(range(world)), group, stats)
+    received = Exchange.apply(send, send_sizes, recv_sizes, list(range(world)), group, stats)
     rows = received.view(sum(lengths), batch, mine * feats + shared).transpose(0, 1)
     streams = rows[..., :mine * feats].unflatten(-1, (mine, *features))
     return streams, rows[..., mine * feats:] if shared else None
@@ -99,7 +99,7 @@ def to_sequence_shards(send: torch.Tensor, *, batch: int, features: tuple[int, .
     mine = split[me][1]
     send_sizes = [n * batch * mine * feats for n in lengths]
     recv_sizes = [lengths[me] * batch * count * feats for _, count in split]
-    received = _Exchange.apply(send, send_sizes, recv_sizes, list(range(world)), group, stats)
+    received = Exchange.apply(send, send_sizes, recv_sizes, list(range(world)), group, stats)
     pieces = [flat.view(lengths[me], batch, count, *features)
               for (_, count), flat in zip(split, torch.split(received, recv_sizes))]
     return torch.cat(pieces, dim=2).transpose(0, 1)

@@ -5,9 +5,9 @@ import time
 import pytest
 import torch
 
-import longmix.dist as ld
+import longmix.parallel as ld
 from helpers import reference_attention
-from longmix.dist.launch import RankFailure, run_local
+from longmix.parallel.launch import RankFailure, run_local
 
 P = 3
 LOCAL, HEADS, DIM = 4, 3, 8

@@ -1,4 +1,4 @@
-"""``longmix.dist.parallelize`` vs one process in float64: every form of every mixer, whole models,
+"""``longmix.parallel.forms.parallelize`` vs one process in float64: every form of every mixer, whole models,
 bytes against the planner's prediction, and bad input failing the same way on every rank.
 
 One launch per world size runs all its cases (start-up costs about a second per launch). Each case
@@ -11,11 +11,11 @@ from __future__ import annotations
 import pytest
 import torch
 
-import longmix.dist as ld
+import longmix.parallel as ld
 from helpers import reference_attention, rel_err
 from longmix import mixers
-from longmix.dist.launch import run_local
-from longmix.dist.model_plan import plan_model
+from longmix.parallel.launch import run_local
+from longmix.parallel.forms.model_plan import plan_model
 from longmix.mixers.base import Taxonomy, TokenMixer
 from longmix.models.model import build_model
 
@@ -232,7 +232,7 @@ def errors_worker(group) -> dict:
     # the group is still in step: a good call completes and is exact
     y = ld.unshard(pmixer(ld.shard(x, group)).detach(), group)
     messages["good call error"] = rel_err(y, mixer(x).detach())
-    # longmix.dist.attention's ring with a window (a halo exchange), zigzag
+    # longmix.parallel.attention's ring with a window (a halo exchange), zigzag
     q, k, v = torch.randn(3, BATCH, 10, 2, 4, generator=g, dtype=torch.float64)
     out = ld.attention(*(ld.shard(t, group, "zigzag") for t in (q, k, v)), causal=True,
                        strategy="ring", window=3, layout="zigzag", group=group)

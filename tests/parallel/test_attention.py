@@ -8,8 +8,8 @@ import math
 import pytest
 
 from helpers import Case, failures, run_configs, tolerance
-from longmix.dist import LAYOUTS
-from longmix.dist.launch import run_local
+from longmix.parallel import LAYOUTS
+from longmix.parallel.launch import run_local
 
 # (heads, kv_heads) per P: heads split evenly, plus GQA where kv_heads < P (one K/V head is sent
 # to several ranks) and where P divides kv_heads.

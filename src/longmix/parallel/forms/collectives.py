@@ -15,8 +15,8 @@ from __future__ import annotations
 import torch
 import torch.distributed as dist
 
-from .layout import resolve_group
-from .stats import CommStats
+from ..layout import resolve_group
+from ..stats import CommStats
 
 __all__ = ["all_gather_tensors", "depend_on"]
 

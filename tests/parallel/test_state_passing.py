@@ -10,10 +10,10 @@ import pytest
 import torch
 import torch.distributed as dist
 
-import longmix.dist as ld
+import longmix.parallel as ld
 from longmix import mixers
-from longmix.dist.collectives import all_gather_tensors
-from longmix.dist.launch import run_local
+from longmix.parallel.forms.collectives import all_gather_tensors
+from longmix.parallel.launch import run_local
 
 DIM, BATCH = 4, 2
 # Blocks, chunks and conv widths small enough that halos and states cross several (tiny) shards.

@@ -19,8 +19,8 @@ import torch
 
 from longmix.checks import check_int
 
-from .halo import halo_plan
-from .layout import all_segments, check_layout
+from ..halo import halo_plan
+from ..layout import all_segments, check_layout
 from .regroup import group_split, regroup_elements
 
 FORMS = ("shuffle", "state", "ring")
@@ -194,7 +194,7 @@ def state_cost(mixer, seq_len, world, batch, dtype, layout) -> FormCost:
     try:
         from . import state_passing
     except ImportError:
-        return FormCost("state", False, "longmix.dist.state_passing is not available")
+        return FormCost("state", False, "longmix.parallel.forms.state_passing is not available")
     if seq_len is None:
         return FormCost("state", True)
     # the same on every rank, and independent of L; parallelize passes the agreed seq_len, so no

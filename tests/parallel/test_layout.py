@@ -4,9 +4,9 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-import longmix.dist as ld
-from longmix.dist.launch import run_local
-from longmix.dist.layout import all_segments, even_pieces, sequence_order
+import longmix.parallel as ld
+from longmix.parallel.launch import run_local
+from longmix.parallel.layout import all_segments, even_pieces, sequence_order
 
 
 @settings(max_examples=200, deadline=None)

@@ -6,7 +6,7 @@ sliding-window attention) needs, per piece ``(start, n)`` of the local shard, th
 before ``start`` and the ``right`` rows after ``start + n``. Their volume depends on the
 neighbourhood, not on L. A neighbourhood may span several ranks (shards shorter than it, or the
 zigzag layout), so every rank computes the same plan from the global segments: who needs which
-rows from whom. The exchange is :class:`longmix.dist.shuffle._Exchange` (exact backward: the
+rows from whom. The exchange is :class:`longmix.parallel.attn.shuffle.Exchange` (exact backward: the
 reverse exchange), with empty messages where nothing is needed.
 """
 from __future__ import annotations
@@ -17,7 +17,7 @@ import torch
 import torch.distributed as dist
 
 from .layout import Segment
-from .shuffle import _Exchange
+from .exchange import Exchange
 from .stats import CommStats
 
 Range = tuple[int, int]  # global rows [lo, hi)
@@ -98,7 +98,7 @@ def fetch_halo(t: torch.Tensor, plan: HaloPlan, group, stats: CommStats | None =
     send_sizes = [s.numel() for s in sends]
     recv_sizes = [len(rows) * row for rows in plan.recv_rows]
     peers = list(range(dist.get_world_size(group)))
-    received = _Exchange.apply(torch.cat(sends), send_sizes, recv_sizes, peers, group, stats)
+    received = Exchange.apply(torch.cat(sends), send_sizes, recv_sizes, peers, group, stats)
     blocks = [flat.view(batch, -1, *rest) for flat in torch.split(received, recv_sizes)]
     arrived = torch.cat(blocks, dim=1)
     where = {g: i for i, g in enumerate(g for rows in plan.recv_rows for g in rows)}

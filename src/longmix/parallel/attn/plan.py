@@ -32,8 +32,8 @@ import torch.distributed as dist
 
 from longmix.checks import check_int
 
-from .halo import halo_rows_sent
-from .layout import LAYOUTS, all_segments
+from ..halo import halo_rows_sent
+from ..layout import LAYOUTS, all_segments
 from .validate import head_split_error
 
 

@@ -14,7 +14,7 @@ A mixer may resolve its state in stages, one all-gather each (Mamba: first the c
 preceding a chunk, which its SSM summary needs). Before anything else one small all-gather
 of every rank's shape checks that the shards fit the layout, so bad input raises the same
 ValueError on every rank instead of hanging. Gradients flow back across ranks through
-:func:`~longmix.dist.collectives.all_gather_tensors`; parameter gradients are this rank's share
+:func:`~longmix.parallel.forms.collectives.all_gather_tensors`; parameter gradients are this rank's share
 (their sum over ranks is the single-process gradient).
 """
 from __future__ import annotations
@@ -22,8 +22,8 @@ from __future__ import annotations
 import torch
 
 from .collectives import all_gather_tensors, depend_on
-from .layout import check_layout, even_pieces, local_length, resolve_group
-from .stats import CommStats
+from ..layout import check_layout, even_pieces, local_length, resolve_group
+from ..stats import CommStats
 
 __all__ = ["state_passing_mix", "state_passing_bytes", "state_passing_backward_bytes"]
 
@@ -76,7 +76,7 @@ def state_passing_mix(mixer, x_local: torch.Tensor, *, group=None, layout: str =
 
     Args:
         mixer: a :class:`~longmix.mixers.TokenMixer` whose ``parallel_forms`` include "state".
-        x_local: (batch, local_len, dim), this rank's shard, as ``longmix.dist.shard(x, layout=...)``
+        x_local: (batch, local_len, dim), this rank's shard, as ``longmix.parallel.shard(x, layout=...)``
             cuts it (uneven and empty shards are fine).
         group: the process group; None: the default group (or one process if not initialized).
         layout: "contiguous" or "zigzag".

@@ -9,7 +9,7 @@ import math
 import pytest
 import torch
 
-from longmix.dist.launch import run_local
+from longmix.parallel.launch import run_local
 
 B, D = 2, 8
 
@@ -24,7 +24,7 @@ def even(n, parts):
 
 
 def layout(name, L, P):
-    """segments[r] for every rank r, built independently of longmix.dist.layout."""
+    """segments[r] for every rank r, built independently of longmix.parallel.layout."""
     if name == "contiguous":
         return [[s] for s in even(L, P)]
     chunks = even(L, 2 * P)
@@ -75,8 +75,8 @@ def reference(case):
 def _run_case(group, rank, case):
     import torch.distributed as dist
 
-    from longmix.dist.ring import ring_attention
-    from longmix.dist.stats import CommStats
+    from longmix.parallel.attn.ring import ring_attention
+    from longmix.parallel.stats import CommStats
 
     ranks = case.get("ranks") or list(range(dist.get_world_size(group)))
     if rank not in ranks:
@@ -108,7 +108,7 @@ def _bad_calls(group):
     """Each bad call must raise ValueError locally (no communication happens before the check)."""
     import torch.distributed as dist
 
-    from longmix.dist.ring import ring_attention
+    from longmix.parallel.attn.ring import ring_attention
 
     rank = dist.get_rank(group)
     segs = [[(0, 4)], [(4, 4)]]

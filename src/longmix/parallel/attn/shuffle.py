@@ -5,7 +5,7 @@ all-to-all re-partitions them by head: afterwards every rank holds *all* L posit
 query heads (and the K/V heads those query heads use). Exact attention then runs locally over the
 whole sequence, with no communication inside it, and a second all-to-all turns the output back into
 sequence shards. All-to-all is linear, so its backward is the reverse all-to-all: the only custom
-autograd piece is :class:`_Exchange`; autograd does the rest.
+autograd piece is :class:`Exchange`; autograd does the rest.
 
 Head requirements (``validate.head_split_error``): P must divide ``heads``. K/V heads are split
 when P divides ``kv_heads``; under grouped-query attention with fewer K/V heads than ranks
@@ -26,57 +26,9 @@ import torch
 import torch.distributed as dist
 from einops import rearrange
 
-from .layout import Segment, sequence_order
-from .stats import CommStats
-
-
-def _exchange(x: torch.Tensor, send_sizes: list[int], recv_sizes: list[int], peers: list[int],
-              group, stats: CommStats | None) -> torch.Tensor:
-    """All-to-all of a flat tensor among ``peers``: chunk j of ``x`` goes to ``peers[j]``.
-
-    ``x`` is 1-D with ``sum(send_sizes)`` elements; returns the 1-D concatenation of the chunks
-    received from ``peers[0], peers[1], ...`` (``recv_sizes`` elements each).
-    """
-    me = peers.index(dist.get_rank(group))
-    out = x.new_empty(sum(recv_sizes))
-    if stats is not None:
-        size = x.element_size()
-        stats.add(sent=(sum(send_sizes) - send_sizes[me]) * size,
-                  received=(sum(recv_sizes) - recv_sizes[me]) * size)
-    if peers == list(range(dist.get_world_size(group))):
-        dist.all_to_all_single(out, x, recv_sizes, send_sizes, group=group)
-        return out
-    sends = torch.split(x, send_sizes)
-    recvs = torch.split(out, recv_sizes)  # views into ``out``
-    ops = []
-    for j, peer in enumerate(peers):
-        if j == me:
-            recvs[j].copy_(sends[j])
-            continue
-        peer_global = dist.get_global_rank(group, peer) if group is not dist.group.WORLD else peer
-        if send_sizes[j]:
-            ops.append(dist.P2POp(dist.isend, sends[j], peer_global, group))
-        if recv_sizes[j]:
-            ops.append(dist.P2POp(dist.irecv, recvs[j], peer_global, group))
-    if ops:
-        for work in dist.batch_isend_irecv(ops):
-            work.wait()
-    return out
-
-
-class _Exchange(torch.autograd.Function):
-    """Differentiable :func:`_exchange`; the backward is the same exchange with sizes swapped."""
-
-    @staticmethod
-    def forward(ctx, x, send_sizes, recv_sizes, peers, group, stats):
-        ctx.args = (send_sizes, recv_sizes, peers, group, stats)
-        return _exchange(x.contiguous(), send_sizes, recv_sizes, peers, group, stats)
-
-    @staticmethod
-    def backward(ctx, grad):
-        send_sizes, recv_sizes, peers, group, stats = ctx.args
-        return (_exchange(grad.contiguous(), recv_sizes, send_sizes, peers, group, stats),
-                None, None, None, None, None)
+from ..exchange import Exchange
+from ..layout import Segment, sequence_order
+from ..stats import CommStats
 
 
 def head_selection(heads: int, parts: int) -> torch.Tensor | None:
@@ -112,7 +64,7 @@ def seq_to_heads(tensors: list[torch.Tensor], lengths: list[int], peers: list[in
     per_row = [batch * h * d for h, d in shapes]  # elements per sequence row, per tensor
     send_sizes = [local_len * sum(per_row)] * parts
     recv_sizes = [n * sum(per_row) for n in lengths]
-    received = _Exchange.apply(send, send_sizes, recv_sizes, peers, group, stats)
+    received = Exchange.apply(send, send_sizes, recv_sizes, peers, group, stats)
     outs: list[list[torch.Tensor]] = [[] for _ in tensors]
     for n, flat in zip(lengths, torch.split(received, recv_sizes)):
         for i, piece in enumerate(torch.split(flat, [n * e for e in per_row])):
@@ -133,7 +85,7 @@ def heads_to_seq(y: torch.Tensor, lengths: list[int], peers: list[int], group,
     send = torch.cat([piece.flatten() for piece in torch.split(y, lengths, dim=1)])
     send_sizes = [batch * n * h * d for n in lengths]
     recv_sizes = [batch * lengths[me] * h * d] * parts
-    received = _Exchange.apply(send, send_sizes, recv_sizes, peers, group, stats)
+    received = Exchange.apply(send, send_sizes, recv_sizes, peers, group, stats)
     return rearrange(received, "(u b l h d) -> b l (u h) d", u=parts, b=batch, h=h, d=d)
 
 

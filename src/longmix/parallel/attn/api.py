@@ -1,12 +1,12 @@
-"""``longmix.dist.attention``: exact multi-head attention over a sequence sharded across ranks."""
+"""``longmix.parallel.attention``: exact multi-head attention over a sequence sharded across ranks."""
 from __future__ import annotations
 
 import torch
 import torch.distributed as dist
 
-from .layout import all_segments
+from ..layout import all_segments
 from .plan import plan
-from .stats import CommStats
+from ..stats import CommStats
 from .validate import check_strategy, validate
 
 
@@ -27,9 +27,9 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal: bool
         strategy: ``"shuffle"`` (all-to-all to head shards, local attention, all-to-all back;
             needs P | heads and P | kv_heads or kv_heads | P), ``"ring"`` (K/V blocks circulate,
             any head count), ``"hybrid"`` (shuffle in groups of ``hybrid_size`` ranks, ring across
-            groups) or ``"auto"`` (the cost model :func:`longmix.dist.plan` picks).
+            groups) or ``"auto"`` (the cost model :func:`longmix.parallel.attn.plan` picks).
         layout: which rows each rank holds: ``"contiguous"`` or ``"zigzag"`` (see
-            :mod:`longmix.dist.layout`; ``shard``/``unshard`` convert).
+            :mod:`longmix.parallel.layout`; ``shard``/``unshard`` convert).
         scale: softmax scale; default 1/sqrt(head_dim).
         window: sliding-window size (semantics of ``longmix.ops.attention_with_lse``); shuffle,
             or ring, which then exchanges only a halo of ``window - 1`` rows per side of each
@@ -80,7 +80,7 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal: bool
         return shuffle_attention(q, k, v, segments=segs, causal=causal, group=group, scale=scale,
                                  window=window, stats=stats)
     if strategy == "ring" and window is not None:  # only the window's halo needs to travel
-        from .halo import window_attention
+        from ..halo import window_attention
 
         return window_attention(q, k, v, segments=segs, causal=causal, window=window, group=group,
                                 scale=scale, stats=stats)

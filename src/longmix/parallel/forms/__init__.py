@@ -1,0 +1,1 @@
+"""Whole mixers and models on sequence shards: parallelize, the model planner, regroup, state passing."""
