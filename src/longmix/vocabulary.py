@@ -9,6 +9,9 @@ from __future__ import annotations
 STRATEGIES = ("auto", "shuffle", "ring", "hybrid")
 #: Which rows of a sharded sequence each rank holds (``longmix.parallel.layout``).
 LAYOUTS = ("contiguous", "zigzag")
+
+#: Sequence-parallel forms of whole mixers (``longmix.parallel.forms.table.FORMS`` has the rows).
+FORMS = ("shuffle", "state", "ring")
 #: The short dtype names of jobs, benchmarks and records.
 DTYPE_NAMES = ("fp32", "bf16", "fp64")
 #: Long spellings a user may type; mapped to the short names, never stored.

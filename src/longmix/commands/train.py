@@ -14,6 +14,8 @@ from __future__ import annotations
 import os
 import sys
 
+from ..vocabulary import FORMS, LAYOUTS
+
 EXIT_RANK_FAILED, EXIT_BAD_INPUT, EXIT_DIVERGED = 1, 2, 3
 
 
@@ -57,10 +59,10 @@ def add_arguments(parser):
     a("--procs", type=int, default=None,
       help="local ranks (gloo) to split every sequence over (default 1); under torchrun its "
            "WORLD_SIZE is used and --procs may be left out")
-    a("--layout", default="contiguous", choices=["contiguous", "zigzag"],
+    a("--layout", default="contiguous", choices=LAYOUTS,
       help="how a sequence is split over the ranks (zigzag balances causal work; default contiguous)")
-    a("--form", default=None,
-      help="the parallel form of every mixer layer on several ranks: shuffle, state or ring "
+    a("--form", default=None, choices=FORMS,
+      help="the parallel form of every mixer layer on several ranks "
            "(default: planned per layer, the fewest bytes sent)")
     a("--quiet", action="store_true", help="no progress bar or log lines")
 

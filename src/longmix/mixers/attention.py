@@ -11,6 +11,7 @@ import torch
 from ..ops.attention import attention_with_lse, merge_partials
 from ..ops.masked import attend_with_nonfinite_kept_local
 from .base import Taxonomy, check_int
+from .forms import RingHooks
 from .qkv import QKVMixer, masked_softmax_matrix
 from .registry import register
 
@@ -28,7 +29,7 @@ def window_mask(length: int, window: int | None, causal: bool, device=None) -> t
 
 
 @register("softmax")
-class SoftmaxAttention(QKVMixer):
+class SoftmaxAttention(RingHooks, QKVMixer):
     """Multi-head softmax self-attention, optionally restricted to a sliding window.
 
     Args:
@@ -45,7 +46,6 @@ class SoftmaxAttention(QKVMixer):
                         time="O(L^2)", memory="O(L)")
     nonfinite_causal = True
     #: K/V blocks circulating over the ranks (a halo of window - 1 rows when a window is set).
-    supports_ring = True
 
     def __init__(self, dim: int, heads: int = 1, causal: bool = False, max_len: int | None = None,
                  window: int | None = None, bias: bool = True):

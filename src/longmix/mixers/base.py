@@ -33,6 +33,7 @@ import torch
 from torch import nn
 
 from .. import checks
+from .forms import ShuffleHooks, WholeSequence  # noqa: F401  (WholeSequence: mixers' shuffle hooks)
 
 FAMILIES = ("attention", "kernel", "sparse", "lowrank", "fourier", "convolution", "ssm", "mlp")
 
@@ -71,16 +72,6 @@ def shift_in(buffer: torch.Tensor, rows: torch.Tensor, length: int) -> torch.Ten
     width = buffer.shape[1]
     new = min(length, width)
     return torch.cat([buffer, rows[:, width - new:].to(buffer.dtype)], 1)[:, new:]
-
-
-class WholeSequence:
-    """What ``_shuffle_prepare`` sees in one process: one piece, the whole sequence. A sharded
-    run passes an object with the same method that fetches the context from other ranks."""
-
-    @staticmethod
-    def left_context(t: torch.Tensor, rows: int) -> list[torch.Tensor]:
-        """[t (batch, L, C) with ``rows`` zero rows prepended]: one entry per local piece."""
-        return [torch.nn.functional.pad(t, (0, 0, rows, 0))]
 
 
 class TokenMixer(nn.Module):
@@ -166,60 +157,23 @@ class TokenMixer(nn.Module):
         if self.max_len is not None and x.shape[1] > self.max_len:
             raise ValueError(f"{name}: x's length {x.shape[1]} exceeds max_len={self.max_len}")
 
-    # -- parallel forms: which sequence-parallel strategies this instance admits -------------
-    #: Class-level declarations a subclass flips on; ``_supports_form`` reads them, and a subclass
-    #: may override ``_supports_form`` when support depends on the instance's options.
-    supports_shuffle: ClassVar[bool] = False
-    supports_ring: ClassVar[bool] = False
-
+    # -- parallel forms: which sequence-parallel forms this instance admits ------------------
+    # A mixer admits a form by implementing its hooks (a mixin of ``longmix.mixers.forms``);
+    # ``_supports_form`` may narrow that by the instance's options.
     @property
     def parallel_forms(self) -> tuple[str, ...]:
         """Names of the exact sequence-parallel forms this instance supports, in preference order:
         "shuffle" (all-to-all to head/channel shards), "state" (state passing; causal mixers with a
         fixed-size state), "ring" (K/V ring)."""
-        return tuple(f for f in ("shuffle", "state", "ring") if self._supports_form(f))
+        from .forms import FORM_HOOKS
+
+        return tuple(name for name, hooks in FORM_HOOKS
+                     if isinstance(self, hooks) and self._supports_form(name))
 
     def _supports_form(self, form: str) -> bool:
-        if form == "state":
-            # State passing needs a causal mixer whose state hooks are implemented.
-            return self._has_step_mode() and type(self)._state_summary is not TokenMixer._state_summary
-        if form == "shuffle":
-            return bool(self.supports_shuffle)
-        if form == "ring":
-            return bool(self.supports_ring)
-        return False
-
-    # -- the shuffle form: hooks that split forward at its all-to-all points -----------------
-    # A mixer whose sequence mixing is independent across G groups (heads or channels) runs as
-    # finish(mix(prepare(x))). prepare and finish are pointwise in the sequence (apart from short
-    # left context, fetched through ``pieces``), mix runs the mixer's own kernel on some groups
-    # over the whole length. One process calls them in a row (``_forward_by_groups``); the
-    # sequence-parallel shuffle (``longmix.parallel.forms.parallelize``) puts an all-to-all between them.
-    def shuffle_groups(self) -> int:
-        """G, the number of groups whose sequence mixing is independent."""
-        raise NotImplementedError(f"{type(self).__name__} has no shuffle form")
-
-    def _shuffle_prepare(self, x: torch.Tensor, pieces) -> tuple:
-        """x (batch, l, dim) -> (streams (batch, l, G, *F), shared (batch, l, S) or None, ctx).
-
-        ``streams`` go to the rank owning their group; ``shared`` per-position inputs every group
-        needs (e.g. Mamba's B, C) go to every rank; ``ctx`` stays here for ``_shuffle_finish``.
-        ``pieces.left_context(t, rows)`` gives each local piece of t with the ``rows`` rows that
-        precede it in the global sequence (zeros before position 0)."""
-        raise NotImplementedError(f"{type(self).__name__} has no shuffle form")
-
-    def _shuffle_mix(self, streams: torch.Tensor, shared, groups: slice) -> torch.Tensor:
-        """The sequence mixing of ``groups`` over the whole length: streams (batch, L, g, *F) ->
-        (batch, L, g, *F_out)."""
-        raise NotImplementedError(f"{type(self).__name__} has no shuffle form")
-
-    def _shuffle_finish(self, mixed: torch.Tensor, ctx) -> torch.Tensor:
-        """(batch, l, G, *F_out) and ``ctx`` -> the output (batch, l, dim)."""
-        raise NotImplementedError(f"{type(self).__name__} has no shuffle form")
-
-    def _forward_by_groups(self, x: torch.Tensor) -> torch.Tensor:
-        streams, shared, ctx = self._shuffle_prepare(x, WholeSequence)
-        return self._shuffle_finish(self._shuffle_mix(streams, shared, slice(None)), ctx)
+        """Whether the instance's options allow a form whose hooks its class implements. State
+        passing needs the step mode, so a causal instance."""
+        return self._has_step_mode() if form == "state" else True
 
     # -- recurrent step mode and state passing --------------------------------------------------
     # A causal mixer is also a recurrence: a state summarizes the prefix it has read. Three uses
@@ -231,14 +185,6 @@ class TokenMixer(nn.Module):
     #     chunks find their incoming states from one all-gather of fixed-size summaries.
     # States are dicts of tensors. Recurrent sums are kept in float32 or wider (``state_dtype``):
     # folding many summaries in half precision loses accuracy as the number of chunks grows.
-
-    @property
-    def state_stages(self) -> dict[str, tuple[str, ...]]:
-        """The stages of state passing, in order, each with the state keys it resolves (one
-        all-gather each). A later stage's summary may read the incoming state's keys resolved by
-        earlier stages (Mamba's SSM summary needs the conv inputs that precede the chunk).
-        Default: one stage resolving the whole state."""
-        return {"state": tuple(self._init_state(1, torch.device("meta"), torch.float32))}
 
     @staticmethod
     def state_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -279,6 +225,7 @@ class TokenMixer(nn.Module):
             return x, dict(state)
         return self._forward_with_state(x, state)
 
+    # state passing's entries (the hooks they call are ``forms.StateHooks``) --------------------
     def state_summary(self, x: torch.Tensor, state: dict | None = None, stage: str | None = None) -> dict:
         """What the chunk x (batch, L, dim), L >= 0, does to the state parts of ``stage``.
 
@@ -310,7 +257,7 @@ class TokenMixer(nn.Module):
     def check_state_form(self, caller: str) -> None:
         """Raise a ValueError naming this mixer, ``caller`` and the reason, unless the instance
         can run by state passing (``"state" in parallel_forms``)."""
-        if self._supports_form("state"):
+        if "state" in self.parallel_forms:
             return
         if not self.causal:
             reason = "it is not causal (causal=False)"
@@ -319,14 +266,6 @@ class TokenMixer(nn.Module):
         else:
             reason = "its state grows with the sequence (no fixed-size summary)"
         raise ValueError(f"{type(self).__name__}.{caller}: no state-passing form: {reason}")
-
-    def _stage(self, stage: str | None) -> str:
-        stages = tuple(self.state_stages)
-        if stage is None:
-            return stages[0]
-        if stage not in stages:
-            raise ValueError(f"{type(self).__name__}: stage must be one of {stages}, got {stage!r}")
-        return stage
 
     def _check_chunk(self, x: torch.Tensor) -> None:
         """check_input, except that a chunk may be empty (a rank can hold no rows)."""
@@ -351,17 +290,11 @@ class TokenMixer(nn.Module):
             if value.dim() > 0 and value.shape[0] != batch:
                 raise ValueError(f"{name}: state[{key!r}] is for batch {value.shape[0]}, x has batch {batch}")
 
-    # -- to implement for step mode / state passing ----------------------------------------------
+    # -- to implement for step mode (state passing: ``forms.StateHooks``) -------------------------
     def _init_state(self, batch_size: int, device: torch.device, dtype: torch.dtype) -> dict:
         raise NotImplementedError
 
     def _forward_with_state(self, x: torch.Tensor, state: dict) -> tuple[torch.Tensor, dict]:
-        raise NotImplementedError
-
-    def _state_summary(self, x: torch.Tensor, state: dict | None, stage: str) -> dict:
-        raise NotImplementedError
-
-    def _chain_state(self, state: dict, summary: dict, stage: str) -> dict:
         raise NotImplementedError
 
     def extra_repr(self) -> str:
@@ -378,12 +311,11 @@ class TokenMixer(nn.Module):
         raise NotImplementedError(f"{type(self).__name__} does not define a mixing matrix")
 
 
-class ChannelMixer(TokenMixer):
+class ChannelMixer(ShuffleHooks, TokenMixer):
     """Base class of a mixer whose sequence mixing is independent per channel, one value in and
     one out (long convolutions, S4D, the token-mixing MLP): every channel is a shuffle group, so
     the forward and the shuffle form both come from one hook, :meth:`_mix_channels`."""
 
-    supports_shuffle = True
 
     def _mix_channels(self, u: torch.Tensor, groups: slice) -> torch.Tensor:
         """The sequence mixing of the channels ``groups`` over the whole length: u (batch, L, g)

@@ -20,6 +20,7 @@ from torch import nn
 
 from ..ops.fftconv import fft_conv, toeplitz_matrix
 from .base import ChannelMixer, Taxonomy, TokenMixer, check_int, last_rows, shift_in
+from .forms import ShuffleHooks
 from .registry import register
 
 
@@ -153,7 +154,7 @@ class LongConv(ChannelMixer):
 
 
 @register("hyena")
-class Hyena(TokenMixer):
+class Hyena(ShuffleHooks, TokenMixer):
     """Hyena operator of order 2 (Poli et al. 2023): y = W_out (x2 * (h * (x1 * v))).
 
     (v, x1, x2) = S(x W_in + b): a linear projection to 3 * dim channels followed by Hyena's
@@ -206,7 +207,6 @@ class Hyena(TokenMixer):
 
     # -- shuffle hooks: channel c is a group; its (v, x1, x2) streams travel together, and the
     # short conv, being depthwise, runs with the long one over the whole length ----------------
-    supports_shuffle = True
 
     def shuffle_groups(self) -> int:
         return self.dim

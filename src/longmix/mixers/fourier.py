@@ -9,6 +9,7 @@ import torch
 
 from ..ops.dft import dft_matrix
 from .base import Taxonomy, TokenMixer
+from .forms import ShuffleHooks
 from .registry import register
 
 
@@ -17,7 +18,7 @@ def _complex_dtype(x: torch.Tensor) -> torch.dtype:
 
 
 @register("fnet")
-class FNet(TokenMixer):
+class FNet(ShuffleHooks, TokenMixer):
     """FNet: y = Re(F_s X F_h) for x (batch, L, dim), computed by ``torch.fft.fft2``.
 
     F_s (L x L) and F_h (dim x dim) are the DFT (Vandermonde) matrices F[j, k] = w^(j k),
@@ -39,7 +40,6 @@ class FNet(TokenMixer):
 
     # -- shuffle hooks: the hidden DFT is pointwise in the sequence; after it every channel's
     # sequence DFT is independent. A channel travels as (real, imaginary) and returns real. ----
-    supports_shuffle = True
 
     def shuffle_groups(self) -> int:
         return self.dim

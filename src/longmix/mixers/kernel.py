@@ -18,11 +18,12 @@ import torch
 from ..ops.feature_maps import elu_feature_map, orthogonal_gaussian_projection, positive_random_features
 from ..ops.linear_attention import linear_attention, linear_attention_state
 from .base import Taxonomy, check_int
+from .forms import StateHooks
 from .qkv import QKVMixer
 from .registry import register
 
 
-class KernelAttention(QKVMixer):
+class KernelAttention(StateHooks, QKVMixer):
     """Shared by kernel mixers: subclasses define ``_features(q, k) -> (phi_q, phi_k)``.
 
     Args:

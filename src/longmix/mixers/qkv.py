@@ -16,9 +16,10 @@ from einops import rearrange
 from torch import nn
 
 from .base import TokenMixer
+from .forms import ShuffleHooks
 
 
-class QKVMixer(TokenMixer):
+class QKVMixer(ShuffleHooks, TokenMixer):
     """Base class: q/k/v/out projections around a per-head mixing of the values."""
 
     uses_heads = True
@@ -40,7 +41,6 @@ class QKVMixer(TokenMixer):
         return self._forward_by_groups(x)
 
     # -- shuffle hooks: heads are the groups; a head's q, k, v travel as one (3, head_dim) stream
-    supports_shuffle = True
 
     def shuffle_groups(self) -> int:
         return self.heads

@@ -20,6 +20,7 @@ import torch
 from ..ops.block_sparse import (bigbird_block_mask, bigbird_block_pattern, block_mask,
                                 block_sparse_attention, local_block_pattern)
 from .base import Taxonomy, check_int, last_rows, shift_in
+from .forms import StateHooks
 from .qkv import QKVMixer, masked_softmax_matrix
 from .registry import register
 
@@ -30,7 +31,7 @@ def token_mask(block_level: torch.Tensor, block_size: int, length: int) -> torch
     return dense[:length, :length]
 
 
-class BlockSparseAttention(QKVMixer):
+class BlockSparseAttention(StateHooks, QKVMixer):
     """Shared by the sparse mixers: a block size and softmax attention over a block pattern.
 
     A NaN or inf reaches only the queries whose pattern reads its position (in particular, when

@@ -23,6 +23,7 @@ from ..ops.scan import check_backend, selective_scan, selective_scan_matrix
 from ..ops.short_conv import short_conv
 from ..ops.vandermonde import log_vandermonde, log_vandermonde_transpose, vandermonde_matrix
 from .base import ChannelMixer, Taxonomy, TokenMixer, WholeSequence, check_int, last_rows, shift_in
+from .forms import ShuffleHooks, StateHooks
 from .registry import register
 
 
@@ -36,7 +37,7 @@ def _log_uniform(n: int, low: float, high: float) -> torch.Tensor:
 
 
 @register("s4d")
-class S4D(ChannelMixer):
+class S4D(StateHooks, ChannelMixer):
     """S4D: per channel h, a diagonal complex SSM x' = A x + B u, y = 2 Re(C x) + D u.
 
     Continuous parameters (S4D-Lin init): A_n = -1/2 + i pi n for n < d_state/2 (the other half
@@ -222,7 +223,7 @@ def _joined(parts: list[torch.Tensor], dim: int) -> torch.Tensor:
 
 
 @register("mamba")
-class Mamba(TokenMixer):
+class Mamba(ShuffleHooks, StateHooks, TokenMixer):
     """Mamba's block around a selective SSM (S6), x (batch, L, dim) -> (batch, L, dim).
 
         u, z = in_proj(x);  u = silu(causal depthwise conv(u));  y = SSM(u) + D u
@@ -330,7 +331,6 @@ class Mamba(TokenMixer):
 
     # -- shuffle hooks: inner channels are the groups; B, C and the low-rank dt are shared by all
     # channels, so they travel to every rank (dt_rank + 2N numbers per position and direction) --
-    supports_shuffle = True
 
     def shuffle_groups(self) -> int:
         return self.d_inner

@@ -9,7 +9,7 @@ from dataclasses import asdict, dataclass, field
 
 from ..checks import check_int, check_optional_int
 from ..parallel.layout import check_layout
-from ..parallel.forms.model_plan import FORMS
+from ..vocabulary import FORMS
 
 #: Fields left out of the identity while they hold these defaults, so that the run ids of runs
 #: made before the fields existed stay the same.

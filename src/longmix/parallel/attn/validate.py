@@ -18,7 +18,6 @@ import struct
 from dataclasses import dataclass
 
 import torch
-import torch.distributed as dist
 
 from longmix.checks import check_optional_int
 from longmix.vocabulary import STRATEGIES

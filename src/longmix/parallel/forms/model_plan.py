@@ -19,22 +19,9 @@ import torch
 
 from longmix.checks import check_int
 
-from ..halo import halo_plan
-from ..layout import all_segments, check_layout
-from .regroup import group_split, regroup_elements
-
-FORMS = ("shuffle", "state", "ring")
-
-
-@dataclass(frozen=True)
-class FormCost:
-    """One form for one layer: feasible or why not, and bytes sent per rank (forward, backward)."""
-
-    form: str
-    feasible: bool
-    reason: str = ""
-    forward_bytes: tuple[int, ...] | None = None   # per rank; None: not predicted
-    backward_bytes: tuple[int, ...] | None = None
+from ..layout import check_layout
+from .cost import FormCost
+from .table import FORMS
 
 
 @dataclass
@@ -89,133 +76,14 @@ def mixer_name(mixer) -> str:
     return getattr(type(mixer), "name", type(mixer).__name__)
 
 
-class _Recorder:
-    """A ``pieces`` stand-in that records the halos ``_shuffle_prepare`` asks for."""
-
-    def __init__(self):
-        self.halos: list[tuple[int, int]] = []  # (rows, features per row)
-
-    def left_context(self, t, rows):
-        from longmix.mixers.base import WholeSequence
-
-        self.halos.append((rows, int(t[0, 0].numel())))
-        return WholeSequence.left_context(t, rows)
-
-
-@dataclass(frozen=True)
-class StreamWidths:
-    groups: int
-    feats: int       # per group and row, into the all-to-all
-    shared: int      # per row, to every rank
-    feats_out: int   # per group and row, back
-    halos: tuple[tuple[int, int], ...]  # (rows, features per row) fetched by prepare
-
-
-def stream_widths(mixer) -> StreamWidths:
-    """Widths of the shuffle's streams, by running the hooks on one token (no gradients)."""
-    param = next(mixer.parameters(), None)
-    dtype = param.dtype if param is not None else torch.float32
-    device = param.device if param is not None else None
-    recorder = _Recorder()
-    with torch.no_grad():
-        x = torch.zeros(1, 1, mixer.dim, dtype=dtype, device=device)
-        streams, shared, _ = mixer._shuffle_prepare(x, recorder)
-        mixed = mixer._shuffle_mix(streams[:, :, :1], shared, slice(0, 1))
-    return StreamWidths(groups=mixer.shuffle_groups(), feats=streams[0, 0, 0].numel(),
-                        shared=0 if shared is None else shared.shape[-1],
-                        feats_out=mixed[0, 0, 0].numel(), halos=tuple(recorder.halos))
-
-
-def _element_size(dtype) -> int:
-    return torch.empty(0, dtype=dtype).element_size()
-
-
-def _accumulator_size(dtype) -> int:
-    return 8 if dtype == torch.float64 else 4
-
-
-def shuffle_cost(mixer, seq_len, world, batch, dtype, layout) -> FormCost:
-    groups = mixer.shuffle_groups()
-    if world > groups:
-        return FormCost("shuffle", False,
-                        f"the shuffle gives every rank at least one of its {groups} "
-                        f"{'heads' if mixer_is_qkv(mixer) else 'channels'}, but there are {world} "
-                        "ranks")
-    if seq_len is None:
-        return FormCost("shuffle", True)
-    w = stream_widths(mixer)
-    segs = all_segments(seq_len, world, layout)
-    lengths = [sum(n for _, n in s) for s in segs]
-    split = group_split(groups, world)
-    size = _element_size(dtype)
-    fwd, bwd = [], []
-    for r in range(world):
-        f, b = regroup_elements(lengths, split, r, batch, w.feats, w.shared, w.feats_out)
-        halos = [(halo_plan(segs, r, rows), batch * width) for rows, width in w.halos]
-        fwd.append((f + sum(h.rows_sent() * n for h, n in halos)) * size)
-        bwd.append((b + sum(h.rows_received() * n for h, n in halos)) * size)
-    return FormCost("shuffle", True, forward_bytes=tuple(fwd), backward_bytes=tuple(bwd))
-
-
-def mixer_is_qkv(mixer) -> bool:
-    from longmix.mixers.qkv import QKVMixer
-
-    return isinstance(mixer, QKVMixer)
-
-
-def ring_cost(mixer, seq_len, world, batch, dtype, layout) -> FormCost:
-    if seq_len is None:
-        return FormCost("ring", True)
-    segs = all_segments(seq_len, world, layout)
-    lengths = [sum(n for _, n in s) for s in segs]
-    row = batch * mixer.heads * 2 * mixer.head_dim  # one row of K and V
-    size, acc = _element_size(dtype), _accumulator_size(dtype)
-    window = getattr(mixer, "window", None)
-    fwd, bwd = [], []
-    for r in range(world):
-        if window is not None:  # the halo of window - 1 rows per side (left only when causal)
-            halo = halo_plan(segs, r, window - 1, 0 if mixer.causal else window - 1)
-            fwd.append(halo.rows_sent() * row * size)
-            bwd.append(halo.rows_received() * row * size)  # the gradients of what arrived
-            continue
-        if world == 1:
-            fwd.append(0)
-            bwd.append(0)
-            continue
-        # step s sends the block that started on rank r - s (steps 0 .. P-2), if it has rows;
-        # the backward sends the K/V blocks again and every block's dK/dV accumulator once
-        kv = sum(lengths[(r - s) % world] for s in range(world - 1)) * row * size
-        fwd.append(kv)
-        bwd.append(kv + sum(lengths) * row * acc)
-    return FormCost("ring", True, forward_bytes=tuple(fwd), backward_bytes=tuple(bwd))
-
-
-def state_cost(mixer, seq_len, world, batch, dtype, layout) -> FormCost:
-    try:
-        from . import state_passing
-    except ImportError:
-        return FormCost("state", False, "longmix.parallel.forms.state_passing is not available")
-    if seq_len is None:
-        return FormCost("state", True)
-    # the same on every rank, and independent of L; parallelize passes the agreed seq_len, so no
-    # shape-check record travels
-    sent = state_passing.state_passing_bytes(mixer, batch, world, layout, dtype=dtype,
-                                             seq_len_known=True)
-    back = state_passing.state_passing_backward_bytes(mixer, batch, world, layout, dtype=dtype)
-    return FormCost("state", True, forward_bytes=(sent,) * world, backward_bytes=(back,) * world)
-
-
-_COSTS = {"shuffle": shuffle_cost, "ring": ring_cost, "state": state_cost}
-
-
 def layer_options(mixer, seq_len, world, batch, dtype, layout) -> list[FormCost]:
     supported = mixer.parallel_forms
     options = []
-    for form in FORMS:
-        if form not in supported:
-            options.append(FormCost(form, False, f"{mixer_name(mixer)} has no {form} form"))
+    for form in FORMS.values():
+        if form.name not in supported:
+            options.append(FormCost(form.name, False, f"{mixer_name(mixer)} has no {form.name} form"))
         else:
-            options.append(_COSTS[form](mixer, seq_len, world, batch, dtype, layout))
+            options.append(form.cost(mixer, seq_len, world, batch, dtype, layout))
     return options
 
 
@@ -272,7 +140,7 @@ def plan_model(module, seq_len: int | None, world_size: int, batch: int = 1, *,
     plans = []
     for (name, mixer), want in zip(layers, forced):
         if want is not None and want not in FORMS:
-            raise ValueError(f"forms: unknown form {want!r} for layer {name!r}; forms are {FORMS}")
+            raise ValueError(f"forms: unknown form {want!r} for layer {name!r}; forms are {tuple(FORMS)}")
         options = layer_options(mixer, seq_len, world_size, batch, dtype, layout)
         if want is None:
             choice = _choose(options)

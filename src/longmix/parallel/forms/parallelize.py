@@ -24,100 +24,15 @@ partials. All collectives have hand-written backward passes (``Exchange``, ``_Al
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 import torch.distributed as dist
 from torch import nn
 
-from ..halo import HaloPieces, join_backward, window_attention
-from ..layout import Segment, all_segments, check_layout, resolve_group, sequence_order
-from .model_plan import mixer_layers, plan_model
-from .regroup import (group_split, pack_for_groups, pack_for_sequence, to_group_shards,
-                      to_sequence_shards)
+from ..layout import check_layout, resolve_group
 from ..stats import CommStats
-from ..exchange import gather_records
-
-_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64, torch.int64)
-_MESSAGE_BYTES = 300
-
-
-@dataclass(frozen=True)
-class Shards:
-    """How the sequence is split, agreed by every rank at the start of a forward."""
-
-    world: int
-    rank: int
-    layout: str
-    seq_len: int
-    batch: int
-    segments: list[list[Segment]]
-    lengths: list[int]
-
-    @property
-    def positions(self) -> torch.Tensor:
-        """Global index of each local row, (local_len,)."""
-        mine = self.segments[self.rank]
-        if not mine:
-            return torch.zeros(0, dtype=torch.long)
-        return torch.cat([torch.arange(s, s + n) for s, n in mine])
-
-    @property
-    def last_row(self) -> int | None:
-        """Local row of the sequence's last position, None if another rank holds it."""
-        offset = 0
-        for s, n in self.segments[self.rank]:
-            if s + n == self.seq_len:
-                return offset + n - 1
-            offset += n
-        return None
-
-
-def agree_on_shards(x, group, layout: str, *, what: str, dims: int, width: int | None = None,
-                    max_len: int | None = None) -> Shards:
-    """Check this rank's shard ``x`` against every other rank's in one small all-gather, so bad
-    or disagreeing shards raise the same ValueError on every rank instead of hanging.
-
-    ``dims``: the expected rank of x (batch, local_len[, width]); ``width``: its last dim."""
-    group, world, rank = resolve_group(group)
-    error = ""
-    if not isinstance(x, torch.Tensor):
-        error = f"{what} must be a torch.Tensor, got {type(x).__name__}"
-    elif x.dim() != dims or (width is not None and x.shape[-1] != width):
-        shape = "(batch, local_len" + (f", {width})" if width is not None else ")")
-        error = f"{what} must have shape {shape}, got {tuple(x.shape)}"
-    elif x.dtype not in _DTYPES:
-        error = f"{what} has unsupported dtype {x.dtype}"
-    text = error.encode()[:_MESSAGE_BYTES]
-    record = ([-1, -1, -1] if error else
-              [x.shape[0], x.shape[1], _DTYPES.index(x.dtype)]) + \
-        [len(text)] + list(text) + [0] * (_MESSAGE_BYTES - len(text))
-    records = gather_records(record, group) if world > 1 else [record]
-    bad = {r: bytes(rec[4:4 + rec[3]]).decode(errors="replace")
-           for r, rec in enumerate(records) if rec[3] > 0}
-    if bad:
-        detail = "; ".join(f"rank {r}: {msg}" for r, msg in bad.items())
-        raise ValueError(f"parallelize: invalid {what} on rank(s) {sorted(bad)}: {detail}")
-    for i, name in ((0, "batch size (dim 0)"), (2, "dtype")):
-        values = [rec[i] for rec in records]
-        if len(set(values)) > 1:
-            shown = [str(_DTYPES[v]) if i == 2 else v for v in values]
-            raise ValueError(f"parallelize: {what} {name} must agree across ranks, got "
-                             f"{', '.join(f'rank {r}: {v}' for r, v in enumerate(shown))}")
-    lengths = [rec[1] for rec in records]
-    seq_len = sum(lengths)
-    segments = all_segments(seq_len, world, layout)
-    expected = [sum(n for _, n in s) for s in segments]
-    if seq_len < 1:
-        raise ValueError(f"parallelize: the sequence is empty (every rank's {what} has length 0)")
-    if lengths != expected:
-        raise ValueError(f"parallelize: shard lengths (dim 1) {lengths} of {what} do not match the "
-                         f"{layout!r} layout of a length-{seq_len} sequence over {world} ranks "
-                         f"(expected {expected}); use longmix.parallel.shard(x, layout={layout!r})")
-    if max_len is not None and seq_len > max_len:
-        raise ValueError(f"parallelize: the sequence length {seq_len} exceeds max_len={max_len}")
-    return Shards(world=world, rank=rank, layout=layout, seq_len=seq_len,
-                  batch=records[0][0], segments=segments, lengths=lengths)
+from .model_plan import mixer_layers, plan_model
+from .shards import Shards, agree_on_shards
+from .table import FORMS
 
 
 class _AllReduceSum(torch.autograd.Function):
@@ -180,60 +95,7 @@ class ParallelMixer(nn.Module):
         if shards.world == 1:
             return self.mixer(x)
         group, _, _ = resolve_group(self.group)
-        if self.form == "shuffle":
-            return self._shuffle(x, shards, group)
-        if self.form == "ring":
-            return self._ring(x, shards, group)
-        if self.form == "state":
-            from .state_passing import state_passing_mix
-
-            # the shards were agreed above: skip state passing's own all-gathered shape check
-            return state_passing_mix(self.mixer, x, group=group, layout=self.layout,
-                                     stats=self.stats, seq_len=shards.seq_len)
-        raise ValueError(f"unknown form {self.form!r}")
-
-    def _shuffle(self, x, shards: Shards, group):
-        mixer = self.mixer
-        split = group_split(mixer.shuffle_groups(), shards.world)
-        start, count = split[shards.rank]
-        pieces = HaloPieces(shards.segments, shards.rank, group, self.stats)
-        streams, shared, ctx = mixer._shuffle_prepare(x, pieces)
-        wire = dict(batch=x.shape[0], lengths=shards.lengths, split=split, group=group,
-                    stats=self.stats)
-        features, width = tuple(streams.shape[3:]), 0 if shared is None else shared.shape[-1]
-        send = pack_for_groups(streams, shared, split)
-        del streams, shared  # freed before the exchange allocates (without autograd holding them)
-        streams, shared = to_group_shards(send, features=features, shared=width, **wire)
-        del send
-        order = sequence_order(shards.segments)  # zigzag rows arrive rank-major
-        if order is not None:
-            order = order.to(x.device)
-            streams = streams.index_select(1, order)
-            shared = None if shared is None else shared.index_select(1, order)
-        mixed = mixer._shuffle_mix(streams, shared, slice(start, start + count))
-        del streams, shared
-        if order is not None:
-            mixed = mixed.index_select(1, torch.argsort(order))
-        features = tuple(mixed.shape[3:])
-        send = pack_for_sequence(mixed, shards.lengths)
-        del mixed
-        out = mixer._shuffle_finish(to_sequence_shards(send, features=features, **wire), ctx)
-        return out if shards.lengths[shards.rank] else join_backward(out, *pieces.received)
-
-    def _ring(self, x, shards: Shards, group):
-        from ..attn.ring import ring_attention
-
-        mixer = self.mixer  # softmax attention: the only mixer with the ring form
-        q, k, v = mixer._qkv(x)
-        if mixer.window is not None:
-            out = window_attention(q, k, v, segments=shards.segments, causal=mixer.causal,
-                                   window=mixer.window, group=group, scale=mixer.scale,
-                                   stats=self.stats)
-        else:
-            out = ring_attention(q.contiguous(), k.contiguous(), v.contiguous(),
-                                 segments=shards.segments, causal=mixer.causal, group=group,
-                                 scale=mixer.scale, stats=self.stats)
-        return mixer._merge(out)
+        return FORMS[self.form].run(self.mixer, x, shards, group, self.stats)
 
     @property
     def forms(self) -> list[str]:

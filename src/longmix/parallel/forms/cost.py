@@ -1,0 +1,25 @@
+"""What a parallel form costs one layer: feasible or why not, and the bytes each rank sends."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass(frozen=True)
+class FormCost:
+    """One form for one layer: feasible or why not, and bytes sent per rank (forward, backward)."""
+
+    form: str
+    feasible: bool
+    reason: str = ""
+    forward_bytes: tuple[int, ...] | None = None   # per rank; None: not predicted
+    backward_bytes: tuple[int, ...] | None = None
+
+
+def element_size(dtype) -> int:
+    return torch.empty(0, dtype=dtype).element_size()
+
+
+def accumulator_size(dtype) -> int:
+    return 8 if dtype == torch.float64 else 4

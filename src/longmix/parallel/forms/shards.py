@@ -1,0 +1,90 @@
+"""How a sequence is split over ranks, agreed by every rank before any layer exchanges data."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from ..exchange import gather_records
+from ..layout import Segment, all_segments, resolve_group
+
+_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64, torch.int64)
+_MESSAGE_BYTES = 300
+
+
+@dataclass(frozen=True)
+class Shards:
+    """How the sequence is split, agreed by every rank at the start of a forward."""
+
+    world: int
+    rank: int
+    layout: str
+    seq_len: int
+    batch: int
+    segments: list[list[Segment]]
+    lengths: list[int]
+
+    @property
+    def positions(self) -> torch.Tensor:
+        """Global index of each local row, (local_len,)."""
+        mine = self.segments[self.rank]
+        if not mine:
+            return torch.zeros(0, dtype=torch.long)
+        return torch.cat([torch.arange(s, s + n) for s, n in mine])
+
+    @property
+    def last_row(self) -> int | None:
+        """Local row of the sequence's last position, None if another rank holds it."""
+        offset = 0
+        for s, n in self.segments[self.rank]:
+            if s + n == self.seq_len:
+                return offset + n - 1
+            offset += n
+        return None
+
+
+def agree_on_shards(x, group, layout: str, *, what: str, dims: int, width: int | None = None,
+                    max_len: int | None = None) -> Shards:
+    """Check this rank's shard ``x`` against every other rank's in one small all-gather, so bad
+    or disagreeing shards raise the same ValueError on every rank instead of hanging.
+
+    ``dims``: the expected rank of x (batch, local_len[, width]); ``width``: its last dim."""
+    group, world, rank = resolve_group(group)
+    error = ""
+    if not isinstance(x, torch.Tensor):
+        error = f"{what} must be a torch.Tensor, got {type(x).__name__}"
+    elif x.dim() != dims or (width is not None and x.shape[-1] != width):
+        shape = "(batch, local_len" + (f", {width})" if width is not None else ")")
+        error = f"{what} must have shape {shape}, got {tuple(x.shape)}"
+    elif x.dtype not in _DTYPES:
+        error = f"{what} has unsupported dtype {x.dtype}"
+    text = error.encode()[:_MESSAGE_BYTES]
+    record = ([-1, -1, -1] if error else
+              [x.shape[0], x.shape[1], _DTYPES.index(x.dtype)]) + \
+        [len(text)] + list(text) + [0] * (_MESSAGE_BYTES - len(text))
+    records = gather_records(record, group) if world > 1 else [record]
+    bad = {r: bytes(rec[4:4 + rec[3]]).decode(errors="replace")
+           for r, rec in enumerate(records) if rec[3] > 0}
+    if bad:
+        detail = "; ".join(f"rank {r}: {msg}" for r, msg in bad.items())
+        raise ValueError(f"parallelize: invalid {what} on rank(s) {sorted(bad)}: {detail}")
+    for i, name in ((0, "batch size (dim 0)"), (2, "dtype")):
+        values = [rec[i] for rec in records]
+        if len(set(values)) > 1:
+            shown = [str(_DTYPES[v]) if i == 2 else v for v in values]
+            raise ValueError(f"parallelize: {what} {name} must agree across ranks, got "
+                             f"{', '.join(f'rank {r}: {v}' for r, v in enumerate(shown))}")
+    lengths = [rec[1] for rec in records]
+    seq_len = sum(lengths)
+    segments = all_segments(seq_len, world, layout)
+    expected = [sum(n for _, n in s) for s in segments]
+    if seq_len < 1:
+        raise ValueError(f"parallelize: the sequence is empty (every rank's {what} has length 0)")
+    if lengths != expected:
+        raise ValueError(f"parallelize: shard lengths (dim 1) {lengths} of {what} do not match the "
+                         f"{layout!r} layout of a length-{seq_len} sequence over {world} ranks "
+                         f"(expected {expected}); use longmix.parallel.shard(x, layout={layout!r})")
+    if max_len is not None and seq_len > max_len:
+        raise ValueError(f"parallelize: the sequence length {seq_len} exceeds max_len={max_len}")
+    return Shards(world=world, rank=rank, layout=layout, seq_len=seq_len,
+                  batch=records[0][0], segments=segments, lengths=lengths)
