@@ -61,6 +61,9 @@ def add_arguments(parser):
            "WORLD_SIZE is used and --procs may be left out")
     a("--layout", default="contiguous", choices=LAYOUTS,
       help="how a sequence is split over the ranks (zigzag balances causal work; default contiguous)")
+    a("--seq-parallel", type=int, default=None, metavar="S",
+      help="ranks splitting each sequence (default: all); the --procs / S rows of the data x seq "
+           "grid read different parts of each batch")
     a("--form", default=None, choices=FORMS,
       help="the parallel form of every mixer layer on several ranks "
            "(default: planned per layer, the fewest bytes sent)")
@@ -80,7 +83,8 @@ def config_from_args(args, procs: int | None = None):
         task_params=parse_pairs(args.task_param, "--task-param"),
         mixer_options=parse_pairs(args.mixer_option, "--mixer-option"), out=args.out,
         eval_every=args.eval_every, checkpoint_every=args.checkpoint_every, device=args.device,
-        threads=args.threads, progress=not args.quiet, procs=procs, layout=args.layout, form=args.form)
+        threads=args.threads, progress=not args.quiet, procs=procs, layout=args.layout, form=args.form,
+        seq_parallel=args.seq_parallel)
 
 
 def run(args) -> int:

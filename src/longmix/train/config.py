@@ -17,7 +17,7 @@ OPTIONAL_IDENTITY = {"causal": None, "init_from": None}
 
 #: Fields that do not change what is trained or measured: a run may be resumed with other values.
 NON_IDENTITY = ("out", "eval_every", "checkpoint_every", "device", "threads", "progress", "procs", "layout",
-                "form")
+                "form", "seq_parallel")
 
 
 @dataclass
@@ -63,7 +63,8 @@ class TrainConfig:
     device: str = "cpu"
     threads: int | None = None
     progress: bool = True
-    procs: int = 1  # ranks the sequence is split over; the result equals one process's
+    procs: int = 1  # ranks of the run; the result equals one process's
+    seq_parallel: int | None = None  # ranks splitting each sequence (None: all); the rest split the batch
     layout: str = "contiguous"  # how the sequence is split over the ranks (see longmix.parallel)
     form: str | None = None  # the parallel form of every mixer layer on P ranks (None: planned)
 
@@ -88,10 +89,18 @@ class TrainConfig:
         if self.init_from is not None and not (isinstance(self.init_from, str) and self.init_from):
             raise ValueError(f"init_from must be None or the path of a finished run's folder, "
                              f"got {self.init_from!r}")
+        check_optional_int("seq_parallel", self.seq_parallel)
+        if self.seq_parallel is not None and self.procs > 1:
+            check_mesh(self.procs, self.seq_parallel, self.batch_size)
         if self.form is not None and self.form not in FORMS:
             raise ValueError(f"form must be None (planned per layer) or one of {FORMS}, got {self.form!r}")
         self.task_params = dict(self.task_params)
         self.mixer_options = dict(self.mixer_options)
+
+    @property
+    def data_parallel(self) -> int:
+        """Rows of the data x seq grid on ``procs`` ranks: parts of each batch."""
+        return self.procs // (self.seq_parallel or self.procs)
 
     @property
     def warmup_steps(self) -> int:
@@ -139,3 +148,15 @@ def parse_pairs(pairs: list[str] | None, option: str) -> dict:
             raise ValueError(f"{option} expects key=value, got {pair!r}")
         out[key.strip()] = parse_value(value.strip())
     return out
+
+
+def check_mesh(world: int, seq_parallel: int, batch_size: int) -> None:
+    """A data x seq grid of ``world`` ranks: ``seq_parallel`` divides ``world``, and the number
+    of rows (data parts) divides ``batch_size``, so every row reads a whole part of each batch."""
+    if world % seq_parallel:
+        raise ValueError(f"seq_parallel={seq_parallel} must divide the number of ranks ({world}): "
+                         f"the ranks form a data x seq grid")
+    data = world // seq_parallel
+    if batch_size % data:
+        raise ValueError(f"batch_size={batch_size} must be divisible by the data-parallel size "
+                         f"{data} (= {world} ranks / seq_parallel {seq_parallel})")

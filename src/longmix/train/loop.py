@@ -163,14 +163,15 @@ def evaluate(model: torch.nn.Module, task, cfg: TrainConfig, split: str, device:
     last = min(cfg.eval_last, cfg.context)
     for index in range(cfg.eval_batches):
         x, y = task.batch(split, index, cfg.batch_size, cfg.context)
+        x, y = ranks.batch_part(x), ranks.batch_part(y)
         target = scored_targets(y, task.kind, task.pad_id, last=last)
         target = (ranks.shard(target) if task.kind == "lm" else target).to(device)
         logits = model(ranks.shard(x).to(device))
         total, n = loss_sum(logits, target, task.kind)
         totals += torch.tensor([total.item(), n, _correct(logits, target, task.kind)], dtype=torch.float64)
     model.train(was_training)
-    if task.kind == "lm":  # each rank scored its own positions; a classifier's logits are whole
-        totals = ranks.sum(totals)
+    # each rank scored its own positions; a classifier's logits are whole within a row
+    totals = ranks.sum(totals) if task.kind == "lm" else ranks.sum_over_batch_parts(totals)
     total_loss, total_n, correct = totals.tolist()
     total_n = int(total_n)
     nats = total_loss / max(total_n, 1)
@@ -183,10 +184,10 @@ def evaluate(model: torch.nn.Module, task, cfg: TrainConfig, split: str, device:
 def sequence_parallel(model: torch.nn.Module, cfg: TrainConfig, ranks: Ranks) -> torch.nn.Module:
     """``model`` itself on one process; on P ranks, the sequence-parallel model that shares its
     parameters (each layer in ``cfg.form``, or the planned one)."""
-    if ranks.world == 1:
+    if ranks.seq_world == 1:
         return model
-    return parallelize(model, group=ranks.group, layout=ranks.layout, forms=cfg.form,
-                       seq_len=cfg.context, batch=cfg.batch_size)
+    return parallelize(model, group=ranks.seq_group, layout=ranks.layout, forms=cfg.form,
+                       seq_len=cfg.context, batch=cfg.batch_size // ranks.data_world)
 
 
 def load_weights(model: torch.nn.Module, weights: dict, source: str) -> None:
@@ -209,7 +210,7 @@ def evaluate_checkpoint(cfg: TrainConfig, path: str | os.PathLike, split: str = 
     device = resolve_device(cfg.device)
     model = SequenceModel(model_config(cfg, task)).to(device)
     load_weights(model, checkpoint.load(path)["model"], f"checkpoint {path}")
-    ranks = Ranks.of(group, cfg.layout)
+    ranks = Ranks.of(group, cfg.layout, cfg.seq_parallel)
     runner = sequence_parallel(model, cfg, ranks)
     return evaluate(runner, task, cfg, split, device, ranks)
 
@@ -235,7 +236,7 @@ def train(cfg: TrainConfig, group=None) -> dict:
     device = resolve_device(cfg.device)
     if group is None and cfg.procs > 1 and not (dist.is_available() and dist.is_initialized()):
         return _train_on_local_ranks(cfg, device)
-    return _train_as_rank(cfg, task, mcfg, device, Ranks.of(group, cfg.layout))
+    return _train_as_rank(cfg, task, mcfg, device, Ranks.of(group, cfg.layout, cfg.seq_parallel))
 
 
 def _train_on_local_ranks(cfg: TrainConfig, device: torch.device) -> dict:
@@ -268,7 +269,7 @@ def _rank_main(group, cfg: TrainConfig):
     try:
         task = tasks.build(cfg.task, seed=cfg.seed, **cfg.task_params)
         record = _train_as_rank(cfg, task, model_config(cfg, task), resolve_device(cfg.device),
-                                Ranks.of(group, cfg.layout))
+                                Ranks.of(group, cfg.layout, cfg.seq_parallel))
         return "ok", record
     except ValueError as err:
         return type(err).__name__, str(err)
@@ -412,6 +413,7 @@ def _run(cfg, task, mcfg, device, out, run_id, say, ranks: Ranks) -> dict:
             x, y = task.batch("train", step, cfg.batch_size, cfg.context)
             if step == first_step:  # a task must give every rank the same batch
                 ranks.check_same(torch.cat([x.flatten(), y.flatten()]), f"the train batch of step {step}")
+            x, y = ranks.batch_part(x), ranks.batch_part(y)
             target = scored_targets(y, task.kind, task.pad_id, last=train_last)
             target = (ranks.shard(target) if task.kind == "lm" else target).to(device)
             local_sum, local_n = loss_sum(runner(ranks.shard(x).to(device)), target, task.kind)
@@ -420,9 +422,9 @@ def _run(cfg, task, mcfg, device, out, run_id, say, ranks: Ranks) -> dict:
                                                             torch.tensor(float(local_n), dtype=torch.float64)]))
                 share = local_sum / max(total_n.item(), 1)  # this rank's share of the global mean
                 loss_value = total_sum.item() / max(total_n.item(), 1)
-            else:  # every rank holds the whole batch's logits; the model splits their gradient
-                share = local_sum / local_n
-                loss_value = share.item()
+            else:  # a row's ranks hold its part's logits; the model splits their gradient
+                share = local_sum / cfg.batch_size
+                loss_value = ranks.sum_over_batch_parts(local_sum).item() / cfg.batch_size
             optimizer.zero_grad(set_to_none=True)
             share.backward()
             ranks.sum_gradients(model)
@@ -466,7 +468,8 @@ def _run(cfg, task, mcfg, device, out, run_id, say, ranks: Ranks) -> dict:
         "positional": model.positional_kind,
         "tokens_seen": step * tokens_per_step,
         "world_size": ranks.world, "layout": ranks.layout if ranks.world > 1 else None,
-        "forms": list(runner.forms) if ranks.world > 1 else None,
+        "forms": list(runner.forms) if ranks.seq_world > 1 else None,
+        "mesh": ranks.mesh if ranks.grid is not None else None,  # [data, seq]
         "wall_s": round(wall_s, 3), "sessions": sessions,
         "status": results.FINISHED,
         "machine": machine.describe(str(device)), "date": utc_now(), **provenance(),

@@ -20,6 +20,7 @@ import torch
 import torch.distributed as dist
 
 from ..parallel.layout import resolve_group, shard
+from ..parallel.mesh import MeshGroups, data_seq_groups
 
 T = TypeVar("T")
 
@@ -40,12 +41,16 @@ def rebuild_error(name: str, message: str) -> ValueError:
 
 @dataclass(frozen=True)
 class Ranks:
-    """This process's place in the run: ``rank`` of ``world`` in ``group`` (None: one process)."""
+    """This process's place in the run: ``rank`` of ``world`` in ``group`` (None: one process).
+
+    With a data x seq ``grid``, the ranks of a row split each sequence and the rows read
+    different parts of the batch; losses and gradients are still summed over all of ``group``."""
 
     group: object | None
     world: int
     rank: int
     layout: str = "contiguous"
+    grid: MeshGroups | None = None  # None: every rank splits the sequence
 
     @classmethod
     def single(cls) -> "Ranks":
@@ -53,8 +58,30 @@ class Ranks:
         return cls(None, 1, 0)
 
     @classmethod
-    def of(cls, group=None, layout: str = "contiguous") -> "Ranks":
-        return cls(*resolve_group(group), layout)
+    def of(cls, group=None, layout: str = "contiguous", seq_parallel: int | None = None) -> "Ranks":
+        group, world, rank = resolve_group(group)
+        grid = None
+        if seq_parallel is not None and seq_parallel != world:
+            grid = data_seq_groups(group, seq_parallel)
+        return cls(group, world, rank, layout, grid)
+
+    @property
+    def seq_group(self):
+        """The ranks splitting this rank's sequences."""
+        return self.group if self.grid is None else self.grid.seq_group
+
+    @property
+    def seq_world(self) -> int:
+        return self.world if self.grid is None else self.grid.seq
+
+    @property
+    def data_world(self) -> int:
+        return 1 if self.grid is None else self.grid.data
+
+    @property
+    def mesh(self) -> list[int]:
+        """[data, seq]: the grid's shape, as records carry it."""
+        return [self.data_world, self.seq_world]
 
     @property
     def is_main(self) -> bool:
@@ -99,7 +126,22 @@ class Ranks:
     # -- data and numbers ---------------------------------------------------------------------
     def shard(self, x: torch.Tensor) -> torch.Tensor:
         """This rank's part of x along dim 1 (the sequence)."""
-        return x if self.world == 1 else shard(x, self.group, layout=self.layout)
+        return x if self.seq_world == 1 else shard(x, self.seq_group, layout=self.layout)
+
+    def batch_part(self, x: torch.Tensor) -> torch.Tensor:
+        """This rank's row's part of a batch x (batch, ...): contiguous, equal parts."""
+        if self.grid is None:
+            return x
+        size = x.shape[0] // self.grid.data
+        return x[self.grid.data_rank * size:(self.grid.data_rank + 1) * size]
+
+    def sum_over_batch_parts(self, values: torch.Tensor) -> torch.Tensor:
+        """The sum over the rows of a value every rank of a row holds alike (a classifier's loss
+        of its part of the batch), float64."""
+        total = values.detach().to(torch.float64).clone()
+        if self.grid is not None:
+            dist.all_reduce(total, group=self.grid.data_group)
+        return total
 
     def sum(self, values: torch.Tensor) -> torch.Tensor:
         """The sum over ranks of a float tensor (float64: counts and losses stay exact)."""

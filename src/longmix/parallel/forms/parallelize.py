@@ -29,6 +29,7 @@ import torch.distributed as dist
 from torch import nn
 
 from ..layout import check_layout, resolve_group
+from ..mesh import seq_group
 from ..stats import CommStats
 from .model_plan import mixer_layers, plan_model
 from .shards import Shards, agree_on_shards
@@ -146,7 +147,7 @@ class ParallelSequenceModel(nn.Module):
 
 def parallelize(module: nn.Module, group=None, layout: str = "contiguous", forms=None,
                 stats: CommStats | None = None, *, seq_len: int | None = None,
-                batch: int = 1) -> nn.Module:
+                batch: int = 1, mesh=None) -> nn.Module:
     """The sequence-parallel form of a ``TokenMixer`` or a ``SequenceModel`` over ``group``.
 
     Args:
@@ -158,6 +159,10 @@ def parallelize(module: nn.Module, group=None, layout: str = "contiguous", forms
         stats: a :class:`CommStats` that counts the bytes every layer sends and receives.
         seq_len, batch: when given, ``forms=None`` picks the form sending the fewest bytes at this
             length; otherwise the first feasible form in ``mixer.parallel_forms`` order.
+        mesh: instead of ``group``, a ``DeviceMesh`` with a ``"seq"`` dimension (e.g.
+            ``mesh_dim_names=("data", "seq")``): its sequence group splits the sequence; each data
+            row feeds its own part of the batch, and gradients summed over every rank are one
+            process's on the combined batch.
 
     Returns a module with ``.forms`` (one form per mixer layer). Raises ValueError naming the
     layer when a layer has no exact form on this many ranks (e.g. more ranks than its heads).
@@ -166,6 +171,7 @@ def parallelize(module: nn.Module, group=None, layout: str = "contiguous", forms
     from longmix.models.model import SequenceModel
 
     check_layout(layout)
+    group = seq_group(group, mesh)
     if not isinstance(module, (TokenMixer, SequenceModel)):
         raise ValueError(f"parallelize: module must be a TokenMixer or a SequenceModel, got "
                          f"{type(module).__name__}")
