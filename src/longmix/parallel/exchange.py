@@ -3,17 +3,24 @@
 - :func:`exchange` / :class:`Exchange`: an all-to-all of a flat tensor among a list of peers
   (one ``all_to_all_single`` for the whole group, point-to-point ops for a subset). Linear, so
   its backward is the same exchange with the sizes swapped.
-- :func:`gather_records`: every rank's small integer record, used to agree on shapes, options
-  and errors before any collective that could otherwise hang on a mismatch.
+- :func:`agree`: the one encoder for agreeing on shapes, options and errors before any
+  collective that could otherwise hang on a mismatch: every rank's numbers, or the same
+  ValueError on every rank. Numbers name dtypes by their index in :data:`DTYPES`.
 """
 from __future__ import annotations
 
 import torch
 import torch.distributed as dist
 
+from .layout import resolve_group
 from .stats import CommStats
 
-__all__ = ["exchange", "Exchange", "gather_records"]
+__all__ = ["exchange", "Exchange", "gather_records", "agree", "DTYPES", "dtype_code"]
+
+#: The dtypes records name, by index (one order for every record).
+DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64, torch.int64)
+#: Room for one rank's error text in a record.
+MESSAGE_BYTES = 400
 
 
 def exchange(x: torch.Tensor, send_sizes: list[int], recv_sizes: list[int], peers: list[int],
@@ -75,3 +82,30 @@ def gather_records(record: list[int], group) -> list[list[int]]:
     out = [torch.empty_like(mine) for _ in range(dist.get_world_size(group))]
     dist.all_gather(out, mine, group=group)
     return [t.tolist() for t in out]
+
+
+def dtype_code(dtype) -> int:
+    """The index of ``dtype`` in :data:`DTYPES`, -1 if it has none."""
+    return DTYPES.index(dtype) if dtype in DTYPES else -1
+
+
+def agree(numbers: list[int], errors: list[str], group, where: str) -> list[list[int]]:
+    """Every rank's ``numbers`` (the same count on every rank), in rank order, after one small
+    all-gather; if any rank found ``errors``, the same ValueError on every rank instead, naming
+    the ranks and their messages. One process (``group`` None, or torch.distributed not
+    initialized) communicates nothing. These records are not counted in ``CommStats``: one per
+    call, whatever L."""
+    text = "; ".join(errors).encode()[:MESSAGE_BYTES]
+    record = [*numbers, len(text), *text, *[0] * (MESSAGE_BYTES - len(text))]
+    group, world, _ = resolve_group(group)
+    records = gather_records(record, group) if world > 1 else [record]
+    n = len(numbers)
+    bad = {r: bytes(rec[n + 1:n + 1 + rec[n]]).decode(errors="replace")
+           for r, rec in enumerate(records) if rec[n] > 0}
+    if bad:
+        if len(set(bad.values())) == 1:  # the usual case: every bad rank made the same mistake
+            detail = next(iter(bad.values()))
+        else:
+            detail = "; ".join(f"rank {r}: {msg}" for r, msg in bad.items())
+        raise ValueError(f"{where}: invalid arguments on rank(s) {sorted(bad)}: {detail}")
+    return [rec[:n] for rec in records]

@@ -22,12 +22,11 @@ import torch
 from longmix.checks import check_optional_int
 from longmix.vocabulary import STRATEGIES
 
-from ..exchange import gather_records
+from ..exchange import DTYPES, agree, dtype_code
 from ..layout import LAYOUTS, local_length, resolve_group
 
-_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)  # what attention takes
 _DEVICES = ("cpu", "cuda", "mps", "xpu", "meta", "other")
-_MESSAGE_BYTES = 400  # room for one rank's local error text in the gathered record
 
 
 def head_split_error(heads: int, kv_heads: int, parts: int) -> str | None:
@@ -124,24 +123,19 @@ _FIELDS = ("batch", "local_len", "heads", "kv_heads", "head_dim", "dtype", "devi
 
 def _record(q, k, v, *, causal, strategy, layout, scale, window, hybrid_size, errors) -> list[int]:
     if errors:
-        numbers = [-1] * len(_FIELDS)
-    else:
-        # the scale travels as the int64 with the same bits as its float64
-        scale_bits = (-1 if scale is None
-                      else struct.unpack("<q", struct.pack("<d", float(scale)))[0])
-        numbers = [q.shape[0], q.shape[1], q.shape[2], k.shape[2], q.shape[3],
-                   _code(q.dtype, _DTYPES),
-                   _code(q.device.type if q.device.type in _DEVICES else "other", _DEVICES),
-                   _code(strategy, STRATEGIES), _code(layout, LAYOUTS), int(causal),
-                   -1 if window is None else window, -1 if hybrid_size is None else hybrid_size,
-                   scale_bits]
-    text = "; ".join(errors).encode()[:_MESSAGE_BYTES]
-    return numbers + [len(text)] + list(text) + [0] * (_MESSAGE_BYTES - len(text))
+        return [-1] * len(_FIELDS)
+    # the scale travels as the int64 with the same bits as its float64
+    scale_bits = -1 if scale is None else struct.unpack("<q", struct.pack("<d", float(scale)))[0]
+    return [q.shape[0], q.shape[1], q.shape[2], k.shape[2], q.shape[3], dtype_code(q.dtype),
+            _code(q.device.type if q.device.type in _DEVICES else "other", _DEVICES),
+            _code(strategy, STRATEGIES), _code(layout, LAYOUTS), int(causal),
+            -1 if window is None else window, -1 if hybrid_size is None else hybrid_size,
+            scale_bits]
 
 
 def _decode(name: str, value: int):
     if name == "dtype":
-        return str(_DTYPES[value]) if value >= 0 else "?"
+        return str(DTYPES[value]) if value >= 0 else "?"
     if name == "device":
         return _DEVICES[value] if value >= 0 else "?"
     if name == "strategy":
@@ -166,25 +160,11 @@ def validate(q, k, v, *, causal, group, strategy, layout, scale, window, hybrid_
     opts = dict(causal=causal, strategy=strategy, layout=layout, scale=scale, window=window,
                 hybrid_size=hybrid_size)
     errors = _local_errors(q, k, v, **opts)
-    group, world, rank = resolve_group(group)
-    if group is None:  # one process: nothing to agree on
-        if errors:
-            raise ValueError("longmix.parallel.attention: " + "; ".join(errors))
-        records = [_record(q, k, v, errors=errors, **opts)]
-    else:
-        records = gather_records(_record(q, k, v, errors=errors, **opts), group)
+    _, world, rank = resolve_group(group)
+    records = agree(_record(q, k, v, errors=errors, **opts), errors, group,
+                    "longmix.parallel.attention")
 
-    n = len(_FIELDS)
-    bad = {r: bytes(rec[n + 1:n + 1 + rec[n]]).decode(errors="replace")
-           for r, rec in enumerate(records) if rec[n] > 0}
-    if bad:
-        if len(set(bad.values())) == 1:  # the usual case: every bad rank made the same mistake
-            detail = next(iter(bad.values()))
-        else:
-            detail = "; ".join(f"rank {r}: {msg}" for r, msg in bad.items())
-        raise ValueError(f"longmix.parallel.attention: invalid arguments on rank(s) {sorted(bad)}: {detail}")
-
-    fields = [dict(zip(_FIELDS, rec[:n])) for rec in records]
+    fields = [dict(zip(_FIELDS, rec)) for rec in records]
     for name in _FIELDS:
         if name == "local_len":
             continue
@@ -208,7 +188,7 @@ def validate(q, k, v, *, causal, group, strategy, layout, scale, window, hybrid_
     f = fields[0]
     return Problem(seq_len=seq_len, world_size=world, rank=rank, lengths=tuple(lengths),
                    batch=f["batch"], heads=f["heads"], kv_heads=f["kv_heads"],
-                   head_dim=f["head_dim"], dtype=_DTYPES[f["dtype"]],
+                   head_dim=f["head_dim"], dtype=DTYPES[f["dtype"]],
                    device_type=_DEVICES[f["device"]])
 
 

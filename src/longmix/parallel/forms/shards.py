@@ -5,11 +5,8 @@ from dataclasses import dataclass
 
 import torch
 
-from ..exchange import gather_records
+from ..exchange import DTYPES, agree, dtype_code
 from ..layout import Segment, all_segments, resolve_group
-
-_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64, torch.int64)
-_MESSAGE_BYTES = 300
 
 
 @dataclass(frozen=True)
@@ -56,22 +53,14 @@ def agree_on_shards(x, group, layout: str, *, what: str, dims: int, width: int |
     elif x.dim() != dims or (width is not None and x.shape[-1] != width):
         shape = "(batch, local_len" + (f", {width})" if width is not None else ")")
         error = f"{what} must have shape {shape}, got {tuple(x.shape)}"
-    elif x.dtype not in _DTYPES:
+    elif x.dtype not in DTYPES:
         error = f"{what} has unsupported dtype {x.dtype}"
-    text = error.encode()[:_MESSAGE_BYTES]
-    record = ([-1, -1, -1] if error else
-              [x.shape[0], x.shape[1], _DTYPES.index(x.dtype)]) + \
-        [len(text)] + list(text) + [0] * (_MESSAGE_BYTES - len(text))
-    records = gather_records(record, group) if world > 1 else [record]
-    bad = {r: bytes(rec[4:4 + rec[3]]).decode(errors="replace")
-           for r, rec in enumerate(records) if rec[3] > 0}
-    if bad:
-        detail = "; ".join(f"rank {r}: {msg}" for r, msg in bad.items())
-        raise ValueError(f"parallelize: invalid {what} on rank(s) {sorted(bad)}: {detail}")
+    numbers = [-1, -1, -1] if error else [x.shape[0], x.shape[1], dtype_code(x.dtype)]
+    records = agree(numbers, [error] if error else [], group, f"parallelize: {what}")
     for i, name in ((0, "batch size (dim 0)"), (2, "dtype")):
         values = [rec[i] for rec in records]
         if len(set(values)) > 1:
-            shown = [str(_DTYPES[v]) if i == 2 else v for v in values]
+            shown = [str(DTYPES[v]) if i == 2 else v for v in values]
             raise ValueError(f"parallelize: {what} {name} must agree across ranks, got "
                              f"{', '.join(f'rank {r}: {v}' for r, v in enumerate(shown))}")
     lengths = [rec[1] for rec in records]

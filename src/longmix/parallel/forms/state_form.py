@@ -11,9 +11,8 @@ from .state_passing import state_passing_backward_bytes, state_passing_bytes, st
 def state_cost(mixer, seq_len, world, batch, dtype, layout) -> FormCost:
     if seq_len is None:
         return FormCost("state", True)
-    # the same on every rank, and independent of L; parallelize passes the agreed seq_len, so no
-    # shape-check record travels
-    sent = state_passing_bytes(mixer, batch, world, layout, dtype=dtype, seq_len_known=True)
+    # the same on every rank, and independent of L
+    sent = state_passing_bytes(mixer, batch, world, layout, dtype=dtype)
     back = state_passing_backward_bytes(mixer, batch, world, layout, dtype=dtype)
     return FormCost("state", True, forward_bytes=(sent,) * world, backward_bytes=(back,) * world)
 

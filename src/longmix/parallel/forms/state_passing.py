@@ -22,15 +22,11 @@ from __future__ import annotations
 import torch
 
 from .collectives import all_gather_tensors, depend_on
+from ..exchange import DTYPES, agree, dtype_code
 from ..layout import check_layout, even_pieces, local_length, resolve_group
 from ..stats import CommStats
 
 __all__ = ["state_passing_mix", "state_passing_bytes", "state_passing_backward_bytes"]
-
-#: Per-rank shape record exchanged before the summaries: valid, batch, local length, dim, dtype.
-_META_FIELDS = 5
-_DTYPES = [torch.float64, torch.float32, torch.bfloat16, torch.float16]
-
 
 def _chunks_per_rank(layout: str) -> int:
     return 1 if layout == "contiguous" else 2
@@ -42,31 +38,26 @@ def chunk_indices(world_size: int, rank: int, layout: str) -> list[int]:
     return [rank] if layout == "contiguous" else [rank, 2 * world_size - 1 - rank]
 
 
-def _meta(mixer, x) -> torch.Tensor:
-    if not isinstance(x, torch.Tensor):
-        return torch.zeros(_META_FIELDS, dtype=torch.int64)
-    ok = x.dim() == 3 and x.shape[0] >= 1 and x.shape[-1] == mixer.dim and x.dtype in _DTYPES
-    values = [1, x.shape[0], x.shape[1], x.shape[2], _DTYPES.index(x.dtype)] if ok else [0] * _META_FIELDS
-    return torch.tensor(values, dtype=torch.int64, device=x.device)
-
-
-def _check_shards(name: str, metas: list[list[int]], world: int, layout: str) -> int:
-    """Raise the same ValueError on every rank unless all shards fit together; returns L."""
-    bad = [r for r, m in enumerate(metas) if not m[0]]
-    if bad:
-        raise ValueError(f"state_passing_mix({name}): x_local on ranks {bad} must be a float tensor of "
-                         f"shape (batch >= 1, local_len, dim) with dim the mixer's and a dtype in "
-                         f"{[str(d) for d in _DTYPES]}")
-    if len({(m[1], m[3], m[4]) for m in metas}) > 1:
-        raise ValueError(f"state_passing_mix({name}): shards disagree on batch, dim or dtype: (batch, "
-                         f"local_len, dim) by rank = {[tuple(m[1:4]) for m in metas]}, dtypes "
-                         f"{[str(_DTYPES[m[4]]) for m in metas]}")
-    lengths = [m[2] for m in metas]
+def _agree_on_shards(mixer, x, group, world: int, layout: str) -> int:
+    """The same ValueError on every rank unless all shards fit together; returns L."""
+    name = type(mixer).__name__
+    where = f"state_passing_mix({name})"
+    ok = (isinstance(x, torch.Tensor) and x.dim() == 3 and x.shape[0] >= 1
+          and x.shape[-1] == mixer.dim and x.is_floating_point() and dtype_code(x.dtype) >= 0)
+    errors = [] if ok else [f"x_local must be a float tensor of shape (batch >= 1, local_len, "
+                            f"dim={mixer.dim}), got "
+                            f"{tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__}"]
+    numbers = [x.shape[0], x.shape[1], dtype_code(x.dtype)] if ok else [-1, -1, -1]
+    records = agree(numbers, errors, group, where)
+    if len({(m[0], m[2]) for m in records}) > 1:
+        raise ValueError(f"{where}: shards disagree on batch or dtype: batch by rank = "
+                         f"{[m[0] for m in records]}, dtypes {[str(DTYPES[m[2]]) for m in records]}")
+    lengths = [m[1] for m in records]
     seq_len = sum(lengths)
     expected = [local_length(seq_len, world, r, layout) for r in range(world)]
     if lengths != expected:
-        raise ValueError(f"state_passing_mix({name}): local lengths {lengths} do not match the {layout!r} "
-                         f"layout of a length-{seq_len} sequence over {world} ranks (expected {expected})")
+        raise ValueError(f"{where}: local lengths {lengths} do not match the {layout!r} layout of a "
+                         f"length-{seq_len} sequence over {world} ranks (expected {expected})")
     return seq_len
 
 
@@ -95,8 +86,7 @@ def state_passing_mix(mixer, x_local: torch.Tensor, *, group=None, layout: str =
     mixer.check_state_form("state_passing_mix")  # the same on every rank: no collective has run yet
     _, world, rank = resolve_group(group)
     if seq_len is None:
-        metas = [m.tolist() for m, in all_gather_tensors([_meta(mixer, x_local)], group, stats)]
-        seq_len = _check_shards(name, metas, world, layout)
+        seq_len = _agree_on_shards(mixer, x_local, group, world, layout)
     elif x_local.shape[1] != local_length(seq_len, world, rank, layout):
         raise ValueError(f"state_passing_mix({name}): rank {rank} holds {x_local.shape[1]} rows, the "
                          f"{layout!r} layout of seq_len={seq_len} over {world} ranks gives it "
@@ -157,17 +147,17 @@ def _summary_bytes(mixer, batch: int, dtype: torch.dtype | None, floating_only: 
 
 
 def state_passing_bytes(mixer, batch: int, world_size: int, layout: str = "contiguous", *,
-                        dtype: torch.dtype | None = None, seq_len_known: bool = False) -> int:
+                        dtype: torch.dtype | None = None) -> int:
     """Bytes one rank sends in the forward of :func:`state_passing_mix` (it receives as many):
-    (P - 1) x (the shape record + its chunks' summaries, every stage). Independent of L.
+    (P - 1) x its chunks' summaries, every stage. Independent of L. (The shape agreement's
+    small record is not counted, as for every op: ``longmix.parallel.exchange.agree``.)
 
     ``dtype``: the input's dtype, default the mixer's parameters' (summaries are kept in
-    float32 or wider). ``seq_len_known``: the call passes ``seq_len`` (no shape record)."""
+    float32 or wider)."""
     check_layout(layout)
     if world_size == 1:
         return 0
-    record = 0 if seq_len_known else _META_FIELDS * torch.tensor(0, dtype=torch.int64).element_size()
-    return (world_size - 1) * (record + _chunks_per_rank(layout) * _summary_bytes(mixer, batch, dtype, False))
+    return (world_size - 1) * _chunks_per_rank(layout) * _summary_bytes(mixer, batch, dtype, False)
 
 
 def state_passing_backward_bytes(mixer, batch: int, world_size: int, layout: str = "contiguous", *,
