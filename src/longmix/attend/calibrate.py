@@ -1,7 +1,7 @@
 """A few seconds of measurement on the machine the job runs on: kernel rates per dtype, link rates.
 
     cal = calibrate_rank(group, heads=1, kv_heads=1, head_dim=32)   # collective, every rank
-    choose_dtype(cal["rates"])                                      # "bf16" only where it is faster
+    choose_dtype("auto", cal["rates"])                    # ("bf16", why) only where it is faster
 
 Each rank times the local attention kernel (the one every strategy calls) on a rectangular block
 like a ring step's -- 4,096 queries against 16,384 keys, non-causal, the median of 5 calls, on
@@ -74,11 +74,20 @@ def calibrate_rank(group, heads: int, kv_heads: int, head_dim: int,
             "seconds": time.perf_counter() - start}
 
 
-def choose_dtype(rates: dict) -> str:
-    """bf16 where its measured rate beats fp32's by :data:`BF16_MARGIN`, else fp32."""
+def choose_dtype(requested: str, rates: dict) -> tuple[str, str]:
+    """(dtype, why): the requested one, or for "auto" bf16 where its measured rate beats fp32's
+    by :data:`BF16_MARGIN`, else fp32."""
+    if requested != "auto":
+        return requested, "requested with --dtype"
     if "bf16" in rates and rates["bf16"] > BF16_MARGIN * rates.get("fp32", 0.0):
-        return "bf16"
-    return "fp32"
+        name = "bf16"
+    else:
+        name = "fp32"
+    other = "fp32" if name == "bf16" else "bf16"
+    if other not in rates:
+        return name, "the only dtype calibrated"
+    return name, (f"calibrated: {name} {rates[name] / 1e9:.0f} vs {other} {rates[other] / 1e9:.0f} "
+                  f"GFLOP/s per rank; bf16 is chosen only when >= {BF16_MARGIN:g}x fp32")
 
 
 def cache_dir() -> Path:

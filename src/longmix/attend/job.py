@@ -1,12 +1,9 @@
-"""The `longmix attend` job on each rank, and its two launchers (local ranks, or torchrun's group).
+"""The `longmix attend` job on each rank (a dtype already chosen), and the local launcher.
 
-    cfg = AttendConfig(seq_len=2**14, heads=2, kv_heads=2, head_dim=32, dtype="fp32")
-    report = run_local_job(cfg, procs=2)          # spawn 2 gloo ranks on this machine
-    print(format_report(report)); report["passed"]
-
-Order of work: calibrate (or reuse the cached calibration) -> choose the dtype -> plan with the
-measured rates -> check memory -> generate each rank's shard -> attention, timed, with a progress
-bar over the useful flops done -> verify sampled rows against float64 -> one report.
+On each rank: plan with the measured rates -> generate the rank's shard -> attention, timed,
+with a progress bar over the useful flops done -> verify sampled rows against float64 -> one
+report. The steps before (checks, calibration, the dtype, the memory check) are
+:func:`longmix.attend.main.run_job`'s, for both launchers.
 """
 from __future__ import annotations
 
@@ -23,10 +20,11 @@ import torch.distributed as dist
 from longmix.machine import current_rss_bytes, describe, peak_rss_bytes
 
 from . import calibrate as cal_mod
+from .config import AttendConfig
 from .report import theoretical_bytes_sent
 from .resources import predicted_bytes_per_rank
 from .verify import verdict, verify_local_rows
-from .workload import AttendConfig, build_shard
+from .workload import build_shard
 
 
 # ---------------------------------------------------------------------------------------------
@@ -69,24 +67,13 @@ def strategy_error(cfg: AttendConfig, world: int) -> str | None:
             return f"--hybrid-size {cfg.hybrid_size} must divide the world size {world}"
         why = head_split_error(cfg.heads, cfg.kv_heads, cfg.hybrid_size)
         return None if why is None else f"hybrid with groups of {cfg.hybrid_size}: {why}"
+    if cfg.dtype == "auto":  # feasibility does not depend on the dtype
+        cfg = dataclasses.replace(cfg, dtype="fp32")
     option = plan_for(cfg, world, None).option(cfg.strategy)
     if option.feasible:
         return None
     return (f"{cfg.strategy} cannot run heads={cfg.heads}, kv_heads={cfg.kv_heads} on {world} "
             f"ranks: {option.note.removeprefix('infeasible: ')}")
-
-
-def choose_dtype(requested: str, calibration: dict) -> tuple[str, str]:
-    """(dtype, why): the requested one, or for "auto" the faster of fp32 and bf16 as measured."""
-    rates = calibration["rates"]
-    if requested != "auto":
-        return requested, "requested with --dtype"
-    name = cal_mod.choose_dtype(rates)
-    other = "fp32" if name == "bf16" else "bf16"
-    if other not in rates:
-        return name, "the only dtype calibrated"
-    return name, (f"calibrated: {name} {rates[name] / 1e9:.0f} vs {other} {rates[other] / 1e9:.0f} "
-                  f"GFLOP/s per rank; bf16 is chosen only when >= {cal_mod.BF16_MARGIN:g}x fp32")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -279,25 +266,4 @@ def run_local_job(cfg: AttendConfig, procs: int, progress: bool = True,
                         timeout=cfg.timeout, collective_timeout=cfg.timeout)
     report = reports[0]
     report["launch"] = f"{procs} local process(es), gloo"
-    return report
-
-
-def _torchrun_rank(group, cfg: AttendConfig, requested_dtype: str, progress: bool) -> dict:
-    dtypes = ("fp32", "bf16") if requested_dtype == "auto" else (requested_dtype,)
-    calibration = cal_mod.calibrate_rank(group, cfg.heads, cfg.kv_heads, cfg.head_dim, dtypes)
-    calibration["cached"] = False
-    dtype, why = choose_dtype(requested_dtype, calibration)
-    cfg = dataclasses.replace(cfg, dtype=dtype)
-    return attend_rank(group, cfg, progress, calibration, why)
-
-
-def run_torchrun_job(cfg: AttendConfig, requested_dtype: str, progress: bool = True) -> dict:
-    """Join the process group torchrun set up (env://), calibrate on it, run; every rank gets the
-    report. The calibration is measured, not cached: the ranks may span machines."""
-    from longmix.parallel.launch import torchrun_group
-
-    with torchrun_group(cfg.timeout) as group:  # gloo: the job's tensors live on the CPU
-        report = _torchrun_rank(group, cfg, requested_dtype, progress)
-    report["launch"] = (f"torchrun, {report['world_size']} rank(s) "
-                        f"({os.environ.get('LOCAL_WORLD_SIZE', '?')} on this node), gloo")
     return report
