@@ -7,7 +7,8 @@ Each rank times the local attention kernel (the one every strategy calls) on a r
 like a ring step's -- 4,096 queries against 16,384 keys, non-causal, the median of 5 calls, on
 this rank's thread count, all ranks at once so they contend for memory and cores as in the job --
 in fp32 and in bf16, and
-:func:`longmix.parallel.measure_rates` times a small all-to-all. The slowest rank's figures are kept,
+:func:`longmix.parallel.measure_rates` times a 4 MiB-per-peer and a tiny all-to-all between the
+ranks (the link's bandwidth and latency; none on one rank). The slowest rank's figures are kept,
 so all ranks agree. The planner turns them into a predicted time for the job.
 
 Results are cached per machine (CPU model and flags, cores, torch version) and problem shape
@@ -65,10 +66,12 @@ def calibrate_rank(group, heads: int, kv_heads: int, head_dim: int,
         rates.append(flops / typical)
     mine = torch.tensor(rates, dtype=torch.float64)
     dist.all_reduce(mine, op=dist.ReduceOp.MIN, group=group)  # the slowest rank sets the pace
-    link = measure_rates(group)
+    world = dist.get_world_size(group)
+    link = measure_rates(group) if world > 1 else None  # one rank has no link to measure
     return {"rates": dict(zip(dtypes, mine.tolist())),
-            "bandwidth_bytes_per_s": link.bandwidth_bytes_per_s, "latency_s": link.latency_s,
-            "threads_per_rank": torch.get_num_threads(), "world_size": dist.get_world_size(group),
+            "bandwidth_bytes_per_s": link.bandwidth_bytes_per_s if link else None,
+            "latency_s": link.latency_s if link else None,
+            "threads_per_rank": torch.get_num_threads(), "world_size": world,
             "shape": {"heads": heads, "kv_heads": kv_heads, "head_dim": head_dim,
                       "queries": CAL_QUERIES, "keys": CAL_KEYS},
             "seconds": time.perf_counter() - start}
@@ -104,7 +107,8 @@ def cache_path(machine: dict, *, procs: int, threads_per_rank: int, heads: int, 
            "cores": machine.get("cores"), "torch": machine.get("torch"), "procs": procs,
            "isa_limits": machine.get("isa_limits"),
            "threads": threads_per_rank, "heads": heads, "kv_heads": kv_heads,
-           "head_dim": head_dim, "queries": CAL_QUERIES, "keys": CAL_KEYS}
+           "head_dim": head_dim, "queries": CAL_QUERIES, "keys": CAL_KEYS,
+           "link": "median all-to-all, 4 MiB per peer"}  # older caches measured it otherwise
     digest = hashlib.blake2b(json.dumps(key, sort_keys=True).encode(), digest_size=8).hexdigest()
     return cache_dir() / f"calibration-{digest}.json"
 

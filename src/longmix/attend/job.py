@@ -56,6 +56,19 @@ def resolve_strategy(cfg: AttendConfig, world: int, chosen) -> tuple[str, int | 
     return cfg.strategy, None
 
 
+def possible_strategies(cfg: AttendConfig, world: int) -> tuple[str, ...]:
+    """The strategies the job may run: the one asked for, or under "auto" every feasible one
+    (the calibrated plan picks among them later)."""
+    if world == 1:
+        return ("local",)
+    if cfg.strategy != "auto":
+        return (cfg.strategy,)
+    if cfg.dtype == "auto":  # feasibility does not depend on the dtype
+        cfg = dataclasses.replace(cfg, dtype="fp32")
+    options = plan_for(cfg, world, None).options
+    return tuple(o.strategy for o in options if o.feasible and not o.degenerate)
+
+
 def strategy_error(cfg: AttendConfig, world: int) -> str | None:
     """Why ``cfg.strategy`` cannot run on ``world`` ranks (None when it can), before spawning any."""
     if world == 1 or cfg.strategy == "auto":
@@ -220,7 +233,7 @@ def summarize(cfg: AttendConfig, world: int, per_rank: list[dict], chosen, strat
         "calibrated_gflops_per_rank": rate / 1e9 if rate else None,
         "theory_bytes_sent_per_rank": theoretical_bytes_sent(strategy, hybrid_size=hybrid_size,
                                                              **shape),
-        "predicted_bytes_per_rank": predicted_bytes_per_rank(**shape),
+        "predicted_bytes_per_rank": predicted_bytes_per_rank(**shape, strategies=(strategy,)),
         "ranks": per_rank,
         "verification": check,
         "passed": check["passed"],

@@ -37,11 +37,12 @@ def _dtypes_to_measure(requested: str) -> tuple[str, ...]:
 
 
 def _memory_reason(cfg: AttendConfig, dtype: str, world: int, local_ranks: int) -> str | None:
+    from .job import possible_strategies
     from .resources import memory_error
 
     why = memory_error(seq_len=cfg.seq_len, world=world, local_ranks=local_ranks,
                        heads=cfg.heads, kv_heads=cfg.kv_heads, head_dim=cfg.head_dim,
-                       dtype=dtype, batch=cfg.batch)
+                       dtype=dtype, batch=cfg.batch, strategies=possible_strategies(cfg, world))
     return None if why is None else f"L={cfg.seq_len:,} in {dtype} {why}"
 
 
