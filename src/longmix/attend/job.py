@@ -7,11 +7,8 @@ report. The steps before (checks, calibration, the dtype, the memory check) are
 """
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import os
-import sys
-import threading
 import time
 
 import torch
@@ -21,6 +18,7 @@ from longmix.machine import current_rss_bytes, describe, peak_rss_bytes
 
 from . import calibrate as cal_mod
 from .config import AttendConfig
+from .progress import Progress, WorkCounter
 from .report import theoretical_bytes_sent
 from .resources import predicted_bytes_per_rank
 from .verify import verdict, verify_local_rows
@@ -90,60 +88,6 @@ def strategy_error(cfg: AttendConfig, world: int) -> str | None:
 
 
 # ---------------------------------------------------------------------------------------------
-# Progress on rank 0: a bar over the useful attention flops this rank has done, with an ETA.
-
-class _Progress:
-    """tqdm over work units (GFLOP of useful attention on this rank), plus the phase name.
-
-    The count comes from :class:`longmix.ops.attention.WorkCounter`, read by a heartbeat thread
-    while the collective attention call runs (it has no progress callback).
-    """
-
-    def __init__(self, enabled: bool, total_gflop: float):
-        from tqdm import tqdm
-
-        # tqdm's default lock is a multiprocessing semaphore; a rank killed on failure leaks it,
-        # and the resource tracker then warns at exit. A rank draws its bar alone: a thread lock
-        # does. (This process is a rank of the job's own, so the class-level setting is ours.)
-        tqdm.set_lock(threading.RLock())
-        tty = sys.stderr.isatty()
-        self.bar = tqdm(total=max(round(total_gflop), 1), desc="longmix attend", unit="GFLOP",
-                        file=sys.stderr, disable=not enabled, mininterval=0.5 if tty else 15.0,
-                        bar_format="{desc}: {percentage:3.0f}%|{bar}| {n:,}/{total:,} GFLOP "
-                                   "[{elapsed}<{remaining}, {rate_fmt}]")
-        self.interval = 0.5 if tty else 15.0
-
-    @contextlib.contextmanager
-    def phase(self, name: str, counter=None):
-        self.bar.set_description_str(f"longmix attend: {name}")
-        stop = threading.Event()
-
-        def heartbeat():
-            while not stop.wait(self.interval):
-                self._show(counter)
-
-        thread = threading.Thread(target=heartbeat, daemon=True)
-        if counter is not None and not self.bar.disable:
-            thread.start()
-        try:
-            yield
-        finally:
-            stop.set()
-            if thread.is_alive():
-                thread.join()
-            if counter is not None:
-                self._show(counter, done=True)
-
-    def _show(self, counter, done: bool = False):
-        n = self.bar.total if done else min(round(counter.flops / 1e9), self.bar.total)
-        if n > self.bar.n:
-            self.bar.update(n - self.bar.n)
-
-    def close(self):
-        self.bar.close()
-
-
-# ---------------------------------------------------------------------------------------------
 # The job on one rank.
 
 def attend_rank(group, cfg: AttendConfig, progress: bool = True, calibration: dict | None = None,
@@ -156,14 +100,14 @@ def attend_rank(group, cfg: AttendConfig, progress: bool = True, calibration: di
     from longmix.parallel import attention
     from longmix.parallel.layout import segments
     from longmix.parallel.stats import CommStats
-    from longmix.ops.attention import WorkCounter, attention_flops, count_work
+    from longmix.ops.attention import attention_flops
 
     world, rank = dist.get_world_size(group), dist.get_rank(group)
     baseline_rss = current_rss_bytes()
     chosen = plan_for(cfg, world, calibration)
     strategy, hybrid_size = resolve_strategy(cfg, world, chosen)
     total = attention_flops(cfg.batch, cfg.heads, cfg.seq_len, cfg.head_dim, cfg.causal)
-    bar = _Progress(progress and rank == 0, total / world / 1e9)
+    bar = Progress(progress and rank == 0, total / world / 1e9)
     segs = segments(cfg.seq_len, world, rank, cfg.layout)
     timings = {}
     counter = WorkCounter()
@@ -175,7 +119,7 @@ def attend_rank(group, cfg: AttendConfig, progress: bool = True, calibration: di
 
         stats = CommStats()
         dist.barrier(group)
-        with bar.phase("attention", counter), count_work(counter):
+        with bar.phase("attention", counter):
             t0 = time.perf_counter()
             run_as = "auto" if strategy == "local" else strategy
             out = attention(q, k, v, causal=cfg.causal, group=group, strategy=run_as,
