@@ -40,6 +40,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from longmix.parallel.launch import run_local
+from longmix.vocabulary import LAYOUTS
 from longmix.fileio import append_record, atomic_write_text, read_records
 from longmix.machine import current_rss_bytes, describe, markdown, peak_rss_bytes
 from longmix.provenance import provenance, utc_now
@@ -222,7 +223,7 @@ def main(argv: list[str] | None = None) -> int:
       help="classification pooling (default last, the study's: a mean over L dilutes the one key)")
     a("--seed", type=int, default=0)
     a("--eval-batches", type=int, default=4)
-    a("--layout", default="contiguous", choices=["contiguous", "zigzag"])
+    a("--layout", default="contiguous", choices=LAYOUTS)
     a("--form", default=None,
       help="the parallel form of every layer: shuffle, state or ring (default: planned; use "
            "ring for softmax's ring)")

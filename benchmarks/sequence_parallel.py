@@ -32,6 +32,8 @@ import sys
 import time
 from pathlib import Path
 
+from longmix.vocabulary import LAYOUTS
+
 MIXER_OPTIONS = {"linformer": {"proj_len": 64}, "mlpmixer": {"hidden": 64}}
 DEFAULT_MIXERS = ["linear", "performer", "local", "bigbird", "linformer", "nystrom", "fnet",
                   "mlpmixer", "longconv", "hyena", "s4d", "mamba"]
@@ -255,7 +257,7 @@ def parse_args(argv):
     p.add_argument("--batch", type=int, default=1)
     p.add_argument("--dtype", type=_dtype_name, default="fp32",
                    help="fp32, bf16 or fp64 (float32, bfloat16, float64 are read as those)")
-    p.add_argument("--layout", default="contiguous", choices=["contiguous", "zigzag"])
+    p.add_argument("--layout", default="contiguous", choices=LAYOUTS)
     p.add_argument("--repeats", type=int, default=2, help="timed forwards after the first")
     p.add_argument("--quick-s", type=float, default=20.0,
                    help="stop repeating once a point took this long")

@@ -192,14 +192,14 @@ def test_bad_flags_name_the_flag_and_exit_2(capsys, argv, flag):
 
 
 def test_a_failing_rank_exits_3(monkeypatch, capsys):
-    import longmix.attend as package
+    from longmix.attend import job
 
     def broken(*args, **kwargs):
         from longmix.parallel.launch import RankFailure
 
         raise RankFailure(1, "rank 1 died with exit code -9")
 
-    monkeypatch.setattr(package, "run_local_job", broken)
+    monkeypatch.setattr(job, "run_local_job", broken)
     assert main(["attend", "--procs", "1", "--seq-len", "64", "--dtype", "fp32",
                  "--no-progress"]) == 3
     assert "rank 1 died" in capsys.readouterr().err
@@ -224,8 +224,8 @@ def test_calibration_is_measured_once_then_reused_from_the_cache(tmp_path, monke
     os.utime(first["cache_file"], (0, 0))  # a calibration from long ago is measured again
     assert not local_calibration(1, heads=1, kv_heads=1, head_dim=8, dtypes=("fp32",))["cached"]
     assert not list((tmp_path / "cache").glob("*.tmp"))  # written atomically, nothing left over
-    assert calibrate.choose_dtype({"fp32": 100e9, "bf16": 105e9}) == "fp32"  # not worth bf16
-    assert calibrate.choose_dtype({"fp32": 100e9, "bf16": 200e9}) == "bf16"
+    assert calibrate.choose_dtype("auto", {"fp32": 100e9, "bf16": 105e9})[0] == "fp32"  # not worth it
+    assert calibrate.choose_dtype("auto", {"fp32": 100e9, "bf16": 200e9})[0] == "bf16"
 
 
 def test_memory_prediction_refuses_what_cannot_fit(monkeypatch):

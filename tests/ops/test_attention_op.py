@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from longmix.ops import attention_backward, attention_forward, attention_with_lse, merge_partials
-from longmix.ops.blockwise_attention import blockwise_backward, blockwise_forward
+from longmix.ops.blockwise_attention import blockwise_backward, blockwise_forward, visible
 
 F64 = torch.float64
 
@@ -19,18 +19,24 @@ def reference(q, k, v, causal=False, scale=None, window=None):
     k = k.repeat_interleave(h // k.shape[2], 2)
     v = v.repeat_interleave(h // v.shape[2], 2)
     s = torch.einsum("bihd,bjhd->bhij", q, k) * scale
-    i, j = torch.arange(lq)[:, None], torch.arange(lk)[None, :]
-    keep = torch.ones(lq, lk, dtype=torch.bool)
-    if causal:
-        keep &= j <= i
-    if window is not None:
-        keep &= (i - j) < window
-        if not causal:
-            keep &= (j - i) < window
-    s = s.masked_fill(~keep, float("-inf"))
+    s = s.masked_fill(~visible(0, lq, 0, lk, causal, window), float("-inf"))
     lse = torch.logsumexp(s, -1)
     p = torch.softmax(s, -1).nan_to_num(0.0)  # rows that see nothing: 0
     return torch.einsum("bhij,bjhd->bihd", p, v), lse
+
+
+def test_visibility_follows_the_stated_rules():
+    """The mask the kernel and the reference share, written out: 4 queries x 5 keys, top-left."""
+    rows = lambda *r: torch.tensor(r, dtype=torch.bool)  # noqa: E731
+    assert torch.equal(visible(0, 4, 0, 5, False, None), torch.ones(4, 5, dtype=torch.bool))
+    assert torch.equal(visible(0, 4, 0, 5, True, None),
+                       rows([1, 0, 0, 0, 0], [1, 1, 0, 0, 0], [1, 1, 1, 0, 0], [1, 1, 1, 1, 0]))
+    assert torch.equal(visible(0, 4, 0, 5, True, 2),
+                       rows([1, 0, 0, 0, 0], [1, 1, 0, 0, 0], [0, 1, 1, 0, 0], [0, 0, 1, 1, 0]))
+    assert torch.equal(visible(0, 4, 0, 5, False, 2),
+                       rows([1, 1, 0, 0, 0], [1, 1, 1, 0, 0], [0, 1, 1, 1, 0], [0, 0, 1, 1, 1]))
+    # a tile is the same rows and columns of the whole
+    assert torch.equal(visible(1, 3, 2, 5, True, 2), visible(0, 4, 0, 5, True, 2)[1:3, 2:5])
 
 
 def _inputs(b, lq, lk, h, hk, d, dtype=F64, seed=0, logit_scale=1.0):
@@ -254,39 +260,3 @@ def test_causal_triangle_split_is_exact(monkeypatch, length):
             torch.testing.assert_close(g, r, rtol=1e-10, atol=1e-10)
     finally:
         torch.set_num_threads(threads)
-
-
-def test_work_counter_counts_useful_flops():
-    from longmix.ops.attention import WorkCounter, attention_flops, count_work
-
-    q, k, v = (x.detach() for x in _inputs(1, 64, 64, 2, 2, 8))
-    with count_work(WorkCounter()) as counter:
-        attention_forward(q, k, v, causal=True)
-        attention_forward(q, k, v, causal=False)
-    assert counter.flops == attention_flops(1, 2, 64, 8, True) + attention_flops(1, 2, 64, 8, False)
-    attention_forward(q, k, v)  # outside the block: not counted
-    assert counter.flops == 3 * attention_flops(1, 2, 64, 8, True)
-
-
-def test_a_watched_long_call_runs_by_row_blocks_exactly_and_counts_as_it_goes(monkeypatch):
-    """With a progress counter active, a long non-causal call runs in row blocks (each counted
-    when it finishes) and gives the same output and lse as one call."""
-    from longmix.ops import attention as op
-
-    q, k, v = (x.detach() for x in _inputs(1, 50, 50, 2, 2, 8))
-    whole_out, whole_lse = attention_forward(q, k, v, causal=False)
-    seen = []
-
-    class Recording(op.WorkCounter):
-        def add(self, flops):
-            seen.append(flops)
-            super().add(flops)
-
-    monkeypatch.setattr(op, "_PROGRESS_ROWS", 16)
-    with op.count_work(Recording()) as counter:
-        out, lse = attention_forward(q, k, v, causal=False)
-    assert len(seen) == 4  # rows 0-15, 16-31, 32-47, 48-49
-    assert counter.flops == op.attention_flops(1, 2, 50, 8, False)
-    # float64: equal up to the kernel's blocking of the sums
-    torch.testing.assert_close(out, whole_out, rtol=1e-12, atol=1e-14)
-    torch.testing.assert_close(lse, whole_lse, rtol=1e-12, atol=1e-14)

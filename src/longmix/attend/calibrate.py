@@ -1,13 +1,14 @@
 """A few seconds of measurement on the machine the job runs on: kernel rates per dtype, link rates.
 
     cal = calibrate_rank(group, heads=1, kv_heads=1, head_dim=32)   # collective, every rank
-    choose_dtype(cal["rates"])                                      # "bf16" only where it is faster
+    choose_dtype("auto", cal["rates"])                    # ("bf16", why) only where it is faster
 
 Each rank times the local attention kernel (the one every strategy calls) on a rectangular block
 like a ring step's -- 4,096 queries against 16,384 keys, non-causal, the median of 5 calls, on
 this rank's thread count, all ranks at once so they contend for memory and cores as in the job --
 in fp32 and in bf16, and
-:func:`longmix.parallel.measure_rates` times a small all-to-all. The slowest rank's figures are kept,
+:func:`longmix.parallel.measure_rates` times a 4 MiB-per-peer and a tiny all-to-all between the
+ranks (the link's bandwidth and latency; none on one rank). The slowest rank's figures are kept,
 so all ranks agree. The planner turns them into a predicted time for the job.
 
 Results are cached per machine (CPU model and flags, cores, torch version) and problem shape
@@ -65,20 +66,31 @@ def calibrate_rank(group, heads: int, kv_heads: int, head_dim: int,
         rates.append(flops / typical)
     mine = torch.tensor(rates, dtype=torch.float64)
     dist.all_reduce(mine, op=dist.ReduceOp.MIN, group=group)  # the slowest rank sets the pace
-    link = measure_rates(group)
+    world = dist.get_world_size(group)
+    link = measure_rates(group) if world > 1 else None  # one rank has no link to measure
     return {"rates": dict(zip(dtypes, mine.tolist())),
-            "bandwidth_bytes_per_s": link.bandwidth_bytes_per_s, "latency_s": link.latency_s,
-            "threads_per_rank": torch.get_num_threads(), "world_size": dist.get_world_size(group),
+            "bandwidth_bytes_per_s": link.bandwidth_bytes_per_s if link else None,
+            "latency_s": link.latency_s if link else None,
+            "threads_per_rank": torch.get_num_threads(), "world_size": world,
             "shape": {"heads": heads, "kv_heads": kv_heads, "head_dim": head_dim,
                       "queries": CAL_QUERIES, "keys": CAL_KEYS},
             "seconds": time.perf_counter() - start}
 
 
-def choose_dtype(rates: dict) -> str:
-    """bf16 where its measured rate beats fp32's by :data:`BF16_MARGIN`, else fp32."""
+def choose_dtype(requested: str, rates: dict) -> tuple[str, str]:
+    """(dtype, why): the requested one, or for "auto" bf16 where its measured rate beats fp32's
+    by :data:`BF16_MARGIN`, else fp32."""
+    if requested != "auto":
+        return requested, "requested with --dtype"
     if "bf16" in rates and rates["bf16"] > BF16_MARGIN * rates.get("fp32", 0.0):
-        return "bf16"
-    return "fp32"
+        name = "bf16"
+    else:
+        name = "fp32"
+    other = "fp32" if name == "bf16" else "bf16"
+    if other not in rates:
+        return name, "the only dtype calibrated"
+    return name, (f"calibrated: {name} {rates[name] / 1e9:.0f} vs {other} {rates[other] / 1e9:.0f} "
+                  f"GFLOP/s per rank; bf16 is chosen only when >= {BF16_MARGIN:g}x fp32")
 
 
 def cache_dir() -> Path:
@@ -95,7 +107,8 @@ def cache_path(machine: dict, *, procs: int, threads_per_rank: int, heads: int, 
            "cores": machine.get("cores"), "torch": machine.get("torch"), "procs": procs,
            "isa_limits": machine.get("isa_limits"),
            "threads": threads_per_rank, "heads": heads, "kv_heads": kv_heads,
-           "head_dim": head_dim, "queries": CAL_QUERIES, "keys": CAL_KEYS}
+           "head_dim": head_dim, "queries": CAL_QUERIES, "keys": CAL_KEYS,
+           "link": "median all-to-all, 4 MiB per peer"}  # older caches measured it otherwise
     digest = hashlib.blake2b(json.dumps(key, sort_keys=True).encode(), digest_size=8).hexdigest()
     return cache_dir() / f"calibration-{digest}.json"
 

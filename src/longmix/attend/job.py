@@ -1,20 +1,14 @@
-"""The `longmix attend` job on each rank, and its two launchers (local ranks, or torchrun's group).
+"""The `longmix attend` job on each rank (a dtype already chosen), and the local launcher.
 
-    cfg = AttendConfig(seq_len=2**14, heads=2, kv_heads=2, head_dim=32, dtype="fp32")
-    report = run_local_job(cfg, procs=2)          # spawn 2 gloo ranks on this machine
-    print(format_report(report)); report["passed"]
-
-Order of work: calibrate (or reuse the cached calibration) -> choose the dtype -> plan with the
-measured rates -> check memory -> generate each rank's shard -> attention, timed, with a progress
-bar over the useful flops done -> verify sampled rows against float64 -> one report.
+On each rank: plan with the measured rates -> generate the rank's shard -> attention, timed,
+with a progress bar over the useful flops done -> verify sampled rows against float64 -> one
+report. The steps before (checks, calibration, the dtype, the memory check) are
+:func:`longmix.attend.main.run_job`'s, for both launchers.
 """
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import os
-import sys
-import threading
 import time
 
 import torch
@@ -23,10 +17,12 @@ import torch.distributed as dist
 from longmix.machine import current_rss_bytes, describe, peak_rss_bytes
 
 from . import calibrate as cal_mod
+from .config import AttendConfig
+from .progress import Progress, WorkCounter
 from .report import theoretical_bytes_sent
 from .resources import predicted_bytes_per_rank
 from .verify import verdict, verify_local_rows
-from .workload import AttendConfig, build_shard
+from .workload import build_shard
 
 
 # ---------------------------------------------------------------------------------------------
@@ -58,6 +54,19 @@ def resolve_strategy(cfg: AttendConfig, world: int, chosen) -> tuple[str, int | 
     return cfg.strategy, None
 
 
+def possible_strategies(cfg: AttendConfig, world: int) -> tuple[str, ...]:
+    """The strategies the job may run: the one asked for, or under "auto" every feasible one
+    (the calibrated plan picks among them later)."""
+    if world == 1:
+        return ("local",)
+    if cfg.strategy != "auto":
+        return (cfg.strategy,)
+    if cfg.dtype == "auto":  # feasibility does not depend on the dtype
+        cfg = dataclasses.replace(cfg, dtype="fp32")
+    options = plan_for(cfg, world, None).options
+    return tuple(o.strategy for o in options if o.feasible and not o.degenerate)
+
+
 def strategy_error(cfg: AttendConfig, world: int) -> str | None:
     """Why ``cfg.strategy`` cannot run on ``world`` ranks (None when it can), before spawning any."""
     if world == 1 or cfg.strategy == "auto":
@@ -69,78 +78,13 @@ def strategy_error(cfg: AttendConfig, world: int) -> str | None:
             return f"--hybrid-size {cfg.hybrid_size} must divide the world size {world}"
         why = head_split_error(cfg.heads, cfg.kv_heads, cfg.hybrid_size)
         return None if why is None else f"hybrid with groups of {cfg.hybrid_size}: {why}"
+    if cfg.dtype == "auto":  # feasibility does not depend on the dtype
+        cfg = dataclasses.replace(cfg, dtype="fp32")
     option = plan_for(cfg, world, None).option(cfg.strategy)
     if option.feasible:
         return None
     return (f"{cfg.strategy} cannot run heads={cfg.heads}, kv_heads={cfg.kv_heads} on {world} "
             f"ranks: {option.note.removeprefix('infeasible: ')}")
-
-
-def choose_dtype(requested: str, calibration: dict) -> tuple[str, str]:
-    """(dtype, why): the requested one, or for "auto" the faster of fp32 and bf16 as measured."""
-    rates = calibration["rates"]
-    if requested != "auto":
-        return requested, "requested with --dtype"
-    name = cal_mod.choose_dtype(rates)
-    other = "fp32" if name == "bf16" else "bf16"
-    if other not in rates:
-        return name, "the only dtype calibrated"
-    return name, (f"calibrated: {name} {rates[name] / 1e9:.0f} vs {other} {rates[other] / 1e9:.0f} "
-                  f"GFLOP/s per rank; bf16 is chosen only when >= {cal_mod.BF16_MARGIN:g}x fp32")
-
-
-# ---------------------------------------------------------------------------------------------
-# Progress on rank 0: a bar over the useful attention flops this rank has done, with an ETA.
-
-class _Progress:
-    """tqdm over work units (GFLOP of useful attention on this rank), plus the phase name.
-
-    The count comes from :class:`longmix.ops.attention.WorkCounter`, read by a heartbeat thread
-    while the collective attention call runs (it has no progress callback).
-    """
-
-    def __init__(self, enabled: bool, total_gflop: float):
-        from tqdm import tqdm
-
-        # tqdm's default lock is a multiprocessing semaphore; a rank killed on failure leaks it,
-        # and the resource tracker then warns at exit. A rank draws its bar alone: a thread lock
-        # does. (This process is a rank of the job's own, so the class-level setting is ours.)
-        tqdm.set_lock(threading.RLock())
-        tty = sys.stderr.isatty()
-        self.bar = tqdm(total=max(round(total_gflop), 1), desc="longmix attend", unit="GFLOP",
-                        file=sys.stderr, disable=not enabled, mininterval=0.5 if tty else 15.0,
-                        bar_format="{desc}: {percentage:3.0f}%|{bar}| {n:,}/{total:,} GFLOP "
-                                   "[{elapsed}<{remaining}, {rate_fmt}]")
-        self.interval = 0.5 if tty else 15.0
-
-    @contextlib.contextmanager
-    def phase(self, name: str, counter=None):
-        self.bar.set_description_str(f"longmix attend: {name}")
-        stop = threading.Event()
-
-        def heartbeat():
-            while not stop.wait(self.interval):
-                self._show(counter)
-
-        thread = threading.Thread(target=heartbeat, daemon=True)
-        if counter is not None and not self.bar.disable:
-            thread.start()
-        try:
-            yield
-        finally:
-            stop.set()
-            if thread.is_alive():
-                thread.join()
-            if counter is not None:
-                self._show(counter, done=True)
-
-    def _show(self, counter, done: bool = False):
-        n = self.bar.total if done else min(round(counter.flops / 1e9), self.bar.total)
-        if n > self.bar.n:
-            self.bar.update(n - self.bar.n)
-
-    def close(self):
-        self.bar.close()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -156,14 +100,14 @@ def attend_rank(group, cfg: AttendConfig, progress: bool = True, calibration: di
     from longmix.parallel import attention
     from longmix.parallel.layout import segments
     from longmix.parallel.stats import CommStats
-    from longmix.ops.attention import WorkCounter, attention_flops, count_work
+    from longmix.ops.attention import attention_flops
 
     world, rank = dist.get_world_size(group), dist.get_rank(group)
     baseline_rss = current_rss_bytes()
     chosen = plan_for(cfg, world, calibration)
     strategy, hybrid_size = resolve_strategy(cfg, world, chosen)
     total = attention_flops(cfg.batch, cfg.heads, cfg.seq_len, cfg.head_dim, cfg.causal)
-    bar = _Progress(progress and rank == 0, total / world / 1e9)
+    bar = Progress(progress and rank == 0, total / world / 1e9)
     segs = segments(cfg.seq_len, world, rank, cfg.layout)
     timings = {}
     counter = WorkCounter()
@@ -175,7 +119,7 @@ def attend_rank(group, cfg: AttendConfig, progress: bool = True, calibration: di
 
         stats = CommStats()
         dist.barrier(group)
-        with bar.phase("attention", counter), count_work(counter):
+        with bar.phase("attention", counter):
             t0 = time.perf_counter()
             run_as = "auto" if strategy == "local" else strategy
             out = attention(q, k, v, causal=cfg.causal, group=group, strategy=run_as,
@@ -233,7 +177,7 @@ def summarize(cfg: AttendConfig, world: int, per_rank: list[dict], chosen, strat
         "calibrated_gflops_per_rank": rate / 1e9 if rate else None,
         "theory_bytes_sent_per_rank": theoretical_bytes_sent(strategy, hybrid_size=hybrid_size,
                                                              **shape),
-        "predicted_bytes_per_rank": predicted_bytes_per_rank(**shape),
+        "predicted_bytes_per_rank": predicted_bytes_per_rank(**shape, strategies=(strategy,)),
         "ranks": per_rank,
         "verification": check,
         "passed": check["passed"],
@@ -279,25 +223,4 @@ def run_local_job(cfg: AttendConfig, procs: int, progress: bool = True,
                         timeout=cfg.timeout, collective_timeout=cfg.timeout)
     report = reports[0]
     report["launch"] = f"{procs} local process(es), gloo"
-    return report
-
-
-def _torchrun_rank(group, cfg: AttendConfig, requested_dtype: str, progress: bool) -> dict:
-    dtypes = ("fp32", "bf16") if requested_dtype == "auto" else (requested_dtype,)
-    calibration = cal_mod.calibrate_rank(group, cfg.heads, cfg.kv_heads, cfg.head_dim, dtypes)
-    calibration["cached"] = False
-    dtype, why = choose_dtype(requested_dtype, calibration)
-    cfg = dataclasses.replace(cfg, dtype=dtype)
-    return attend_rank(group, cfg, progress, calibration, why)
-
-
-def run_torchrun_job(cfg: AttendConfig, requested_dtype: str, progress: bool = True) -> dict:
-    """Join the process group torchrun set up (env://), calibrate on it, run; every rank gets the
-    report. The calibration is measured, not cached: the ranks may span machines."""
-    from longmix.parallel.launch import torchrun_group
-
-    with torchrun_group(cfg.timeout) as group:  # gloo: the job's tensors live on the CPU
-        report = _torchrun_rank(group, cfg, requested_dtype, progress)
-    report["launch"] = (f"torchrun, {report['world_size']} rank(s) "
-                        f"({os.environ.get('LOCAL_WORLD_SIZE', '?')} on this node), gloo")
     return report

@@ -56,10 +56,14 @@ def _calibration_lines(report: dict) -> list[str]:
     rates = ", ".join(f"{name} {rate / 1e9:.0f}" for name, rate in cal["rates"].items())
     source = "cached" if cal.get("cached") else f"measured in {cal['seconds']:.1f} s"
     s = cal["shape"]
+    if cal.get("bandwidth_bytes_per_s"):
+        link = (f"link {cal['bandwidth_bytes_per_s'] / 1e9:.2g} GB/s per rank, latency "
+                f"{cal['latency_s'] * 1e6:.0f} us (all-to-all)")
+    else:
+        link = "no link (one rank)"
     lines = [f"calibration ({source}; {s['queries']:,} x {s['keys']:,} block, "
              f"{cal['threads_per_rank']} thread(s) per rank, slowest of {cal['world_size']} "
-             f"rank(s)): useful GFLOP/s per rank {rates}; link {cal['bandwidth_bytes_per_s'] / 1e9:.2g} "
-             f"GB/s, latency {cal['latency_s'] * 1e6:.0f} us"]
+             f"rank(s)): useful GFLOP/s per rank {rates}; {link}"]
     lines.append(f"dtype: {report['config']['dtype']} ({report['dtype_reason']})")
     return lines
 
@@ -104,8 +108,11 @@ def format_report(report: dict) -> str:
     lines.append(f"communication per rank ({report['strategy']}): theory "
                  f"{size(report['theory_bytes_sent_per_rank'])} sent, planner's model "
                  f"{size(plan['bytes_per_rank'])}")
-    lines.append(f"memory per rank: predicted {size(report['predicted_bytes_per_rank'])} peak "
-                 f"(an upper estimate)")
+    predicted_mem = report["predicted_bytes_per_rank"]
+    peak_mem = max(r["peak_rss_bytes"] for r in ranks)
+    lines.append(f"memory per rank: predicted {size(predicted_mem)} peak (an upper estimate), "
+                 f"measured {size(peak_mem)} at most ({100 * peak_mem / predicted_mem:.0f}% of "
+                 f"the prediction)")
     lines.append("  rank  rows       threads  peak mem (start)      sent         received")
     for r in ranks:
         lines.append(f"  {r['rank']:>4}  {r['local_len']:<9,}  {r['threads']:>7}  "

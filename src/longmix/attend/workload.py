@@ -1,4 +1,4 @@
-"""The job's problem and its data: a random q, k, v that any rank can regenerate, row by row.
+"""The job's data: a random q, k, v that any rank can regenerate, row by row.
 
 The sequence is cut into fixed chunks of :data:`CHUNK` rows and chunk ``i`` of tensor ``name`` is
 drawn from a generator seeded by ``(seed, name, i)``. So every rank builds only its own shard, and
@@ -8,56 +8,12 @@ dtype: the float64 reference widens the same rounded values, so it sees what the
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
 
 import torch
 
-from longmix.checks import check_int
-from longmix.dtypes import DTYPES
+from .config import AttendConfig
 
 CHUNK = 4096  # rows per independently seeded chunk of q/k/v (and per streamed reference block)
-
-
-@dataclass(frozen=True)
-class AttendConfig:
-    """One `longmix attend` problem. Shapes follow longmix.parallel.attention: (batch, L, heads, d).
-
-    ``check_rows`` is the number of *random* rows verified on top of the structural ones (shard
-    boundaries, layout chunk edges, first and last row); 0 verifies nothing.
-    """
-
-    seq_len: int = 2**20
-    heads: int = 1
-    kv_heads: int = 1
-    head_dim: int = 32
-    causal: bool = True
-    strategy: str = "auto"
-    layout: str = "zigzag"
-    dtype: str = "fp32"
-    check_rows: int = 16
-    seed: int = 0
-    batch: int = 1
-    timeout: float = 3600.0
-    hybrid_size: int | None = None
-
-    def __post_init__(self):
-        for name in ("seq_len", "heads", "kv_heads", "head_dim", "batch"):
-            check_int(name, getattr(self, name))
-        if self.heads % self.kv_heads:
-            raise ValueError(f"heads={self.heads} must be divisible by kv_heads={self.kv_heads}")
-        if self.dtype not in DTYPES:
-            raise ValueError(f"dtype must be one of {sorted(DTYPES)}, got {self.dtype!r}")
-        if self.check_rows < 0:
-            raise ValueError(f"check_rows must be >= 0, got {self.check_rows!r}")
-        if self.hybrid_size is not None and self.strategy != "hybrid":
-            raise ValueError(f"hybrid_size applies to strategy='hybrid' only, got {self.strategy!r}")
-
-    @property
-    def torch_dtype(self) -> torch.dtype:
-        return DTYPES[self.dtype]
-
-    def heads_of(self, name: str) -> int:
-        return self.heads if name == "q" else self.kv_heads
 
 
 def seed_of(seed: int, name: str, index: int) -> int:

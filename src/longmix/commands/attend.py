@@ -16,7 +16,9 @@ import signal
 import sys
 from pathlib import Path
 
-# From the torch-free vocabulary: building the parser (`longmix --help`) must stay fast.
+# Torch-free, so building the parser (`longmix --help`) stays fast. The defaults are the job's
+# own (AttendConfig), so the command and Python callers cannot drift apart.
+from ..attend.config import DEFAULT_PROCS, AttendConfig
 from ..vocabulary import DTYPE_ALIASES, LAYOUTS, STRATEGIES
 from ..vocabulary import DTYPE_NAMES as DTYPES
 
@@ -32,13 +34,6 @@ EPILOG = """exit status:
      problem predicted not to fit in memory)
   3  runtime failure: a rank raised, died or timed out; or the report could not be written
   143  stopped by SIGTERM (every rank is stopped too)"""
-
-# Default problem: a million tokens, causal, exact, on 2 ranks, in minutes on a 2-core CPU box.
-# Heads x head_dim = 1 x 32: the smallest width at which the time per score still falls with d
-# (below d = 32 the softmax, not the matmul, dominates), so the fewest flops per score of work.
-# The dtype is measured, not assumed: bf16 is 2x fp32 with AMX, slower than fp32 without it.
-DEFAULTS = dict(seq_len=2**20, procs=2, heads=1, head_dim=32, dtype="auto", check_rows=16)
-
 
 def _int_at_least(low: int):
     """An argparse ``type``: an integer >= ``low``; the error names what was expected."""
@@ -68,23 +63,23 @@ def _dtype(text: str) -> str:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    d = DEFAULTS
+    d = AttendConfig()
     parser.epilog = EPILOG
     parser.formatter_class = argparse.RawDescriptionHelpFormatter
-    parser.add_argument("--seq-len", type=_positive_int, default=d["seq_len"],
-                        help=f"sequence length L (default {d['seq_len']:,})")
+    parser.add_argument("--seq-len", type=_positive_int, default=d.seq_len,
+                        help=f"sequence length L (default {d.seq_len:,})")
     parser.add_argument("--procs", type=_positive_int, default=None,
-                        help=f"local ranks to spawn (default {d['procs']}); under torchrun the "
+                        help=f"local ranks to spawn (default {DEFAULT_PROCS}); under torchrun the "
                              "launcher's world size is used instead")
-    parser.add_argument("--heads", type=_positive_int, default=d["heads"],
-                        help=f"query heads (default {d['heads']})")
+    parser.add_argument("--heads", type=_positive_int, default=d.heads,
+                        help=f"query heads (default {d.heads})")
     parser.add_argument("--kv-heads", type=_positive_int, default=None,
                         help="key/value heads, dividing --heads (default: --heads; fewer = GQA)")
-    parser.add_argument("--head-dim", type=_positive_int, default=d["head_dim"],
-                        help=f"head dimension (default {d['head_dim']})")
-    parser.add_argument("--causal", action=argparse.BooleanOptionalAction, default=True,
+    parser.add_argument("--head-dim", type=_positive_int, default=d.head_dim,
+                        help=f"head dimension (default {d.head_dim})")
+    parser.add_argument("--causal", action=argparse.BooleanOptionalAction, default=d.causal,
                         help="causal mask (default: causal)")
-    parser.add_argument("--strategy", choices=STRATEGIES, default="auto",
+    parser.add_argument("--strategy", choices=STRATEGIES, default=d.strategy,
                         help="distribution strategy (default auto: the planner picks, at rates "
                              "measured on this machine)")
     parser.add_argument("--hybrid-size", type=_positive_int, default=None,
@@ -94,18 +89,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--layout", choices=LAYOUTS, default=None,
                         help="sequence layout over ranks (default: zigzag when causal, which "
                              "balances causal work across ranks; contiguous otherwise)")
-    parser.add_argument("--dtype", type=_dtype, default=d["dtype"],
+    parser.add_argument("--dtype", type=_dtype, default=d.dtype,
                         help="compute dtype: fp32, bf16, fp64, or auto (default): a few seconds of "
                              "calibration pick bf16 only where it is faster than fp32 here")
     parser.add_argument("--recalibrate", action="store_true",
                         help="measure the machine again instead of using the cached calibration")
-    parser.add_argument("--check-rows", type=_non_negative_int, default=d["check_rows"],
+    parser.add_argument("--check-rows", type=_non_negative_int, default=d.check_rows,
                         help=f"random output rows verified against float64, on top of every "
                              f"shard boundary, chunk edge and the first/last row (default "
-                             f"{d['check_rows']}; 0 verifies nothing and prints 'not verified')")
-    parser.add_argument("--seed", type=int, default=0, help="data seed (default 0)")
-    parser.add_argument("--timeout", type=_positive_int, default=3600,
-                        help="seconds before a stuck run is killed (default 3600)")
+                             f"{d.check_rows}; 0 verifies nothing and prints 'not verified')")
+    parser.add_argument("--seed", type=int, default=d.seed, help=f"data seed (default {d.seed})")
+    parser.add_argument("--timeout", type=_positive_int, default=int(d.timeout),
+                        help=f"seconds before a stuck run is killed (default {d.timeout:g})")
     parser.add_argument("--json", metavar="FILE", default=None,
                         help="also write the full report (per-rank figures, machine, "
                              "calibration) as JSON; checked for writability before the run")
@@ -137,6 +132,7 @@ def _on_sigterm(signum, frame):
 
 
 def run(args: argparse.Namespace) -> int:
+    """Parse what argparse cannot check alone, run the job, map its errors to exit statuses."""
     parser = args._parser
     kv_heads = args.kv_heads or args.heads
     if args.heads % kv_heads:
@@ -145,61 +141,22 @@ def run(args: argparse.Namespace) -> int:
         parser.error("argument --hybrid-size: applies to --strategy hybrid only")
     if args.json and (why := json_path_error(args.json)):
         parser.error(f"argument --json: {why}")
-    layout = args.layout or ("zigzag" if args.causal else "contiguous")
+    cfg = AttendConfig(seq_len=args.seq_len, heads=args.heads, kv_heads=kv_heads,
+                       head_dim=args.head_dim, causal=args.causal, strategy=args.strategy,
+                       layout=args.layout, dtype=args.dtype, check_rows=args.check_rows,
+                       seed=args.seed, timeout=float(args.timeout), hybrid_size=args.hybrid_size)
 
-    from longmix import attend as job
-    from longmix.attend.job import choose_dtype, local_calibration, strategy_error
-    from longmix.attend.resources import memory_error
-    from longmix.parallel.launch import torchrun_world_size
+    from longmix import attend
     from longmix.fileio import atomic_write_text, strict_json_value
+    from longmix.parallel.launch import RankFailure, launched_by_torchrun
 
-    try:
-        torchrun_world = torchrun_world_size(args.procs)
-    except ValueError as err:
-        parser.error(f"argument {err}")
-    torchrun = torchrun_world is not None
-    world = torchrun_world if torchrun else args.procs or DEFAULTS["procs"]
-    cfg = job.AttendConfig(seq_len=args.seq_len, heads=args.heads, kv_heads=kv_heads,
-                           head_dim=args.head_dim, causal=args.causal, strategy=args.strategy,
-                           layout=layout, dtype="fp32" if args.dtype == "auto" else args.dtype,
-                           check_rows=args.check_rows, seed=args.seed,
-                           timeout=float(args.timeout), hybrid_size=args.hybrid_size)
-    why = strategy_error(cfg, world)
-    if why:
-        parser.error(f"argument --strategy: {why}")
-    local_ranks = int(os.environ.get("LOCAL_WORLD_SIZE", "1")) if torchrun else world
-    # refuse what cannot fit before spending anything; bf16 halves the need, so an "auto" dtype
-    # is checked at its cheapest and again once chosen
-    for dtype in (["bf16"] if args.dtype == "auto" else [cfg.dtype]):
-        why = memory_error(seq_len=cfg.seq_len, world=world, local_ranks=local_ranks,
-                           heads=cfg.heads, kv_heads=cfg.kv_heads, head_dim=cfg.head_dim,
-                           dtype=dtype, batch=cfg.batch)
-        if why:
-            parser.error(f"argument --seq-len: L={cfg.seq_len:,} {why}")
-
-    from longmix.parallel.launch import RankFailure
-
+    torchrun = launched_by_torchrun()
     previous = signal.signal(signal.SIGTERM, _on_sigterm) if not torchrun else None
     try:
-        if torchrun:
-            report = job.run_torchrun_job(cfg, args.dtype, progress=args.progress)
-        else:
-            dtypes = ("fp32", "bf16") if args.dtype == "auto" else (args.dtype,)
-            calibration = local_calibration(world, heads=cfg.heads, kv_heads=cfg.kv_heads,
-                                            head_dim=cfg.head_dim, dtypes=dtypes,
-                                            recalibrate=args.recalibrate)
-            dtype, reason = choose_dtype(args.dtype, calibration)
-            import dataclasses
-
-            cfg = dataclasses.replace(cfg, dtype=dtype)
-            why = memory_error(seq_len=cfg.seq_len, world=world, local_ranks=local_ranks,
-                               heads=cfg.heads, kv_heads=cfg.kv_heads, head_dim=cfg.head_dim,
-                               dtype=dtype, batch=cfg.batch)
-            if why:
-                print(f"longmix attend: L={cfg.seq_len:,} in {dtype} {why}", file=sys.stderr)
-                return EXIT_USAGE
-            report = job.run_local_job(cfg, procs=world, progress=args.progress,
-                                       calibration=calibration, dtype_reason=reason)
+        report = attend.run_job(cfg, procs=args.procs, progress=args.progress,
+                                recalibrate=args.recalibrate)
+    except attend.Refused as exc:
+        parser.error(f"argument {exc.argument}: {exc.reason}")
     except RankFailure as exc:
         print(f"longmix attend: {exc}", file=sys.stderr)
         return EXIT_RUNTIME
@@ -209,9 +166,8 @@ def run(args: argparse.Namespace) -> int:
     finally:
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
-    is_rank0 = not torchrun or int(os.environ["RANK"]) == 0
-    if is_rank0:
-        print(job.format_report(report), flush=True)
+    if not torchrun or int(os.environ["RANK"]) == 0:
+        print(attend.format_report(report), flush=True)
         if args.json:  # a killed run never leaves half a report
             try:
                 text = json.dumps(strict_json_value(report), indent=2, default=str, allow_nan=False)

@@ -10,7 +10,8 @@ import torch
 
 from ..ops.attention import attention_with_lse, merge_partials
 from ..ops.masked import attend_with_nonfinite_kept_local
-from .base import Taxonomy, check_int
+from ..checks import check_int
+from .base import Taxonomy
 from .forms import RingHooks
 from .qkv import QKVMixer, masked_softmax_matrix
 from .registry import register
@@ -50,7 +51,8 @@ class SoftmaxAttention(RingHooks, QKVMixer):
     def __init__(self, dim: int, heads: int = 1, causal: bool = False, max_len: int | None = None,
                  window: int | None = None, bias: bool = True):
         super().__init__(dim, heads=heads, causal=causal, max_len=max_len, bias=bias)
-        self.window = None if window is None else check_int("SoftmaxAttention", "window", window)
+        self.window = (None if window is None
+                       else check_int("window", window, owner="SoftmaxAttention"))
         self.scale = self.head_dim ** -0.5
 
     def _attend(self, q, k, v):

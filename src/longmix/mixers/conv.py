@@ -19,7 +19,8 @@ from einops import rearrange
 from torch import nn
 
 from ..ops.fftconv import fft_conv, toeplitz_matrix
-from .base import ChannelMixer, Taxonomy, TokenMixer, check_int, last_rows, shift_in
+from ..checks import check_int
+from .base import ChannelMixer, Taxonomy, TokenMixer, last_rows, shift_in
 from .forms import ShuffleHooks
 from .registry import register
 
@@ -61,7 +62,7 @@ class ImplicitFilter(nn.Module):
                  min_reach: float = 16.0, max_reach: float = 2.0 ** 20, base: float = 1e4):
         super().__init__()
         for name, value in (("channels", channels), ("features", features), ("hidden", hidden)):
-            check_int("ImplicitFilter", name, value)
+            check_int(name, value, owner="ImplicitFilter")
         if not 0 < min_reach <= max_reach:
             raise ValueError(f"ImplicitFilter: need 0 < min_reach <= max_reach, got {min_reach}, {max_reach}")
         self.channels = channels
@@ -182,7 +183,7 @@ class Hyena(ShuffleHooks, TokenMixer):
                  short_kernel: int = 3, filter_features: int = 8, filter_hidden: int = 32,
                  min_reach: float = 16.0, max_reach: float = 2.0 ** 20):
         super().__init__(dim, heads=heads, causal=causal, max_len=max_len)
-        if check_int("Hyena", "short_kernel", short_kernel) % 2 == 0:
+        if check_int("short_kernel", short_kernel, owner="Hyena") % 2 == 0:
             raise ValueError(f"Hyena: short_kernel must be a positive odd int, got {short_kernel!r}")
         self.in_proj = nn.Linear(dim, 3 * dim)
         self.short = nn.Conv1d(3 * dim, 3 * dim, short_kernel, groups=3 * dim, bias=False)

@@ -17,7 +17,8 @@ import torch
 
 from ..ops.feature_maps import elu_feature_map, orthogonal_gaussian_projection, positive_random_features
 from ..ops.linear_attention import linear_attention, linear_attention_state
-from .base import Taxonomy, check_int
+from ..checks import check_int
+from .base import Taxonomy
 from .forms import StateHooks
 from .qkv import QKVMixer
 from .registry import register
@@ -39,7 +40,7 @@ class KernelAttention(StateHooks, QKVMixer):
     def __init__(self, dim: int, heads: int = 1, causal: bool = False, max_len: int | None = None,
                  chunk_size: int = 128, bias: bool = True):
         super().__init__(dim, heads=heads, causal=causal, max_len=max_len, bias=bias)
-        self.chunk_size = check_int(type(self).__name__, "chunk_size", chunk_size)
+        self.chunk_size = check_int("chunk_size", chunk_size, owner=type(self).__name__)
 
     def _features(self, q: torch.Tensor, k: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         raise NotImplementedError
@@ -118,7 +119,7 @@ class Performer(KernelAttention):
         d = self.head_dim
         if features is None:
             features = max(16, math.ceil(d * math.log(d)))
-        self.features = check_int("Performer", "features", features)
+        self.features = check_int("features", features, owner="Performer")
         self.register_buffer("projection", orthogonal_gaussian_projection(features, d))
 
     @property

@@ -21,7 +21,8 @@ from einops import rearrange
 from torch import nn
 
 from ..ops.pinv import iterative_pinv_solve
-from .base import Taxonomy, check_int
+from ..checks import check_int
+from .base import Taxonomy
 from .qkv import QKVMixer
 from .registry import register
 
@@ -50,7 +51,7 @@ class Linformer(QKVMixer):
     def __init__(self, dim: int, heads: int = 1, causal: bool = False, max_len: int | None = None,
                  proj_len: int = 64):
         super().__init__(dim, heads=heads, causal=causal, max_len=max_len)
-        check_int("Linformer", "proj_len", proj_len)
+        check_int("proj_len", proj_len, owner="Linformer")
         self.proj_len = proj_len
         self.E = nn.Parameter(torch.randn(proj_len, max_len) / math.sqrt(proj_len))
         self.F = nn.Parameter(torch.randn(proj_len, max_len) / math.sqrt(proj_len))
@@ -132,9 +133,9 @@ class Nystrom(QKVMixer):
     def __init__(self, dim: int, heads: int = 1, causal: bool = False, max_len: int | None = None,
                  landmarks: int = 16, pinv_iters: int = 50, pinv_refine: int = 1):
         super().__init__(dim, heads=heads, causal=causal, max_len=max_len)
-        check_int("Nystrom", "landmarks", landmarks)
-        check_int("Nystrom", "pinv_iters", pinv_iters)
-        check_int("Nystrom", "pinv_refine", pinv_refine, minimum=0)
+        check_int("landmarks", landmarks, owner="Nystrom")
+        check_int("pinv_iters", pinv_iters, owner="Nystrom")
+        check_int("pinv_refine", pinv_refine, low=0, owner="Nystrom")
         self.landmarks, self.pinv_iters, self.pinv_refine = landmarks, pinv_iters, pinv_refine
 
     def _kernels(self, q, k, q_land, k_land):

@@ -11,7 +11,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .base import ChannelMixer, Taxonomy, check_int
+from ..checks import check_int
+from .base import ChannelMixer, Taxonomy
 from .registry import register
 
 
@@ -44,7 +45,7 @@ class MLPMixer(ChannelMixer):
     def __init__(self, dim: int, heads: int = 1, causal: bool = False, max_len: int | None = None,
                  hidden: int = 64):
         super().__init__(dim, heads=heads, causal=causal, max_len=max_len)
-        check_int("MLPMixer", "hidden", hidden)
+        check_int("hidden", hidden, owner="MLPMixer")
         self.fc1 = nn.Linear(max_len, hidden)
         self.fc2 = nn.Linear(hidden, max_len)
 

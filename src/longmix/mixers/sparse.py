@@ -19,7 +19,8 @@ import torch
 
 from ..ops.block_sparse import (bigbird_block_mask, bigbird_block_pattern, block_mask,
                                 block_sparse_attention, local_block_pattern)
-from .base import Taxonomy, check_int, last_rows, shift_in
+from ..checks import check_int
+from .base import Taxonomy, last_rows, shift_in
 from .forms import StateHooks
 from .qkv import QKVMixer, masked_softmax_matrix
 from .registry import register
@@ -43,7 +44,7 @@ class BlockSparseAttention(StateHooks, QKVMixer):
     def __init__(self, dim: int, heads: int = 1, causal: bool = False, max_len: int | None = None,
                  block_size: int = 16, bias: bool = True):
         super().__init__(dim, heads=heads, causal=causal, max_len=max_len, bias=bias)
-        self.block_size = check_int(type(self).__name__, "block_size", block_size)
+        self.block_size = check_int("block_size", block_size, owner=type(self).__name__)
         self.scale = self.head_dim ** -0.5
 
     def n_blocks(self, length: int) -> int:
@@ -153,14 +154,14 @@ class BigBirdAttention(BlockSparseAttention):
                  seed: int | None = None, bias: bool = True):
         super().__init__(dim, heads=heads, causal=causal, max_len=max_len, block_size=block_size, bias=bias)
         name = type(self).__name__
-        self.window = check_int(name, "window", window)
+        self.window = check_int("window", window, owner=name)
         if window % 2 == 0:
             raise ValueError(f"{name}: window must be odd (blocks centred on the query block), got {window}")
-        self.global_blocks = check_int(name, "global_blocks", global_blocks, minimum=0)
-        self.random_blocks = check_int(name, "random_blocks", random_blocks, minimum=0)
+        self.global_blocks = check_int("global_blocks", global_blocks, low=0, owner=name)
+        self.random_blocks = check_int("random_blocks", random_blocks, low=0, owner=name)
         if seed is None:
             seed = int(torch.randint(0, 2 ** 31 - 1, ()).item())
-        self.register_buffer("seed", torch.tensor(check_int(name, "seed", seed, minimum=0)))
+        self.register_buffer("seed", torch.tensor(check_int("seed", seed, low=0, owner=name)))
 
     def _pattern_args(self, length: int) -> dict:
         return dict(n_blocks=self.n_blocks(length), window=self.window, global_blocks=self.global_blocks,

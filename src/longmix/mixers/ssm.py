@@ -22,7 +22,8 @@ from ..ops.fftconv import fft_conv, toeplitz_matrix
 from ..ops.scan import check_backend, selective_scan, selective_scan_matrix
 from ..ops.short_conv import short_conv
 from ..ops.vandermonde import log_vandermonde, log_vandermonde_transpose, vandermonde_matrix
-from .base import ChannelMixer, Taxonomy, TokenMixer, WholeSequence, check_int, last_rows, shift_in
+from ..checks import check_int
+from .base import ChannelMixer, Taxonomy, TokenMixer, WholeSequence, last_rows, shift_in
 from .forms import ShuffleHooks, StateHooks
 from .registry import register
 
@@ -73,7 +74,7 @@ class S4D(StateHooks, ChannelMixer):
     def __init__(self, dim: int, heads: int = 1, causal: bool = False, max_len: int | None = None,
                  d_state: int = 64, dt_min: float = 1e-3, dt_max: float = 1e-1):
         super().__init__(dim, heads=heads, causal=causal, max_len=max_len)
-        check_int("S4D", "d_state", d_state, minimum=2)
+        check_int("d_state", d_state, low=2, owner="S4D")
         if d_state % 2:
             raise ValueError(f"S4D: d_state must be even (conjugate pairs of poles), got {d_state}")
         _check_dt_range("S4D", dt_min, dt_max)
@@ -268,7 +269,7 @@ class Mamba(ShuffleHooks, StateHooks, TokenMixer):
         dt_rank = math.ceil(dim / 16) if dt_rank is None else dt_rank
         for label, value, low in (("d_state", d_state, 1), ("expand", expand, 1), ("d_conv", d_conv, 0),
                                   ("dt_rank", dt_rank, 1), ("chunk_size", chunk_size, 1)):
-            check_int("Mamba", label, value, minimum=low)
+            check_int(label, value, low=low, owner="Mamba")
         _check_dt_range("Mamba", dt_min, dt_max)
         check_backend(scan_backend, owner="Mamba", name="scan_backend")
         self.d_inner, self.d_state = expand * dim, d_state

@@ -31,10 +31,7 @@ that this call is only one key block of, and then returns that block's exact gra
 """
 from __future__ import annotations
 
-import contextlib
-import contextvars
 import math
-import threading
 from typing import Sequence
 
 import torch
@@ -43,7 +40,7 @@ from ..checks import check_optional_int
 from .blockwise_attention import accumulator_dtype, blockwise_backward, blockwise_forward
 
 __all__ = ["attention_with_lse", "merge_partials", "attention_forward", "attention_backward",
-           "attention_flops", "WorkCounter", "count_work"]
+           "attention_flops"]
 
 _aten = torch.ops.aten
 _CPU_DTYPES = (torch.float64, torch.float32, torch.bfloat16, torch.float16)
@@ -54,63 +51,12 @@ _MASK_TOP_LEFT = 1  # sdp::CustomMaskType::CausalFromTopLeft of the memory-effic
 # rate by 3-25%, the largest leaves most; larger leaves would bring the thread imbalance back.
 _CAUSAL_LEAF = 4096
 
-# Query rows per call when a progress counter watches a long non-causal call (see _cpu_flash_by_rows).
-_PROGRESS_ROWS = 65536
-
 
 def attention_flops(batch: int, heads: int, seq_len: int, head_dim: int, causal: bool) -> float:
     """Useful flops of one attention forward: 2 per multiply-add of QK^T and PV, 4·B·H·L²·d;
     a causal mask halves it (the masked half is not useful work, whatever a kernel spends on it)."""
     full = 4.0 * batch * heads * seq_len**2 * head_dim
     return full / 2 if causal else full
-
-
-class WorkCounter:
-    """Useful attention flops done so far by the kernels of this module, readable from any thread.
-
-    A collective call such as ``longmix.parallel.attention`` has no progress callback; a job that wants
-    a progress bar counts its kernels' work instead (:func:`count_work`), and another thread reads
-    :attr:`flops`.
-    """
-
-    def __init__(self):
-        self._lock = threading.Lock()
-        self._flops = 0.0
-
-    def add(self, flops: float) -> None:
-        with self._lock:
-            self._flops += flops
-
-    @property
-    def flops(self) -> float:
-        with self._lock:
-            return self._flops
-
-
-# The active counter of this thread/context; a context variable (not a module global) so that
-# concurrent jobs or threads never count into each other's counter.
-_COUNTER: contextvars.ContextVar[WorkCounter | None] = contextvars.ContextVar(
-    "longmix_attention_work", default=None)
-
-
-@contextlib.contextmanager
-def count_work(counter: WorkCounter):
-    """Within the block, every forward kernel call of this module adds its useful flops to
-    ``counter`` (a causal diagonal block counts as half)."""
-    token = _COUNTER.set(counter)
-    try:
-        yield counter
-    finally:
-        _COUNTER.reset(token)
-
-
-def _count(q, k, causal: bool) -> None:
-    counter = _COUNTER.get()
-    if counter is not None:
-        b, lq, h, d = q.shape
-        lk = k.shape[1]
-        pairs = lq * lk / 2 if causal and lq == lk else lq * lk
-        counter.add(4.0 * b * h * d * pairs)
 
 
 # ----------------------------------------------------------------------------- checks and helpers
@@ -186,17 +132,11 @@ def attention_forward(q, k, v, *, causal: bool = False, scale: float | None = No
     ke, ve = _expand_kv(k, heads), _expand_kv(v, heads)
     backend = _backend(q, k, causal, window)
     with torch.no_grad():
-        if backend == "cpu_flash":  # counts its work call by call, as each call finishes
+        if backend == "cpu_flash":
             if causal and q.shape[1] == k.shape[1] > 2 * _CAUSAL_LEAF and torch.get_num_threads() > 1:
                 return _cpu_flash_causal(q, ke, ve, scale)
-            if not causal and _COUNTER.get() is not None and q.shape[1] > _PROGRESS_ROWS:
-                return _cpu_flash_by_rows(q, ke, ve, scale)
             return _cpu_flash(q, ke, ve, causal, scale)
-        # the other kernels are one call each: count once it has finished
-        out, lse = _fused_or_blockwise(backend, q, ke, ve, causal, scale, window)
-        if window is None:
-            _count(q, k, causal)
-        return out, lse
+        return _fused_or_blockwise(backend, q, ke, ve, causal, scale, window)
 
 
 def _fused_or_blockwise(backend, q, ke, ve, causal, scale, window):
@@ -218,17 +158,7 @@ def _cpu_flash(q, k, v, causal: bool, scale: float):
     """One call of the fused CPU flash kernel; (B, L, H, D) in and out, lse (B, H, L)."""
     out, lse = _aten._scaled_dot_product_flash_attention_for_cpu(
         _bhld(q), _bhld(k), _bhld(v), 0.0, causal, scale=scale)
-    _count(q, k, causal)
     return out.transpose(1, 2).contiguous(), lse.to(accumulator_dtype(q.dtype)).contiguous()
-
-
-def _cpu_flash_by_rows(q, k, v, scale: float):
-    """Non-causal attention in blocks of :data:`_PROGRESS_ROWS` query rows (rows are independent,
-    so this is exact), so that a progress counter advances during a long call instead of jumping
-    once at its end."""
-    parts = [_cpu_flash(q[:, i:i + _PROGRESS_ROWS], k, v, False, scale)
-             for i in range(0, q.shape[1], _PROGRESS_ROWS)]
-    return torch.cat([o for o, _ in parts], dim=1), torch.cat([lse for _, lse in parts], dim=2)
 
 
 def _cpu_flash_causal(q, k, v, scale: float):

@@ -46,11 +46,13 @@ def _key_range(q0: int, q1: int, lk: int, causal: bool, window: int | None) -> t
     return lo, max(lo, hi)
 
 
-def _tile_mask(q0: int, q1: int, k0: int, k1: int, causal: bool, window: int | None,
-               device) -> torch.Tensor | None:
-    """(q1-q0, k1-k0) bool mask of visible pairs, or None when the whole tile is visible."""
-    if not causal and window is None:
-        return None
+def visible(q0: int, q1: int, k0: int, k1: int, causal: bool, window: int | None,
+            device=None) -> torch.Tensor:
+    """(q1-q0, k1-k0) bool mask: which keys [k0, k1) queries [q0, q1) see (the module's rules).
+
+    The one definition of visibility, used by the kernel's tiles and by the tests' materialized
+    reference (``visible(0, Lq, 0, Lk, ...)``).
+    """
     i = torch.arange(q0, q1, device=device)[:, None]
     j = torch.arange(k0, k1, device=device)[None, :]
     keep = torch.ones(q1 - q0, k1 - k0, dtype=torch.bool, device=device)
@@ -60,6 +62,15 @@ def _tile_mask(q0: int, q1: int, k0: int, k1: int, causal: bool, window: int | N
         keep &= (i - j) < window
         if not causal:
             keep &= (j - i) < window
+    return keep
+
+
+def _tile_mask(q0: int, q1: int, k0: int, k1: int, causal: bool, window: int | None,
+               device) -> torch.Tensor | None:
+    """:func:`visible` for one tile, or None when the whole tile is visible."""
+    if not causal and window is None:
+        return None
+    keep = visible(q0, q1, k0, k1, causal, window, device)
     return None if bool(keep.all()) else keep
 
 

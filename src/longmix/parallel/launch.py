@@ -213,10 +213,10 @@ def torchrun_group(timeout_s: float):
     """The gloo group torchrun set up (env://), for the body of a ``with`` block, which gets it.
 
     Every collective waits at most ``timeout_s``. When the body succeeds, the ranks meet once more
-    before the group is torn down, so that none tears gloo down while a peer still uses it: rank
-    aborts at exit (std::terminate, after the work was done) fell from 3 in 29 runs to 2 in 136 on
-    a loaded 2-core machine; the executable's exit (``longmix.cli.entry``) removes the rest. When
-    the body raises, the group is torn down at once (a peer may never reach that meeting)."""
+    before the group is torn down, so that none tears gloo down while a peer still uses it (a
+    rank that does can abort at exit, std::terminate, after its work is done); the executable's
+    exit (``longmix.cli.entry``) skips the C++ teardown that still aborts now and then. When the
+    body raises, the group is torn down at once (a peer may never reach that meeting)."""
     dist.init_process_group("gloo", timeout=datetime.timedelta(seconds=timeout_s))
     try:
         yield dist.group.WORLD

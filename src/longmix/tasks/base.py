@@ -35,7 +35,7 @@ from typing import ClassVar
 import numpy as np
 import torch
 
-from ..checks import check_int  # noqa: F401  (the task modules import it from here)
+from ..checks import check_int
 
 SPLITS = ("train", "valid", "test")
 KINDS = ("classify", "lm")

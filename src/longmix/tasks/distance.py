@@ -26,7 +26,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from .base import Task, check_int
+from ..checks import check_int
+from .base import Task
 from .registry import register
 
 KEY, QUERY, DIGIT0, FILLER0 = 1, 2, 3, 13

@@ -49,7 +49,8 @@ import random
 
 import numpy as np
 
-from .base import Task, check_int
+from ..checks import check_int
+from .base import Task
 from .registry import register
 
 VALUE_P = 0.25  # LRA: a node below max_depth is an operator with probability VALUE_P

@@ -42,7 +42,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from .base import Task, check_int, row_hash, truncate_left
+from ..checks import check_int
+from .base import Task, row_hash, truncate_left
 from .registry import register
 
 QUERY = 1

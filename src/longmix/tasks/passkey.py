@@ -38,7 +38,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from .base import Task, check_fraction_range, check_int, row_hash, truncate_left
+from ..checks import check_int
+from .base import Task, check_fraction_range, row_hash, truncate_left
 from .registry import register
 
 KEY, QUERY, DIGIT0, FILLER0 = 1, 2, 3, 13

@@ -56,7 +56,8 @@ import math
 
 import numpy as np
 
-from .base import Task, check_int
+from ..checks import check_int
+from .base import Task
 from .registry import register
 
 BACKGROUND, CONTOUR, DOT = 1, 2, 3

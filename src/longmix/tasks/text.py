@@ -56,7 +56,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .base import SPLITS, Task, check_int
+from ..checks import check_int
+from .base import SPLITS, Task
 from .registry import register
 
 EXCLUDED_DIRS = frozenset({"test", "tests", "idle_test", "site-packages", "dist-packages", "__pycache__"})

@@ -9,7 +9,8 @@ Rerunning the same config resumes from ``out/checkpoint.pt`` (or returns the fin
 """
 from .checkpoint import CheckpointError, load as load_checkpoint, save_atomic
 from .config import TrainConfig, parse_pairs, parse_value
-from .loop import TrainingDiverged, evaluate, evaluate_checkpoint, metric_name, model_config, train
+from .errors import TrainingDiverged
+from .loop import evaluate, evaluate_checkpoint, metric_name, model_config, train
 from .schedule import build_scheduler, warmup_cosine
 from . import results
 

@@ -42,17 +42,13 @@ from ..models import ModelConfig, SequenceModel
 from ..provenance import provenance, utc_now
 from . import checkpoint, results
 from .config import TrainConfig, identity_diff
+from .errors import TrainingDiverged
 from .optim import param_groups
 from .ranks import Ranks, rebuild_error
 from .schedule import build_scheduler
 
 CHECKPOINT = "checkpoint.pt"
 RESULTS = "results.jsonl"
-
-
-class TrainingDiverged(ValueError):
-    """The loss or the gradient became non-finite: this configuration cannot be trained as set
-    (typically a learning rate too high). The run is recorded as diverged in ``results.jsonl``."""
 
 
 # -- set-up ---------------------------------------------------------------------------------

@@ -21,6 +21,7 @@ import torch.distributed as dist
 
 from ..parallel.layout import resolve_group, shard
 from ..parallel.mesh import MeshGroups, data_seq_groups
+from .errors import TrainingDiverged
 
 T = TypeVar("T")
 
@@ -29,7 +30,6 @@ def error_types() -> dict[str, type[ValueError]]:
     """The errors a run may end with, by name, so that each rank raises the same type."""
     from ..fileio import FolderBusy
     from .checkpoint import CheckpointError
-    from .loop import TrainingDiverged
 
     return {cls.__name__: cls for cls in (ValueError, CheckpointError, FolderBusy, TrainingDiverged)}
 

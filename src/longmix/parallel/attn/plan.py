@@ -19,11 +19,13 @@ e bytes, one forward pass costs (per rank):
 * hybrid(u): shuffle inside groups of u ranks (heads/u heads each), ring across the P/u groups.
 
 Rates default to rough constants per device (:data:`DEFAULT_RATES`); :func:`measure_rates` times a
-small all-to-all and matmul on the actual group. The model ranks strategies; it does not promise
+all-to-all and a matmul on the actual group. The model ranks strategies; it does not promise
 wall-clock time (kernel efficiency, memory traffic and the backward pass are not modelled).
 """
 from __future__ import annotations
 
+import math
+import statistics
 import time
 from dataclasses import dataclass
 
@@ -241,12 +243,19 @@ def plan(*, seq_len: int, heads: int, kv_heads: int | None = None, head_dim: int
                 best.bytes_per_rank, tuple(options))
 
 
-def measure_rates(group=None, *, bytes_per_peer: int = 1 << 20, matmul_size: int = 512,
-                  repeats: int = 3) -> Rates:
-    """Time a small all-to-all and matmul on ``group``; every rank gets the same (slowest) rates.
+def measure_rates(group=None, *, bytes_per_peer: int = 4 << 20, matmul_size: int = 512,
+                  repeats: int = 5) -> Rates:
+    """Time an all-to-all of ``bytes_per_peer`` to every peer, a tiny one, and a matmul on
+    ``group``; every rank gets the same (slowest) rates.
 
-    Collective: all ranks of the group must call it. The slowest rank's timings are used
-    (all-reduce MAX) so a plan built from them is identical on every rank.
+    Collective: all ranks of the group must call it. Each figure is the median of ``repeats``
+    timed calls (one machine's hiccup does not set it), and the slowest rank's is used (all-reduce
+    MAX), so a plan built from them is identical on every rank. The latency is the tiny
+    exchange's time per message; the bandwidth, the bytes each rank sends over the large
+    exchange's time beyond the tiny one's. Where that difference is lost in noise (the tiny
+    exchange takes more than half as long as the large one), the large exchange's whole time is
+    charged to the transfer: the bandwidth is then a lower bound, never a division by ~0. On one
+    rank there is no link; ``bandwidth_bytes_per_s`` is then ``inf`` and ``latency_s`` 0.
     """
     group = dist.group.WORLD if group is None else group
     p = dist.get_world_size(group)
@@ -255,17 +264,22 @@ def measure_rates(group=None, *, bytes_per_peer: int = 1 << 20, matmul_size: int
 
     def timed(fn) -> float:
         fn()  # warm-up
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        start = time.perf_counter()
+        times = []
         for _ in range(repeats):
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            start = time.perf_counter()
             fn()
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        return (time.perf_counter() - start) / repeats
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            times.append(time.perf_counter() - start)
+        return statistics.median(times)
 
     a = torch.randn(matmul_size, matmul_size, device=device)
     t_mm = timed(lambda: a @ a)
+    if p == 1:
+        return Rates(bandwidth_bytes_per_s=math.inf, flops_per_s=2 * matmul_size ** 3 / t_mm,
+                     latency_s=0.0)
     n = bytes_per_peer // 4
     big, big_out = torch.zeros(n * p, device=device), torch.empty(n * p, device=device)
     tiny, tiny_out = torch.zeros(p, device=device), torch.empty(p, device=device)
@@ -274,8 +288,7 @@ def measure_rates(group=None, *, bytes_per_peer: int = 1 << 20, matmul_size: int
     times = torch.tensor([t_mm, t_big, t_tiny], dtype=torch.float64, device=device)
     dist.all_reduce(times, op=dist.ReduceOp.MAX, group=group)
     t_mm, t_big, t_tiny = times.tolist()
-    messages = max(p - 1, 1)
-    latency = t_tiny / messages
-    transfer = max(t_big - t_tiny, 1e-9)
-    return Rates(bandwidth_bytes_per_s=bytes_per_peer * messages / transfer,
-                 flops_per_s=2 * matmul_size ** 3 / t_mm, latency_s=latency)
+    messages = p - 1
+    transfer = t_big - t_tiny if t_big > 2 * t_tiny else t_big
+    return Rates(bandwidth_bytes_per_s=n * 4 * messages / transfer,
+                 flops_per_s=2 * matmul_size ** 3 / t_mm, latency_s=t_tiny / messages)
