@@ -4,7 +4,6 @@ import contextlib
 import errno
 import io
 
-import pytest
 import torch
 
 from longmix.cli import EXIT_DISK_FULL, main
