@@ -50,8 +50,8 @@ def _groups(mixer, x: torch.Tensor) -> int:
     try:
         with torch.no_grad():
             return int(mixer._mixing_matrix(x[:1, :1].detach()).shape[1])
-    except NotImplementedError:
-        return mixer.dim
+    except (NotImplementedError, ValueError, RuntimeError):  # no operator (or none at L = 1)
+        return max(mixer.dim, mixer.heads)
 
 
 def factor(mixer) -> float:
