@@ -115,3 +115,65 @@ def test_the_folder_lock_is_exclusive_names_its_holder_and_is_released(tmp_path)
                 pass
     with folder_lock(tmp_path, "study"):  # released at the end of the block
         pass
+
+
+# -- a full disk ----------------------------------------------------------------------------
+def fill_after(monkeypatch, room: int):
+    """Make os.write take ``room`` more bytes in all, then raise ENOSPC, as a full disk does."""
+    import errno
+
+    from longmix import fileio
+
+    real_write, left = os.write, [room]
+
+    def write(fd, data):
+        if left[0] <= 0:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        n = real_write(fd, bytes(data)[:left[0]])
+        left[0] -= n
+        return n
+
+    monkeypatch.setattr(fileio.os, "write", write)
+
+
+def test_a_full_disk_mid_record_leaves_the_records_as_they_were(tmp_path, monkeypatch):
+    from longmix.fileio import DiskFull
+
+    path = tmp_path / "results.jsonl"
+    append_record(path, {"run": 1})
+    before = path.read_bytes()
+    fill_after(monkeypatch, 10)
+    record = {"run": 2, "text": "x" * 100}
+    with pytest.raises(DiskFull) as info:
+        append_record(path, record)
+    assert path.read_bytes() == before  # no partial line
+    err = info.value
+    assert isinstance(err, OSError) and err.errno == 28 and err.path == path
+    assert err.needed == len(json.dumps(record, sort_keys=True)) + 1 and err.free is not None
+    assert f"writing {path}: it needed about {err.needed} bytes" in str(err)
+
+
+def test_a_full_disk_mid_report_keeps_the_old_report(tmp_path):
+    import errno
+
+    from longmix.fileio import DiskFull, atomic_replace
+
+    path = tmp_path / "report.md"
+    path.write_text("old")
+    with pytest.raises(DiskFull) as info:
+        with atomic_replace(path, "wb", size_hint=5000) as f:
+            f.write(b"x" * 3000)
+            f.flush()
+            raise OSError(errno.ENOSPC, "No space left on device")  # the disk fills partway
+    assert path.read_text() == "old" and [p.name for p in tmp_path.iterdir()] == ["report.md"]
+    assert info.value.needed == 5000 and f"writing {path}" in str(info.value)
+    assert isinstance(info.value.__cause__, OSError)
+
+
+def test_disk_full_survives_pickling():
+    import pickle
+
+    from longmix.fileio import DiskFull
+
+    err = pickle.loads(pickle.dumps(DiskFull("/x/y", 10, 3)))
+    assert isinstance(err, DiskFull) and err.needed == 10 and err.free == 3 and "writing /x/y" in str(err)

@@ -3,6 +3,10 @@
 Each subcommand lives in ``longmix.commands.<name>`` with ``add_arguments(parser)`` and
 ``run(args) -> int``. Command modules import heavy dependencies inside ``run`` only, so that
 building the parser (and `longmix --help`) stays fast.
+
+Exit status: 0 done; a command's own codes (1 a run or rank failed, 2 bad arguments, 3 the loss
+diverged); :data:`EXIT_DISK_FULL` when any command's write (checkpoint, results, report) found
+no space left, with the path, the bytes needed and the bytes free.
 """
 from __future__ import annotations
 
@@ -11,6 +15,11 @@ import importlib
 import logging
 import os
 import sys
+
+from .fileio import DiskFull
+
+#: Exit status of any command whose write found the disk full (its commands use 1 to 3).
+EXIT_DISK_FULL = 4
 
 COMMANDS = {
     "mixers": "print the taxonomy table of every token mixer",
@@ -38,7 +47,11 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "_run", None):
         parser.print_help()
         return 2
-    return int(args._run(args) or 0)
+    try:
+        return int(args._run(args) or 0)
+    except DiskFull as err:  # every command's writes go through longmix.fileio, which raises it
+        print(f"longmix {args.command}: error: {err}", file=sys.stderr)
+        return EXIT_DISK_FULL
 
 
 def entry() -> None:

@@ -8,6 +8,9 @@ Two kinds of file, two ways to write:
 * a record file (``results.jsonl``: one JSON object per line) only grows: :func:`append_record`
   adds one strict-JSON line, fsynced, and repairs the torn last line a crash may have left.
 
+A write that runs out of space (ENOSPC, or a quota) raises :class:`DiskFull`, naming the path,
+about how many bytes it needed and how many were free; the target keeps its previous content.
+
 Temporary files get unpredictable names and are created with ``O_EXCL | O_NOFOLLOW``
 (:func:`tempfile.mkstemp`): a file or symlink planted at a guessable name is never written
 through, and two writers never share a temporary file.
@@ -15,11 +18,13 @@ through, and two writers never share a temporary file.
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import json
 import math
 import os
 import platform
+import shutil
 import tempfile
 import warnings
 from pathlib import Path
@@ -30,6 +35,55 @@ from .provenance import utc_now
 #: Temporary files are ``.<target name>.<random>.tmp`` next to the target (hidden, and matched by
 #: :func:`remove_stale_temps`).
 _TMP_SUFFIX = ".tmp"
+
+
+class DiskFull(OSError):
+    """A write ran out of space. ``path`` is the file it was writing, ``needed`` about how many
+    bytes the write needed (None if unknown), ``free`` the bytes free on its file system then."""
+
+    def __init__(self, path: str | os.PathLike, needed: int | None, free: int | None):
+        self.path, self.needed, self.free = Path(path), needed, free
+        need = f"about {_size(needed)}" if needed is not None else "an unknown amount"
+        have = f"{_size(free)} free" if free is not None else "free space unknown"
+        super().__init__(errno.ENOSPC, f"no space left on the device writing {self.path}: it needed "
+                         f"{need}, {have} there; its previous content, if any, is intact. Free some "
+                         f"space or write elsewhere (--out)")
+
+    def __str__(self) -> str:
+        return self.strerror
+
+    def __reduce__(self):  # OSError pickles as (errno, strerror); rebuild from the fields instead
+        return type(self), (self.path, self.needed, self.free)
+
+
+_FULL_ERRNOS = {errno.ENOSPC, errno.EDQUOT}
+
+
+def _size(n: int) -> str:
+    for unit, scale in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if n >= scale:
+            return f"{n / scale:.3g} {unit} ({n:,} bytes)"
+    return f"{n} bytes"
+
+
+def is_disk_full(err: BaseException) -> bool:
+    """Did ``err`` come from a full disk or quota? Also looks along its chain of causes: torch's
+    serializer answers an ENOSPC from the file with a RuntimeError ("unexpected pos ...")."""
+    seen = set()
+    while err is not None and id(err) not in seen:
+        seen.add(id(err))
+        if isinstance(err, OSError) and err.errno in _FULL_ERRNOS:
+            return True
+        err = err.__cause__ or err.__context__
+    return False
+
+
+def free_bytes(path: str | os.PathLike) -> int | None:
+    """Bytes free to this user on the file system holding ``path`` (its folder); None if unknown."""
+    try:
+        return shutil.disk_usage(Path(path).parent).free
+    except OSError:
+        return None
 
 
 def fsync_dir(path: str | os.PathLike) -> None:
@@ -48,12 +102,13 @@ def fsync_dir(path: str | os.PathLike) -> None:
 
 
 @contextlib.contextmanager
-def atomic_replace(path: str | os.PathLike, mode: str = "wb") -> Iterator[IO]:
+def atomic_replace(path: str | os.PathLike, mode: str = "wb", size_hint: int | None = None) -> Iterator[IO]:
     """``with atomic_replace(path) as f: f.write(...)``: ``path`` is replaced by what was written
     when the block ends, or left untouched if it raises (the temporary file is removed).
 
     ``mode`` is "wb" or "w" (text, UTF-8). A hard kill (SIGKILL) mid-write leaves at most a
-    hidden temporary file, which :func:`remove_stale_temps` clears.
+    hidden temporary file, which :func:`remove_stale_temps` clears. Running out of space raises
+    :class:`DiskFull`; ``size_hint`` (about how many bytes will be written) goes in its message.
     """
     if mode not in ("wb", "w"):
         raise ValueError(f"mode must be 'wb' or 'w', got {mode!r}")
@@ -66,16 +121,20 @@ def atomic_replace(path: str | os.PathLike, mode: str = "wb") -> Iterator[IO]:
             os.fchmod(f.fileno(), 0o644)  # mkstemp makes 0600; a kept file is as readable as any other
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as err:
+        written = 0
         with contextlib.suppress(FileNotFoundError):
+            written = os.stat(tmp).st_size  # what fitted before the disk filled
             os.unlink(tmp)
+        if is_disk_full(err):
+            raise DiskFull(path, max(size_hint or 0, written) or None, free_bytes(path)) from err
         raise
     fsync_dir(path.parent)
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:
     """Replace ``path`` with ``text`` atomically: a crash leaves the old file or the new one."""
-    with atomic_replace(path, "w") as f:
+    with atomic_replace(path, "w", size_hint=len(text.encode())) as f:
         f.write(text)
 
 
@@ -133,10 +192,16 @@ def append_record(path: str | os.PathLike, record: dict) -> None:
         if size:
             line = _repair_tail(fd, size, path) + line
         # os.write may write fewer bytes than asked (a signal, a nearly full disk): finish the line.
-        view = memoryview(line)
-        while view:
-            view = view[os.write(fd, view):]
-        os.fsync(fd)
+        view, start = memoryview(line), os.fstat(fd).st_size
+        try:
+            while view:
+                view = view[os.write(fd, view):]
+            os.fsync(fd)
+        except OSError as err:
+            if not is_disk_full(err):
+                raise
+            os.ftruncate(fd, start)  # leave no partial line: the file as it was
+            raise DiskFull(path, len(line), free_bytes(path)) from err
     finally:
         os.close(fd)  # releases the lock
     if created:

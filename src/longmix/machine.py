@@ -3,7 +3,8 @@
     desc = describe()          # {'cpu': ..., 'cores': 2, 'memory_gb': 23.4, 'torch': ..., ...}
     print(markdown(desc))      # one line for a README table caption
 
-Also the per-process peak resident memory that the benchmarks and `longmix attend` report.
+Also the per-process peak resident memory that the benchmarks and `longmix attend` report, and
+the memory still available (what `longmix attend` and the mixers' literal paths check first).
 On the ground floor (imports only the standard library, torch and :mod:`longmix.provenance`),
 so benchmarks, training and the attend job all describe a machine the same way.
 """
@@ -150,3 +151,37 @@ def current_rss_bytes() -> int:
     """This process's resident set size now (VmRSS), to separate a run's own memory from the baseline."""
     now = _proc_status_bytes("VmRSS")
     return peak_rss_bytes() if now is None else now
+
+
+def _read_int(path: str) -> int | None:
+    try:
+        with open(path) as f:
+            text = f.read().strip()
+    except OSError:
+        return None
+    return int(text) if text.isdigit() else None
+
+
+def available_bytes() -> tuple[int | None, str]:
+    """Memory this process may still use, and where the figure came from.
+
+    The smaller of /proc/meminfo's MemAvailable and the cgroup's remaining limit (v2 memory.max
+    minus memory.current, or v1's limit minus usage); (None, reason) where neither is readable.
+    """
+    found = []
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    found.append((int(line.split()[1]) * 1024, "MemAvailable"))
+    except (OSError, ValueError, IndexError):
+        pass
+    for limit_file, usage_file in (("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory.current"),
+                                   ("/sys/fs/cgroup/memory/memory.limit_in_bytes",
+                                    "/sys/fs/cgroup/memory/memory.usage_in_bytes")):
+        limit, usage = _read_int(limit_file), _read_int(usage_file)
+        if limit is not None and usage is not None and limit < 2**60:
+            found.append((max(limit - usage, 0), f"cgroup limit ({limit_file})"))
+    if not found:
+        return None, "unknown (no /proc/meminfo or cgroup limit readable)"
+    return min(found)

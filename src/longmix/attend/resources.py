@@ -6,6 +6,7 @@ numbers, not discovered by the OOM killer minutes later.
 from __future__ import annotations
 
 from longmix.dtypes import DTYPES
+from longmix.machine import available_bytes  # noqa: F401  (read here, so tests can patch it)
 
 #: The torch runtime and the job's code, resident before any tensor (measured ~160 MiB per rank).
 RUNTIME_BYTES = 256 * 2**20
@@ -64,40 +65,6 @@ def predicted_bytes_per_rank(*, seq_len: int, world: int, heads: int, kv_heads: 
                                    kv_heads=kv_heads, head_dim=head_dim, elem=elem, acc=acc,
                                    batch=batch) for s in strategies)
     return int(RUNTIME_BYTES + ALLOCATOR_SLACK * live)
-
-
-def _read_int(path: str) -> int | None:
-    try:
-        with open(path) as f:
-            text = f.read().strip()
-    except OSError:
-        return None
-    return int(text) if text.isdigit() else None
-
-
-def available_bytes() -> tuple[int | None, str]:
-    """Memory this process may still use, and where the figure came from.
-
-    The smaller of /proc/meminfo's MemAvailable and the cgroup's remaining limit (v2 memory.max
-    minus memory.current, or v1's limit minus usage); (None, reason) where neither is readable.
-    """
-    found = []
-    try:
-        with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    found.append((int(line.split()[1]) * 1024, "MemAvailable"))
-    except (OSError, ValueError, IndexError):
-        pass
-    for limit_file, usage_file in (("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory.current"),
-                                   ("/sys/fs/cgroup/memory/memory.limit_in_bytes",
-                                    "/sys/fs/cgroup/memory/memory.usage_in_bytes")):
-        limit, usage = _read_int(limit_file), _read_int(usage_file)
-        if limit is not None and usage is not None and limit < 2**60:
-            found.append((max(limit - usage, 0), f"cgroup limit ({limit_file})"))
-    if not found:
-        return None, "unknown (no /proc/meminfo or cgroup limit readable)"
-    return min(found)
 
 
 def memory_error(*, seq_len: int, world: int, local_ranks: int, heads: int, kv_heads: int,

@@ -34,6 +34,7 @@ from torch import nn
 
 from .. import checks
 from .forms import ShuffleHooks, WholeSequence  # noqa: F401  (WholeSequence: mixers' shuffle hooks)
+from .memory_guard import check_literal_path_fits
 
 FAMILIES = ("attention", "kernel", "sparse", "lowrank", "fourier", "convolution", "ssm", "mlp")
 
@@ -122,13 +123,17 @@ class TokenMixer(nn.Module):
         return self._forward(x)
 
     def reference(self, x: torch.Tensor) -> torch.Tensor:
-        """The literal formula with every L x L matrix materialized (slow; for tests and teaching)."""
+        """The literal formula with every L x L matrix materialized (slow; for tests and teaching).
+        Refused (:class:`~longmix.mixers.memory_guard.LiteralPathTooLarge`) if it cannot fit."""
         self.check_input(x)
+        check_literal_path_fits(self, x, "reference")
         return self._reference(x)
 
     def mixing_matrix(self, x: torch.Tensor) -> torch.Tensor:
-        """The token-mixing operator (batch, groups, L, L) that this mixer applies to ``x``."""
+        """The token-mixing operator (batch, groups, L, L) that this mixer applies to ``x``.
+        Refused (:class:`~longmix.mixers.memory_guard.LiteralPathTooLarge`) if it cannot fit."""
         self.check_input(x)
+        check_literal_path_fits(self, x, "mixing_matrix")
         return self._mixing_matrix(x)
 
     def no_decay_parameter_names(self) -> list[str]:

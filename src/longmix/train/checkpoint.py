@@ -33,9 +33,21 @@ class CheckpointError(ValueError):
 
 
 def save_atomic(obj: dict, path: str | os.PathLike) -> None:
-    """``torch.save(obj, path)`` such that ``path`` is never left half-written."""
-    with atomic_replace(path, "wb") as f:
+    """``torch.save(obj, path)`` such that ``path`` is never left half-written; a full disk is a
+    :class:`longmix.fileio.DiskFull` naming the path and about how many bytes were needed."""
+    with atomic_replace(path, "wb", size_hint=_tensor_bytes(obj)) as f:
         torch.save(obj, f)
+
+
+def _tensor_bytes(obj) -> int:
+    """The bytes of the tensors in ``obj`` (nested dicts, lists, tuples): most of a checkpoint."""
+    if isinstance(obj, torch.Tensor):
+        return obj.nelement() * obj.element_size()
+    if isinstance(obj, dict):
+        return sum(_tensor_bytes(v) for v in obj.values())
+    if isinstance(obj, (list, tuple)):
+        return sum(_tensor_bytes(v) for v in obj)
+    return 0
 
 
 def _is_number(v) -> bool:

@@ -37,7 +37,7 @@ from .. import machine, mixers, tasks
 from ..checks import check_int
 from ..parallel.launch import run_local
 from ..parallel.forms.parallelize import parallelize
-from ..fileio import append_record, folder_lock, record_line, remove_stale_temps
+from ..fileio import DiskFull, append_record, folder_lock, record_line, remove_stale_temps
 from ..models import ModelConfig, SequenceModel
 from ..provenance import provenance, utc_now
 from . import checkpoint, results
@@ -484,7 +484,9 @@ def _run(cfg, task, mcfg, device, out, run_id, say, ranks: Ranks) -> dict:
 def _write_checkpoint(state: dict, path: Path) -> None:
     try:
         checkpoint.save_atomic(state, path)
-    except OSError as err:  # a full disk, a removed folder: a clear error on every rank
+    except DiskFull:
+        raise  # its own message, and its own exit code
+    except OSError as err:  # a removed folder, no permission: a clear error on every rank
         raise ValueError(f"could not write checkpoint {path} ({err.strerror or err}); the previous "
                          f"checkpoint, if any, is intact") from err
 
