@@ -13,6 +13,8 @@ from longmix.vocabulary import DTYPE_NAMES, LAYOUTS, STRATEGIES
 
 #: Local ranks spawned when neither ``procs`` nor torchrun gives a world size.
 DEFAULT_PROCS = 2
+#: Where the job runs: CPU ranks (gloo), or one NVIDIA GPU.
+DEVICES = ("cpu", "cuda")
 
 
 @dataclass(frozen=True)
@@ -44,6 +46,7 @@ class AttendConfig:
     batch: int = 1
     timeout: float = 3600.0
     hybrid_size: int | None = None
+    device: str = "cpu"  # "cuda": one process on one GPU (attend/cuda.py)
 
     def __post_init__(self):
         if self.kv_heads is None:
@@ -62,6 +65,8 @@ class AttendConfig:
             raise ValueError(f"strategy must be one of {STRATEGIES}, got {self.strategy!r}")
         if self.layout not in LAYOUTS:
             raise ValueError(f"layout must be one of {LAYOUTS}, got {self.layout!r}")
+        if self.device not in DEVICES:
+            raise ValueError(f"device must be one of {DEVICES}, got {self.device!r}")
         if self.hybrid_size is not None and self.strategy != "hybrid":
             raise ValueError(f"hybrid_size applies to strategy='hybrid' only, got {self.strategy!r}")
 

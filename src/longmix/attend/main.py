@@ -86,6 +86,13 @@ def run_job(cfg: AttendConfig, *, procs: int | None = None, progress: bool = Tru
     """
     from longmix.parallel.launch import torchrun_world_size
 
+    if cfg.device == "cuda":
+        from .cuda import cuda_refusal, run_cuda_job
+
+        refusal = cuda_refusal(cfg, procs)
+        if refusal:
+            raise Refused(*refusal)
+        return run_cuda_job(cfg, progress)
     try:
         torchrun_world = torchrun_world_size(procs)
     except ValueError as err:

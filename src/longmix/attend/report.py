@@ -70,6 +70,10 @@ def _calibration_lines(report: dict) -> list[str]:
 
 def format_report(report: dict) -> str:
     """The human summary `longmix attend` prints."""
+    if report.get("device") == "cuda":
+        from .cuda import format_cuda_report
+
+        return format_cuda_report(report)
     c = report["config"]
     plan = report["plan"]
     machine = report["machine"]

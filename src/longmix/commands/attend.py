@@ -18,7 +18,7 @@ from pathlib import Path
 
 # Torch-free, so building the parser (`longmix --help`) stays fast. The defaults are the job's
 # own (AttendConfig), so the command and Python callers cannot drift apart.
-from ..attend.config import DEFAULT_PROCS, AttendConfig
+from ..attend.config import DEFAULT_PROCS, DEVICES, AttendConfig
 from ..vocabulary import DTYPE_ALIASES, LAYOUTS, STRATEGIES
 from ..vocabulary import DTYPE_NAMES as DTYPES
 
@@ -92,6 +92,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dtype", type=_dtype, default=d.dtype,
                         help="compute dtype: fp32, bf16, fp64, or auto (default): a few seconds of "
                              "calibration pick bf16 only where it is faster than fp32 here")
+    parser.add_argument("--device", choices=DEVICES, default=d.device,
+                        help="cpu (default): local gloo ranks or torchrun; cuda: one process on "
+                             "one NVIDIA GPU (dtype auto means bf16 there)")
     parser.add_argument("--recalibrate", action="store_true",
                         help="measure the machine again instead of using the cached calibration")
     parser.add_argument("--check-rows", type=_non_negative_int, default=d.check_rows,
@@ -144,7 +147,8 @@ def run(args: argparse.Namespace) -> int:
     cfg = AttendConfig(seq_len=args.seq_len, heads=args.heads, kv_heads=kv_heads,
                        head_dim=args.head_dim, causal=args.causal, strategy=args.strategy,
                        layout=args.layout, dtype=args.dtype, check_rows=args.check_rows,
-                       seed=args.seed, timeout=float(args.timeout), hybrid_size=args.hybrid_size)
+                       seed=args.seed, timeout=float(args.timeout), hybrid_size=args.hybrid_size,
+                       device=args.device)
 
     from longmix import attend
     from longmix.fileio import atomic_write_text, strict_json_value

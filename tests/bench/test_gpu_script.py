@@ -1,0 +1,36 @@
+"""benchmarks/gpu.sh parses and refuses clearly where no GPU is visible; the training-context search
+it runs works on the CPU at toy sizes (the GPU figures themselves come from a GPU machine)."""
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_gpu_sh_parses():
+    subprocess.run(["bash", "-n", str(ROOT / "benchmarks" / "gpu.sh")], check=True, timeout=30)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal where no GPU is visible")
+def test_gpu_sh_refuses_without_a_gpu():
+    done = subprocess.run(["bash", str(ROOT / "benchmarks" / "gpu.sh")], capture_output=True,
+                          text=True, timeout=120, env={"PYTHON": sys.executable, "PATH": "/usr/bin:/bin"})
+    assert done.returncode == 3
+    assert "no CUDA device visible to torch" in done.stderr
+
+
+def test_training_context_search_runs_and_records_what_stopped_it(tmp_path):
+    done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "gpu_train_context.py"),
+                           "--device", "cpu", "--mixers", "mamba", "--dim", "8", "--depth", "1",
+                           "--heads", "1", "--dtype", "fp32", "--min-log2", "4", "--max-log2", "5",
+                           "--out-dir", str(tmp_path)], capture_output=True, text=True, timeout=240)
+    assert done.returncode == 0, done.stderr
+    record = json.loads((tmp_path / "gpu_train_context.json").read_text())
+    assert [p["length"] for p in record["points"]] == [16, 32]
+    assert all(p["status"] == "ok" and p["step_s"] > 0 for p in record["points"])
+    assert record["points"][-1]["stopped_by"] == "--max-log2 5"
+    assert "| mamba | 32 |" in (tmp_path / "gpu_train_context.md").read_text()
