@@ -132,13 +132,18 @@ def test_attend_runs_and_passes(tmp_path, capsys, argv, world, strategy):
     assert main(["attend", *argv, "--no-progress", "--json", str(report_file)]) == 0
     printed = capsys.readouterr().out
     for field in (f"world size: {world}", f"plan: {strategy}", "GFLOP/s", "peak mem",
-                  "calibration", "predicted", "communication per rank", "PASS"):
+                  "calibration", "of the prediction", "communication per rank", "PASS"):
         assert field in printed, printed
     report = json.loads(report_file.read_text())
     assert report["passed"] and report["world_size"] == world and report["strategy"] == strategy
     assert report["verification"]["rows_checked"] == report["verification"]["rows_wanted"] > 16
     assert report["verification"]["max_rel_err"] <= report["verification"]["tolerance"]
     assert report["calibration"]["rates"] and report["machine"]["cpu"]
+    link = report["calibration"]["bandwidth_bytes_per_s"]
+    if world > 1:  # measured between the ranks: loopback gloo moves far less than 1 TB/s
+        assert 0 < link < 1e12 and "GB/s per rank" in printed
+    else:
+        assert link is None and "no link (one rank)" in printed
     # the code version, flat as in every other record (train, study, bench)
     assert {"git_describe", "git_commit", "git_dirty", "git_diff_sha256"} <= report.keys()
     assert "code" not in report
@@ -147,6 +152,10 @@ def test_attend_runs_and_passes(tmp_path, capsys, argv, world, strategy):
     assert done == pytest.approx(report["flops"], rel=0.02)
     for rank in report["ranks"]:
         assert rank["peak_rss_bytes"] >= rank["baseline_rss_bytes"] > 0
+        # the refusal of jobs too large rests on this: the prediction is an upper estimate
+        assert rank["peak_rss_bytes"] <= report["predicted_bytes_per_rank"], (
+            rank["peak_rss_bytes"] / 2**20, rank["baseline_rss_bytes"] / 2**20,
+            report["predicted_bytes_per_rank"] / 2**20)
         if world > 1:  # what the engine counted vs the formula (shards differ by <= 1 row)
             theory = report["theory_bytes_sent_per_rank"]
             assert rank["bytes_sent"] == pytest.approx(theory, rel=0.02)

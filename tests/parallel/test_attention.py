@@ -121,15 +121,38 @@ def test_large_logits_stay_finite_and_accurate(results):
             assert max(r["errors"].values()) <= tolerance("float64"), (case.name, r["errors"])
 
 
-def test_float32_error_does_not_grow_with_p(results):
-    """Every float32 case: the distributed error is within 4x of one process running the same op."""
+# Bounds from benchmarks/results/attention_float32_error.md (every float32 case here, P = 1..4):
+# at ordinary logits the distributed error exceeded one process's by at most 4.2e-7 (P = 2);
+# at logits ~1e4 the ring's merge of P partials on large lse grew it, to 1.24x at P = 2 and
+# 3.58x at P = 4 (out: 2.5e-4 against 7.0e-5).
+EXCESS_FP32 = 1e-6
+GROWTH_FP32_LARGE_LOGITS = 4.5
+
+
+def _float32_rows(results, large_logits: bool):
     p, grouped = results
-    rows = [r for rs in grouped.values() for r in rs if r["case"].dtype == "float32"]
+    rows = [r for rs in grouped.values() for r in rs
+            if r["case"].dtype == "float32" and (r["case"].logit_scale != 1) == large_logits]
     assert rows
-    for r in rows:
+    return rows
+
+
+def test_float32_error_does_not_grow_with_p(results):
+    """Ordinary logits: the distributed error is one process's error plus rounding noise."""
+    for r in _float32_rows(results, large_logits=False):
         for name, err in r["errors"].items():
             local = r["local_errors"][name]
-            assert err <= 4 * local + 1e-6, (r["case"].name, name, err, local)
+            assert err <= local + EXCESS_FP32, (r["case"].name, name, err, local)
+
+
+def test_float32_error_at_large_logits_grows_no_more_than_measured(results):
+    """Logits ~1e4: merging partials whose lse is ~1e4 in float32 adds error with P; held to
+    what was measured, with a margin."""
+    for r in _float32_rows(results, large_logits=True):
+        for name, err in r["errors"].items():
+            local = r["local_errors"][name]
+            assert err <= GROWTH_FP32_LARGE_LOGITS * local + EXCESS_FP32, (r["case"].name, name,
+                                                                         err, local)
 
 
 def test_shuffle_bytes_match_theory(results):

@@ -140,12 +140,12 @@ def test_describe_is_json_serialisable():
 @pytest.mark.parametrize("name, params", [
     ("listops", dict(max_length=1024)), ("pathfinder", {}), ("mqar", dict(length=1024)),
     ("passkey", dict(length=1024)), ("text", {})])
-def test_batch_of_32_by_1024_is_fast(name, params):
-    """Smoke guard against a slow generator (measured ~1-70 ms on a loaded 2-core machine; the
-    bound is loose so that a busy CI machine does not fail it)."""
-    import time
+def test_full_size_batches_of_32_by_1024(name, params):
+    """At the study's sizes a batch has the asked shape and is the same when asked again. (No
+    wall-clock bound: under load it fails for no fault of the code; generator speed is a
+    benchmark's question.)"""
     task = tasks.build(name, **params)
-    task.batch("train", 0, 32, 1024)  # first call may read files / warm caches
-    start = time.perf_counter()
-    x, _ = task.batch("train", 1, 32, 1024)
-    assert x.shape == (32, 1024) and time.perf_counter() - start < 1.0
+    x, y = task.batch("train", 1, 32, 1024)
+    assert x.shape == (32, 1024)
+    again_x, again_y = task.batch("train", 1, 32, 1024)
+    assert torch.equal(x, again_x) and torch.equal(y, again_y)

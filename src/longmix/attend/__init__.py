@@ -8,6 +8,7 @@ Modules, one concern each:
     calibrate   a few seconds of kernel and link measurement; the dtype choice; the cache
     resources   memory per rank predicted, against what the machine has
     verify      which rows, the float64 reference, the tolerance, the verdict
+    progress    the bar over the useful kernel work done (a torch function mode counts it)
     job         the job on each rank, and the local launcher
     report      what is printed
 

@@ -2,10 +2,11 @@
 
 A collective call such as ``longmix.parallel.attention`` has no progress callback, and the
 kernels in ``longmix.ops`` are pure functions that keep no count. So the job watches the kernel
-calls themselves: :class:`WorkCounter` is a torch dispatch mode that, while active on the thread
+calls themselves: :class:`WorkCounter` is a torch function mode that, while active on the thread
 running the attention, adds the useful flops of every CPU flash attention call it sees (the
 kernel every strategy calls for the job's CPU tensors; a causal diagonal block counts as half).
-A heartbeat thread reads the count and moves the bar.
+A heartbeat thread reads the count and moves the bar. (A function mode, not a dispatch mode:
+entering a dispatch mode imports some 800 modules, ~70 MiB per rank.)
 """
 from __future__ import annotations
 
@@ -14,12 +15,13 @@ import sys
 import threading
 
 import torch
-from torch.utils._python_dispatch import TorchDispatchMode
+from torch.overrides import TorchFunctionMode
 
-_FLASH_CPU = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu.default
+_FLASH_CPU = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu
+_FLASH_CPU_CALLS = (_FLASH_CPU, _FLASH_CPU.default)
 
 
-class WorkCounter(TorchDispatchMode):
+class WorkCounter(TorchFunctionMode):
     """Within ``with WorkCounter() as counter:``, :attr:`flops` is the useful attention flops of
     the CPU flash kernel calls made on this thread so far; readable from any thread."""
 
@@ -28,10 +30,10 @@ class WorkCounter(TorchDispatchMode):
         self._lock = threading.Lock()
         self._flops = 0.0
 
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+    def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
         out = func(*args, **kwargs)
-        if func is _FLASH_CPU:  # (B, H, L, D) views of q, k, v; then dropout_p, is_causal
+        if func in _FLASH_CPU_CALLS:  # (B, H, L, D) views of q, k, v; then dropout_p, is_causal
             q, k = args[0], args[1]
             causal = args[4] if len(args) > 4 else kwargs.get("is_causal", False)
             b, h, lq, d = q.shape

@@ -8,8 +8,11 @@ from __future__ import annotations
 from longmix.dtypes import DTYPES
 from longmix.machine import available_bytes  # noqa: F401  (read here, so tests can patch it)
 
-#: The torch runtime and the job's code, resident before any tensor (measured ~160 MiB per rank).
-RUNTIME_BYTES = 256 * 2**20
+#: What a rank holds besides its shard-sized tensors: the torch runtime and the job's code
+#: (160-185 MiB resident at a rank's start here) and what the job adds that does not grow with L
+#: (communication buffers, threads, the verification's chunks: ~65 MiB at L = 8,192, so about
+#: 250 MiB in all); with a margin for other builds of torch.
+RUNTIME_BYTES = 320 * 2**20
 #: Freed temporaries smaller than glibc's dynamic mmap threshold (it rises to 32 MiB) go back to
 #: the heap, not to the system, and stay resident. So the resident peak can exceed the live
 #: tensors counted below; this factor covers that retention. The million-token default (bf16,
