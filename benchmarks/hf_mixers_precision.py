@@ -4,7 +4,7 @@
     python benchmarks/hf_mixers_precision.py --seeds 10 --lengths 1 7 33 128
 
 transformers keeps float32 casts inside a float64 ``MambaMixer`` (A_log, D, the dt bias, B and the
-SSM input) and ``JambaMambaMixer`` (also its dt/B/C RMSNorms). For small random configs (every
+SSM input) and ``JambaMambaMixer`` and ``FalconMambaMixer`` (also their dt/B/C RMSNorms). For small random configs (every
 parameter perturbed from its init), this measures the relative error (||a - b|| / ||b||) of:
 
 - ``hf64``: longmix's mixer from ``mixer_from_hf`` vs the HF module as it runs in float64, output
@@ -24,7 +24,8 @@ import sys
 from pathlib import Path
 
 import torch
-from transformers import JambaConfig, MambaConfig
+from transformers import FalconMambaConfig, JambaConfig, MambaConfig
+from transformers.models.falcon_mamba.modeling_falcon_mamba import FalconMambaMixer
 from transformers.models.jamba.modeling_jamba import JambaMambaMixer
 from transformers.models.mamba.modeling_mamba import MambaMixer
 
@@ -48,14 +49,26 @@ CONFIGS = {
     "jamba_biases": (JambaMambaMixer, JambaConfig, dict(hidden_size=24, mamba_d_state=8, mamba_expand=1,
                                                         mamba_d_conv=3, mamba_dt_rank=2, mamba_conv_bias=False,
                                                         mamba_proj_bias=True, rms_norm_eps=1e-3)),
+    "falcon": (FalconMambaMixer, FalconMambaConfig, dict(hidden_size=16, state_size=4, expand=2, conv_kernel=3,
+                                                         time_step_rank=3, mixer_rms_eps=1e-3, use_bias=True)),
 }
 BATCH = 2
+
+
+def _construct(cls, config) -> torch.nn.Module:
+    """cls(config, 0) in float64. FalconMambaMixer initializes its weights before it creates the
+    norms whose weights that initialization sets (transformers 5.23), so it is initialized after."""
+    if cls is FalconMambaMixer:
+        module = cls(config, 0, initialize_mixer_weights=False)
+        module.init_falcon_mamba_weights()
+        return module.double()
+    return cls(config, 0).double()
 
 
 def hf_module(name: str, seed: int) -> torch.nn.Module:
     cls, config_cls, kwargs = CONFIGS[name]
     torch.manual_seed(seed)
-    module = cls(config_cls(num_hidden_layers=1, **kwargs), 0).double()
+    module = _construct(cls, config_cls(num_hidden_layers=1, **kwargs))
     with torch.no_grad():
         for p in module.parameters():
             p.add_(0.1 * torch.randn_like(p))

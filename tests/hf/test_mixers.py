@@ -17,7 +17,8 @@ import torch
 
 pytest.importorskip("transformers")
 
-from transformers import JambaConfig, MambaConfig  # noqa: E402
+from transformers import FalconMambaConfig, JambaConfig, MambaConfig  # noqa: E402
+from transformers.models.falcon_mamba.modeling_falcon_mamba import FalconMambaMixer
 from transformers.models.jamba.modeling_jamba import JambaMambaMixer  # noqa: E402
 from transformers.models.mamba.modeling_mamba import MambaMixer  # noqa: E402
 
@@ -48,16 +49,28 @@ CONFIGS = {
     "jamba_biases": (JambaMambaMixer, dict(hidden_size=24, mamba_d_state=8, mamba_expand=1, mamba_d_conv=3,
                                            mamba_dt_rank=2, mamba_conv_bias=False, mamba_proj_bias=True,
                                            rms_norm_eps=1e-3)),
+    "falcon": (FalconMambaMixer, dict(hidden_size=16, state_size=4, expand=2, conv_kernel=3, time_step_rank=3,
+                                      mixer_rms_eps=1e-3, use_bias=True)),
 }
+CONFIG_CLASSES = {MambaMixer: MambaConfig, JambaMambaMixer: JambaConfig, FalconMambaMixer: FalconMambaConfig}
+
+
+def _construct(cls, config) -> torch.nn.Module:
+    """cls(config, 0) in float64. FalconMambaMixer initializes its weights before it creates the
+    norms whose weights that initialization sets (transformers 5.23), so it is initialized after."""
+    if cls is FalconMambaMixer:
+        module = cls(config, 0, initialize_mixer_weights=False)
+        module.init_falcon_mamba_weights()
+        return module.double()
+    return cls(config, 0).double()
 
 
 def hf_mixer(name: str, seed: int = 0, **overrides) -> torch.nn.Module:
     """The HF module of CONFIGS[name] in float64, every parameter perturbed from its init."""
     cls, kwargs = CONFIGS[name]
-    config_cls = MambaConfig if cls is MambaMixer else JambaConfig
-    config = config_cls(num_hidden_layers=1, **{**kwargs, **overrides})
+    config = CONFIG_CLASSES[cls](num_hidden_layers=1, **{**kwargs, **overrides})
     torch.manual_seed(seed)
-    module = cls(config, 0).double()
+    module = _construct(cls, config)
     with torch.no_grad():
         for p in module.parameters():
             p.add_(0.1 * torch.randn_like(p))
@@ -121,12 +134,14 @@ def test_equals_hf_as_it_runs_within_its_float32_rounding(name, length):
     assert out < HF_AS_IT_RUNS and max(grads.values()) < HF_AS_IT_RUNS, (out, grads)
 
 
-def test_jamba_is_mamba_with_bcdt_norms():
+def test_jamba_and_falcon_mamba_are_mamba_with_bcdt_norms():
     mixer = mixer_from_hf(hf_mixer("jamba_biases"))
     assert isinstance(mixer, Mamba) and mixer.causal and len(mixer.selective) == 1
     norms = mixer.selective[0].norms
     assert norms is not None and all(norm.eps == 1e-3 for norm in norms)
     assert mixer_from_hf(hf_mixer("mamba")).selective[0].norms is None
+    falcon = mixer_from_hf(hf_mixer("falcon")).selective[0].norms  # weightless
+    assert all(norm.weight is None and norm.eps == 1e-3 for norm in falcon)
 
 
 @pytest.mark.parametrize("name", ["mamba_biases", "jamba"])
@@ -156,7 +171,7 @@ def test_parameters_are_the_hf_modules_own(name):
     assert sum(p.numel() for p in ours) == sum(p.numel() for p in hf_params)
 
 
-@pytest.mark.parametrize("name", ["mamba_biases", "jamba"])
+@pytest.mark.parametrize("name", ["mamba_biases", "jamba", "falcon"])
 def test_an_in_place_change_to_an_hf_weight_changes_the_longmix_output(name):
     module = hf_mixer(name)
     mixer = mixer_from_hf(module)
@@ -177,6 +192,7 @@ def test_an_in_place_change_to_an_hf_weight_changes_the_longmix_output(name):
     ("mamba", dict(hidden_act="gelu"), "hidden_act"),
     ("mamba", dict(hidden_act="relu"), "hidden_act"),  # (expand: HF's config itself takes integers only)
     ("jamba", dict(hidden_act="relu"), "hidden_act"),
+    ("falcon", dict(hidden_act="gelu"), "hidden_act"),
 ])
 def test_an_hf_option_longmix_does_not_compute_is_refused_by_name(name, overrides, option):
     with pytest.raises(ValueError, match=option):
@@ -208,11 +224,11 @@ def test_modules_without_a_longmix_mixer_are_refused():
     class MambaMixer(torch.nn.Module):  # the name alone is not enough: not transformers' class
         pass
 
-    with pytest.raises(ValueError, match="supported transformers classes: JambaMambaMixer, MambaMixer"):
+    with pytest.raises(ValueError, match="supported transformers classes: FalconMambaMixer, JambaMambaMixer, MambaMixer"):
         mixer_from_hf(MambaMixer())
     with pytest.raises(ValueError, match=r"unknown options \['d_state'\]"):
         mixer_from_hf(hf_mixer("mamba"), d_state=8)
-    assert set(HF_MIXER_CLASSES) >= {"MambaMixer", "JambaMambaMixer"}
+    assert set(HF_MIXER_CLASSES) >= {"MambaMixer", "JambaMambaMixer", "FalconMambaMixer"}
 
 
 # -- sequence-parallel forms -------------------------------------------------------------------
@@ -246,7 +262,7 @@ def parallel_worker(group, cases) -> list[str]:
 
 @pytest.mark.parametrize("world, length", [(2, 7), (3, 11), (3, 2)])  # uneven; L < P
 def test_hf_mixers_run_exactly_in_longmix_parallel_forms(world, length):
-    cases = [(name, form, layout, length) for name in ("mamba_biases", "jamba_biases", "mamba")
+    cases = [(name, form, layout, length) for name in ("mamba_biases", "jamba_biases", "falcon")
              for form in ("state", "shuffle") for layout in ("contiguous", "zigzag")]
     results = run_local(parallel_worker, world, (cases,), timeout=240, collective_timeout=60)
     problems = [p for rank_problems in results for p in rank_problems]

@@ -148,12 +148,15 @@ def test_mamba_without_conv():
 
 @pytest.mark.parametrize("causal", [True, False])
 @pytest.mark.parametrize("length", [1, 7, 33])
-def test_mamba_bcdt_norm_fast_path_matches_reference(causal, length):
-    m = build("mamba", causal=causal, bcdt_norm=True, chunk_size=4)
+@pytest.mark.parametrize("norm_weight", [True, False])
+def test_mamba_bcdt_norm_fast_path_matches_reference(causal, length, norm_weight):
+    m = build("mamba", causal=causal, bcdt_norm=True, norm_weight=norm_weight, chunk_size=4)
     with torch.no_grad():  # non-trivial norm weights, so a dropped weight would show
         for params in m.selective:
             for norm in params.norms:
-                norm.weight.uniform_(0.5, 1.5)
+                assert (norm.weight is not None) == norm_weight
+                if norm_weight:
+                    norm.weight.uniform_(0.5, 1.5)
     x = randn(2, length, 6)
     with torch.no_grad():
         assert rel_err(m(x), m.reference(x)) < 1e-12
@@ -207,3 +210,5 @@ def test_mamba_bad_options():
         mixers.build("mamba", 4, bcdt_norm="yes")
     with pytest.raises(ValueError, match="norm_eps must be a number > 0"):
         mixers.build("mamba", 4, bcdt_norm=True, norm_eps=0.0)
+    with pytest.raises(ValueError, match="norm_weight must be a bool"):
+        mixers.build("mamba", 4, bcdt_norm=True, norm_weight=None)

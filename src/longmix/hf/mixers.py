@@ -9,8 +9,8 @@ HF layer in longmix's sequence-parallel forms.
 ``HF_MIXER_CLASSES`` is the one place mapping HF classes to longmix mixers: class name ->
 converter ``(module, **options) -> TokenMixer``. A new HF mixer is one entry.
 
-Layouts. HF's ``MambaMixer`` and Jamba's ``JambaMambaMixer`` hold exactly the layout of
-longmix's ``mamba`` mixer (mamba_simple's): in_proj (hidden -> 2 d_inner, [x, z]), a depthwise
+Layouts. HF's ``MambaMixer``, ``JambaMambaMixer`` and ``FalconMambaMixer`` hold exactly the
+layout of longmix's ``mamba`` mixer (mamba_simple's): in_proj (hidden -> 2 d_inner, [x, z]), a depthwise
 Conv1d (d_inner, 1, d_conv), x_proj (d_inner -> dt_rank + 2N, [dt, B, C]), dt_proj (dt_rank ->
 d_inner, with bias), A_log (d_inner, N) with A = -exp(A_log), D (d_inner), out_proj. So no view
 or re-layout is needed: the longmix mixer is built on the meta device (no memory) and its
@@ -113,21 +113,24 @@ def _check_execution_options(owner: str, options: dict) -> None:
                          f"{list(MAMBA_EXECUTION_OPTIONS)} (how longmix computes, not what)")
 
 
-def _share_mamba(owner: str, module: nn.Module, norm_eps: float | None, options: dict) -> Mamba:
+def _share_mamba(owner: str, module: nn.Module, options: dict, norm_eps: float | None = None,
+                 norm_weights: list[nn.Parameter] | None = None) -> Mamba:
     """A causal longmix ``Mamba`` built on the meta device, then given ``module``'s layers and
-    parameters (the same objects). Every parameter must come from ``module``: checked."""
+    parameters (the same objects). ``norm_eps``: dt/B/C RMSNorms, with ``norm_weights`` (dt, B, C)
+    or weightless. Every parameter must come from ``module``: checked."""
     _check_execution_options(owner, options)
     sizes = _mamba_sizes(owner, module)
+    norm = dict(bcdt_norm=False) if norm_eps is None else dict(
+        bcdt_norm=True, norm_eps=norm_eps, norm_weight=norm_weights is not None)
     with torch.device("meta"):  # sizes only: every parameter is replaced below
-        mixer = Mamba(causal=True, bcdt_norm=norm_eps is not None, norm_eps=1e-6 if norm_eps is None else norm_eps, **sizes, **options)
+        mixer = Mamba(causal=True, **norm, **sizes, **options)
     mixer.in_proj, mixer.out_proj, mixer.conv = module.in_proj, module.out_proj, module.conv1d
     mixer.D = module.D
     params = mixer.selective[0]
     params.x_proj, params.dt_proj, params.A_log = module.x_proj, module.dt_proj, module.A_log
-    if norm_eps is not None:
-        hf_norms = (module.dt_layernorm, module.b_layernorm, module.c_layernorm)
-        for norm, hf_norm in zip(params.norms, hf_norms):
-            norm.weight = hf_norm.weight
+    if norm_weights is not None:
+        for rms_norm, weight in zip(params.norms, norm_weights):
+            rms_norm.weight = weight
     hf_params = {id(p) for p in module.parameters()}
     foreign = [name for name, p in mixer.named_parameters() if id(p) not in hf_params]
     if foreign:  # a layer of longmix's mamba that the HF module has no counterpart for
@@ -143,7 +146,7 @@ def mamba_from_hf(module: nn.Module, **options) -> Mamba:
     (in/out projection biases) are carried by the shared layers, ``hidden_act`` must be SiLU (the
     conv's activation; the gate is always SiLU). ``use_mambapy`` / ``use_associative_scan`` choose
     HF's scan algorithm, not the operator. ``residual_in_fp32`` and the norm belong to the block."""
-    return _share_mamba(type(module).__name__, module, None, options)
+    return _share_mamba(type(module).__name__, module, options)
 
 
 def jamba_mamba_from_hf(module: nn.Module, **options) -> Mamba:
@@ -152,15 +155,41 @@ def jamba_mamba_from_hf(module: nn.Module, **options) -> Mamba:
     Jamba's names (``mamba_d_state``, ``mamba_expand``, ``mamba_d_conv``, ``mamba_dt_rank``,
     ``mamba_conv_bias``, ``mamba_proj_bias``)."""
     owner = type(module).__name__
-    hf_norms = [getattr(module, name, None) for name in ("dt_layernorm", "b_layernorm", "c_layernorm")]
-    eps = {getattr(norm, "variance_epsilon", None) for norm in hf_norms}
-    _require(owner, len(eps) == 1 and None not in eps, "rms_norm_eps",
-             f"dt/B/C norms must share one variance_epsilon, got {sorted(map(str, eps))}")
-    return _share_mamba(owner, module, eps.pop(), options)
+    hf_norms = _bcdt_norms(module)
+    eps = _one_eps(owner, hf_norms, "variance_epsilon", "rms_norm_eps")
+    weights = [norm.weight for norm in hf_norms]
+    _require(owner, all(isinstance(w, nn.Parameter) for w in weights), "dt/B/C norms",
+             "the dt/B/C norms must have weight parameters")
+    return _share_mamba(owner, module, options, eps, weights)
+
+
+def falcon_mamba_from_hf(module: nn.Module, **options) -> Mamba:
+    """transformers' ``FalconMambaMixer`` -> longmix ``mamba`` with ``bcdt_norm=True,
+    norm_weight=False``: Falcon-Mamba adds weightless RMSNorms (eps ``mixer_rms_eps``) on dt, B and
+    C; other options as for Mamba.
+
+    This is transformers' PyTorch path (dt normalized over its dt_rank entries before dt_proj).
+    Its fused-kernel path (``mamba_ssm`` installed, training) passes a dt norm sized
+    intermediate_size, which suggests it normalizes after dt_proj: not verified here."""
+    owner = type(module).__name__
+    return _share_mamba(owner, module, options, _one_eps(owner, _bcdt_norms(module), "eps", "mixer_rms_eps"))
+
+
+def _bcdt_norms(module: nn.Module) -> list[nn.Module]:
+    return [getattr(module, name, None) for name in ("dt_layernorm", "b_layernorm", "c_layernorm")]
+
+
+def _one_eps(owner: str, norms: list, attribute: str, option: str) -> float:
+    """The epsilon the dt/B/C norms share (HF reads it from one config option)."""
+    eps = {getattr(norm, attribute, None) for norm in norms}
+    _require(owner, len(eps) == 1 and None not in eps, option,
+             f"the dt/B/C norms must share one {attribute}, got {sorted(map(str, eps))}")
+    return eps.pop()
 
 
 #: HF class name -> converter (module, **options) -> TokenMixer. One entry per HF mixer class.
 HF_MIXER_CLASSES: dict[str, Callable[..., TokenMixer]] = {
     "MambaMixer": mamba_from_hf,
     "JambaMambaMixer": jamba_mamba_from_hf,
+    "FalconMambaMixer": falcon_mamba_from_hf,
 }

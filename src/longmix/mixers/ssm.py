@@ -196,11 +196,12 @@ class S4D(ChannelMixer):
 class _SelectiveParams(nn.Module):
     """Δ, B, C from the input and A = -exp(A_log): one direction of Mamba's S6 (as mamba_simple).
 
-    ``norm_eps`` not None adds an RMSNorm (with weight) on each of dt (before dt_proj), B and C,
-    as Jamba's Mamba layers do: x / sqrt(mean(x^2) + eps) * weight over each one's last dim."""
+    ``norm_eps`` not None adds an RMSNorm on each of dt (before dt_proj), B and C, as Jamba's
+    Mamba layers do: x / sqrt(mean(x^2) + eps) * weight over each one's last dim; without the
+    weight when ``norm_weight`` is False (Falcon-Mamba)."""
 
     def __init__(self, d_inner: int, d_state: int, dt_rank: int, dt_min: float, dt_max: float,
-                 norm_eps: float | None = None):
+                 norm_eps: float | None = None, norm_weight: bool = True):
         super().__init__()
         self.dt_rank, self.d_state = dt_rank, d_state
         self.x_proj = nn.Linear(d_inner, dt_rank + 2 * d_state, bias=False)
@@ -213,7 +214,7 @@ class _SelectiveParams(nn.Module):
         self.A_log = nn.Parameter(torch.log(torch.arange(1, d_state + 1, dtype=torch.get_default_dtype()))
                                   .repeat(d_inner, 1))
         self.norms = None if norm_eps is None else nn.ModuleList(
-            nn.RMSNorm(size, eps=norm_eps) for size in (dt_rank, d_state, d_state))
+            nn.RMSNorm(size, eps=norm_eps, elementwise_affine=norm_weight) for size in (dt_rank, d_state, d_state))
 
     def inputs(self, u: torch.Tensor) -> torch.Tensor:
         """u (batch, L, d_inner) -> [dt, B, C] (batch, L, dt_rank + 2N), normalized if ``norms``.
@@ -267,9 +268,10 @@ class Mamba(TokenMixer):
         dt_rank: rank of the Δ projection, default ceil(dim / 16).
         chunk_size: positions per chunk of :func:`~longmix.ops.scan.selective_scan`.
         scan_backend: its ``backend``: "auto" (the fused kernel on CPU), "cpu" or "torch".
-        bcdt_norm: RMSNorms (with weights, eps ``norm_eps``) on dt, B and C after their
-            projection, as in Jamba's Mamba layers; dt is normalized before dt_proj.
+        bcdt_norm: RMSNorms (eps ``norm_eps``) on dt, B and C after their projection, as in
+            Jamba's and Falcon-Mamba's Mamba layers; dt is normalized before dt_proj.
         norm_eps: their epsilon.
+        norm_weight: whether they have weights (Jamba) or not (Falcon-Mamba).
     """
 
     taxonomy = Taxonomy(family="ssm", learned=True, input_dependent=True, causal=True,
@@ -281,7 +283,7 @@ class Mamba(TokenMixer):
     def __init__(self, dim: int, heads: int = 1, causal: bool = False, max_len: int | None = None,
                  d_state: int = 16, expand: int = 2, d_conv: int = 4, dt_rank: int | None = None,
                  dt_min: float = 1e-3, dt_max: float = 1e-1, chunk_size: int = 64, scan_backend: str = "auto",
-                 bcdt_norm: bool = False, norm_eps: float = 1e-6):
+                 bcdt_norm: bool = False, norm_eps: float = 1e-6, norm_weight: bool = True):
         super().__init__(dim, heads=heads, causal=causal, max_len=max_len)
         dt_rank = math.ceil(dim / 16) if dt_rank is None else dt_rank
         for label, value, low in (("d_state", d_state, 1), ("expand", expand, 1), ("d_conv", d_conv, 0),
@@ -289,8 +291,9 @@ class Mamba(TokenMixer):
             check_int("Mamba", label, value, minimum=low)
         _check_dt_range("Mamba", dt_min, dt_max)
         check_backend(scan_backend, owner="Mamba", name="scan_backend")
-        if not isinstance(bcdt_norm, bool):
-            raise ValueError(f"Mamba: bcdt_norm must be a bool, got {bcdt_norm!r}")
+        for label, value in (("bcdt_norm", bcdt_norm), ("norm_weight", norm_weight)):
+            if not isinstance(value, bool):
+                raise ValueError(f"Mamba: {label} must be a bool, got {value!r}")
         if not (isinstance(norm_eps, (int, float)) and norm_eps > 0):
             raise ValueError(f"Mamba: norm_eps must be a number > 0, got {norm_eps!r}")
         self.d_inner, self.d_state = expand * dim, d_state
@@ -300,7 +303,8 @@ class Mamba(TokenMixer):
                      if d_conv else None)
         directions = 1 if causal else 2
         self.selective = nn.ModuleList(
-            _SelectiveParams(self.d_inner, d_state, dt_rank, dt_min, dt_max, norm_eps if bcdt_norm else None)
+            _SelectiveParams(self.d_inner, d_state, dt_rank, dt_min, dt_max, norm_eps if bcdt_norm else None,
+                             norm_weight)
             for _ in range(directions))
         self.D = nn.Parameter(torch.ones(self.d_inner))
         self.out_proj = nn.Linear(self.d_inner, dim, bias=False)
