@@ -17,7 +17,8 @@ import torch
 
 pytest.importorskip("transformers")
 
-from transformers import FalconMambaConfig, JambaConfig, MambaConfig  # noqa: E402
+from transformers import (FalconMambaConfig, FalconMambaForCausalLM, JambaConfig, JambaForCausalLM,  # noqa: E402
+                          MambaConfig, MambaForCausalLM)
 from transformers.models.falcon_mamba.modeling_falcon_mamba import FalconMambaMixer
 from transformers.models.jamba.modeling_jamba import JambaMambaMixer  # noqa: E402
 from transformers.models.mamba.modeling_mamba import MambaMixer  # noqa: E402
@@ -156,6 +157,59 @@ def test_continuation_from_a_state_equals_forward(name):
             y, state = mixer.forward_with_state(x[:, a:b], state)
             ys.append(y)
         assert rel_err(torch.cat(ys, 1), mixer(x)) < EXACT
+
+
+# -- inside a whole model, saved and loaded -------------------------------------------------------
+MODELS = {
+    "mamba": (MambaForCausalLM, MambaConfig(vocab_size=50, hidden_size=16, state_size=4, num_hidden_layers=2,
+                                            conv_kernel=3, time_step_rank=2), {}),
+    "falcon": (FalconMambaForCausalLM, FalconMambaConfig(vocab_size=50, hidden_size=16, state_size=4,
+                                                         num_hidden_layers=2, conv_kernel=3, time_step_rank=2), {}),
+    # attention at layer 2, MoE at odd layers; float64 experts need the eager implementation
+    "jamba": (JambaForCausalLM, JambaConfig(vocab_size=50, hidden_size=16, intermediate_size=32, num_hidden_layers=4,
+                                            num_attention_heads=2, num_key_value_heads=1, num_experts=4,
+                                            num_experts_per_tok=2, attn_layer_period=4, attn_layer_offset=2,
+                                            mamba_d_state=4, mamba_d_conv=3, mamba_dt_rank=2),
+              {"experts_implementation": "eager"}),
+}
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_longmix_mixers_in_place_of_a_loaded_models_mixers_give_its_logits(name, tmp_path):
+    """A model saved to and loaded from a directory (the real loading path), every HF mixer's
+    output replaced by its longmix mixer's (a forward hook): the same logits, in float64."""
+    model_cls, config, load_options = MODELS[name]
+    torch.manual_seed(0)
+    model_cls(config).save_pretrained(tmp_path)
+    model = model_cls.from_pretrained(tmp_path, dtype=torch.float64, **load_options).eval()
+    hf_mixers = [m for m in model.modules() if type(m).__name__ in HF_MIXER_CLASSES]
+    with torch.no_grad():  # the initial mixers barely touch the residual stream: make them count
+        for module in hf_mixers:
+            for p in module.parameters():
+                p.add_(0.3 * torch.randn_like(p))
+    ours = {module: mixer_from_hf(module) for module in hf_mixers}
+    ids = torch.randint(config.vocab_size, (BATCH, 9), generator=torch.Generator().manual_seed(1))
+    calls = []
+
+    def logits_with(replace):
+        def hook(module, args, kwargs, output):
+            calls.append(module)
+            return replace(module, args[0] if args else kwargs["hidden_states"])
+        hooks = [module.register_forward_hook(hook, with_kwargs=True) for module in hf_mixers]
+        try:
+            with torch.no_grad(), float32_casts_off():
+                return model(ids).logits
+        finally:
+            for handle in hooks:
+                handle.remove()
+
+    with torch.no_grad(), float32_casts_off():
+        want = model(ids).logits
+    got = logits_with(lambda module, x: ours[module](x))
+    assert len(calls) == len(hf_mixers) >= 2
+    assert rel_err(got, want) < EXACT
+    without = logits_with(lambda module, x: torch.zeros_like(x))  # the mixers do matter
+    assert rel_err(without, want) > 1e-3
 
 
 # -- the same parameters -----------------------------------------------------------------------
