@@ -212,3 +212,5 @@ def test_mamba_bad_options():
         mixers.build("mamba", 4, bcdt_norm=True, norm_eps=0.0)
     with pytest.raises(ValueError, match="norm_weight must be a bool"):
         mixers.build("mamba", 4, bcdt_norm=True, norm_weight=None)
+    with pytest.raises(ValueError, match="norm_weight=False .* needs bcdt_norm=True"):
+        mixers.build("mamba", 4, norm_weight=False)

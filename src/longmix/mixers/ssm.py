@@ -294,8 +294,10 @@ class Mamba(TokenMixer):
         for label, value in (("bcdt_norm", bcdt_norm), ("norm_weight", norm_weight)):
             if not isinstance(value, bool):
                 raise ValueError(f"Mamba: {label} must be a bool, got {value!r}")
-        if not (isinstance(norm_eps, (int, float)) and norm_eps > 0):
+        if not (isinstance(norm_eps, (int, float)) and not isinstance(norm_eps, bool) and norm_eps > 0):
             raise ValueError(f"Mamba: norm_eps must be a number > 0, got {norm_eps!r}")
+        if not (bcdt_norm or norm_weight):
+            raise ValueError("Mamba: norm_weight=False (weightless dt/B/C norms) needs bcdt_norm=True")
         self.d_inner, self.d_state = expand * dim, d_state
         self.chunk_size, self.scan_backend = chunk_size, scan_backend
         self.in_proj = nn.Linear(dim, 2 * self.d_inner, bias=False)
