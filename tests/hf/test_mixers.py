@@ -223,6 +223,10 @@ def test_parameters_are_the_hf_modules_own(name):
     assert {id(p) for p in ours} == {id(p) for p in hf_params} and len(ours) == len(hf_params)
     assert {p.data_ptr() for p in ours} == {p.data_ptr() for p in hf_params}
     assert sum(p.numel() for p in ours) == sum(p.numel() for p in hf_params)
+    # a dtype conversion of the HF module (Module._apply keeps Parameter objects) keeps them shared
+    module.float()
+    assert all(p.dtype == torch.float32 for p in mixer.parameters())
+    assert {id(p) for p in mixer.parameters()} == {id(p) for p in module.parameters()}
 
 
 @pytest.mark.parametrize("name", ["mamba_biases", "jamba", "falcon"])
