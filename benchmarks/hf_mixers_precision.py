@@ -4,8 +4,8 @@
     python benchmarks/hf_mixers_precision.py --seeds 10 --lengths 1 7 33 128
 
 transformers keeps float32 casts inside a float64 ``MambaMixer`` (A_log, D, the dt bias, B and the
-SSM input) and ``JambaMambaMixer`` and ``FalconMambaMixer`` (also their dt/B/C RMSNorms). For small random configs (every
-parameter perturbed from its init), this measures the relative error (||a - b|| / ||b||) of:
+SSM input), ``JambaMambaMixer`` and ``FalconMambaMixer`` (also their dt/B/C RMSNorms). For small
+random configs (every parameter perturbed from its init), this measures the relative error (||a - b|| / ||b||) of:
 
 - ``hf64``: longmix's mixer from ``mixer_from_hf`` vs the HF module as it runs in float64, output
   and the worst gradient (input or any parameter): the float32 rounding HF keeps;

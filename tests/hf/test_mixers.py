@@ -282,7 +282,8 @@ def test_modules_without_a_longmix_mixer_are_refused():
     class MambaMixer(torch.nn.Module):  # the name alone is not enough: not transformers' class
         pass
 
-    with pytest.raises(ValueError, match="supported transformers classes: FalconMambaMixer, JambaMambaMixer, MambaMixer"):
+    supported = "supported transformers classes: FalconMambaMixer, JambaMambaMixer, MambaMixer"
+    with pytest.raises(ValueError, match=supported):
         mixer_from_hf(MambaMixer())
     with pytest.raises(ValueError, match=r"unknown options \['d_state'\]"):
         mixer_from_hf(hf_mixer("mamba"), d_state=8)

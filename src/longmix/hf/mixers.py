@@ -97,7 +97,8 @@ def _mamba_sizes(owner: str, module: nn.Module) -> dict:
     _require(owner, conv.groups == d_inner == conv.in_channels == conv.out_channels
              and conv.kernel_size == (d_conv,) and conv.stride == (1,) and conv.dilation == (1,)
              and conv.padding == (d_conv - 1,) and conv.padding_mode == "zeros", "conv_kernel",
-             f"conv1d must be a causal depthwise conv of width conv_kernel={d_conv} over {d_inner} channels, got {conv}")
+             f"conv1d must be a causal depthwise conv of width conv_kernel={d_conv} over {d_inner} channels, "
+             f"got {conv}")
     _require(owner, (conv.bias is not None) == bool(module.use_conv_bias), "use_conv_bias",
              f"use_conv_bias={module.use_conv_bias} but conv1d has {'a' if conv.bias is not None else 'no'} bias")
     _require(owner, tuple(module.A_log.shape) == (d_inner, d_state) and tuple(module.D.shape) == (d_inner,),
