@@ -146,6 +146,45 @@ def test_mamba_without_conv():
         assert rel_err(m(x), m.reference(x)) < 1e-12
 
 
+@pytest.mark.parametrize("causal", [True, False])
+@pytest.mark.parametrize("length", [1, 7, 33])
+@pytest.mark.parametrize("norm_weight", [True, False])
+def test_mamba_bcdt_norm_fast_path_matches_reference(causal, length, norm_weight):
+    m = build("mamba", causal=causal, bcdt_norm=True, norm_weight=norm_weight, chunk_size=4)
+    with torch.no_grad():  # non-trivial norm weights, so a dropped weight would show
+        for params in m.selective:
+            for norm in params.norms:
+                assert (norm.weight is not None) == norm_weight
+                if norm_weight:
+                    norm.weight.uniform_(0.5, 1.5)
+    x = randn(2, length, 6)
+    with torch.no_grad():
+        assert rel_err(m(x), m.reference(x)) < 1e-12
+
+
+def test_mamba_bcdt_norm_is_an_rms_norm_of_dt_b_and_c():
+    """Against the formula written out: x / sqrt(mean(x^2) + eps) * weight on each of dt, B, C,
+    with dt normalized before dt_proj (Jamba's order)."""
+    m = build("mamba", bcdt_norm=True, norm_eps=1e-3, d_state=4, dt_rank=3)
+    params = m.selective[0]
+    with torch.no_grad():
+        for norm in params.norms:
+            norm.weight.uniform_(0.5, 1.5)
+        u = randn(2, 5, m.d_inner)
+        delta, A, B, C = params(u)
+        dt, B0, C0 = params.x_proj(u).split([3, 4, 4], dim=-1)
+        rms = [(t / (t.pow(2).mean(-1, keepdim=True) + 1e-3).sqrt()) * n.weight
+               for t, n in zip((dt, B0, C0), params.norms)]
+        assert rel_err(B, rms[1]) < 1e-14 and rel_err(C, rms[2]) < 1e-14
+        assert rel_err(delta, torch.nn.functional.softplus(params.dt_proj(rms[0]))) < 1e-14
+        assert rel_err(A, -params.A_log.exp()) == 0
+    # and it changes the operator: without the norms the output differs
+    plain = build("mamba", d_state=4, dt_rank=3)
+    x = randn(1, 9, 6)
+    with torch.no_grad():
+        assert rel_err(m(x), plain(x)) > 1e-3
+
+
 def test_mamba_long_strongly_decaying_sequence_is_stable():
     """2^14 steps with delta ~ 10 and A down to -16: decays of exp(-160) per step in float32."""
     m = build("mamba", dim=2, causal=True, d_state=16, dt_min=5.0, dt_max=10.0).float()
@@ -167,3 +206,11 @@ def test_mamba_bad_options():
         mixers.build("mamba", 4, dt_min=1.0, dt_max=0.5)
     with pytest.raises(ValueError, match="Mamba: scan_backend must be one of"):
         mixers.build("mamba", 4, scan_backend="numba")
+    with pytest.raises(ValueError, match="bcdt_norm must be a bool"):
+        mixers.build("mamba", 4, bcdt_norm="yes")
+    with pytest.raises(ValueError, match="norm_eps must be a number > 0"):
+        mixers.build("mamba", 4, bcdt_norm=True, norm_eps=0.0)
+    with pytest.raises(ValueError, match="norm_weight must be a bool"):
+        mixers.build("mamba", 4, bcdt_norm=True, norm_weight=None)
+    with pytest.raises(ValueError, match="norm_weight=False .* needs bcdt_norm=True"):
+        mixers.build("mamba", 4, norm_weight=False)

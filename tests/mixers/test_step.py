@@ -14,7 +14,8 @@ DIM, HEADS, BATCH, LENGTH = 8, 2, 2, 19
 OPTIONS = {"local": dict(block_size=4), "mamba": dict(chunk_size=3), "linear": dict(chunk_size=4),
            "performer": dict(chunk_size=4)}
 VARIANTS = [(name, OPTIONS.get(name, {})) for name in mixers.available() if mixers.get_class(name).taxonomy.causal]
-VARIANTS += [("softmax", dict(window=5)), ("mamba", dict(d_conv=0)), ("hyena", dict(short_kernel=1))]
+VARIANTS += [("softmax", dict(window=5)), ("mamba", dict(d_conv=0)),
+             ("mamba", dict(chunk_size=3, bcdt_norm=True)), ("hyena", dict(short_kernel=1))]
 IDS = [name + "".join(f"-{k}={v}" for k, v in opts.items() if k != "chunk_size") for name, opts in VARIANTS]
 # Cut points of LENGTH: chunks of 1, 1, 0, 2, 1, 7 and 7 positions.
 CUTS = (0, 1, 2, 2, 4, 5, 12, LENGTH)

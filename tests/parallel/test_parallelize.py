@@ -39,6 +39,7 @@ MIXERS = {
     "hyena": ({"filter_hidden": 8, "short_kernel": 3}, (True, False)),
     "s4d": ({"d_state": 4}, (True, False)),
     "mamba": ({"d_state": 4, "d_conv": 3}, (True, False)),
+    "mamba_norm": ({"d_state": 4, "d_conv": 3, "bcdt_norm": True}, (True, False)),  # Jamba's
 }
 
 

@@ -13,3 +13,7 @@ try:
 except ImportError as err:  # pragma: no cover - exercised by a subprocess test
     raise ImportError("longmix.hf needs the optional extra: pip install 'longmix[hf]' "
                       "(transformers >= 5.0)") from err
+
+from .mixers import HF_MIXER_CLASSES, mixer_from_hf  # noqa: E402  (after the import check above)
+
+__all__ = ["HF_MIXER_CLASSES", "mixer_from_hf"]

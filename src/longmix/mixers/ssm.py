@@ -196,9 +196,14 @@ class S4D(StateHooks, ChannelMixer):
 
 
 class _SelectiveParams(nn.Module):
-    """Δ, B, C from the input and A = -exp(A_log): one direction of Mamba's S6 (as mamba_simple)."""
+    """Δ, B, C from the input and A = -exp(A_log): one direction of Mamba's S6 (as mamba_simple).
 
-    def __init__(self, d_inner: int, d_state: int, dt_rank: int, dt_min: float, dt_max: float):
+    ``norm_eps`` not None adds an RMSNorm on each of dt (before dt_proj), B and C, as Jamba's
+    Mamba layers do: x / sqrt(mean(x^2) + eps) * weight over each one's last dim; without the
+    weight when ``norm_weight`` is False (Falcon-Mamba)."""
+
+    def __init__(self, d_inner: int, d_state: int, dt_rank: int, dt_min: float, dt_max: float,
+                 norm_eps: float | None = None, norm_weight: bool = True):
         super().__init__()
         self.dt_rank, self.d_state = dt_rank, d_state
         self.x_proj = nn.Linear(d_inner, dt_rank + 2 * d_state, bias=False)
@@ -210,10 +215,21 @@ class _SelectiveParams(nn.Module):
         # S4D-Real init: A[d, n] = -(n + 1)
         self.A_log = nn.Parameter(torch.log(torch.arange(1, d_state + 1, dtype=torch.get_default_dtype()))
                                   .repeat(d_inner, 1))
+        self.norms = None if norm_eps is None else nn.ModuleList(
+            nn.RMSNorm(size, eps=norm_eps, elementwise_affine=norm_weight) for size in (dt_rank, d_state, d_state))
+
+    def inputs(self, u: torch.Tensor) -> torch.Tensor:
+        """u (batch, L, d_inner) -> [dt, B, C] (batch, L, dt_rank + 2N), normalized if ``norms``.
+        Pointwise in the sequence: what every channel's scan reads at each position."""
+        projected = self.x_proj(u)
+        if self.norms is None:
+            return projected
+        parts = projected.split([self.dt_rank, self.d_state, self.d_state], dim=-1)
+        return torch.cat([norm(part) for norm, part in zip(self.norms, parts)], dim=-1)
 
     def forward(self, u):
         """u (batch, L, d_inner) -> delta (batch, L, d_inner), A (d_inner, N), B, C (batch, L, N)."""
-        dt, B, C = self.x_proj(u).split([self.dt_rank, self.d_state, self.d_state], dim=-1)
+        dt, B, C = self.inputs(u).split([self.dt_rank, self.d_state, self.d_state], dim=-1)
         return F.softplus(self.dt_proj(dt)), -self.A_log.exp(), B, C
 
 
@@ -254,6 +270,10 @@ class Mamba(ShuffleHooks, StateHooks, TokenMixer):
         dt_rank: rank of the Δ projection, default ceil(dim / 16).
         chunk_size: positions per chunk of :func:`~longmix.ops.scan.selective_scan`.
         scan_backend: its ``backend``: "auto" (the fused kernel on CPU), "cpu" or "torch".
+        bcdt_norm: RMSNorms (eps ``norm_eps``) on dt, B and C after their projection, as in
+            Jamba's and Falcon-Mamba's Mamba layers; dt is normalized before dt_proj.
+        norm_eps: their epsilon.
+        norm_weight: whether they have weights (Jamba) or not (Falcon-Mamba).
     """
 
     taxonomy = Taxonomy(family="ssm", learned=True, input_dependent=True, causal=True,
@@ -264,7 +284,8 @@ class Mamba(ShuffleHooks, StateHooks, TokenMixer):
 
     def __init__(self, dim: int, heads: int = 1, causal: bool = False, max_len: int | None = None,
                  d_state: int = 16, expand: int = 2, d_conv: int = 4, dt_rank: int | None = None,
-                 dt_min: float = 1e-3, dt_max: float = 1e-1, chunk_size: int = 64, scan_backend: str = "auto"):
+                 dt_min: float = 1e-3, dt_max: float = 1e-1, chunk_size: int = 64, scan_backend: str = "auto",
+                 bcdt_norm: bool = False, norm_eps: float = 1e-6, norm_weight: bool = True):
         super().__init__(dim, heads=heads, causal=causal, max_len=max_len)
         dt_rank = math.ceil(dim / 16) if dt_rank is None else dt_rank
         for label, value, low in (("d_state", d_state, 1), ("expand", expand, 1), ("d_conv", d_conv, 0),
@@ -272,6 +293,13 @@ class Mamba(ShuffleHooks, StateHooks, TokenMixer):
             check_int(label, value, low=low, owner="Mamba")
         _check_dt_range("Mamba", dt_min, dt_max)
         check_backend(scan_backend, owner="Mamba", name="scan_backend")
+        for label, value in (("bcdt_norm", bcdt_norm), ("norm_weight", norm_weight)):
+            if not isinstance(value, bool):
+                raise ValueError(f"Mamba: {label} must be a bool, got {value!r}")
+        if not (isinstance(norm_eps, (int, float)) and not isinstance(norm_eps, bool) and norm_eps > 0):
+            raise ValueError(f"Mamba: norm_eps must be a number > 0, got {norm_eps!r}")
+        if not (bcdt_norm or norm_weight):
+            raise ValueError("Mamba: norm_weight=False (weightless dt/B/C norms) needs bcdt_norm=True")
         self.d_inner, self.d_state = expand * dim, d_state
         self.chunk_size, self.scan_backend = chunk_size, scan_backend
         self.in_proj = nn.Linear(dim, 2 * self.d_inner, bias=False)
@@ -279,7 +307,9 @@ class Mamba(ShuffleHooks, StateHooks, TokenMixer):
                      if d_conv else None)
         directions = 1 if causal else 2
         self.selective = nn.ModuleList(
-            _SelectiveParams(self.d_inner, d_state, dt_rank, dt_min, dt_max) for _ in range(directions))
+            _SelectiveParams(self.d_inner, d_state, dt_rank, dt_min, dt_max, norm_eps if bcdt_norm else None,
+                             norm_weight)
+            for _ in range(directions))
         self.D = nn.Parameter(torch.ones(self.d_inner))
         self.out_proj = nn.Linear(self.d_inner, dim, bias=False)
 
@@ -299,12 +329,18 @@ class Mamba(ShuffleHooks, StateHooks, TokenMixer):
 
     def _short_conv(self, window: torch.Tensor) -> torch.Tensor:
         """The depthwise conv over (batch, d_conv - 1 + L, d_inner) rows -> L outputs (no padding)."""
-        return short_conv(window, self.conv.weight[:, 0], self.conv.bias)
+        return short_conv(window, self.conv.weight[:, 0], self._conv_bias())
+
+    def _conv_bias(self) -> torch.Tensor:
+        """The conv's bias, zeros for a conv built without one (HF's ``use_conv_bias=False``)."""
+        bias = self.conv.bias
+        return self.conv.weight.new_zeros(self.conv.weight.shape[0]) if bias is None else bias
 
     def _selective_inputs(self, u: torch.Tensor) -> torch.Tensor:
         """Per position, what every channel's scan reads: [dt (dt_rank), B (N), C (N)] of each
-        direction, (batch, L, directions * (dt_rank + 2N)). Pointwise in the sequence."""
-        return _joined([params.x_proj(u) for params in self.selective], dim=-1)
+        direction (normalized when ``bcdt_norm``), (batch, L, directions * (dt_rank + 2N)).
+        Pointwise in the sequence."""
+        return _joined([params.inputs(u) for params in self.selective], dim=-1)
 
     def _ssm_channels(self, u: torch.Tensor, inputs: torch.Tensor, channels: slice, scan=None):
         """The token mixing of ``channels``: u (batch, L, c), inputs from ``_selective_inputs``."""
@@ -436,7 +472,7 @@ class Mamba(ShuffleHooks, StateHooks, TokenMixer):
         # Literal path: projections as matmuls, the conv and the scan as materialized L x L matrices.
         u, z = self.in_proj(x).chunk(2, dim=-1)
         if self.conv is not None:
-            u = torch.einsum("dts,bsd->btd", self._conv_matrix(x.shape[1]), u) + self.conv.bias
+            u = torch.einsum("dts,bsd->btd", self._conv_matrix(x.shape[1]), u) + self._conv_bias()
         u = F.silu(u)
         y = torch.einsum("bdts,bsd->btd", self._matrix(u), u)
         return self.output(y, z)
