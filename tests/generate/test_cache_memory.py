@@ -43,3 +43,12 @@ def test_state_mixers_hold_the_same_bytes_at_any_length(mixer):
 def test_decode_owners_balance_the_ranks():
     assert decode_owners([3, 2, 2], 5) == [1, 2, 0, 1, 2]
     assert decode_owners([0, 5], 3) == [0, 0, 0]
+
+
+@pytest.mark.parametrize("layout", ["contiguous", "zigzag"])
+def test_longconv_history_is_split_too(layout):
+    """The history rows and the filter at their lags: about 1/P of one process's."""
+    model = make_model(Case("longconv", 10))
+    one = expected_cache_bytes(model, 4000, 9, 1, 0, layout)
+    per_rank = [expected_cache_bytes(model, 4000, 9, 4, r, layout) for r in range(4)]
+    assert max(per_rank) < 0.26 * one and sum(per_rank) < 1.01 * one

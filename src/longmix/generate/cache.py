@@ -15,7 +15,13 @@ Two kinds of layers (:func:`decode_kind`):
   state is a few KB whatever L, and with it on every rank the decode step of these layers needs
   no communication at all (every rank runs the new token's row anyway).
 
-Long convolutions (longconv, hyena) are refused (:func:`decode_kind` says why).
+* ``"history"``, longconv: a long filter has no fixed-size state; a new output is
+  sum_s h(t - s) u_s over every input so far. The inputs stay sharded like softmax's keys (each
+  rank its own prompt rows, new rows to the emptiest rank), with the filter evaluated only at
+  the lags those rows will need (``ImplicitFilter.at``): each rank sums its rows' terms and one
+  all-gather of the (batch, dim) partial sums per layer and token adds them up, in rank order.
+
+Hyena (the long convolution behind a short one and gates) is refused (:func:`decode_kind`).
 """
 from __future__ import annotations
 
@@ -23,11 +29,12 @@ from __future__ import annotations
 import torch
 
 from ..mixers.attention import SoftmaxAttention
+from ..mixers.conv import LongConv
 from ..ops.attention import attention_with_lse, merge_partials
 from ..parallel.forms.collectives import all_gather_tensors
 from ..parallel.layout import resolve_group
 
-KINDS = ("kv", "state")
+KINDS = ("kv", "state", "history")
 
 
 def decode_kind(mixer) -> str:
@@ -40,12 +47,14 @@ def decode_kind(mixer) -> str:
         raise ValueError(f"generate: mixer {name!r} is not causal: it cannot generate")
     if "state" in mixer.parallel_forms:
         return "state"
+    if isinstance(mixer, LongConv):
+        return "history"
     raise ValueError(
         f"generate: mixer {name!r} is not supported: its decode state is the whole input history "
-        "(a long filter has no fixed-size state form), so each new token needs h(t - s) at every "
-        "past position s. A sharded history (each rank summing its rows' terms, one all-reduce "
-        "per layer) is exact but not implemented here; supported: softmax and the fixed-state "
-        "mixers (linear, performer, s4d, mamba, local)")
+        "(a long filter has no fixed-size state form) behind a short convolution and gates; the "
+        "sharded history longconv decodes with would also need the short convolution's halo at "
+        "every shard boundary, which is not implemented. Supported: softmax, longconv and the "
+        "fixed-state mixers (linear, performer, s4d, mamba, local)")
 
 
 def decode_owners(lengths: list[int], steps: int) -> list[int]:
@@ -181,15 +190,74 @@ def expected_cache_bytes(model, prompt_len: int, max_new_tokens: int, world: int
             kept = int(kept_positions(mine, prompt_len, mixer.window).sum())
             rows = kv_capacity(kept, appended, mixer.window)
             total += rows * (batch * 2 * mixer.heads * mixer.head_dim * itemsize + 8)
+        elif decode_kind(mixer) == "history":
+            steps = max(0, max_new_tokens - 1)
+            lags = sum(max(0, _segment_lags(start, n, prompt_len, steps)[1])
+                       - max(0, _segment_lags(start, n, prompt_len, steps)[0]) for start, n in segments[rank])
+            rows = len(mine) + appended
+            total += (rows * batch + lags + steps) * mixer.dim * itemsize + appended * 8
         else:
             state = mixer.init_state(batch, device="meta", dtype=dtype)
             total += sum(t.numel() * t.element_size() for t in state.values())
     return total
 
 
+def _segment_lags(start: int, rows: int, prompt_len: int, steps: int) -> tuple[int, int]:
+    """[first, last) lags the prompt rows start .. start + rows - 1 meet at decode positions
+    prompt_len .. prompt_len + steps - 1."""
+    return prompt_len - (start + rows - 1), prompt_len + steps - start
+
+
+class ShardedHistoryCache:
+    """This rank's rows of a long convolution's input history, with the filter at their lags."""
+
+    kind = "history"
+
+    def __init__(self, mixer, x_local, segments, prompt_len: int, owners: list[int], group):
+        self.mixer, self.group = mixer, group
+        _, self.world, self.rank = resolve_group(group)
+        self.owners, self.steps = owners, 0
+        steps = len(owners)
+        self.pieces = []  # (rows (batch, n, C), first global position, filter over its lags, first lag)
+        offset = 0
+        for start, rows in segments:
+            first, last = _segment_lags(start, rows, prompt_len, steps)
+            lags = torch.arange(max(first, 0), max(last, 0), device=x_local.device)
+            self.pieces.append((x_local[:, offset:offset + rows], start, mixer.filter.at(lags), max(first, 0)))
+            offset += rows
+        appended = sum(1 for r in owners if r == self.rank)
+        self.new_rows = x_local.new_zeros(x_local.shape[0], appended, x_local.shape[-1])
+        self.new_positions = torch.zeros(appended, dtype=torch.long, device=x_local.device)
+        self.new_filter = mixer.filter.at(torch.arange(steps, device=x_local.device))  # lags of new rows
+        self.count = 0
+
+    def step(self, x_t: torch.Tensor, position: int) -> torch.Tensor:
+        if self.owners[self.steps] == self.rank:
+            self.new_rows[:, self.count] = x_t[:, 0]
+            self.new_positions[self.count] = position
+            self.count += 1
+        self.steps += 1
+        partial = x_t.new_zeros(x_t.shape[0], x_t.shape[-1])
+        for rows, start, table, first_lag in self.pieces:
+            lags = position - start - torch.arange(rows.shape[1], device=rows.device)
+            partial = partial + (table[lags - first_lag].to(rows.dtype) * rows).sum(1)
+        if self.count:
+            lags = position - self.new_positions[:self.count]
+            partial = partial + (self.new_filter[lags].to(x_t.dtype) * self.new_rows[:, :self.count]).sum(1)
+        if self.world > 1:
+            partial = sum(p[0] for p in all_gather_tensors([partial], self.group))  # rank order
+        return partial[:, None]
+
+    def nbytes(self) -> int:
+        tensors = [t for rows, _, table, _ in self.pieces for t in (rows, table)]
+        return sum(t.numel() * t.element_size()
+                   for t in tensors + [self.new_rows, self.new_positions, self.new_filter])
+
+
 def total_cache_bytes(caches) -> int:
     return sum(c.nbytes() for c in caches)
 
 
-__all__ = ["decode_kind", "decode_owners", "ShardedKVCache", "StateCache", "expected_cache_bytes",
+__all__ = ["decode_kind", "decode_owners", "ShardedKVCache", "StateCache", "ShardedHistoryCache",
+           "expected_cache_bytes",
            "total_cache_bytes", "KINDS"]

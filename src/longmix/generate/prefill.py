@@ -5,7 +5,8 @@ per layer, in the forms its planner picks), with one difference: a layer with a 
 runs in the "state" form, whose state passing also yields the state after the whole prompt
 (``state_passing_mix(return_final_state=True)``). A softmax layer runs in the planned form
 (ring or shuffle); its cache is the keys and values of this rank's own rows, projected from the
-layer's input rows. See :mod:`longmix.generate.cache`.
+layer's input rows. A long convolution also runs in the planned form and keeps its input rows.
+See :mod:`longmix.generate.cache`.
 """
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ from ..parallel.forms.model_plan import mixer_layers
 from ..parallel.forms.parallelize import Shards, agree_on_shards, parallelize
 from ..parallel.forms.state_passing import state_passing_mix
 from ..parallel.layout import resolve_group, shard
-from .cache import ShardedKVCache, StateCache, decode_kind
+from .cache import ShardedHistoryCache, ShardedKVCache, StateCache, decode_kind, decode_owners
 
 
 @dataclass
@@ -68,8 +69,12 @@ def prefill(model, input_ids: torch.Tensor, max_new_tokens: int, group=None,
             caches[i] = StateCache(layer.mixer, final)
         else:
             out = layer.run(x, shards)
-            caches[i] = ShardedKVCache.from_prefill(layer.mixer, x, positions, prompt_len,
-                                                    shards.lengths, steps, group)
+            if decode_kind(layer.mixer) == "kv":
+                caches[i] = ShardedKVCache.from_prefill(layer.mixer, x, positions, prompt_len,
+                                                        shards.lengths, steps, group)
+            else:
+                caches[i] = ShardedHistoryCache(layer.mixer, x, shards.segments[rank], prompt_len,
+                                                decode_owners(shards.lengths, steps), group)
         if progress is not None:
             progress(i + 1, len(pmodel.layers))
         return out
