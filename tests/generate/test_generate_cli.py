@@ -75,3 +75,34 @@ def test_bad_input_is_a_clear_error(run_dir, capsys, extra, match):
 def test_a_folder_without_a_run_is_refused(tmp_path, capsys):
     assert main(["generate", "--run", str(tmp_path), "--prompt", "a"]) == 2
     assert "has no checkpoint.pt" in capsys.readouterr().err
+
+
+def test_under_torchrun_every_rank_is_reported(run_dir, tmp_path):
+    """Two ranks started by torchrun join its group; rank 0 reports both ranks' figures."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    from longmix.parallel.launch import free_port
+
+    out = tmp_path / "torchrun.json"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2",
+           "--master-port", str(free_port()), "--max-restarts", "0", "-m", "longmix.cli", "generate",
+           "--run-dir", run_dir, "--prompt", "def main(", "--max-new-tokens", "4", "--quiet",
+           "--timeout", "60", "--json", str(out)]
+    agent = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                             env=dict(os.environ, OMP_NUM_THREADS="1"), start_new_session=True)
+    try:
+        text, _ = agent.communicate(timeout=150)
+    except subprocess.TimeoutExpired:
+        os.killpg(agent.pid, signal.SIGKILL)
+        agent.wait()
+        pytest.fail("torchrun did not finish within 150 s")
+    assert agent.returncode == 0, text
+    report = json.loads(out.read_text())
+    assert report["world_size"] == 2 and len(report["cache_bytes_per_rank"]) == 2
+    run = load_run(run_dir)
+    prompt = torch.tensor([run.encode("def main(")])
+    assert report["cache_bytes_per_rank"] == [
+        expected_cache_bytes(run.model, prompt.shape[1], 4, 2, r) for r in range(2)]

@@ -3,7 +3,7 @@ over ranks and the cache kept sharded while decoding (see ``longmix.generate``).
 
     longmix generate --run runs/text --prompt "def main(" --max-new-tokens 64
     longmix generate --run runs/text --prompt-file long.py --procs 2 --json out.json
-    torchrun --nproc-per-node 2 -m longmix.cli generate --run runs/text --prompt-file long.py
+    torchrun --nproc-per-node 2 -m longmix.cli generate --run-dir runs/text --prompt-file long.py
 
 Prints the continuation (decoded text for a byte-level task such as ``text``, token ids
 otherwise) on stdout, and on stderr the prefill time, the decode rate, and each rank's peak
@@ -19,7 +19,9 @@ EXIT_RANK_FAILED, EXIT_BAD_INPUT = 1, 2
 
 def add_arguments(parser):
     a = parser.add_argument
-    a("--run", required=True, metavar="RUN_DIR", help="the folder of a finished `longmix train` lm run")
+    a("--run", "--run-dir", dest="run", required=True, metavar="RUN_DIR",
+      help="the folder of a finished `longmix train` lm run (--run-dir under torchrun, whose own "
+           "parser takes --run for an abbreviation of its --run-path)")
     prompt = parser.add_mutually_exclusive_group(required=True)
     prompt.add_argument("--prompt", help="prompt text (byte-level tasks such as text)")
     prompt.add_argument("--prompt-file", metavar="FILE", help="read the prompt text from FILE")
@@ -171,10 +173,14 @@ def run(args) -> int:
         return fail(EXIT_BAD_INPUT, err)
     try:
         if world is not None:
+            import torch.distributed as dist
+
             with torchrun_group(args.timeout) as group:
-                results = [_rank_main(group, request)]
+                mine = _rank_main(group, request)
+                results = [None] * world
+                dist.all_gather_object(results, mine, group=group)  # every rank's figures, small
             if int(os.environ["RANK"]) != 0:
-                return 0  # rank 0 prints; its figures are its own (run --procs for every rank's)
+                return 0  # rank 0 prints
         elif (args.procs or 1) > 1:
             results = run_local(_rank_main, args.procs, (request,), timeout=float("inf"),
                                 collective_timeout=args.timeout)

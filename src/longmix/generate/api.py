@@ -103,6 +103,8 @@ def generate(model, input_ids: torch.Tensor, max_new_tokens: int, group=None,
             h = model.features(tokens[:, i:i + 1], positions=torch.tensor([position], device=device),
                                mixers=steppers)
         except RuntimeError as exc:  # gloo/NCCL errors: a peer died or a collective timed out
+            if world == 1:
+                raise  # no collective ran: not a peer's failure
             raise DecodeError(f"generate: rank {rank} of {world}: a collective failed at decode "
                               f"step {i + 1} of {max_new_tokens - 1} (another rank stopped or "
                               f"timed out): {exc}") from exc
