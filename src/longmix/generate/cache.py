@@ -29,7 +29,7 @@ from __future__ import annotations
 import torch
 
 from ..mixers.attention import SoftmaxAttention
-from ..mixers.conv import LongConv
+from ..mixers.conv import Hyena, LongConv
 from ..ops.attention import attention_with_lse, merge_partials
 from ..parallel.forms.collectives import all_gather_tensors
 from ..parallel.layout import resolve_group
@@ -38,23 +38,26 @@ KINDS = ("kv", "state", "history")
 
 
 def decode_kind(mixer) -> str:
-    """``"kv"`` or ``"state"``; ValueError naming the mixer when it cannot be decoded after a
-    sharded prefill."""
-    if isinstance(mixer, SoftmaxAttention):
-        return "kv"
+    """``"kv"``, ``"state"`` or ``"history"``; ValueError naming the mixer and the reason when
+    it cannot be decoded after a sharded prefill."""
     name = getattr(mixer, "name", type(mixer).__name__)
     if not getattr(mixer, "causal", False):
         raise ValueError(f"generate: mixer {name!r} is not causal: it cannot generate")
+    if isinstance(mixer, SoftmaxAttention):
+        return "kv"
     if "state" in mixer.parallel_forms:
         return "state"
     if isinstance(mixer, LongConv):
         return "history"
-    raise ValueError(
-        f"generate: mixer {name!r} is not supported: its decode state is the whole input history "
-        "(a long filter has no fixed-size state form) behind a short convolution and gates; the "
-        "sharded history longconv decodes with would also need the short convolution's halo at "
-        "every shard boundary, which is not implemented. Supported: softmax, longconv and the "
-        "fixed-state mixers (linear, performer, s4d, mamba, local)")
+    if isinstance(mixer, Hyena):
+        reason = ("its decode state is the whole input history (a long filter has no fixed-size "
+                  "state form) behind a short convolution and gates; the sharded history longconv "
+                  "decodes with would also need the short convolution's halo at every shard "
+                  "boundary, which is not implemented")
+    else:
+        reason = "it has no fixed-size state and no sharded cache form here"
+    raise ValueError(f"generate: mixer {name!r} is not supported: {reason}. Supported: softmax, "
+                     "longconv and the fixed-state mixers (linear, performer, s4d, mamba, local)")
 
 
 def decode_owners(lengths: list[int], steps: int) -> list[int]:
