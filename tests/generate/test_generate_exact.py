@@ -16,13 +16,10 @@ from longmix.generate import decode_kind, expected_cache_bytes
 from longmix.parallel.launch import run_local
 
 TOL = 1e-10
-UNSUPPORTED = {"hyena"}  # its decode state is the history behind a short conv: refused, tested below
-
-
 def decodable() -> list[str]:
-    names = causal_mixers()
-    assert UNSUPPORTED <= set(names) and "softmax" in names and "mamba" in names
-    return [n for n in names if n not in UNSUPPORTED]
+    names = causal_mixers()  # every one decodes: softmax, the state mixers, longconv and hyena
+    assert {"softmax", "mamba", "longconv", "hyena"} <= set(names)
+    return names
 
 
 def cases_for(world: int) -> list[Case]:
@@ -89,11 +86,11 @@ def test_sampling_is_the_same_for_every_world_size():
         assert len(set(one[i][0].flatten().tolist())) > 1  # it sampled, not a constant
 
 
-def test_unsupported_mixers_are_refused_with_the_reason():
-    for name in sorted(UNSUPPORTED):
-        model = make_model(Case(name, prompt_len=3))
-        with pytest.raises(ValueError, match="whole input history"):
-            decode_kind(model.blocks[0].mixer)
-        from longmix.generate import generate
-        with pytest.raises(ValueError, match=f"mixer {name!r} is not supported"):
-            generate(model, make_prompt(Case(name, prompt_len=3)), 2)
+def test_every_causal_mixer_has_a_decode_kind_and_others_are_refused():
+    from longmix import mixers
+
+    kinds = {name: decode_kind(make_model(Case(name, prompt_len=3)).blocks[0].mixer)
+             for name in causal_mixers()}
+    assert kinds["softmax"] == "kv" and kinds["mamba"] == "state" and kinds["hyena"] == "history"
+    with pytest.raises(ValueError, match="'softmax' is not causal: it cannot generate"):
+        decode_kind(mixers.build("softmax", 8, causal=False))

@@ -21,7 +21,10 @@ Two kinds of layers (:func:`decode_kind`):
   the lags those rows will need (``ImplicitFilter.at``): each rank sums its rows' terms and one
   all-gather of the (batch, dim) partial sums per layer and token adds them up, in rank order.
 
-Hyena (the long convolution behind a short one and gates) is refused (:func:`decode_kind`).
+Hyena puts the long convolution behind a short one and gates: its history rows are x1 * v,
+which each rank computes for its own rows from the short convolution's halo (the ``taps``
+in_proj rows before each piece, from the ranks holding them), and the short convolution's last
+inputs at the prompt's end travel from the last rank to every rank (a broadcast).
 """
 from __future__ import annotations
 
@@ -47,17 +50,11 @@ def decode_kind(mixer) -> str:
         return "kv"
     if "state" in mixer.parallel_forms:
         return "state"
-    if isinstance(mixer, LongConv):
+    if isinstance(mixer, (LongConv, Hyena)):
         return "history"
-    if isinstance(mixer, Hyena):
-        reason = ("its decode state is the whole input history (a long filter has no fixed-size "
-                  "state form) behind a short convolution and gates; the sharded history longconv "
-                  "decodes with would also need the short convolution's halo at every shard "
-                  "boundary, which is not implemented")
-    else:
-        reason = "it has no fixed-size state and no sharded cache form here"
-    raise ValueError(f"generate: mixer {name!r} is not supported: {reason}. Supported: softmax, "
-                     "longconv and the fixed-state mixers (linear, performer, s4d, mamba, local)")
+    raise ValueError(f"generate: mixer {name!r} is not supported: it has no fixed-size state and "
+                     "no sharded cache form here. Supported: softmax, longconv, hyena and the "
+                     "fixed-state mixers (linear, performer, s4d, mamba, local)")
 
 
 def decode_owners(lengths: list[int], steps: int) -> list[int]:
@@ -199,6 +196,8 @@ def expected_cache_bytes(model, prompt_len: int, max_new_tokens: int, world: int
                        - max(0, _segment_lags(start, n, prompt_len, steps)[0]) for start, n in segments[rank])
             rows = len(mine) + appended
             total += (rows * batch + lags + steps) * mixer.dim * itemsize + appended * 8
+            if isinstance(mixer, Hyena):  # the short convolution's last inputs
+                total += batch * (mixer.short.kernel_size[0] - 1) * 3 * mixer.dim * itemsize
         else:
             state = mixer.init_state(batch, device="meta", dtype=dtype)
             total += sum(t.numel() * t.element_size() for t in state.values())
@@ -257,10 +256,59 @@ class ShardedHistoryCache:
                    for t in tensors + [self.new_rows, self.new_positions, self.new_filter])
 
 
+class HyenaCache:
+    """Hyena: the sharded history of its long convolution's input x1 * v, and the short
+    convolution's last ``taps`` input rows (in_proj outputs) at the prompt's end, on every rank.
+
+    Each rank's history rows need the ``taps`` in_proj rows before each of its pieces (a halo
+    from the ranks holding them), then continue from them with Hyena's own step
+    (``forward_with_state``, whose new "history" is the piece's x1 * v)."""
+
+    kind = "history"
+
+    def __init__(self, mixer, x_local, shards, prompt_len: int, owners: list[int], group):
+        from ..mixers.base import WholeSequence
+        from ..parallel.halo import HaloPieces
+
+        self.mixer = mixer
+        _, world, rank = resolve_group(group)
+        taps = mixer.short.kernel_size[0] - 1
+        pieces = WholeSequence if world == 1 else HaloPieces(shards.segments, rank, group, None)
+        contexts = pieces.left_context(mixer.in_proj(x_local), taps)
+        inputs, offset, last_proj = [], 0, None
+        for (start, rows), context in zip(shards.segments[rank], contexts):
+            empty = x_local.new_zeros(x_local.shape[0], 0, mixer.dim)
+            _, state = mixer.forward_with_state(x_local[:, offset:offset + rows],
+                                                {"proj": context[:, :taps], "history": empty})
+            inputs.append(state["history"])
+            if start + rows == prompt_len:
+                last_proj = state["proj"].contiguous()  # a view; a collective sends storage
+            offset += rows
+        u = torch.cat(inputs, 1) if inputs else x_local.new_zeros(x_local.shape[0], 0, mixer.dim)
+        self.history = ShardedHistoryCache(mixer, u, shards.segments[rank], prompt_len, owners, group)
+        owner = next(r for r, segs in enumerate(shards.segments) if any(s + n == prompt_len for s, n in segs))
+        if last_proj is None:
+            last_proj = x_local.new_empty(x_local.shape[0], taps, 3 * mixer.dim)
+        if world > 1:
+            torch.distributed.broadcast(last_proj, group=group, group_src=owner)
+        self.proj = last_proj
+
+    def step(self, x_t: torch.Tensor, position: int) -> torch.Tensor:
+        mixer = self.mixer  # the lines of Hyena._forward_with_state, the long conv sharded
+        window = torch.cat([self.proj.to(x_t.dtype), mixer.in_proj(x_t)], 1)
+        v, x1, x2 = mixer.short(window.mT).mT.chunk(3, dim=-1)
+        self.proj = window[:, 1:]
+        return mixer.out_proj(x2 * self.history.step(x1 * v, position))
+
+    def nbytes(self) -> int:
+        return self.history.nbytes() + self.proj.numel() * self.proj.element_size()
+
+
 def total_cache_bytes(caches) -> int:
     return sum(c.nbytes() for c in caches)
 
 
 __all__ = ["decode_kind", "decode_owners", "ShardedKVCache", "StateCache", "ShardedHistoryCache",
+           "HyenaCache",
            "expected_cache_bytes",
            "total_cache_bytes", "KINDS"]

@@ -5,7 +5,7 @@ per layer, in the forms its planner picks), with one difference: a layer with a 
 runs in the "state" form, whose state passing also yields the state after the whole prompt
 (``state_passing_mix(return_final_state=True)``). A softmax layer runs in the planned form
 (ring or shuffle); its cache is the keys and values of this rank's own rows, projected from the
-layer's input rows. A long convolution also runs in the planned form and keeps its input rows.
+layer's input rows. A long convolution (longconv, hyena) also runs in the planned form and keeps its input rows.
 See :mod:`longmix.generate.cache`.
 """
 from __future__ import annotations
@@ -19,7 +19,8 @@ from ..parallel.forms.model_plan import mixer_layers
 from ..parallel.forms.parallelize import Shards, agree_on_shards, parallelize
 from ..parallel.forms.state_passing import state_passing_mix
 from ..parallel.layout import resolve_group, shard
-from .cache import ShardedHistoryCache, ShardedKVCache, StateCache, decode_kind, decode_owners
+from ..mixers.conv import Hyena
+from .cache import HyenaCache, ShardedHistoryCache, ShardedKVCache, StateCache, decode_kind, decode_owners
 
 
 @dataclass
@@ -72,6 +73,9 @@ def prefill(model, input_ids: torch.Tensor, max_new_tokens: int, group=None,
             if decode_kind(layer.mixer) == "kv":
                 caches[i] = ShardedKVCache.from_prefill(layer.mixer, x, positions, prompt_len,
                                                         shards.lengths, steps, group)
+            elif isinstance(layer.mixer, Hyena):
+                caches[i] = HyenaCache(layer.mixer, x, shards, prompt_len,
+                                       decode_owners(shards.lengths, steps), group)
             else:
                 caches[i] = ShardedHistoryCache(layer.mixer, x, shards.segments[rank], prompt_len,
                                                 decode_owners(shards.lengths, steps), group)
