@@ -273,10 +273,12 @@ class HyenaCache:
         self.mixer = mixer
         _, world, rank = resolve_group(group)
         taps = mixer.short.kernel_size[0] - 1
+        # one process holds the whole sequence as one piece (zigzag's two chunks are adjacent)
         pieces = WholeSequence if world == 1 else HaloPieces(shards.segments, rank, group, None)
+        segments = [(0, prompt_len)] if world == 1 else shards.segments[rank]
         contexts = pieces.left_context(mixer.in_proj(x_local), taps)
         inputs, offset, last_proj = [], 0, None
-        for (start, rows), context in zip(shards.segments[rank], contexts):
+        for (start, rows), context in zip(segments, contexts, strict=True):
             empty = x_local.new_zeros(x_local.shape[0], 0, mixer.dim)
             _, state = mixer.forward_with_state(x_local[:, offset:offset + rows],
                                                 {"proj": context[:, :taps], "history": empty})
