@@ -84,7 +84,6 @@ def state_passing_mix(mixer, x_local: torch.Tensor, *, group=None, layout: str =
         stats: a :class:`CommStats` that accumulates this rank's bytes, forward and backward.
         seq_len: the global length, for a caller that has already agreed on the shards on every
             rank (``parallelize`` does, once per model): skips the shape check's all-gather.
-
         return_final_state: also return the state after the whole sequence, the same on every
             rank (decoding continues from it, ``longmix.generate``). After each all-gather every
             rank holds every chunk's summary, so it folds them all: no extra communication.
