@@ -82,7 +82,12 @@ class ImplicitFilter(nn.Module):
         ``channels`` selects filters: only their output layer is computed (a rank of the
         sequence-parallel shuffle needs just its own channels)."""
         first = 0 if causal else -(length - 1)
-        t = torch.arange(first, length, dtype=self.freqs.dtype, device=self.freqs.device)
+        return self.at(torch.arange(first, length, device=self.freqs.device), channels)
+
+    def at(self, lags: torch.Tensor, channels: slice = slice(None)) -> torch.Tensor:
+        """The filters at the integer ``lags`` (n,): (n, C). A decoder with a sharded history
+        reads only the lags its own rows need (``longmix.generate``), not all L of them."""
+        t = lags.to(dtype=self.freqs.dtype, device=self.freqs.device)
         angle = t[:, None] * self.freqs
         hidden = self.ffn[:-1](torch.cat([angle.cos(), angle.sin()], dim=-1))
         last = self.ffn[-1]

@@ -62,7 +62,8 @@ def _agree_on_shards(mixer, x, group, world: int, layout: str) -> int:
 
 
 def state_passing_mix(mixer, x_local: torch.Tensor, *, group=None, layout: str = "contiguous",
-                      stats: CommStats | None = None, seq_len: int | None = None) -> torch.Tensor:
+                      stats: CommStats | None = None, seq_len: int | None = None,
+                      return_final_state: bool = False):
     """Run a causal ``mixer`` with a fixed-size state over a sequence sharded across ``group``.
 
     Args:
@@ -74,10 +75,13 @@ def state_passing_mix(mixer, x_local: torch.Tensor, *, group=None, layout: str =
         stats: a :class:`CommStats` that accumulates this rank's bytes, forward and backward.
         seq_len: the global length, for a caller that has already agreed on the shards on every
             rank (``parallelize`` does, once per model): skips the shape check's all-gather.
+        return_final_state: also return the state after the whole sequence, the same on every
+            rank (decoding continues from it, ``longmix.generate``). After each all-gather every
+            rank holds every chunk's summary, so it folds them all: no extra communication.
 
     Returns:
         (batch, local_len, dim): this rank's rows of ``mixer(x)``. Differentiable in x_local and
-        the mixer's parameters.
+        the mixer's parameters. With ``return_final_state``: (those rows, the final state).
     """
     check_layout(layout)
     name = type(mixer).__name__
@@ -102,6 +106,9 @@ def state_passing_mix(mixer, x_local: torch.Tensor, *, group=None, layout: str =
         return mixer.init_state(batch, device=x_local.device, dtype=x_local.dtype)
 
     incoming = [fresh() for _ in mine]
+    final = fresh()
+    # fold up to this rank's last chunk, or through every chunk for the final state
+    last = n_chunks - 1 if return_final_state else max(mine)
     # Every rank must run the backward of every all-gather (it is a collective), also a rank
     # whose summaries carry no gradient (an empty shard): tie each all-gather's input to the
     # previous one's output and to something with a gradient, and the result to the last output.
@@ -121,14 +128,16 @@ def state_passing_mix(mixer, x_local: torch.Tensor, *, group=None, layout: str =
             for i, g in enumerate(chunk_indices(world, r, layout)):
                 by_chunk[g] = dict(zip(fields, tensors[i * len(fields):(i + 1) * len(fields)]))
         state = fresh()
-        for g in range(max(mine) + 1):  # fold in sequence order up to this rank's last chunk
+        for g in range(last + 1):  # fold in sequence order
             if g in mine:
                 i = mine.index(g)
                 incoming[i] = {**incoming[i], **{k: state[k] for k in keys}}
-            if g < max(mine):
+            if g < last or return_final_state:
                 state = mixer.chain_state(state, by_chunk[g], stage)
+        final = {**final, **{k: state[k] for k in keys}}
     outs = [mixer.forward_with_state(piece, state)[0] for piece, state in zip(pieces, incoming)]
-    return depend_on(torch.cat(outs, dim=1), received)
+    out = depend_on(torch.cat(outs, dim=1), received)
+    return (out, final) if return_final_state else out
 
 
 def _summary_bytes(mixer, batch: int, dtype: torch.dtype | None, floating_only: bool) -> int:
