@@ -74,7 +74,7 @@ class Mamba2(TokenMixer):
 
     Args:
         d_state: N, the state size per head.
-        expand: d_inner = expand * dim; head_dim P = d_inner / heads.
+        expand: d_inner = expand * dim, unless ``d_inner`` is given; head_dim P = d_inner / heads.
         groups: groups of heads sharing B and C; divides heads.
         d_conv: width of the causal depthwise conv over (x', B, C).
         chunk_size: positions per chunk of the SSD.
@@ -96,17 +96,20 @@ class Mamba2(TokenMixer):
                  d_state: int = 16, expand: int = 2, groups: int = 1, d_conv: int = 4, chunk_size: int = 64,
                  dt_min: float = 1e-3, dt_max: float = 1e-1, dt_floor: float = 1e-4,
                  dt_limit: tuple[float, float] = (0.0, float("inf")), A_init_range: tuple[float, float] = (1, 16),
-                 norm_eps: float = 1e-5, bias: bool = False, conv_bias: bool = True):
+                 norm_eps: float = 1e-5, bias: bool = False, conv_bias: bool = True, d_inner: int | None = None):
         super().__init__(dim, heads=heads, causal=causal, max_len=max_len)
+        d_inner = expand * dim if d_inner is None else d_inner
         for label, value in (("d_state", d_state), ("expand", expand), ("groups", groups), ("d_conv", d_conv),
-                             ("chunk_size", chunk_size)):
+                             ("chunk_size", chunk_size), ("d_inner", d_inner)):
             check_int("Mamba2", label, value)
         if heads % groups:
             raise ValueError(f"Mamba2: groups ({groups}) must divide heads ({heads})")
+        if d_inner % heads:
+            raise ValueError(f"Mamba2: heads ({heads}) must divide d_inner ({d_inner})")
         check_dt_init("Mamba2", dt_min, dt_max, A_init_range)
         if len(dt_limit) != 2 or not (0 <= dt_limit[0] < dt_limit[1]):
             raise ValueError(f"Mamba2: dt_limit must be (low, high) with 0 <= low < high, got {dt_limit!r}")
-        self.d_inner, self.d_state, self.groups = expand * dim, d_state, groups
+        self.d_inner, self.d_state, self.groups = d_inner, d_state, groups
         self.P = self.d_inner // heads
         self.chunk_size, self.dt_limit = chunk_size, tuple(dt_limit)
         self.conv_dim = self.d_inner + 2 * groups * d_state
