@@ -15,7 +15,7 @@ OPTIONS = {"local": dict(block_size=4), "mamba": dict(chunk_size=3), "linear": d
            "performer": dict(chunk_size=4), "mamba2": dict(chunk_size=3), "gated_deltanet": dict(chunk_size=3)}
 VARIANTS = [(name, OPTIONS.get(name, {})) for name in mixers.available() if mixers.get_class(name).taxonomy.causal]
 VARIANTS += [("softmax", dict(window=5)), ("mamba", dict(d_conv=0)), ("hyena", dict(short_kernel=1)),
-             ("mamba2", dict(groups=2, chunk_size=3)), ("gated_deltanet", dict(key_heads=1, chunk_size=3))]
+             ("mamba2", dict(groups=2, chunk_size=3)), ("gated_deltanet", dict(key_heads=1, projections="separate", chunk_size=3))]
 IDS = [name + "".join(f"-{k}={v}" for k, v in opts.items() if k != "chunk_size") for name, opts in VARIANTS]
 # Cut points of LENGTH: chunks of 1, 1, 0, 2, 1, 7 and 7 positions.
 CUTS = (0, 1, 2, 2, 4, 5, 12, LENGTH)

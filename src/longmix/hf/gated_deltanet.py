@@ -2,14 +2,17 @@
 
 ``from_hf(module)`` returns a causal :class:`~longmix.mixers.delta.GatedDeltaNet` whose forward on
 hidden states (batch, L, hidden) equals the module's forward on them (no cache, no padding mask)
-and whose parameters ARE the module's (the same ``nn.Parameter`` objects): longmix's layer keeps
-Qwen3-Next's layout (in_proj_qkvz and in_proj_ba grouped per key head, a bias-free depthwise
-conv1d over [q, k, v], dt_bias and A_log per value head, the norm-then-gate RMSNorm per head,
-out_proj), so nothing is copied or viewed.
+and whose parameters ARE the module's (the same ``nn.Parameter`` objects): longmix's layer holds
+either layout of these models' projections (``projections="grouped"``: Qwen3-Next's in_proj_qkvz
+and in_proj_ba, grouped per key head; ``"separate"``: Qwen3.5's in_proj_qkv, in_proj_z,
+in_proj_b, in_proj_a) and the rest alike (a bias-free depthwise conv1d over [q, k, v], dt_bias and
+A_log per value head, the norm-then-gate RMSNorm per head, out_proj), so nothing is copied.
 
-Mapped (:data:`HF_CLASSES`): ``Qwen3NextGatedDeltaNet``. Refused (:data:`REFUSED`), by name and
-reason: the Qwen3.5 line's layers, the same operator with q/k/v, z, b and a in separate
-projections (a layout longmix's layer does not hold, so they cannot share parameters).
+Mapped (:data:`HF_CLASSES`, transformers 5.23): ``Qwen3NextGatedDeltaNet`` (grouped);
+``Qwen3_5GatedDeltaNet``, ``Qwen3_5MoeGatedDeltaNet`` (separate; the two classes are identical)
+and ``Qwen4ExpTextGatedDeltaNet`` (separate; the same but for a configurable output-gate
+activation, accepted when it is SiLU). Refused (:data:`REFUSED`), by name and reason:
+``OlmoHybridGatedDeltaNet``.
 """
 from __future__ import annotations
 
@@ -18,11 +21,14 @@ from torch import nn
 
 from ..mixers.delta import GatedDeltaNet
 
-HF_CLASSES = ("Qwen3NextGatedDeltaNet",)
-_SEPARATE = ("the same operator, but its projections are separate (in_proj_qkv, in_proj_z, in_proj_b, "
-             "in_proj_a) where longmix's gated_deltanet holds Qwen3-Next's grouped in_proj_qkvz and "
-             "in_proj_ba, so the parameters cannot be shared")
-REFUSED = {"Qwen3_5GatedDeltaNet": _SEPARATE, "Qwen3_5MoeGatedDeltaNet": _SEPARATE}
+#: class name -> the layout of its projections
+HF_CLASSES = {"Qwen3NextGatedDeltaNet": "grouped", "Qwen3_5GatedDeltaNet": "separate",
+              "Qwen3_5MoeGatedDeltaNet": "separate", "Qwen4ExpTextGatedDeltaNet": "separate"}
+REFUSED = {
+    "OlmoHybridGatedDeltaNet": "its q, k, v, a, b and output gate come from six projections named q_proj ... "
+                               "g_proj, and linear_allow_neg_eigval doubles beta (range [0, 2]): not a layout "
+                               "longmix's gated_deltanet holds",
+}
 #: Options of the longmix mixer that choose how, not what, it computes; from_hf passes them on.
 EXECUTION_OPTIONS = ("chunk_size",)
 _SILU_NAMES = ("silu", "swish")
@@ -63,10 +69,15 @@ def from_hf(module: nn.Module, **options) -> GatedDeltaNet:
              f"key heads ({key_heads}) must divide value heads ({heads})")
     _require(owner, hidden % heads == 0, "linear_num_value_heads",
              f"a longmix mixer's heads must divide its dim: hidden_size {hidden} by {heads} value heads")
-    qkvz, ba = _plain(owner, module, "in_proj_qkvz", nn.Linear), _plain(owner, module, "in_proj_ba", nn.Linear)
-    out_proj, conv = _plain(owner, module, "out_proj", nn.Linear), _plain(owner, module, "conv1d", nn.Conv1d)
-    for name, layer in (("in_proj_qkvz", qkvz), ("in_proj_ba", ba), ("out_proj", out_proj)):
-        _require(owner, layer.bias is None, name, "has a bias; Qwen3-Next's has none, nor has longmix's")
+    _require(owner, getattr(module.norm, "activation", "silu") in _SILU_NAMES, "output_gate_type",
+             f"the output gate must be SiLU as in longmix's gated_deltanet, got {module.norm.activation!r}")
+    projections = HF_CLASSES[owner]
+    names = (("in_proj_qkvz", "in_proj_ba") if projections == "grouped"
+             else ("in_proj_qkv", "in_proj_z", "in_proj_b", "in_proj_a")) + ("out_proj",)
+    layers = {name: _plain(owner, module, name, nn.Linear) for name in names}
+    conv = _plain(owner, module, "conv1d", nn.Conv1d)
+    for name, layer in layers.items():
+        _require(owner, layer.bias is None, name, "has a bias; the model's has none, nor has longmix's")
     conv_dim = 2 * key_heads * dk + heads * dv
     _require(owner, conv.groups == conv_dim == conv.in_channels and conv.kernel_size == (width,)
              and conv.padding == (width - 1,) and conv.stride == (1,) and conv.dilation == (1,)
@@ -75,13 +86,15 @@ def from_hf(module: nn.Module, **options) -> GatedDeltaNet:
     with torch.device("meta"):  # no memory: every parameter is replaced by the module's below
         mixer = GatedDeltaNet(hidden, heads=heads, causal=True, key_heads=key_heads, head_k_dim=dk, head_v_dim=dv,
                               d_conv=width, chunk_size=options.get("chunk_size", 64),
-                              norm_eps=module.norm.variance_epsilon)
-    _require(owner, tuple(qkvz.weight.shape) == tuple(mixer.in_proj_qkvz.weight.shape)
-             and tuple(ba.weight.shape) == tuple(mixer.in_proj_ba.weight.shape)
+                              norm_eps=module.norm.variance_epsilon, projections=projections)
+    shapes = {name: tuple(layer.weight.shape) for name, layer in layers.items()}
+    _require(owner, shapes == {name: tuple(getattr(mixer, name).weight.shape) for name in names}
              and tuple(module.norm.weight.shape) == (dv,), "sizes",
-             f"in_proj_qkvz {tuple(qkvz.weight.shape)}, in_proj_ba {tuple(ba.weight.shape)} or the norm do not "
-             f"match {key_heads} key heads of {dk} and {heads} value heads of {dv}")
-    mixer.in_proj_qkvz, mixer.in_proj_ba, mixer.conv1d, mixer.out_proj = qkvz, ba, conv, out_proj
+             f"the projections {shapes} or the norm do not match {key_heads} key heads of {dk} and {heads} "
+             f"value heads of {dv}")
+    for name, layer in layers.items():
+        setattr(mixer, name, layer)
+    mixer.conv1d = conv
     mixer.dt_bias, mixer.A_log, mixer.norm.weight = module.dt_bias, module.A_log, module.norm.weight
     theirs = {id(p) for p in module.parameters()}
     assert all(id(p) in theirs for p in mixer.parameters()), "from_hf left a parameter of its own"

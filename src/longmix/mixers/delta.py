@@ -11,8 +11,8 @@ family, only a transition (Mamba-2's SSD, in the ssm family, is the other side o
 a scalar transition, the same masked Q K^T).
 
 The layer is Qwen3-Next's (transformers' ``Qwen3NextGatedDeltaNet``, fla's ``GatedDeltaNet``):
-the projections keep Qwen3-Next's layout so that ``longmix.hf`` maps those modules onto it
-with their parameters.
+the projections keep Qwen3-Next's layout (or Qwen3.5's, ``projections="separate"``) so that
+``longmix.hf`` maps those modules onto it with their parameters.
 """
 from __future__ import annotations
 
@@ -25,6 +25,9 @@ from .base import Taxonomy, TokenMixer, WholeSequence, check_int, last_rows, shi
 from .conv_stage import conv_literal, conv_pieces, conv_window
 from .registry import register
 from .ssd import check_dt_init, init_dt_bias
+
+#: Layouts of the input projections (see GatedDeltaNet's ``projections``).
+PROJECTIONS = ("grouped", "separate")
 
 
 def l2_normalize(t: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
@@ -74,6 +77,10 @@ class GatedDeltaNet(TokenMixer):
         chunk_size: positions per chunk of the delta rule.
         dt_min, dt_max, dt_floor, A_init_range: initial step sizes and decay rates, as Mamba-2.
         norm_eps: epsilon of the output RMSNorm.
+        projections: the input projections' layout, "grouped" (Qwen3-Next: in_proj_qkvz and
+            in_proj_ba, grouped per key head) or "separate" (Qwen3.5: in_proj_qkv, in_proj_z,
+            in_proj_b, in_proj_a); the same operator, two parameter layouts, so that either
+            model's layers map with their parameters shared.
     """
 
     taxonomy = Taxonomy(family="kernel", learned=True, input_dependent=True, causal=True,
@@ -85,7 +92,8 @@ class GatedDeltaNet(TokenMixer):
     def __init__(self, dim: int, heads: int = 1, causal: bool = False, max_len: int | None = None,
                  key_heads: int | None = None, head_k_dim: int | None = None, head_v_dim: int | None = None,
                  d_conv: int = 4, chunk_size: int = 64, dt_min: float = 1e-3, dt_max: float = 1e-1,
-                 dt_floor: float = 1e-4, A_init_range: tuple[float, float] = (0.01, 16), norm_eps: float = 1e-6):
+                 dt_floor: float = 1e-4, A_init_range: tuple[float, float] = (0.01, 16), norm_eps: float = 1e-6,
+                 projections: str = "grouped"):
         super().__init__(dim, heads=heads, causal=causal, max_len=max_len)
         key_heads = heads if key_heads is None else key_heads
         head_k_dim = dim // heads if head_k_dim is None else head_k_dim
@@ -101,8 +109,17 @@ class GatedDeltaNet(TokenMixer):
         self.key_dim, self.value_dim = key_heads * head_k_dim, heads * head_v_dim
         self.conv_dim = 2 * self.key_dim + self.value_dim
         self.chunk_size = chunk_size
-        self.in_proj_qkvz = nn.Linear(dim, 2 * self.key_dim + 2 * self.value_dim, bias=False)
-        self.in_proj_ba = nn.Linear(dim, 2 * heads, bias=False)
+        if projections not in PROJECTIONS:
+            raise ValueError(f"GatedDeltaNet: projections must be one of {PROJECTIONS}, got {projections!r}")
+        self.projections = projections
+        if projections == "grouped":
+            self.in_proj_qkvz = nn.Linear(dim, 2 * self.key_dim + 2 * self.value_dim, bias=False)
+            self.in_proj_ba = nn.Linear(dim, 2 * heads, bias=False)
+        else:
+            self.in_proj_qkv = nn.Linear(dim, self.conv_dim, bias=False)
+            self.in_proj_z = nn.Linear(dim, self.value_dim, bias=False)
+            self.in_proj_b = nn.Linear(dim, heads, bias=False)
+            self.in_proj_a = nn.Linear(dim, heads, bias=False)
         self.conv1d = nn.Conv1d(self.conv_dim, self.conv_dim, d_conv, groups=self.conv_dim,
                                 padding=d_conv - 1, bias=False)
         self.dt_bias = nn.Parameter(init_dt_bias(heads, dt_min, dt_max, dt_floor))
@@ -113,7 +130,11 @@ class GatedDeltaNet(TokenMixer):
     # -- the stages --------------------------------------------------------------------------------
     def _projections(self, x: torch.Tensor):
         """x -> (raw conv inputs [q, k, v] (batch, L, conv_dim), z (batch, L, heads, dv), b, a
-        (batch, L, heads)), in Qwen3-Next's layout: per query/key head [q, k, its v's, its z's]."""
+        (batch, L, heads)). "grouped": Qwen3-Next's layout, per query/key head [q, k, its v's,
+        its z's] and [its b's, its a's]; "separate": Qwen3.5's, one projection each."""
+        if self.projections == "separate":
+            z = self.in_proj_z(x).unflatten(-1, (self.heads, self.dv))
+            return self.in_proj_qkv(x), z, self.in_proj_b(x), self.in_proj_a(x)
         r = self.per_key
         qkvz = self.in_proj_qkvz(x).unflatten(-1, (self.key_heads, -1))
         q, k, v, z = qkvz.split([self.dk, self.dk, r * self.dv, r * self.dv], dim=-1)
