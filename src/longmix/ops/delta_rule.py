@@ -80,15 +80,18 @@ def gated_delta_rule(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, g: torch
                                                  upper=False, unitriangular=True)
     attn = (qc @ kc.mT) * gamma  # lower triangular, diagonal included
     q_from_start = qc * cum.exp().unsqueeze(-1)
-    k_to_end = kc * (cum[..., -1:] - cum).exp().unsqueeze(-1)
+    k_to_end = (kc * (cum[..., -1:] - cum).exp().unsqueeze(-1)).mT
     chunk_decay = cum[..., -1].exp()[..., None, None]  # (b, h, c, 1, 1)
     state = (q.new_zeros(q.shape[0], q.shape[2], q.shape[3], v.shape[3]) if initial_state is None
              else initial_state.to(q.dtype))
     outs = []
-    for c in range(qc.shape[2]):
-        corrected = pseudo_values[:, :, c] - decayed_keys[:, :, c] @ state
-        outs.append(q_from_start[:, :, c] @ state + attn[:, :, c] @ corrected)
-        state = chunk_decay[:, :, c] * state + k_to_end[:, :, c].mT @ corrected
+    # unbind once: indexing chunk c inside the loop would give each step a backward that fills a
+    # whole-sequence gradient (quadratic in L)
+    for pv, dk_, qs, at, ke, dec in zip(*(t.unbind(2) for t in (pseudo_values, decayed_keys, q_from_start,
+                                                                    attn, k_to_end, chunk_decay))):
+        corrected = pv - dk_ @ state
+        outs.append(qs @ state + at @ corrected)
+        state = dec * state + ke @ corrected
     o = from_chunks(torch.stack(outs, 1).transpose(2, 3), length)  # (b, c, h, l, V) -> (b, L, h, V)
     if bad is not None:
         o = nan_from_first(o, bad)

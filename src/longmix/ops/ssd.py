@@ -83,9 +83,11 @@ def ssd(x: torch.Tensor, dt: torch.Tensor, A: torch.Tensor, B: torch.Tensor, C: 
     state = (x.new_zeros(x.shape[0], heads, x.shape[3], B.shape[-1]) if initial_state is None
              else initial_state.to(x.dtype))
     entering = []
-    for c in range(xc.shape[1]):
+    # unbind once: indexing chunk c inside the loop would give each step a backward that fills a
+    # whole-sequence gradient (quadratic in L)
+    for decay, added in zip(chunk_decay[..., None, None].unbind(2), chunk_states.unbind(1)):
         entering.append(state)
-        state = chunk_decay[:, :, c, None, None] * state + chunk_states[:, c]
+        state = decay * state + added
     entering = torch.stack(entering, 1)  # (b, c, h, p, n)
     # 4. the entering state read out by C, decayed from the chunk's start
     y = y + torch.einsum("bclhn,bchpn,bhcl->bclhp", Cc, entering, cum.exp())
