@@ -88,4 +88,3 @@ def test_bad_shapes_are_named():
         gated_delta_rule(q, k, v, g, beta[:, :3])
     with pytest.raises(ValueError, match="initial_state must be"):
         gated_delta_rule(q, k, v, g, beta, initial_state=s0[..., :2])
-
