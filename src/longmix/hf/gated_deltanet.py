@@ -21,9 +21,10 @@ from torch import nn
 
 from ..mixers.delta import GatedDeltaNet
 
-#: class name -> the layout of its projections
-HF_CLASSES = {"Qwen3NextGatedDeltaNet": "grouped", "Qwen3_5GatedDeltaNet": "separate",
-              "Qwen3_5MoeGatedDeltaNet": "separate", "Qwen4ExpTextGatedDeltaNet": "separate"}
+#: class name -> the layout of its projections (GatedDeltaNet's ``projections``)
+PROJECTIONS_OF = {"Qwen3NextGatedDeltaNet": "grouped", "Qwen3_5GatedDeltaNet": "separate",
+                  "Qwen3_5MoeGatedDeltaNet": "separate", "Qwen4ExpTextGatedDeltaNet": "separate"}
+HF_CLASSES = tuple(PROJECTIONS_OF)
 REFUSED = {
     "OlmoHybridGatedDeltaNet": "its q, k, v, a, b and output gate come from six projections named q_proj ... "
                                "g_proj, and linear_allow_neg_eigval doubles beta (range [0, 2]): not a layout "
@@ -71,7 +72,7 @@ def from_hf(module: nn.Module, **options) -> GatedDeltaNet:
              f"a longmix mixer's heads must divide its dim: hidden_size {hidden} by {heads} value heads")
     _require(owner, getattr(module.norm, "activation", "silu") in _SILU_NAMES, "output_gate_type",
              f"the output gate must be SiLU as in longmix's gated_deltanet, got {module.norm.activation!r}")
-    projections = HF_CLASSES[owner]
+    projections = PROJECTIONS_OF[owner]
     names = (("in_proj_qkvz", "in_proj_ba") if projections == "grouped"
              else ("in_proj_qkv", "in_proj_z", "in_proj_b", "in_proj_a")) + ("out_proj",)
     layers = {name: _plain(owner, module, name, nn.Linear) for name in names}
