@@ -12,15 +12,17 @@ from longmix import mixers
 DIM, HEADS, BATCH, LENGTH = 8, 2, 2, 19
 # Small blocks, windows and chunks so that the cuts below fall inside and across them.
 OPTIONS = {"local": dict(block_size=4), "mamba": dict(chunk_size=3), "linear": dict(chunk_size=4),
-           "performer": dict(chunk_size=4)}
+           "performer": dict(chunk_size=4), "mamba2": dict(chunk_size=3), "gated_deltanet": dict(chunk_size=3)}
 VARIANTS = [(name, OPTIONS.get(name, {})) for name in mixers.available() if mixers.get_class(name).taxonomy.causal]
 VARIANTS += [("softmax", dict(window=5)), ("mamba", dict(d_conv=0)),
-             ("mamba", dict(chunk_size=3, bcdt_norm=True)), ("hyena", dict(short_kernel=1))]
+             ("mamba", dict(chunk_size=3, bcdt_norm=True)), ("hyena", dict(short_kernel=1)),
+             ("mamba2", dict(groups=2, chunk_size=3)),
+             ("gated_deltanet", dict(key_heads=1, projections="separate", chunk_size=3))]
 IDS = [name + "".join(f"-{k}={v}" for k, v in opts.items() if k != "chunk_size") for name, opts in VARIANTS]
 # Cut points of LENGTH: chunks of 1, 1, 0, 2, 1, 7 and 7 positions.
 CUTS = (0, 1, 2, 2, 4, 5, 12, LENGTH)
 # The mixers whose state has a fixed size: exactly these support state passing.
-FIXED_STATE = {"linear", "performer", "s4d", "mamba", "local"}
+FIXED_STATE = {"linear", "performer", "s4d", "mamba", "local", "mamba2", "gated_deltanet"}
 
 
 def make(name, options, causal=True, seed=0):

@@ -40,13 +40,17 @@ MIXERS = {
     "s4d": ({"d_state": 4}, (True, False)),
     "mamba": ({"d_state": 4, "d_conv": 3}, (True, False)),
     "mamba_norm": ({"d_state": 4, "d_conv": 3, "bcdt_norm": True}, (True, False)),  # Jamba's
+    "mamba2": ({"d_state": 4, "d_conv": 3, "groups": 2, "chunk_size": 2}, (True, False)),
+    "gated_deltanet": ({"d_conv": 3, "chunk_size": 2}, (True, False)),
+    "gated_deltanet_gva": ({"d_conv": 3, "key_heads": 2, "chunk_size": 2}, (True,)),  # 2 value heads per key
 }
 
 
 def make_mixer(key: str, causal: bool) -> TokenMixer:
     options, _ = MIXERS[key]
     torch.manual_seed(0)
-    return mixers.build(key.split("_")[0], DIM, heads=HEADS, causal=causal, **options).double()
+    name = key if key in mixers.available() else key.rsplit("_", 1)[0]  # "softmax_window": a variant
+    return mixers.build(name, DIM, heads=HEADS, causal=causal, **options).double()
 
 
 def summed_grads(module, group) -> list[torch.Tensor]:

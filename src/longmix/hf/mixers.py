@@ -25,6 +25,8 @@ from torch import nn
 
 from ..mixers.base import TokenMixer
 from ..mixers.ssm import Mamba
+from . import gated_deltanet, mamba2
+from .checks import plain_submodule, require
 
 #: Activations equal to the SiLU that longmix's ``mamba`` applies after its conv (HF ACT2FN names).
 _SILU_NAMES = ("silu", "swish")
@@ -51,57 +53,42 @@ def mixer_from_hf(module: nn.Module, **options) -> TokenMixer:
 
 
 # -- Mamba ---------------------------------------------------------------------------------------
-def _require(owner: str, ok: bool, option: str, why: str) -> None:
-    if not ok:
-        raise ValueError(f"mixer_from_hf({owner}): {option}: {why}")
-
-
-def _check_exact_type(owner: str, module: nn.Module, name: str, expected: type) -> nn.Module:
-    """A submodule of exactly ``expected`` type: a subclass (a quantized or hooked Linear) may
-    compute something else."""
-    sub = getattr(module, name, None)
-    _require(owner, type(sub) is expected, name,
-             f"expected a plain torch {expected.__name__}, got {type(sub).__name__} (quantized or replaced layers "
-             "are not supported)")
-    return sub
-
-
 def _mamba_sizes(owner: str, module: nn.Module) -> dict:
     """The longmix ``Mamba`` options equal to the HF Mamba-style mixer ``module``, checking every
     HF option that changes the operator against the module's actual layers."""
     hidden, d_inner = module.hidden_size, module.intermediate_size
     d_state, d_conv, dt_rank = module.ssm_state_size, module.conv_kernel_size, int(module.time_step_rank)
-    _require(owner, module.activation in _SILU_NAMES, "hidden_act",
+    require(owner, module.activation in _SILU_NAMES, "hidden_act",
              f"the conv activation must be SiLU ({' or '.join(_SILU_NAMES)}) as in longmix's mamba, "
              f"got {module.activation!r}")
-    _require(owner, d_inner % hidden == 0, "expand",
+    require(owner, d_inner % hidden == 0, "expand",
              f"intermediate_size ({d_inner}) must be an integer multiple of hidden_size ({hidden})")
-    _require(owner, not hasattr(getattr(module, "config", None), "_is_quantized"), "quantization",
+    require(owner, not hasattr(getattr(module, "config", None), "_is_quantized"), "quantization",
              "quantized models are not supported")
-    in_proj = _check_exact_type(owner, module, "in_proj", nn.Linear)
-    out_proj = _check_exact_type(owner, module, "out_proj", nn.Linear)
-    x_proj = _check_exact_type(owner, module, "x_proj", nn.Linear)
-    dt_proj = _check_exact_type(owner, module, "dt_proj", nn.Linear)
-    conv = _check_exact_type(owner, module, "conv1d", nn.Conv1d)
-    _require(owner, tuple(in_proj.weight.shape) == (2 * d_inner, hidden)
+    in_proj = plain_submodule(owner, module, "in_proj", nn.Linear)
+    out_proj = plain_submodule(owner, module, "out_proj", nn.Linear)
+    x_proj = plain_submodule(owner, module, "x_proj", nn.Linear)
+    dt_proj = plain_submodule(owner, module, "dt_proj", nn.Linear)
+    conv = plain_submodule(owner, module, "conv1d", nn.Conv1d)
+    require(owner, tuple(in_proj.weight.shape) == (2 * d_inner, hidden)
              and tuple(out_proj.weight.shape) == (hidden, d_inner), "intermediate_size",
              f"in_proj {tuple(in_proj.weight.shape)} / out_proj {tuple(out_proj.weight.shape)} do not match "
              f"hidden_size={hidden}, intermediate_size={d_inner}")
-    _require(owner, (in_proj.bias is None) == (out_proj.bias is None), "use_bias",
+    require(owner, (in_proj.bias is None) == (out_proj.bias is None), "use_bias",
              "in_proj and out_proj must both have a bias or both not")
-    _require(owner, tuple(x_proj.weight.shape) == (dt_rank + 2 * d_state, d_inner) and x_proj.bias is None,
+    require(owner, tuple(x_proj.weight.shape) == (dt_rank + 2 * d_state, d_inner) and x_proj.bias is None,
              "time_step_rank/state_size", f"x_proj {tuple(x_proj.weight.shape)} (bias {x_proj.bias is not None}) "
              f"is not ({dt_rank} + 2 * {d_state}, {d_inner}) without bias")
-    _require(owner, tuple(dt_proj.weight.shape) == (d_inner, dt_rank) and dt_proj.bias is not None,
+    require(owner, tuple(dt_proj.weight.shape) == (d_inner, dt_rank) and dt_proj.bias is not None,
              "time_step_rank", f"dt_proj {tuple(dt_proj.weight.shape)} is not ({d_inner}, {dt_rank}) with a bias")
-    _require(owner, conv.groups == d_inner == conv.in_channels == conv.out_channels
+    require(owner, conv.groups == d_inner == conv.in_channels == conv.out_channels
              and conv.kernel_size == (d_conv,) and conv.stride == (1,) and conv.dilation == (1,)
              and conv.padding == (d_conv - 1,) and conv.padding_mode == "zeros", "conv_kernel",
              f"conv1d must be a causal depthwise conv of width conv_kernel={d_conv} over {d_inner} channels, "
              f"got {conv}")
-    _require(owner, (conv.bias is not None) == bool(module.use_conv_bias), "use_conv_bias",
+    require(owner, (conv.bias is not None) == bool(module.use_conv_bias), "use_conv_bias",
              f"use_conv_bias={module.use_conv_bias} but conv1d has {'a' if conv.bias is not None else 'no'} bias")
-    _require(owner, tuple(module.A_log.shape) == (d_inner, d_state) and tuple(module.D.shape) == (d_inner,),
+    require(owner, tuple(module.A_log.shape) == (d_inner, d_state) and tuple(module.D.shape) == (d_inner,),
              "state_size", f"A_log {tuple(module.A_log.shape)} / D {tuple(module.D.shape)} do not match "
              f"({d_inner}, {d_state}) / ({d_inner},)")
     return dict(dim=hidden, d_state=d_state, expand=d_inner // hidden, d_conv=d_conv, dt_rank=dt_rank)
@@ -159,7 +146,7 @@ def jamba_mamba_from_hf(module: nn.Module, **options) -> Mamba:
     hf_norms = _bcdt_norms(module)
     eps = _one_eps(owner, hf_norms, "variance_epsilon", "rms_norm_eps")
     weights = [norm.weight for norm in hf_norms]
-    _require(owner, all(isinstance(w, nn.Parameter) for w in weights), "dt/B/C norms",
+    require(owner, all(isinstance(w, nn.Parameter) for w in weights), "dt/B/C norms",
              "the dt/B/C norms must have weight parameters")
     return _share_mamba(owner, module, options, eps, weights)
 
@@ -183,7 +170,7 @@ def _bcdt_norms(module: nn.Module) -> list[nn.Module]:
 def _one_eps(owner: str, norms: list, attribute: str, option: str) -> float:
     """The epsilon the dt/B/C norms share (HF reads it from one config option)."""
     eps = {getattr(norm, attribute, None) for norm in norms}
-    _require(owner, len(eps) == 1 and None not in eps, option,
+    require(owner, len(eps) == 1 and None not in eps, option,
              f"the dt/B/C norms must share one {attribute}, got {sorted(map(str, eps))}")
     return eps.pop()
 
@@ -193,4 +180,6 @@ HF_MIXER_CLASSES: dict[str, Callable[..., TokenMixer]] = {
     "MambaMixer": mamba_from_hf,
     "JambaMambaMixer": jamba_mamba_from_hf,
     "FalconMambaMixer": falcon_mamba_from_hf,
+    **dict.fromkeys(mamba2.HF_CLASSES, mamba2.from_hf),
+    **dict.fromkeys(gated_deltanet.HF_CLASSES, gated_deltanet.from_hf),
 }

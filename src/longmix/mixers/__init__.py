@@ -12,5 +12,6 @@ from .registry import available, build, get_class, register
 
 # Importing a family module registers its mixers.
 from . import attention, kernel, sparse, lowrank, fourier, conv, ssm, mlp  # noqa: E402,F401
+from . import ssd, delta  # noqa: E402,F401
 
 __all__ = ["FAMILIES", "Taxonomy", "TokenMixer", "available", "build", "get_class", "register"]

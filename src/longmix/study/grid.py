@@ -263,6 +263,11 @@ def with_out(run: Run, root: str | Path, progress: bool) -> TrainConfig:
 # reaches 0.9 at step 4350, while a 3000-step run (its own schedule) ends at 0.21
 # (benchmarks/results/mqar_steps.md). So MQAR trains 6000 steps
 # (`task_steps`), the study's largest cost (`--dry-run`: ~3.1 h of one core for its sweep and grid).
+# mamba2 and gated_deltanet joined the grid on 2026-12-04, not yet run: `longmix study --grid small
+# --mixers softmax mamba2 gated_deltanet --dry-run` on the development box under a load average of
+# ~17 (so slower than the figures above) priced softmax at ~2.5 h, mamba2 ~3.0 h and gated_deltanet
+# ~5.3 h of one core (sweep + grid; gated_deltanet sweeps both positional schemes, as every kernel
+# mixer): ~8.3 h more for the two.
 _COMMON = dict(batch_size=16, dim=32, depth=2, heads=1, warmup=60, eval_every=100, eval_batches=8,
                eval_last=32, train_last=32, checkpoint_every=100, pool="last",
                threads=1)  # models this small run faster on one thread; use --jobs 2 for both cores
@@ -295,7 +300,7 @@ SMALL_TASKS = [
 SMALL = Grid(
     name="small",
     tasks=SMALL_TASKS,
-    mixers=["softmax", "s4d", "hyena", "local", "mamba"],
+    mixers=["softmax", "s4d", "hyena", "local", "mamba", "mamba2", "gated_deltanet"],
     contexts=[32, 64, 128, 256, 512],
     seeds=[0, 1, 2],
     train=dict(steps=800, **_COMMON),
