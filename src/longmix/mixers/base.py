@@ -55,11 +55,6 @@ class Taxonomy:
             raise ValueError(f"family must be one of {FAMILIES}, got {self.family!r}")
 
 
-def check_int(owner: str, name: str, value, minimum: int = 1) -> int:
-    """:func:`longmix.checks.check_int` for a mixer's option: the error names ``owner`` (the mixer)."""
-    return checks.check_int(name, value, low=minimum, owner=owner)
-
-
 def last_rows(t: torch.Tensor, count: int) -> torch.Tensor:
     """The last ``count`` rows of t (batch, L, ...) along dim 1, zero-padded in front if L < count:
     the fixed-size halo a chunk leaves for the next one (rows before it are never read)."""
@@ -99,15 +94,15 @@ class TokenMixer(nn.Module):
     def __init__(self, dim: int, heads: int = 1, causal: bool = False, max_len: int | None = None):
         super().__init__()
         name = type(self).__name__
-        check_int(name, "dim", dim)
-        check_int(name, "heads", heads)
+        checks.check_int("dim", dim, owner=name)
+        checks.check_int("heads", heads, owner=name)
         if dim % heads:
             raise ValueError(f"{name}: dim ({dim}) must be divisible by heads ({heads})")
         if causal and not self.taxonomy.causal:
             raise ValueError(f"{name}: causal=True is not supported: this {self.taxonomy.family} mixer "
                              "mixes every position with every other (use causal=False)")
         if max_len is not None:
-            check_int(name, "max_len", max_len)
+            checks.check_int("max_len", max_len, owner=name)
         if self.requires_max_len and max_len is None:
             raise ValueError(f"{name}: max_len is required (its weights are sized by the sequence length)")
         self.dim, self.heads, self.causal, self.max_len = dim, heads, causal, max_len
@@ -202,7 +197,7 @@ class TokenMixer(nn.Module):
         ``device`` and ``dtype`` default to those of the mixer's parameters; the state itself is
         kept in ``state_dtype(dtype)``."""
         self._require_step_mode("init_state")
-        check_int(type(self).__name__, "batch_size", batch_size)
+        checks.check_int("batch_size", batch_size, owner=type(self).__name__)
         reference = next(iter(self.parameters()), None)
         device = (reference.device if reference is not None else torch.device("cpu")) if device is None else device
         dtype = (reference.dtype if reference is not None else torch.get_default_dtype()) if dtype is None else dtype

@@ -20,8 +20,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..checks import check_int
 from ..ops.delta_rule import gated_delta_rule, gated_delta_rule_matrix
-from .base import Taxonomy, TokenMixer, WholeSequence, check_int, last_rows, shift_in
+from .base import Taxonomy, TokenMixer, WholeSequence, last_rows, shift_in
 from .conv_stage import conv_literal, conv_pieces, conv_window
 from .forms import ShuffleHooks, StateHooks
 from .registry import register
@@ -101,7 +102,7 @@ class GatedDeltaNet(ShuffleHooks, StateHooks, TokenMixer):
         head_v_dim = dim // heads if head_v_dim is None else head_v_dim
         for label, value in (("key_heads", key_heads), ("head_k_dim", head_k_dim), ("head_v_dim", head_v_dim),
                              ("d_conv", d_conv), ("chunk_size", chunk_size)):
-            check_int("GatedDeltaNet", label, value)
+            check_int(label, value, owner="GatedDeltaNet")
         if heads % key_heads:
             raise ValueError(f"GatedDeltaNet: key_heads ({key_heads}) must divide heads ({heads})")
         check_dt_init("GatedDeltaNet", dt_min, dt_max, A_init_range)

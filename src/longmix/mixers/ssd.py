@@ -13,8 +13,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..checks import check_int
 from ..ops.ssd import ssd, ssd_matrix
-from .base import Taxonomy, TokenMixer, WholeSequence, check_int, last_rows, shift_in
+from .base import Taxonomy, TokenMixer, WholeSequence, last_rows, shift_in
 from .conv_stage import conv_literal, conv_pieces, conv_window
 from .forms import ShuffleHooks, StateHooks
 from .registry import register
@@ -102,7 +103,7 @@ class Mamba2(ShuffleHooks, StateHooks, TokenMixer):
         d_inner = expand * dim if d_inner is None else d_inner
         for label, value in (("d_state", d_state), ("expand", expand), ("groups", groups), ("d_conv", d_conv),
                              ("chunk_size", chunk_size), ("d_inner", d_inner)):
-            check_int("Mamba2", label, value)
+            check_int(label, value, owner="Mamba2")
         if heads % groups:
             raise ValueError(f"Mamba2: groups ({groups}) must divide heads ({heads})")
         if d_inner % heads:
