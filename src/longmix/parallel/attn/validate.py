@@ -22,6 +22,7 @@ import torch
 from longmix.checks import check_optional_int
 from longmix.vocabulary import STRATEGIES
 
+from ..documents import RECORD_FIELDS, agree_documents, documents_record, local_documents
 from ..exchange import gather_records
 from ..layout import LAYOUTS, local_length, resolve_group
 
@@ -59,6 +60,8 @@ class Problem:
     head_dim: int
     dtype: torch.dtype
     device_type: str
+    #: packed documents: the bounds of ``cu_seqlens``, agreed by every rank, or None
+    documents: tuple[int, ...] | None = None
 
 
 def _code(value, options) -> int:
@@ -157,8 +160,10 @@ def _decode(name: str, value: int):
     return value
 
 
-def validate(q, k, v, *, causal, group, strategy, layout, scale, window, hybrid_size) -> Problem:
+def validate(q, k, v, *, causal, group, strategy, layout, scale, window, hybrid_size,
+             cu_seqlens=None) -> Problem:
     """Check the call's arguments on every rank of ``group``; raise the same ValueError everywhere.
+    ``cu_seqlens`` (packed documents, global) is checked and agreed in the same all-gather.
 
     ``group=None`` means the default group; if torch.distributed is not initialized the call is
     treated as a single process (world size 1) and nothing is communicated.
@@ -166,13 +171,18 @@ def validate(q, k, v, *, causal, group, strategy, layout, scale, window, hybrid_
     opts = dict(causal=causal, strategy=strategy, layout=layout, scale=scale, window=window,
                 hybrid_size=hybrid_size)
     errors = _local_errors(q, k, v, **opts)
+    bounds, documents_error = local_documents(cu_seqlens, "longmix.parallel.attention")
     group, world, rank = resolve_group(group)
+    record = _record(q, k, v, errors=errors, **opts) + \
+        documents_record(cu_seqlens, bounds, documents_error)
     if group is None:  # one process: nothing to agree on
         if errors:
             raise ValueError("longmix.parallel.attention: " + "; ".join(errors))
-        records = [_record(q, k, v, errors=errors, **opts)]
+        records = [record]
     else:
-        records = gather_records(_record(q, k, v, errors=errors, **opts), group)
+        records = gather_records(record, group)
+    documents = [rec[-RECORD_FIELDS:] for rec in records]
+    records = [rec[:-RECORD_FIELDS] for rec in records]
 
     n = len(_FIELDS)
     bad = {r: bytes(rec[n + 1:n + 1 + rec[n]]).decode(errors="replace")
@@ -206,7 +216,9 @@ def validate(q, k, v, *, causal, group, strategy, layout, scale, window, hybrid_
             f"{layout_name!r} layout of a length-{seq_len} sequence over {world} ranks: expected "
             f"{expected}; rank(s) {wrong} differ. Use longmix.parallel.shard(x, layout={layout_name!r}).")
     f = fields[0]
-    return Problem(seq_len=seq_len, world_size=world, rank=rank, lengths=tuple(lengths),
+    bounds = agree_documents(documents, bounds, seq_len=seq_len, batch=f["batch"],
+                             owner="longmix.parallel.attention")
+    return Problem(documents=bounds, seq_len=seq_len, world_size=world, rank=rank, lengths=tuple(lengths),
                    batch=f["batch"], heads=f["heads"], kv_heads=f["kv_heads"],
                    head_dim=f["head_dim"], dtype=_DTYPES[f["dtype"]],
                    device_type=_DEVICES[f["device"]])

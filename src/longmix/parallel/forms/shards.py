@@ -5,6 +5,7 @@ from dataclasses import dataclass
 
 import torch
 
+from ..documents import RECORD_FIELDS, agree_documents, documents_record, local_documents
 from ..exchange import gather_records
 from ..layout import Segment, all_segments, resolve_group
 
@@ -23,6 +24,8 @@ class Shards:
     batch: int
     segments: list[list[Segment]]
     lengths: list[int]
+    #: packed documents: the bounds of ``cu_seqlens`` (global, agreed by every rank), or None
+    documents: tuple[int, ...] | None = None
 
     @property
     def positions(self) -> torch.Tensor:
@@ -44,12 +47,14 @@ class Shards:
 
 
 def agree_on_shards(x, group, layout: str, *, what: str, dims: int, width: int | None = None,
-                    max_len: int | None = None) -> Shards:
+                    max_len: int | None = None, cu_seqlens=None) -> Shards:
     """Check this rank's shard ``x`` against every other rank's in one small all-gather, so bad
     or disagreeing shards raise the same ValueError on every rank instead of hanging.
 
-    ``dims``: the expected rank of x (batch, local_len[, width]); ``width``: its last dim."""
+    ``dims``: the expected rank of x (batch, local_len[, width]); ``width``: its last dim.
+    ``cu_seqlens``: packed documents, global; checked and agreed in the same all-gather."""
     group, world, rank = resolve_group(group)
+    bounds, documents_error = local_documents(cu_seqlens, "parallelize")
     error = ""
     if not isinstance(x, torch.Tensor):
         error = f"{what} must be a torch.Tensor, got {type(x).__name__}"
@@ -61,8 +66,11 @@ def agree_on_shards(x, group, layout: str, *, what: str, dims: int, width: int |
     text = error.encode()[:_MESSAGE_BYTES]
     record = ([-1, -1, -1] if error else
               [x.shape[0], x.shape[1], _DTYPES.index(x.dtype)]) + \
-        [len(text)] + list(text) + [0] * (_MESSAGE_BYTES - len(text))
+        [len(text)] + list(text) + [0] * (_MESSAGE_BYTES - len(text)) + \
+        documents_record(cu_seqlens, bounds, documents_error)
     records = gather_records(record, group) if world > 1 else [record]
+    documents = [rec[-RECORD_FIELDS:] for rec in records]
+    records = [rec[:-RECORD_FIELDS] for rec in records]
     bad = {r: bytes(rec[4:4 + rec[3]]).decode(errors="replace")
            for r, rec in enumerate(records) if rec[3] > 0}
     if bad:
@@ -86,5 +94,7 @@ def agree_on_shards(x, group, layout: str, *, what: str, dims: int, width: int |
                          f"(expected {expected}); use longmix.parallel.shard(x, layout={layout!r})")
     if max_len is not None and seq_len > max_len:
         raise ValueError(f"parallelize: the sequence length {seq_len} exceeds max_len={max_len}")
+    bounds = agree_documents(documents, bounds, seq_len=seq_len, batch=records[0][0],
+                             owner="parallelize")
     return Shards(world=world, rank=rank, layout=layout, seq_len=seq_len,
-                  batch=records[0][0], segments=segments, lengths=lengths)
+                  batch=records[0][0], segments=segments, lengths=lengths, documents=bounds)
