@@ -126,6 +126,8 @@ def test_every_packed_form_matches_documents_alone(world):
     assert {k for k, _ in forms} == set(MIXERS), "a mixer has no packed form"
     if world > 1:  # every form is covered by some mixer
         assert {f for _, f in forms} == {"shuffle", "state", "ring"}
+    if world == 1:  # one process runs the mixer itself: every form, bidirectional mamba too
+        assert plan_model(make_mixer("mamba", False), None, 1, packed=True, forms="shuffle").forms == ["shuffle"]
     results = run_local(mixers_worker, world, (todo,), timeout=540, collective_timeout=120)
     problems = [p for rank_problems in results for p in rank_problems]
     assert not problems, "\n".join(problems)

@@ -81,7 +81,9 @@ def layer_options(mixer, seq_len, world, batch, dtype, layout, packed: bool = Fa
     supported = mixer.parallel_forms
     options = []
     for form in FORMS.values():
-        refusal = packed_refusal(mixer, form.name) if packed and form.name in supported else None
+        refusal = None
+        if packed and form.name in supported:  # one process runs the mixer itself: any form
+            refusal = packed_refusal(mixer, form.name) if world > 1 else mixer.packed_refusal()
         if form.name not in supported:
             options.append(FormCost(form.name, False, f"{mixer_name(mixer)} has no {form.name} form"))
         elif refusal is not None:

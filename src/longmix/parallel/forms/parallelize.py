@@ -97,7 +97,7 @@ class ParallelMixer(nn.Module):
 
     def run(self, x: torch.Tensor, shards: Shards) -> torch.Tensor:
         """The forward once the shards are agreed (a parallel model agrees once for all layers)."""
-        if shards.documents is not None:
+        if shards.documents is not None and shards.world > 1:  # one process: the mixer checks
             check_packed_form(self.mixer, self.form, f"layer {self.name!r}" if self.name else "parallelize")
         if shards.world == 1:
             return self.mixer(x, None if shards.documents is None else
