@@ -2,6 +2,8 @@
 document run alone, concatenated (the definition), in float64, forward and input gradients.
 Mixers come from the registry, so a new mixer is covered automatically."""
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 import torch
 
 from longmix import mixers
@@ -113,3 +115,14 @@ def test_model_packed_refuses_classify_head():
     model = build_model(ModelConfig(vocab_size=11, mixer="softmax", head="classify", dim=DIM))
     with pytest.raises(ValueError, match="cu_seqlens .*lm head"):
         model(torch.randint(0, 11, (1, 6)), cu_seqlens=cu([2, 4]))
+
+
+@settings(max_examples=12, deadline=None)
+@given(lengths=st.lists(st.integers(1, 6), min_size=1, max_size=6),
+       name=st.sampled_from(["softmax", "mamba", "hyena", "local"]))
+def test_random_splits(lengths, name):
+    """Property: any split into documents equals the documents run alone."""
+    mixer = make(name, True)
+    x = torch.randn(1, sum(lengths), DIM, dtype=torch.float64)
+    assert_close(mixer(x, cu_seqlens=cu(lengths)),
+                 torch.cat([mixer(piece) for piece in x.split(lengths, 1)], 1))
