@@ -87,16 +87,29 @@ def check_mixer(group, key, causal, form, layout, split, lengths) -> list[str]:
     ref_grads = [p.grad.clone() if p.grad is not None else torch.zeros_like(p) for p in mixer.parameters()]
     mixer.zero_grad()
 
-    pmixer = ld.parallelize(mixer, group, layout, forms=form, packed=True)
+    stats = ld.CommStats()
+    pmixer = ld.parallelize(mixer, group, layout, forms=form, packed=True, stats=stats)
     x_local = ld.shard(x, group, layout).requires_grad_()
     y = pmixer(x_local, cu_seqlens=cu(lengths))
+    forward_sent = stats.bytes_sent
     y.backward(ld.shard(dy, group, layout))
+    total_sent = stats.bytes_sent
     errors = {"out": rel_err(ld.unshard(y.detach(), group, layout), ref.detach()),
               "dx": rel_err(ld.unshard(x_local.grad, group, layout), x_ref.grad)}
     for (pname, _), got, want in zip(mixer.named_parameters(), summed_grads(mixer, group), ref_grads):
         errors[f"d{pname}"] = rel_err(got, want)
     worst = max(errors, key=errors.get)
-    return [] if errors[worst] <= TOL else [f"{name}: {worst} error {errors[worst]:.2e}"]
+    problems = [] if errors[worst] <= TOL else [f"{name}: {worst} error {errors[worst]:.2e}"]
+    # documents change no message: the bytes are the planner's prediction (as unpacked)
+    cost = plan_model(mixer, SEQ_LEN, world, 1, dtype=torch.float64, layout=layout, forms=form,
+                      packed=True).layers[0].cost()
+    rank = torch.distributed.get_rank(group)
+    for what, got, want in (("forward", forward_sent, cost.forward_bytes),
+                            ("forward+backward", total_sent, None if cost.forward_bytes is None else
+                             [f + b for f, b in zip(cost.forward_bytes, cost.backward_bytes)])):
+        if want is not None and not want[rank] / 1.1 <= got <= want[rank] * 1.1:
+            problems.append(f"{name}: rank {rank} sent {got} bytes in the {what} pass, predicted {want[rank]}")
+    return problems
 
 
 def cases(world: int) -> list[tuple]:
