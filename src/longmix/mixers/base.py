@@ -109,13 +109,46 @@ class TokenMixer(nn.Module):
         self.head_dim = dim // heads
 
     # -- public API: validate, then dispatch -------------------------------------------------
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, cu_seqlens: torch.Tensor | None = None) -> torch.Tensor:
+        """x (batch, L, dim) -> (batch, L, dim). ``cu_seqlens`` (packed documents, batch 1; see
+        :mod:`longmix.ops.documents`): each document is mixed alone, as if run by itself."""
         self.check_input(x)
+        if cu_seqlens is not None:
+            return self._forward_packed(x, self.check_packed(cu_seqlens, x))
         if x.shape[0] == 0:
             # An empty batch has an empty answer; answered here once because FFT and block
             # kernels reshape or divide by the batch size and fail on zero.
             return x.clone()
         return self._forward(x)
+
+    # -- packed documents ------------------------------------------------------------------------
+    def packed_refusal(self) -> str | None:
+        """Why this mixer cannot mix packed documents, or None. Weights sized by the sequence
+        length (Linformer's projections, MLP-Mixer's token MLP) are one operator for one length:
+        a shorter document would get a truncated operator it was never trained as."""
+        if self.requires_max_len:
+            return (f"its weights are sized by the sequence length (max_len={self.max_len}), so "
+                    "it has no operator for a document of another length")
+        return None
+
+    def check_packed(self, cu_seqlens, x: torch.Tensor) -> tuple[int, ...]:
+        """Validate ``cu_seqlens`` for x and that this mixer can mix packed documents; return
+        the document bounds as a tuple."""
+        from ..ops.documents import check_cu_seqlens
+
+        name = type(self).__name__
+        reason = self.packed_refusal()
+        if reason is not None:
+            raise ValueError(f"{name}: cu_seqlens (packed documents) is not supported: {reason}")
+        return check_cu_seqlens(cu_seqlens, x.shape[1], batch=x.shape[0], owner=name)
+
+    def _forward_packed(self, x: torch.Tensor, bounds: tuple[int, ...]) -> torch.Tensor:
+        """The definition, for any mixer: each document through ``_forward`` alone, concatenated.
+        It costs what the documents cost apart (less than the packed length for a quadratic or
+        FFT mixer), plus one kernel launch per document."""
+        from ..ops.documents import by_documents
+
+        return by_documents(self._forward, bounds, x)
 
     def reference(self, x: torch.Tensor) -> torch.Tensor:
         """The literal formula with every L x L matrix materialized (slow; for tests and teaching).

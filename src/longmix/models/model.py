@@ -105,9 +105,12 @@ class Block(nn.Module):
         self.norm2 = nn.LayerNorm(cfg.dim)
         self.mlp = MLP(cfg.dim, cfg.mlp_ratio)
 
-    def forward(self, x: torch.Tensor, mixer=None) -> torch.Tensor:
-        """``mixer`` replaces ``self.mixer`` in this call (a sequence-parallel form of it)."""
-        x = x + (self.mixer if mixer is None else mixer)(self.norm1(x))
+    def forward(self, x: torch.Tensor, mixer=None, cu_seqlens: torch.Tensor | None = None) -> torch.Tensor:
+        """``mixer`` replaces ``self.mixer`` in this call (a sequence-parallel form of it);
+        ``cu_seqlens``: packed documents, passed to the mixer."""
+        mix = self.mixer if mixer is None else mixer
+        h = self.norm1(x)
+        x = x + (mix(h) if cu_seqlens is None else mix(h, cu_seqlens))
         return x + self.mlp(self.norm2(x))
 
 
@@ -138,16 +141,31 @@ class SequenceModel(nn.Module):
                              f"of this model (mixer {self.cfg.mixer!r})")
 
     def features(self, tokens: torch.Tensor, positions: torch.Tensor | None = None,
-                 mixers=None) -> torch.Tensor:
+                 mixers=None, cu_seqlens: torch.Tensor | None = None) -> torch.Tensor:
         """Final normalized per-position features, (B, L, dim).
 
         A sequence-parallel run passes this rank's tokens with their global ``positions`` (L,)
-        and, per block, the parallel form of its mixer (``mixers``)."""
+        and, per block, the parallel form of its mixer (``mixers``). ``cu_seqlens``: packed
+        documents (batch 1); positions restart at every document."""
         self.check_tokens(tokens)
+        if cu_seqlens is not None:
+            positions = self.packed_positions(tokens, cu_seqlens)
         x = self.position(self.embed(tokens), positions)
         for i, block in enumerate(self.blocks):
-            x = block(x, None if mixers is None else mixers[i])
+            x = block(x, None if mixers is None else mixers[i], cu_seqlens)
         return self.norm(x)
+
+    def packed_positions(self, tokens: torch.Tensor, cu_seqlens) -> torch.Tensor:
+        """The position of each row within its document of ``cu_seqlens`` (checked): 0 .. L-1
+        restarted at every document."""
+        from ..ops.documents import check_cu_seqlens, document_positions
+
+        if self.cfg.head != "lm":
+            raise ValueError("cu_seqlens (packed documents) needs the lm head: the classify head "
+                             "gives one label per sequence, not per document")
+        bounds = check_cu_seqlens(cu_seqlens, tokens.shape[1], batch=tokens.shape[0],
+                                  owner="SequenceModel")
+        return document_positions(bounds, torch.arange(tokens.shape[1], device=tokens.device))
 
     def pooled(self, h: torch.Tensor, tokens: torch.Tensor, total=None, last_row: int | None = -1):
         """Sequence features (B, dim) from per-position ones h (B, L, dim), by ``self.pool``.
@@ -163,8 +181,9 @@ class SequenceModel(nn.Module):
         sums = total(torch.cat([(h * keep).sum(1), keep.sum(1)], dim=-1))  # features, then count
         return sums[:, :-1] / sums[:, -1:].clamp_min(1.0)
 
-    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
-        h = self.features(tokens)
+    def forward(self, tokens: torch.Tensor, cu_seqlens: torch.Tensor | None = None) -> torch.Tensor:
+        """``cu_seqlens``: packed documents (lm head, batch 1), each run as if alone."""
+        h = self.features(tokens, cu_seqlens=cu_seqlens)
         if self.cfg.head == "lm":
             return self.head(h)
         return self.head(self.pooled(h, tokens))

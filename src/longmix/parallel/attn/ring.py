@@ -24,6 +24,7 @@ Wire volume per member, with L_j the rows of member j, n members, E the element 
 """
 from __future__ import annotations
 
+import bisect
 import math
 from dataclasses import dataclass
 
@@ -69,22 +70,29 @@ class _Ring:
         return (self.pos - step) % self.n
 
 
-def _block_plan(q_segs: list[Segment], k_segs: list[Segment], causal: bool) -> list[Block]:
+def _block_plan(q_segs: list[Segment], k_segs: list[Segment], causal: bool,
+                documents: tuple[int, ...] | None = None) -> list[Block]:
     """Blocks of attention between my query segments and one member's key segments.
 
-    Query segments that see the same set of full key segments share one kernel call.
+    Query segments that see the same set of full key segments share one kernel call. With
+    packed ``documents`` (segments already cut at document starts) a query segment sees only
+    key segments of its own document: blocks a boundary fully masks are never formed.
     """
     if not q_segs or not k_segs:
         return []
-    if not causal:
+    same = (lambda a, b: True) if documents is None else \
+        (lambda a, b: bisect.bisect_right(documents, a) == bisect.bisect_right(documents, b))
+    if not causal and documents is None:
         return [(tuple(range(len(q_segs))), tuple(range(len(k_segs))), False)]
     full: dict[tuple[int, ...], list[int]] = {}
     diagonal: list[Block] = []
     for qi, (q_start, q_len) in enumerate(q_segs):
-        before = tuple(ki for ki, (k_start, k_len) in enumerate(k_segs) if k_start + k_len <= q_start)
-        if before:
-            full.setdefault(before, []).append(qi)
-        diagonal += [((qi,), (ki,), True) for ki, seg in enumerate(k_segs) if seg == (q_start, q_len)]
+        seen = tuple(ki for ki, (k_start, k_len) in enumerate(k_segs)
+                     if same(k_start, q_start) and (not causal or k_start + k_len <= q_start))
+        if seen:
+            full.setdefault(seen, []).append(qi)
+        if causal:
+            diagonal += [((qi,), (ki,), True) for ki, seg in enumerate(k_segs) if seg == (q_start, q_len)]
     return [(tuple(qids), kids, False) for kids, qids in full.items()] + diagonal
 
 
@@ -115,7 +123,18 @@ def _check_segments(segments, n: int, my_len: int, pos: int) -> list[list[Segmen
     return clean
 
 
-def _make_ring(q, k, v, segments, causal, group, ranks, scale, stats) -> _Ring:
+def _cut_at_documents(member: list[Segment], documents) -> list[Segment]:
+    """``member``'s segments cut at every document start inside them (same rows, same order)."""
+    from longmix.ops.documents import cuts_within
+
+    out = []
+    for start, length in member:
+        edges = [start] + cuts_within(documents, start, start + length) + [start + length]
+        out += [(a, b - a) for a, b in zip(edges, edges[1:])]
+    return out
+
+
+def _make_ring(q, k, v, segments, causal, group, ranks, scale, stats, documents=None) -> _Ring:
     check_attention_inputs(q, k, v)
     if q.shape[1] != k.shape[1]:
         raise ValueError(f"ring attention is self-attention: q and k must hold the same rows, got "
@@ -131,6 +150,8 @@ def _make_ring(q, k, v, segments, causal, group, ranks, scale, stats) -> _Ring:
         raise ValueError(f"this rank (group rank {me}) is not in ranks={ranks!r}")
     pos, n = ranks.index(me), len(ranks)
     segs = _check_segments(segments, n, q.shape[1], pos)
+    if documents is not None:  # finer segments for the plan; the wire still moves whole blocks
+        segs = [_cut_at_documents(member, documents) for member in segs]
     lengths = [sum(length for _, length in member) for member in segs]
     offsets = [[sum(length for _, length in member[:i]) for i in range(len(member))]
                for member in segs]
@@ -138,7 +159,7 @@ def _make_ring(q, k, v, segments, causal, group, ranks, scale, stats) -> _Ring:
                  next_peer=dist.get_global_rank(group, ranks[(pos + 1) % n]),
                  prev_peer=dist.get_global_rank(group, ranks[(pos - 1) % n]),
                  segs=segs, lengths=lengths, offsets=offsets,
-                 plans=[_block_plan(segs[pos], segs[j], causal) for j in range(n)],
+                 plans=[_block_plan(segs[pos], segs[j], causal, documents) for j in range(n)],
                  causal=causal, scale=1.0 / math.sqrt(q.shape[-1]) if scale is None else scale,
                  stats=stats)
 
@@ -279,7 +300,8 @@ class _RingAttention(torch.autograd.Function):
 
 def ring_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, segments, causal: bool,
                    group=None, ranks=None, scale: float | None = None,
-                   stats: CommStats | None = None) -> torch.Tensor:
+                   stats: CommStats | None = None,
+                   documents: tuple[int, ...] | None = None) -> torch.Tensor:
     """Exact self-attention over a sequence whose rows are spread over the members of a ring.
 
     Args:
@@ -295,6 +317,8 @@ def ring_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, segment
         scale: softmax scale, default 1/sqrt(head_dim).
         stats: a :class:`CommStats` to which the bytes sent and received (forward and backward)
             are added.
+        documents: packed documents, the global bounds of ``cu_seqlens`` (validated and agreed
+            by the caller): a query attends only to keys of its own document.
 
     Returns:
         (batch, L_r, heads, head_dim): this rank's rows of the output, differentiable in q, k, v.
@@ -306,5 +330,5 @@ def ring_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, segment
     Only local arguments are checked here (shapes against segments, heads, ranks); agreement
     between ranks is the caller's job (:func:`longmix.parallel.attention` checks it).
     """
-    ring = _make_ring(q, k, v, segments, bool(causal), group, ranks, scale, stats)
+    ring = _make_ring(q, k, v, segments, bool(causal), group, ranks, scale, stats, documents)
     return _RingAttention.apply(q, k, v, ring)

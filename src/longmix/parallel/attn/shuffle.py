@@ -26,6 +26,8 @@ import torch
 import torch.distributed as dist
 from einops import rearrange
 
+from longmix.ops.documents import by_documents
+
 from ..exchange import Exchange
 from ..layout import Segment, sequence_order
 from ..stats import CommStats
@@ -91,12 +93,15 @@ def heads_to_seq(y: torch.Tensor, lengths: list[int], peers: list[int], group,
 
 def shuffle_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *,
                       segments: list[list[Segment]], causal: bool, group, scale: float | None = None,
-                      window: int | None = None, stats: CommStats | None = None) -> torch.Tensor:
+                      window: int | None = None, stats: CommStats | None = None,
+                      documents: tuple[int, ...] | None = None) -> torch.Tensor:
     """Exact attention by head shuffle over all ranks of ``group``.
 
     q: (batch, local_len, heads, d); k, v: (batch, local_len, kv_heads, d): this rank's rows,
     the concatenation of ``segments[rank]`` (``segments[r]`` lists rank r's (start, length)
     pieces, as from ``layout.all_segments``). Returns this rank's output rows, shaped like q.
+    ``documents``: packed documents (global bounds): every rank holds whole sequences of its
+    heads, so each document attends alone.
     """
     from longmix.ops import attention_with_lse
 
@@ -108,7 +113,10 @@ def shuffle_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *,
     if order is not None:
         order = order.to(q.device)
         qh, kh, vh = (t.index_select(1, order) for t in (qh, kh, vh))
-    out, _ = attention_with_lse(qh, kh, vh, causal=causal, scale=scale, window=window)
+    def attend(q, k, v):
+        return attention_with_lse(q, k, v, causal=causal, scale=scale, window=window)[0]
+
+    out = attend(qh, kh, vh) if documents is None else by_documents(attend, documents, qh, kh, vh)
     if order is not None:
         out = out.index_select(1, torch.argsort(order))
     return heads_to_seq(out, lengths, peers, group, stats)

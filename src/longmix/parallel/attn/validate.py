@@ -22,6 +22,7 @@ import torch
 from longmix.checks import check_optional_int
 from longmix.vocabulary import STRATEGIES
 
+from ..documents import RECORD_FIELDS, agree_documents, documents_record, local_documents
 from ..exchange import DTYPES, agree, dtype_code
 from ..layout import LAYOUTS, local_length, resolve_group
 
@@ -58,6 +59,8 @@ class Problem:
     head_dim: int
     dtype: torch.dtype
     device_type: str
+    #: packed documents: the bounds of ``cu_seqlens``, agreed by every rank, or None
+    documents: tuple[int, ...] | None = None
 
 
 def _code(value, options) -> int:
@@ -151,8 +154,10 @@ def _decode(name: str, value: int):
     return value
 
 
-def validate(q, k, v, *, causal, group, strategy, layout, scale, window, hybrid_size) -> Problem:
+def validate(q, k, v, *, causal, group, strategy, layout, scale, window, hybrid_size,
+             cu_seqlens=None) -> Problem:
     """Check the call's arguments on every rank of ``group``; raise the same ValueError everywhere.
+    ``cu_seqlens`` (packed documents, global) is checked and agreed in the same all-gather.
 
     ``group=None`` means the default group; if torch.distributed is not initialized the call is
     treated as a single process (world size 1) and nothing is communicated.
@@ -160,9 +165,14 @@ def validate(q, k, v, *, causal, group, strategy, layout, scale, window, hybrid_
     opts = dict(causal=causal, strategy=strategy, layout=layout, scale=scale, window=window,
                 hybrid_size=hybrid_size)
     errors = _local_errors(q, k, v, **opts)
+    bounds, documents_error = local_documents(cu_seqlens, "longmix.parallel.attention")
+    if documents_error:
+        errors.append(documents_error)
     _, world, rank = resolve_group(group)
-    records = agree(_record(q, k, v, errors=errors, **opts), errors, group,
-                    "longmix.parallel.attention")
+    records = agree(_record(q, k, v, errors=errors, **opts) + documents_record(cu_seqlens, bounds),
+                    errors, group, "longmix.parallel.attention")
+    documents = [rec[-RECORD_FIELDS:] for rec in records]
+    records = [rec[:-RECORD_FIELDS] for rec in records]
 
     fields = [dict(zip(_FIELDS, rec)) for rec in records]
     for name in _FIELDS:
@@ -186,7 +196,9 @@ def validate(q, k, v, *, causal, group, strategy, layout, scale, window, hybrid_
             f"{layout_name!r} layout of a length-{seq_len} sequence over {world} ranks: expected "
             f"{expected}; rank(s) {wrong} differ. Use longmix.parallel.shard(x, layout={layout_name!r}).")
     f = fields[0]
-    return Problem(seq_len=seq_len, world_size=world, rank=rank, lengths=tuple(lengths),
+    bounds = agree_documents(documents, bounds, seq_len=seq_len, batch=f["batch"],
+                             owner="longmix.parallel.attention")
+    return Problem(documents=bounds, seq_len=seq_len, world_size=world, rank=rank, lengths=tuple(lengths),
                    batch=f["batch"], heads=f["heads"], kv_heads=f["kv_heads"],
                    head_dim=f["head_dim"], dtype=DTYPES[f["dtype"]],
                    device_type=_DEVICES[f["device"]])

@@ -21,6 +21,7 @@ from longmix.checks import check_int
 
 from ..layout import check_layout
 from .cost import FormCost
+from .packed import packed_refusal
 from .table import FORMS
 
 
@@ -76,12 +77,17 @@ def mixer_name(mixer) -> str:
     return getattr(type(mixer), "name", type(mixer).__name__)
 
 
-def layer_options(mixer, seq_len, world, batch, dtype, layout) -> list[FormCost]:
+def layer_options(mixer, seq_len, world, batch, dtype, layout, packed: bool = False) -> list[FormCost]:
     supported = mixer.parallel_forms
     options = []
     for form in FORMS.values():
+        refusal = None
+        if packed and form.name in supported:  # one process runs the mixer itself: any form
+            refusal = packed_refusal(mixer, form.name) if world > 1 else mixer.packed_refusal()
         if form.name not in supported:
             options.append(FormCost(form.name, False, f"{mixer_name(mixer)} has no {form.name} form"))
+        elif refusal is not None:
+            options.append(FormCost(form.name, False, f"no packed documents (cu_seqlens): {refusal}"))
         else:
             options.append(form.cost(mixer, seq_len, world, batch, dtype, layout))
     return options
@@ -116,13 +122,14 @@ def _hint(options: list[FormCost]) -> str:
 
 def plan_model(module, seq_len: int | None, world_size: int, batch: int = 1, *,
                dtype: torch.dtype = torch.float32, layout: str = "contiguous",
-               forms=None) -> ModelPlan:
+               forms=None, packed: bool = False) -> ModelPlan:
     """Pick a form per mixer layer of ``module`` and predict its bytes.
 
     Args:
         seq_len: the global length L; None plans without byte predictions (first feasible form).
         forms: None (cheapest feasible per layer), one form name for every layer, or a list with
             one name (or None: choose) per layer. A forced form that cannot run raises.
+        packed: only forms that run packed documents (``cu_seqlens``; ``forms.packed``).
     Raises ValueError naming the layer when a layer has no feasible (or no forced) form.
     """
     check_layout(layout)
@@ -141,7 +148,7 @@ def plan_model(module, seq_len: int | None, world_size: int, batch: int = 1, *,
     for (name, mixer), want in zip(layers, forced):
         if want is not None and want not in FORMS:
             raise ValueError(f"forms: unknown form {want!r} for layer {name!r}; forms are {tuple(FORMS)}")
-        options = layer_options(mixer, seq_len, world_size, batch, dtype, layout)
+        options = layer_options(mixer, seq_len, world_size, batch, dtype, layout, packed)
         if want is None:
             choice = _choose(options)
             if choice is None:

@@ -28,10 +28,13 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from longmix.ops.documents import document_positions
+
 from ..layout import check_layout, resolve_group
 from ..mesh import seq_group
 from ..stats import CommStats
 from .model_plan import mixer_layers, plan_model
+from .packed import check_packed_form
 from .shards import Shards, agree_on_shards
 from .table import FORMS
 
@@ -86,15 +89,20 @@ class ParallelMixer(nn.Module):
             self.__dict__["mixer"] = mixer  # shared, not registered
         self.form, self.group, self.layout, self.stats, self.name = form, group, layout, stats, name
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, cu_seqlens: torch.Tensor | None = None) -> torch.Tensor:
+        """``cu_seqlens``: packed documents, global (the same tensor on every rank)."""
         shards = agree_on_shards(x, self.group, self.layout, what="x", dims=3,
-                                 width=self.mixer.dim, max_len=self.mixer.max_len)
+                                 width=self.mixer.dim, max_len=self.mixer.max_len,
+                                 cu_seqlens=cu_seqlens)
         return self.run(x, shards)
 
     def run(self, x: torch.Tensor, shards: Shards) -> torch.Tensor:
         """The forward once the shards are agreed (a parallel model agrees once for all layers)."""
+        if shards.documents is not None and shards.world > 1:  # one process: the mixer checks
+            check_packed_form(self.mixer, self.form, f"layer {self.name!r}" if self.name else "parallelize")
         if shards.world == 1:
-            return self.mixer(x)
+            return self.mixer(x, None if shards.documents is None else
+                              torch.tensor(shards.documents, device=x.device))
         group, _, _ = resolve_group(self.group)
         return FORMS[self.form].run(self.mixer, x, shards, group, self.stats)
 
@@ -126,15 +134,23 @@ class ParallelSequenceModel(nn.Module):
     def forms(self) -> list[str]:
         return [layer.form for layer in self.layers]
 
-    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+    def forward(self, tokens: torch.Tensor, cu_seqlens: torch.Tensor | None = None) -> torch.Tensor:
+        """``cu_seqlens``: packed documents (lm head), global: the same tensor on every rank;
+        positions restart at every document."""
         model = self.model
         shards = agree_on_shards(tokens, self.group, self.layout, what="tokens", dims=2,
-                                 max_len=model.cfg.max_len)
+                                 max_len=model.cfg.max_len, cu_seqlens=cu_seqlens)
         if shards.world == 1:
-            return model(tokens)
+            return model(tokens, cu_seqlens)
         group, world, _ = resolve_group(self.group)
+        positions = shards.positions.to(tokens.device)
+        if shards.documents is not None:
+            if model.cfg.head != "lm":
+                raise ValueError("cu_seqlens (packed documents) needs the lm head: the classify "
+                                 "head gives one label per sequence, not per document")
+            positions = document_positions(shards.documents, positions)
         mixers = [lambda x, layer=layer: layer.run(x, shards) for layer in self.layers]
-        h = model.features(tokens, positions=shards.positions.to(tokens.device), mixers=mixers)
+        h = model.features(tokens, positions=positions, mixers=mixers)
         if model.cfg.head == "lm":
             return model.head(h)
         pooled = model.pooled(h, tokens, total=lambda t: _AllReduceSum.apply(t, group),
@@ -147,7 +163,7 @@ class ParallelSequenceModel(nn.Module):
 
 def parallelize(module: nn.Module, group=None, layout: str = "contiguous", forms=None,
                 stats: CommStats | None = None, *, seq_len: int | None = None,
-                batch: int = 1, mesh=None) -> nn.Module:
+                batch: int = 1, packed: bool = False, mesh=None) -> nn.Module:
     """The sequence-parallel form of a ``TokenMixer`` or a ``SequenceModel`` over ``group``.
 
     Args:
@@ -159,6 +175,8 @@ def parallelize(module: nn.Module, group=None, layout: str = "contiguous", forms
         stats: a :class:`CommStats` that counts the bytes every layer sends and receives.
         seq_len, batch: when given, ``forms=None`` picks the form sending the fewest bytes at this
             length; otherwise the first feasible form in ``mixer.parallel_forms`` order.
+        packed: the forward will get ``cu_seqlens`` (packed documents): plan only forms that
+            support them (``forms.packed``); a layer with none raises here.
         mesh: instead of ``group``, a ``DeviceMesh`` with a ``"seq"`` dimension (e.g.
             ``mesh_dim_names=("data", "seq")``): its sequence group splits the sequence; each data
             row feeds its own part of the batch, and gradients summed over every rank are one
@@ -178,7 +196,8 @@ def parallelize(module: nn.Module, group=None, layout: str = "contiguous", forms
     _, world, _ = resolve_group(group)
     param = next(module.parameters(), None)
     dtype = param.dtype if param is not None else torch.float32
-    plan = plan_model(module, seq_len, world, batch, dtype=dtype, layout=layout, forms=forms)
+    plan = plan_model(module, seq_len, world, batch, dtype=dtype, layout=layout, forms=forms,
+                      packed=packed)
     if isinstance(module, TokenMixer):
         return ParallelMixer(module, plan.forms[0], group, layout, stats)
     if len(mixer_layers(module)) != len(module.blocks):

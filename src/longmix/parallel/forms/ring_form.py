@@ -49,5 +49,5 @@ def run_ring(mixer, x, shards: Shards, group, stats: CommStats | None):
     else:
         out = ring_attention(q.contiguous(), k.contiguous(), v.contiguous(),
                              segments=shards.segments, causal=mixer.causal, group=group,
-                             scale=mixer.scale, stats=stats)
+                             scale=mixer.scale, stats=stats, documents=shards.documents)
     return mixer._merge(out)

@@ -5,6 +5,7 @@ from dataclasses import dataclass
 
 import torch
 
+from ..documents import RECORD_FIELDS, agree_documents, documents_record, local_documents
 from ..exchange import DTYPES, agree, dtype_code
 from ..layout import Segment, all_segments, resolve_group
 
@@ -20,6 +21,8 @@ class Shards:
     batch: int
     segments: list[list[Segment]]
     lengths: list[int]
+    #: packed documents: the bounds of ``cu_seqlens`` (global, agreed by every rank), or None
+    documents: tuple[int, ...] | None = None
 
     @property
     def positions(self) -> torch.Tensor:
@@ -41,12 +44,14 @@ class Shards:
 
 
 def agree_on_shards(x, group, layout: str, *, what: str, dims: int, width: int | None = None,
-                    max_len: int | None = None) -> Shards:
+                    max_len: int | None = None, cu_seqlens=None) -> Shards:
     """Check this rank's shard ``x`` against every other rank's in one small all-gather, so bad
     or disagreeing shards raise the same ValueError on every rank instead of hanging.
 
-    ``dims``: the expected rank of x (batch, local_len[, width]); ``width``: its last dim."""
+    ``dims``: the expected rank of x (batch, local_len[, width]); ``width``: its last dim.
+    ``cu_seqlens``: packed documents, global; checked and agreed in the same all-gather."""
     group, world, rank = resolve_group(group)
+    bounds, documents_error = local_documents(cu_seqlens, "parallelize")
     error = ""
     if not isinstance(x, torch.Tensor):
         error = f"{what} must be a torch.Tensor, got {type(x).__name__}"
@@ -56,7 +61,11 @@ def agree_on_shards(x, group, layout: str, *, what: str, dims: int, width: int |
     elif x.dtype not in DTYPES:
         error = f"{what} has unsupported dtype {x.dtype}"
     numbers = [-1, -1, -1] if error else [x.shape[0], x.shape[1], dtype_code(x.dtype)]
-    records = agree(numbers, [error] if error else [], group, f"parallelize: {what}")
+    errors = [e for e in (error, documents_error) if e]
+    records = agree(numbers + documents_record(cu_seqlens, bounds), errors, group,
+                    f"parallelize: {what}")
+    documents = [rec[-RECORD_FIELDS:] for rec in records]
+    records = [rec[:-RECORD_FIELDS] for rec in records]
     for i, name in ((0, "batch size (dim 0)"), (2, "dtype")):
         values = [rec[i] for rec in records]
         if len(set(values)) > 1:
@@ -75,5 +84,7 @@ def agree_on_shards(x, group, layout: str, *, what: str, dims: int, width: int |
                          f"(expected {expected}); use longmix.parallel.shard(x, layout={layout!r})")
     if max_len is not None and seq_len > max_len:
         raise ValueError(f"parallelize: the sequence length {seq_len} exceeds max_len={max_len}")
+    bounds = agree_documents(documents, bounds, seq_len=seq_len, batch=records[0][0],
+                             owner="parallelize")
     return Shards(world=world, rank=rank, layout=layout, seq_len=seq_len,
-                  batch=records[0][0], segments=segments, lengths=lengths)
+                  batch=records[0][0], segments=segments, lengths=lengths, documents=bounds)

@@ -17,6 +17,7 @@ from ..halo import HaloPieces, halo_plan, join_backward
 from ..layout import all_segments, sequence_order
 from ..stats import CommStats
 from .cost import FormCost, element_size
+from .packed import shuffle_mix
 from .regroup import (group_split, pack_for_groups, pack_for_sequence, regroup_elements,
                       to_group_shards, to_sequence_shards)
 from .shards import Shards
@@ -107,7 +108,7 @@ def run_shuffle(mixer, x, shards: Shards, group, stats: CommStats | None):
         order = order.to(x.device)
         streams = streams.index_select(1, order)
         shared = None if shared is None else shared.index_select(1, order)
-    mixed = mixer._shuffle_mix(streams, shared, slice(start, start + count))
+    mixed = shuffle_mix(mixer, streams, shared, slice(start, start + count), shards.documents)
     del streams, shared
     if order is not None:
         mixed = mixed.index_select(1, torch.argsort(order))

@@ -21,4 +21,4 @@ def run_state(mixer, x, shards: Shards, group, stats: CommStats | None):
     """The state form's forward. The shards were agreed by the caller, so state passing skips its
     own all-gathered shape check."""
     return state_passing_mix(mixer, x, group=group, layout=shards.layout, stats=stats,
-                             seq_len=shards.seq_len)
+                             seq_len=shards.seq_len, documents=shards.documents)

@@ -23,6 +23,7 @@ import torch
 
 from .collectives import all_gather_tensors, depend_on
 from ..exchange import DTYPES, agree, dtype_code
+from .packed import after_last_start, continue_by_documents, starts_fresh
 from ..layout import check_layout, even_pieces, local_length, resolve_group
 from ..stats import CommStats
 
@@ -63,7 +64,7 @@ def _agree_on_shards(mixer, x, group, world: int, layout: str) -> int:
 
 def state_passing_mix(mixer, x_local: torch.Tensor, *, group=None, layout: str = "contiguous",
                       stats: CommStats | None = None, seq_len: int | None = None,
-                      return_final_state: bool = False):
+                      documents: tuple[int, ...] | None = None, return_final_state: bool = False):
     """Run a causal ``mixer`` with a fixed-size state over a sequence sharded across ``group``.
 
     Args:
@@ -75,6 +76,9 @@ def state_passing_mix(mixer, x_local: torch.Tensor, *, group=None, layout: str =
         stats: a :class:`CommStats` that accumulates this rank's bytes, forward and backward.
         seq_len: the global length, for a caller that has already agreed on the shards on every
             rank (``parallelize`` does, once per model): skips the shape check's all-gather.
+        documents: packed documents, the global bounds of ``cu_seqlens`` agreed by every rank
+            (``parallelize`` passes them): no state crosses a document start
+            (``forms.packed``).
         return_final_state: also return the state after the whole sequence, the same on every
             rank (decoding continues from it, ``longmix.generate``). After each all-gather every
             rank holds every chunk's summary, so it folds them all: no extra communication.
@@ -98,6 +102,7 @@ def state_passing_mix(mixer, x_local: torch.Tensor, *, group=None, layout: str =
 
     n_chunks = world * _chunks_per_rank(layout)
     lengths = [n for _, n in even_pieces(seq_len, n_chunks)]
+    starts = [s for s, _ in even_pieces(seq_len, n_chunks)]
     mine = chunk_indices(world, rank, layout)
     pieces = list(torch.split(x_local, [lengths[g] for g in mine], dim=1))
     batch = x_local.shape[0]
@@ -116,7 +121,11 @@ def state_passing_mix(mixer, x_local: torch.Tensor, *, group=None, layout: str =
     if torch.is_grad_enabled():
         received = [x_local] if x_local.requires_grad else [p for p in mixer.parameters() if p.requires_grad][:1]
     for stage, keys in mixer.state_stages.items():
-        summaries = [mixer.state_summary(piece, state, stage) for piece, state in zip(pieces, incoming)]
+        # packed: a chunk in which a document starts summarizes its rows from there, from zero
+        summaries = [mixer.state_summary(after_last_start(piece, starts[g], documents),
+                                         fresh() if starts_fresh(documents, starts[g], starts[g] + lengths[g])
+                                         else state, stage)
+                     for g, piece, state in zip(mine, pieces, incoming)]
         fields = sorted(summaries[0])
         flat = [s[f] for s in summaries for f in fields]
         first = next(i for i, t in enumerate(flat) if t.is_floating_point())
@@ -133,9 +142,11 @@ def state_passing_mix(mixer, x_local: torch.Tensor, *, group=None, layout: str =
                 i = mine.index(g)
                 incoming[i] = {**incoming[i], **{k: state[k] for k in keys}}
             if g < last or return_final_state:
-                state = mixer.chain_state(state, by_chunk[g], stage)
+                restart = starts_fresh(documents, starts[g], starts[g] + lengths[g])
+                state = mixer.chain_state(fresh() if restart else state, by_chunk[g], stage)
         final = {**final, **{k: state[k] for k in keys}}
-    outs = [mixer.forward_with_state(piece, state)[0] for piece, state in zip(pieces, incoming)]
+    outs = [continue_by_documents(mixer, piece, state, starts[g], documents, fresh)
+            for g, piece, state in zip(mine, pieces, incoming)]
     out = depend_on(torch.cat(outs, dim=1), received)
     return (out, final) if return_final_state else out
 
