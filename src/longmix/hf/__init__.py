@@ -13,3 +13,11 @@ try:
 except ImportError as err:  # pragma: no cover - exercised by a subprocess test
     raise ImportError("longmix.hf needs the optional extra: pip install 'longmix[hf]' "
                       "(transformers >= 5.0)") from err
+
+from .parallelize import ParallelHFModel, parallelize  # noqa: E402
+from .plan import HFLayerPlan, plan_hf  # noqa: E402
+
+# longmix.hf.mixers (the SSM mapping) is imported here by the integrator:
+# from .mixers import mixer_from_hf
+
+__all__ = ["parallelize", "ParallelHFModel", "plan_hf", "HFLayerPlan"]
