@@ -7,7 +7,10 @@ weights are random and saved with ``save_pretrained``; every process loads them 
 """
 from __future__ import annotations
 
+from contextlib import contextmanager
+
 import torch
+from torch import nn
 
 import longmix.parallel as lp
 
@@ -148,6 +151,73 @@ def errors(run, ref, float32_params: set[int] = frozenset()) -> dict:
     return out
 
 
+class ToyMixer(nn.Module):
+    """An HF-style SSM mixer for the adapter test: HF Mamba's call around a longmix ``mamba``.
+    It stands in for what ``longmix.hf.mixers`` maps (that module is another part's)."""
+
+    def __init__(self, dim: int):
+        super().__init__()
+        from longmix import mixers
+
+        self.inner = mixers.build("mamba", dim, causal=True, d_state=4, d_conv=3)
+
+    def forward(self, hidden_states, cache_params=None, attention_mask=None, **kwargs):
+        return self.inner(hidden_states)
+
+
+def toy_mamba() -> nn.Module:
+    """A tiny HF ``MambaForCausalLM`` (float64) whose mixers are :class:`ToyMixer` s (seeded)."""
+    from transformers import MambaConfig, MambaForCausalLM
+
+    torch.manual_seed(5)
+    model = MambaForCausalLM(MambaConfig(vocab_size=VOCAB, hidden_size=16, num_hidden_layers=2,
+                                         state_size=4, conv_kernel=3, expand=2))
+    for layer in model.backbone.layers:
+        layer.mixer = ToyMixer(16)
+    return model.double().eval()
+
+
+@contextmanager
+def toy_mapping():
+    """Map :class:`ToyMixer` as ``longmix.hf.mixers`` would map HF's mixers."""
+    from longmix.hf import plan
+
+    saved = plan.HF_MIXER_CLASSES, plan.mixer_from_hf
+    plan.HF_MIXER_CLASSES, plan.mixer_from_hf = (ToyMixer,), (lambda module: module.inner)
+    try:
+        yield
+    finally:
+        plan.HF_MIXER_CLASSES, plan.mixer_from_hf = saved
+
+
+def toy_errors(seq_len: int, layout: str, group) -> dict:
+    """The toy Mamba through ``parallelize`` (adapters in a longmix form) vs the same model run
+    unsharded on this process: errors of logits, loss and summed parameter gradients."""
+    import longmix.hf as lh
+
+    model = toy_mamba()
+    ids, labels = inputs(seq_len)
+    # transformers' Mamba casts its logits to float32 and its loss is float32; the reference here
+    # is the same model's cross entropy in float64, as longmix computes it for a float64 model
+    model.zero_grad(set_to_none=True)
+    logits = model(ids).logits
+    ref_loss = torch.nn.functional.cross_entropy(logits[:, :-1].double().reshape(-1, VOCAB),
+                                                 labels[:, 1:].reshape(-1), ignore_index=-100)
+    ref_loss.backward()
+    ref = logits.detach(), ref_loss.detach(), [p.grad.clone() for p in model.parameters()]
+    with toy_mapping():
+        pmodel = lh.parallelize(model, group=group, layout=layout)
+    kinds = [p.kind for p in pmodel.layers]
+    model.zero_grad(set_to_none=True)
+    out = pmodel(lp.shard(ids, group, layout), labels=lp.shard(labels, group, layout))
+    out.loss.backward()
+    grads = [p.grad.clone() if p.grad is not None else torch.zeros_like(p) for p in model.parameters()]
+    for g in grads:
+        torch.distributed.all_reduce(g, group=group)
+    run = lp.unshard(out.logits.detach(), group, layout), out.loss.detach(), grads
+    return {**errors(run, ref), "kinds": kinds}
+
+
 def subgroups_worker(group, sizes, cases_by_size, refusal_path):
     """Rank function of one launch: for each size P, the first P ranks form a group and run that
     size's cases ((path, dtype name, L, layout) each); then every rank tries the forward-time
@@ -161,6 +231,8 @@ def subgroups_worker(group, sizes, cases_by_size, refusal_path):
         if rank < size:
             results[size] = [parallel_run(path, getattr(torch, dtype), seq_len, layout, sub)
                              for path, dtype, seq_len, layout in cases_by_size[size]]
+            results["toy", size] = [toy_errors(seq_len, layout, sub)
+                                    for seq_len, layout in ((11, "zigzag"), (size - 1, "contiguous"))]
         dist.barrier()
     messages = [None] * dist.get_world_size()
     dist.all_gather_object(messages, refusal_messages(group, refusal_path))

@@ -108,6 +108,15 @@ def test_float32_error_does_not_grow_with_ranks(paths, sharded):
     assert not problems, "\n".join(problems)
 
 
+def test_mapped_mixers_run_through_the_adapter(sharded):
+    """The SSM hook: a module of a mapped class is swapped for an adapter running the longmix mixer
+    in a parallel form (here a toy mapping onto longmix's mamba; hf/mixers.py maps HF's own)."""
+    for size in SIZES:
+        for errs in sharded["toy", size]:
+            assert errs.pop("kinds") == ["mixer", "mixer"]
+            assert max(errs.values()) <= TOL_P1, (size, errs)
+
+
 def test_original_model_keeps_working_and_shares_parameters(paths):
     model = load(paths["gemma3"], torch.float64)
     ids, labels = inputs(9)

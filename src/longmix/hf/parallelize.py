@@ -26,6 +26,7 @@ float64 for a float64 model (transformers computes it in float32).
 from __future__ import annotations
 
 import copy
+import inspect
 
 import torch
 import torch.nn.functional as F
@@ -37,13 +38,18 @@ from longmix.parallel.layout import check_layout, resolve_group
 from longmix.parallel.stats import CommStats
 
 from . import attention as hf_attention
-from .plan import HFLayerPlan, mixer_from_hf, mixer_layers, plan_hf
+from . import plan as hf_plan
+from .plan import HFLayerPlan, plan_hf
 
 IGNORE_INDEX = -100  # transformers' (and torch's) cross-entropy ignore_index
 _FORWARD_ARGS = ("input_ids", "labels", "attention_mask", "num_items_in_batch")
 
-# the hook the SSM mapping plugs into (longmix.hf.mixers: HF_MIXER_CLASSES, mixer_from_hf)
-_mixer_layers = mixer_layers
+
+
+def _mixer_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
+    """The hook the SSM mapping plugs into: the modules of ``model`` whose class is in
+    ``longmix.hf.mixers.HF_MIXER_CLASSES`` (none when that module is absent), as (name, module)."""
+    return hf_plan.mixer_layers(model)
 
 
 class MixerAdapter(nn.Module):
@@ -57,7 +63,7 @@ class MixerAdapter(nn.Module):
         super().__init__()
         from longmix.parallel import parallelize as parallelize_mixer
 
-        mixer = mixer_from_hf(hf_module)
+        mixer = hf_plan.mixer_from_hf(hf_module)
         shared = {id(p) for p in hf_module.parameters()}
         foreign = [n for n, p in mixer.named_parameters() if id(p) not in shared]
         if foreign:  # gradients must reach the user's parameters, not copies
@@ -106,11 +112,13 @@ def next_labels(labels: torch.Tensor, shards: Shards, group, stats=None) -> torc
 
 
 def causal_lm_loss(logits: torch.Tensor, labels: torch.Tensor, shards: Shards, group,
-                   num_items_in_batch=None, stats=None) -> torch.Tensor:
+                   num_items_in_batch=None, stats=None,
+                   dtype: torch.dtype = torch.float32) -> torch.Tensor:
     """transformers' causal LM loss of the whole sequence from this rank's rows, the same on every
-    rank. Backpropagated on every rank, each rank's parameter gradients are its share."""
+    rank, computed in ``dtype`` or wider. Backpropagated on every rank, each rank's parameter
+    gradients are its share."""
     target = next_labels(labels, shards, group, stats)
-    wide = logits.to(torch.promote_types(logits.dtype, torch.float32))
+    wide = logits.to(torch.promote_types(logits.dtype, dtype))
     total = F.cross_entropy(wide.reshape(-1, wide.shape[-1]), target.reshape(-1),
                             ignore_index=IGNORE_INDEX, reduction="sum")
     sums = torch.stack([total, (target != IGNORE_INDEX).sum().to(total.dtype)])
@@ -132,6 +140,8 @@ class ParallelHFModel(nn.Module):
         self.model = model
         self.layers, self.group, self.layout, self.stats = layers, group, layout, stats
         self.run = run
+        # an SSM-only model (Mamba) takes no positions; attention models must (checked by the plan)
+        self._takes_positions = "position_ids" in inspect.signature(model.forward).parameters
 
     def forward(self, input_ids: torch.Tensor, labels: torch.Tensor | None = None,
                 attention_mask: torch.Tensor | None = None, num_items_in_batch=None, **kwargs):
@@ -166,10 +176,10 @@ class ParallelHFModel(nn.Module):
         # a local all-ones mask: transformers then builds its mask through longmix's mask function
         # (and skips its packed-sequence detection, which zigzag's jumping positions would trigger)
         ones = torch.ones_like(input_ids)
+        extra = {"position_ids": positions} if self._takes_positions else {}
         self.run.empty = empty
         try:
-            out = self.model(input_ids=input_ids, position_ids=positions, attention_mask=ones,
-                             use_cache=False)
+            out = self.model(input_ids=input_ids, attention_mask=ones, use_cache=False, **extra)
         finally:
             self.run.empty = False
         if empty:  # drop the stand-in row (its gradient is zero; its graph still joins backward)
@@ -177,8 +187,11 @@ class ParallelHFModel(nn.Module):
                 if getattr(out, key, None) is not None:
                     out[key] = out[key][:, :0]
         if labels is not None:
+            # at least float32 (as transformers), and float64 for a float64 model even where
+            # transformers casts its logits to float32 (Mamba)
+            dtype = torch.promote_types(self.model.dtype, torch.float32)
             out.loss = causal_lm_loss(out.logits, labels, shards, group, num_items_in_batch,
-                                      self.stats)
+                                      self.stats, dtype)
         return out
 
     def extra_repr(self) -> str:

@@ -28,8 +28,9 @@ except ImportError:  # pragma: no cover - depends on which parts are installed
 
 ATTENTION_LAYER_TYPES = ("full_attention", "sliding_attention")
 # class names of token mixers that are not softmax attention: refused unless mapped
-_OTHER_MIXER = re.compile(r"mamba|ssm|mixer|deltanet|recurrent|rwkv|linearattention|conv|retention"
-                          r"|hyena|lightning|xlstm|mlstm|slstm", re.IGNORECASE)
+# (convolutions are found by type: transformers' GPT-2 "Conv1D" is a linear layer)
+_OTHER_MIXER = re.compile(r"mamba|ssm|mixer|deltanet|recurrent|rwkv|linearattention|shortconv"
+                          r"|retention|hyena|lightning|xlstm|mlstm|slstm", re.IGNORECASE)
 _DYNAMIC_ROPE = ("dynamic", "longrope")
 
 
@@ -50,11 +51,12 @@ def _refuse(where: str, reason: str) -> ValueError:
 def mixer_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
     """The modules of ``model`` whose class ``longmix.hf.mixers`` maps (``HF_MIXER_CLASSES``), as
     (qualified name, module), outermost first; empty when hf/mixers.py is absent."""
-    if not HF_MIXER_CLASSES:
+    classes = tuple(globals()["HF_MIXER_CLASSES"])  # read at call time: tests may swap it
+    if not classes:
         return []
     found = []
     for name, module in model.named_modules():
-        if isinstance(module, tuple(HF_MIXER_CLASSES)) and not any(
+        if isinstance(module, classes) and not any(
                 name.startswith(outer + ".") for outer, _ in found):
             found.append((name, module))
     return found
@@ -97,8 +99,9 @@ def _check_model(model: nn.Module, has_attention: bool) -> None:
         if getattr(cfg, "output_router_logits", False):
             raise _refuse(kind, "output_router_logits=True: the router's auxiliary loss averages "
                                 "over all tokens and is not reduced across ranks")
-    if has_attention and not (type(model).is_backend_compatible()
-                              and type(model)._can_set_attn_implementation()):
+    # transformers' own test: the modeling file's attention classes call the interface (the
+    # ``_supports_attention_backend`` flag is about serving backends, and hybrids leave it unset)
+    if has_attention and not type(model)._can_set_attn_implementation():
         raise _refuse(kind, "its attention does not go through transformers' AttentionInterface")
     loss_type = getattr(model, "loss_type", None)
     if "_loss_function" in vars(model) or loss_type not in (None, "ForCausalLM"):
@@ -145,15 +148,27 @@ def _check_unmapped(model: nn.Module, covered: list[str]) -> None:
     def inside(name: str) -> bool:
         return any(name == c or name.startswith(c + ".") for c in covered)
 
+    from transformers import PreTrainedModel
+
+    suspects = []
     for name, module in model.named_modules():
-        if inside(name):
+        holds_covered = any(c.startswith(name + ".") for c in covered)  # a block around one
+        if inside(name) or holds_covered or isinstance(module, PreTrainedModel):
             continue
         cls = type(module).__name__
-        if isinstance(module, (nn.Conv1d, nn.Conv2d)) or _OTHER_MIXER.search(cls):
-            hint = ("" if HF_MIXER_CLASSES else
-                    " (longmix.hf.mixers, which maps SSM layers, is not installed)")
-            raise _refuse(f"layer {name!r} ({cls})",
-                          f"a token mixer longmix has no exact form for{hint}")
+        pointwise = "Norm" in cls or "Embedding" in cls  # e.g. MambaRMSNorm
+        if isinstance(module, (nn.Conv1d, nn.Conv2d)) or (_OTHER_MIXER.search(cls) and not pointwise):
+            suspects.append((name, cls))
+    # report the innermost one (the mixer, not the block around it)
+    innermost = [(n, c) for n, c in suspects if not any(o.startswith(n + ".") for o, _ in suspects)]
+    if innermost:
+        name, cls = innermost[0]
+        if isinstance(model.get_submodule(name), (nn.Conv1d, nn.Conv2d)) and "." in name:
+            owner = name.rpartition(".")[0]  # name the layer holding the convolution
+            name, cls = owner, f"{type(model.get_submodule(owner)).__name__}, with a {cls}"
+        hint = "" if HF_MIXER_CLASSES else (" (longmix.hf.mixers, which maps SSM layers, is not "
+                                            "installed)")
+        raise _refuse(f"layer {name!r} ({cls})", f"a token mixer longmix has no exact form for{hint}")
     for cfg in _configs(model):
         for i, t in enumerate(getattr(cfg, "layer_types", None) or []):
             if t not in ATTENTION_LAYER_TYPES and not HF_MIXER_CLASSES:
