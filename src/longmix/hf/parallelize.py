@@ -168,6 +168,11 @@ class ParallelHFModel(nn.Module):
             if not bool(attention_mask.all()):
                 raise ValueError("longmix.hf: a padding attention_mask (zeros) is not supported; "
                                  "pass sequences without padding")
+        if (0 in shards.lengths and torch.is_grad_enabled()
+                and getattr(self.model, "is_gradient_checkpointing", False)):
+            # the stand-in row of an empty rank is set up for one forward, not for a recompute
+            raise ValueError(f"longmix.hf: gradient checkpointing needs every rank to hold rows "
+                             f"(L = {shards.seq_len} over {shards.world} ranks leaves some empty)")
         positions = shards.positions.to(input_ids.device)[None].expand(batch, -1)
         empty = local == 0
         if empty:  # transformers cannot reshape 0 rows: run one stand-in row, joined with 0 rows
