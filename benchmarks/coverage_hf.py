@@ -55,6 +55,8 @@ def classify(model_type: str) -> dict:
         layers = lh.plan_hf(model)
     except ValueError as err:
         row.update(status="refused", reason=str(err).removeprefix("longmix.hf.parallelize: "))
+    except Exception as err:  # noqa: BLE001 - a planning bug is a row to fix, not a crash
+        row.update(status="plan error", reason=f"{type(err).__name__}: {err}")
     else:
         kinds = collections.Counter(
             p.kind + (f" (window {p.window})" if p.window else "") for p in layers)
@@ -96,7 +98,9 @@ def _markdown(record: dict) -> str:
              f"`longmix.hf.plan_hf` (nothing run). SSM mixers mapped: "
              f"{', '.join(record['mixers_mapped']) or 'none (longmix.hf.mixers absent)'}.", "",
              f"**{counts['covered']} covered, {counts['refused']} refused, "
-             f"{counts['not built']} not built** of {len(record['rows'])}.", "",
+             f"{counts['not built']} not built, {counts['plan error']} planning errors** of "
+             f"{len(record['rows'])}. Covered means planned; exactness is tested for Llama, "
+             f"Qwen3, Mistral and Gemma3 (tests/hf).", "",
              "| model type | class | status | layers or reason |", "|---|---|---|---|"]
     for r in record["rows"]:
         reason = r["reason"].replace("|", "\\|")

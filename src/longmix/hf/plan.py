@@ -133,7 +133,8 @@ def _attention_plan(name: str, module: nn.Module, config) -> HFLayerPlan:
     if getattr(module, "sinks", None) is not None:
         raise _refuse(where, "attention sinks cannot be expressed by longmix's attention op")
     layer_types = getattr(config, "layer_types", None)
-    layer_type = layer_types[module.layer_idx] if layer_types else None
+    index = module.layer_idx
+    layer_type = layer_types[index] if layer_types and isinstance(index, int) else None
     if layer_type is not None and layer_type not in ATTENTION_LAYER_TYPES:
         raise _refuse(where, f"layer type {layer_type!r} is not softmax attention longmix supports")
     if hasattr(module, "sliding_window"):
