@@ -45,7 +45,6 @@ IGNORE_INDEX = -100  # transformers' (and torch's) cross-entropy ignore_index
 _FORWARD_ARGS = ("input_ids", "labels", "attention_mask", "num_items_in_batch")
 
 
-
 def _mixer_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
     """The hook the SSM mapping plugs into: the modules of ``model`` whose class is in
     ``longmix.hf.mixers.HF_MIXER_CLASSES`` (none when that module is absent), as (name, module)."""
