@@ -184,3 +184,13 @@ def test_import_without_transformers_says_what_to_install():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert "pip install 'longmix[hf]'" in out.stdout
+
+
+def test_base_model_returns_its_hidden_states_and_refuses_labels(paths):
+    model = load_cached(paths["llama"], torch.float64).model  # LlamaModel: no lm head
+    ids, labels = inputs(9)
+    pmodel = lh.parallelize(model)
+    out = pmodel(ids)
+    assert torch.allclose(out.last_hidden_state, model(ids).last_hidden_state, rtol=0, atol=TOL_HF)
+    with pytest.raises(ValueError, match="lm head"):
+        pmodel(ids, labels=labels)
