@@ -15,5 +15,8 @@ except ImportError as err:  # pragma: no cover - exercised by a subprocess test
                       "(transformers >= 5.0)") from err
 
 from .mixers import HF_MIXER_CLASSES, mixer_from_hf  # noqa: E402  (after the import check above)
+from .parallelize import ParallelHFModel, parallelize  # noqa: E402
+from .plan import HFLayerPlan, plan_hf  # noqa: E402
 
-__all__ = ["HF_MIXER_CLASSES", "mixer_from_hf"]
+__all__ = ["parallelize", "ParallelHFModel", "plan_hf", "HFLayerPlan", "HF_MIXER_CLASSES",
+           "mixer_from_hf"]

@@ -34,6 +34,12 @@ _SILU_NAMES = ("silu", "swish")
 MAMBA_EXECUTION_OPTIONS = ("chunk_size", "scan_backend")
 
 
+def is_mapped(module: nn.Module) -> bool:
+    """Whether ``module`` is an instance of a transformers class :func:`mixer_from_hf` maps."""
+    cls = type(module)
+    return cls.__name__ in HF_MIXER_CLASSES and cls.__module__.startswith("transformers.")
+
+
 def mixer_from_hf(module: nn.Module, **options) -> TokenMixer:
     """The longmix ``TokenMixer`` equal to the HF mixer ``module``, sharing its parameters.
 

@@ -20,7 +20,7 @@ Each mixer layer runs in one exact form (``forms``, chosen per layer by
 
 Everything else (embeddings, norms, MLPs, the lm head) is pointwise in the sequence and runs on
 local rows; positions are the rows' global indices; classification pooling sums per-rank
-partials. All collectives have hand-written backward passes (``Exchange``, ``_AllReduceSum``).
+partials. All collectives have hand-written backward passes (``Exchange``, ``AllReduceSum``).
 """
 from __future__ import annotations
 
@@ -39,7 +39,7 @@ from .shards import Shards, agree_on_shards
 from .table import FORMS
 
 
-class _AllReduceSum(torch.autograd.Function):
+class AllReduceSum(torch.autograd.Function):
     """Sum over ranks. Backward: every rank's input feeds every rank's output, so the gradient
     of an input is the sum over ranks of the output gradients: the same all-reduce."""
 
@@ -57,7 +57,7 @@ class _AllReduceSum(torch.autograd.Function):
         return grad, None
 
 
-class _ScaleGrad(torch.autograd.Function):
+class ScaleGrad(torch.autograd.Function):
     """Identity forward; backward scales by ``factor``. Every rank backpropagates the same loss of
     replicated outputs, so each rank takes 1/P of their gradient: the ranks' shares then sum to
     the single-process gradient."""
@@ -153,9 +153,9 @@ class ParallelSequenceModel(nn.Module):
         h = model.features(tokens, positions=positions, mixers=mixers)
         if model.cfg.head == "lm":
             return model.head(h)
-        pooled = model.pooled(h, tokens, total=lambda t: _AllReduceSum.apply(t, group),
+        pooled = model.pooled(h, tokens, total=lambda t: AllReduceSum.apply(t, group),
                               last_row=shards.last_row)
-        return _ScaleGrad.apply(model.head(pooled), 1.0 / world)
+        return ScaleGrad.apply(model.head(pooled), 1.0 / world)
 
     def extra_repr(self) -> str:
         return f"forms={self.forms}, layout={self.layout!r}"

@@ -1,0 +1,238 @@
+"""``longmix.hf.parallelize``: a Hugging Face causal LM that runs on this rank's shard of the sequence.
+
+    pmodel = longmix.hf.parallelize(model, group=group, layout="zigzag")
+    ids = longmix.parallel.shard(input_ids, group, layout="zigzag")
+    out = pmodel(ids, labels=longmix.parallel.shard(labels, group, layout="zigzag"))
+    out.loss.backward()    # out.loss: the global mean, the same on every rank
+
+The returned module holds a copy of the model's modules and config that shares every parameter
+and buffer with the original (so the original keeps working unsharded, and its ``.grad`` fields
+receive this rank's share of the gradient; summed over ranks, the one-process gradient). In the
+copy:
+
+- every attention module runs longmix's exact distributed attention (registered with
+  transformers as ``attn_implementation="longmix"``, see :mod:`longmix.hf.attention`), with the
+  mask transformers asks for per layer: causal, or causal with a sliding window;
+- every module of a class ``longmix.hf.mixers`` maps (an SSM mixer) is replaced by an adapter that
+  runs ``mixer_from_hf(module)`` in a longmix parallel form (:class:`MixerAdapter`);
+- everything else (embeddings, norms, MLPs, MoE, the lm head) is pointwise in the sequence and runs
+  on local rows, with global ``position_ids`` from the layout.
+
+``labels`` are this rank's shard of the unshifted labels; the shift across shard edges is one
+halo exchange of one label per piece. The loss is transformers' causal LM cross entropy
+(``ignore_index=-100``), summed over ranks and divided by the global count of scored labels, in
+float64 for a float64 model (transformers computes it in float32).
+"""
+from __future__ import annotations
+
+import copy
+import inspect
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from longmix.parallel.forms.parallelize import AllReduceSum, ScaleGrad, Shards, agree_on_shards
+from longmix.parallel.halo import fetch_halo, halo_plan
+from longmix.parallel.layout import check_layout, resolve_group
+from longmix.parallel.stats import CommStats
+
+from . import attention as hf_attention
+from . import plan as hf_plan
+from .plan import HFLayerPlan, plan_hf
+
+IGNORE_INDEX = -100  # transformers' (and torch's) cross-entropy ignore_index
+_FORWARD_ARGS = ("input_ids", "labels", "attention_mask", "num_items_in_batch")
+
+
+def _mixer_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
+    """The hook the SSM mapping plugs into: the modules of ``model`` whose class is in
+    ``longmix.hf.mixers.HF_MIXER_CLASSES`` (none when that module is absent), as (name, module)."""
+    return hf_plan.mixer_layers(model)
+
+
+class MixerAdapter(nn.Module):
+    """Stands in for an HF mixer module (e.g. ``MambaMixer``) in the parallel copy: runs the longmix
+    ``TokenMixer`` equal to it (``mixer_from_hf``, sharing its parameters) in a longmix parallel
+    form on this rank's rows. Takes the HF mixer's call, ``(hidden_states, cache_params=None,
+    attention_mask=None)``, and refuses a cache or a padding mask."""
+
+    def __init__(self, name: str, hf_module: nn.Module, group, layout: str,
+                 stats: CommStats | None, run: hf_attention.RunState):
+        super().__init__()
+        from longmix.parallel import parallelize as parallelize_mixer
+
+        mixer = hf_plan.mixer_from_hf(hf_module)
+        shared = {id(p) for p in hf_module.parameters()}
+        foreign = [n for n, p in mixer.named_parameters() if id(p) not in shared]
+        if foreign:  # gradients must reach the user's parameters, not copies
+            raise ValueError(f"longmix.hf.parallelize: layer {name!r}: mixer_from_hf returned "
+                             f"parameters {foreign} that are not the HF module's own")
+        self.name, self.run = name, run
+        self.parallel = parallelize_mixer(mixer, group=group, layout=layout, stats=stats)
+
+    def forward(self, hidden_states: torch.Tensor, cache_params=None, attention_mask=None, **kwargs):
+        if cache_params is not None or kwargs.get("cache_position") is not None:
+            raise ValueError(f"longmix.hf: layer {self.name!r}: a cache is not supported")
+        if attention_mask is not None and not bool(attention_mask.all()):
+            raise ValueError(f"longmix.hf: layer {self.name!r}: a padding mask is not supported")
+        if self.run.empty:  # the stand-in row is not part of the sequence: join with 0 rows
+            return hf_attention.stand_in(self.parallel(hidden_states[:, :0]), hidden_states.shape)
+        return self.parallel(hidden_states)
+
+
+def _shared_copy(model: nn.Module) -> nn.Module:
+    """A copy of ``model``'s modules and config holding the very same parameter and buffer tensors."""
+    memo = {id(t): t for t in [*model.parameters(), *model.buffers()]}
+    return copy.deepcopy(model, memo=memo)
+
+
+def _replace(root: nn.Module, name: str, new: nn.Module) -> None:
+    parent_name, _, child = name.rpartition(".")
+    setattr(root.get_submodule(parent_name) if parent_name else root, child, new)
+
+
+def next_labels(labels: torch.Tensor, shards: Shards, group, stats=None) -> torch.Tensor:
+    """For each local row, the label of the next global position (IGNORE_INDEX after the last):
+    the HF shift done across shard edges; each piece's next label comes in one halo exchange."""
+    batch = labels.shape[0]
+    end = labels.new_full((batch, 1), IGNORE_INDEX)
+    mine = shards.segments[shards.rank]
+    if shards.world == 1:
+        return torch.cat([labels[:, 1:], end], dim=1)
+    plan = halo_plan(shards.segments, shards.rank, left=0, right=1)
+    sides, _ = fetch_halo(labels.contiguous(), plan, group, stats)
+    pieces, offset = [], 0
+    for (_, n), (_, after) in zip(mine, sides):
+        pieces.append(labels[:, offset + 1:offset + n])
+        pieces.append(after if after.shape[1] else end)
+        offset += n
+    return torch.cat(pieces, dim=1) if pieces else labels[:, :0]
+
+
+def causal_lm_loss(logits: torch.Tensor, labels: torch.Tensor, shards: Shards, group,
+                   num_items_in_batch=None, stats=None,
+                   dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """transformers' causal LM loss of the whole sequence from this rank's rows, the same on every
+    rank, computed in ``dtype`` or wider. Backpropagated on every rank, each rank's parameter
+    gradients are its share."""
+    target = next_labels(labels, shards, group, stats)
+    wide = logits.to(torch.promote_types(logits.dtype, dtype))
+    total = F.cross_entropy(wide.reshape(-1, wide.shape[-1]), target.reshape(-1),
+                            ignore_index=IGNORE_INDEX, reduction="sum")
+    sums = torch.stack([total, (target != IGNORE_INDEX).sum().to(total.dtype)])
+    if shards.world > 1:
+        # every rank backpropagates the same loss: each keeps 1/P of the reduced gradient
+        sums = ScaleGrad.apply(AllReduceSum.apply(sums, group), 1.0 / shards.world)
+    count = sums[1] if num_items_in_batch is None else num_items_in_batch
+    return sums[0] / count
+
+
+class ParallelHFModel(nn.Module):
+    """An HF model over the ranks of ``group``: forward(input_ids_local, labels=None,
+    attention_mask=None, num_items_in_batch=None) returns the HF output with this rank's rows of
+    ``logits`` (or ``last_hidden_state``) and the global ``loss``. ``layers`` is the plan."""
+
+    def __init__(self, model: nn.Module, layers: list[HFLayerPlan], group, layout: str,
+                 stats: CommStats | None, run: hf_attention.RunState):
+        super().__init__()
+        self.model = model
+        self.layers, self.group, self.layout, self.stats = layers, group, layout, stats
+        self.run = run
+        # an SSM-only model (Mamba) takes no positions; attention models must (checked by the plan)
+        self._takes_positions = "position_ids" in inspect.signature(model.forward).parameters
+
+    def forward(self, input_ids: torch.Tensor, labels: torch.Tensor | None = None,
+                attention_mask: torch.Tensor | None = None, num_items_in_batch=None, **kwargs):
+        if kwargs:
+            raise ValueError(f"longmix.hf: unsupported forward arguments {sorted(kwargs)}; the "
+                             f"parallel model takes {_FORWARD_ARGS} (positions come from the layout)")
+        shards = agree_on_shards(input_ids, self.group, self.layout, what="input_ids", dims=2)
+        group, _, _ = resolve_group(self.group)
+        batch, local = input_ids.shape
+        if labels is not None:
+            if not hasattr(self.model, "get_output_embeddings") or self.model.get_output_embeddings() is None:
+                raise ValueError("longmix.hf: labels need a model with an lm head (a *ForCausalLM)")
+            # compared from the gathered shapes, so every rank raises together or none does
+            label_shards = agree_on_shards(labels, self.group, self.layout, what="labels", dims=2)
+            if (label_shards.lengths, label_shards.batch) != (shards.lengths, shards.batch):
+                raise ValueError(f"longmix.hf: labels must have input_ids' shape on every rank: "
+                                 f"batch {shards.batch}, lengths {shards.lengths}; got batch "
+                                 f"{label_shards.batch}, lengths {label_shards.lengths}")
+        if attention_mask is not None:
+            expected = (batch, shards.seq_len)
+            if tuple(attention_mask.shape) != expected:
+                raise ValueError(f"longmix.hf: attention_mask must be the whole (batch, L) mask "
+                                 f"{expected}, got {tuple(attention_mask.shape)}")
+            if not bool(attention_mask.all()):
+                raise ValueError("longmix.hf: a padding attention_mask (zeros) is not supported; "
+                                 "pass sequences without padding")
+        if (0 in shards.lengths and torch.is_grad_enabled()
+                and getattr(self.model, "is_gradient_checkpointing", False)):
+            # the stand-in row of an empty rank is set up for one forward, not for a recompute
+            raise ValueError(f"longmix.hf: gradient checkpointing needs every rank to hold rows "
+                             f"(L = {shards.seq_len} over {shards.world} ranks leaves some empty)")
+        positions = shards.positions.to(input_ids.device)[None].expand(batch, -1)
+        empty = local == 0
+        if empty:  # transformers cannot reshape 0 rows: run one stand-in row, joined with 0 rows
+            input_ids = input_ids.new_zeros(batch, 1)
+            positions = positions.new_zeros(batch, 1)
+        # a local all-ones mask: transformers then builds its mask through longmix's mask function
+        # (and skips its packed-sequence detection, which zigzag's jumping positions would trigger)
+        ones = torch.ones_like(input_ids)
+        extra = {"position_ids": positions} if self._takes_positions else {}
+        self.run.empty = empty
+        try:
+            out = self.model(input_ids=input_ids, attention_mask=ones, use_cache=False, **extra)
+        finally:
+            self.run.empty = False
+        if empty:  # drop the stand-in row (its gradient is zero; its graph still joins backward)
+            for key in ("logits", "last_hidden_state"):
+                if getattr(out, key, None) is not None:
+                    out[key] = out[key][:, :0]
+        if labels is not None:
+            # at least float32 (as transformers), and float64 for a float64 model even where
+            # transformers casts its logits to float32 (Mamba)
+            dtype = torch.promote_types(self.model.dtype, torch.float32)
+            out.loss = causal_lm_loss(out.logits, labels, shards, group, num_items_in_batch,
+                                      self.stats, dtype)
+        return out
+
+    def extra_repr(self) -> str:
+        kinds = [f"{p.kind}" + (f"(window={p.window})" if p.window else "") for p in self.layers]
+        return f"layout={self.layout!r}, layers={kinds}"
+
+
+def parallelize(model: nn.Module, group=None, layout: str = "contiguous",
+                stats: CommStats | None = None) -> ParallelHFModel:
+    """The sequence-parallel form of a transformers decoder-only model over ``group``.
+
+    Args:
+        model: a ``PreTrainedModel`` (a ``*ForCausalLM`` or its base model). Not modified.
+        group: the process group (None: the default group, or one process when torch.distributed
+            is not initialized).
+        layout: ``"contiguous"`` or ``"zigzag"``, as given to :func:`longmix.parallel.shard`.
+        stats: a :class:`longmix.parallel.CommStats` counting the bytes this rank moves.
+
+    Returns a :class:`ParallelHFModel` sharing the model's parameters. Raises ValueError naming
+    the layer and the reason when any layer cannot run exactly (see :func:`longmix.hf.plan.plan_hf`).
+    """
+    check_layout(layout)
+    resolve_group(group)  # a group without torch.distributed is an error now, not at forward
+    layers = plan_hf(model)
+    hf_attention.register()
+    twin = _shared_copy(model)
+    run = hf_attention.RunState()
+    for name, module in _mixer_layers(twin):
+        _replace(twin, name, MixerAdapter(name, module, group, layout, stats, run))
+    attention = [p for p in layers if p.kind == "attention"]
+    if attention:
+        twin.set_attn_implementation(hf_attention.ATTENTION_NAME)
+        for p in attention:
+            module = twin.get_submodule(p.name)
+            setattr(module, hf_attention.SETUP_ATTRIBUTE, hf_attention.AttentionSetup(
+                name=p.name, group=group, layout=layout, stats=stats, run=run))
+            if getattr(module, "config", twin.config)._attn_implementation != hf_attention.ATTENTION_NAME:
+                raise ValueError(f"longmix.hf.parallelize: layer {p.name!r}: could not select "
+                                 f"longmix's attention for it")
+    return ParallelHFModel(twin, layers, group, layout, stats, run)

@@ -1,0 +1,210 @@
+"""Small random transformers models saved to a directory and loaded back (the real loading path),
+and a rank function comparing ``longmix.hf.parallelize`` with a one-process run.
+
+Each family is a tiny config (hidden 32, 2 layers, vocab 97, GQA where the family has it); its
+weights are random and saved with ``save_pretrained``; every process loads them with
+``from_pretrained(path)``. Nothing downloads.
+"""
+from __future__ import annotations
+
+
+import torch
+
+import longmix.parallel as lp
+
+VOCAB = 97
+
+
+def family_configs() -> dict:
+    """name -> a small config of that family (Llama, Qwen3, Mistral with a sliding window, Gemma3
+    alternating sliding and full layers; Mamba, and Jamba: a Mamba layer with dt/B/C norms, then
+    an attention layer with a mixture of experts)."""
+    from transformers import (Gemma3TextConfig, JambaConfig, LlamaConfig, MambaConfig, MistralConfig,
+                              Qwen3Config)
+
+    common = dict(vocab_size=VOCAB, hidden_size=32, intermediate_size=48, num_hidden_layers=2,
+                  num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
+                  head_dim=8)
+    return {
+        "llama": LlamaConfig(**common),
+        "qwen3": Qwen3Config(**common, tie_word_embeddings=True),
+        # a window of 3 keys: short enough that L = 9..13 crosses several shard edges
+        "mistral_window": MistralConfig(**common, sliding_window=3),
+        "gemma3": Gemma3TextConfig(**common, sliding_window=4, layer_types=[
+            "sliding_attention", "full_attention"], query_pre_attn_scalar=8),
+        "mamba": MambaConfig(vocab_size=VOCAB, hidden_size=32, num_hidden_layers=2, state_size=4,
+                             conv_kernel=3, expand=2),
+        "jamba": JambaConfig(**common, attn_layer_period=2, attn_layer_offset=1, expert_layer_period=2,
+                             expert_layer_offset=1, num_experts=2, num_experts_per_tok=1,
+                             mamba_d_state=4, mamba_d_conv=3, mamba_expand=2),
+    }
+
+
+def save_families(root, names=None) -> dict:
+    """Save each family's random model under ``root/name``; returns name -> path (str)."""
+    from transformers import AutoModelForCausalLM
+
+    paths = {}
+    for i, (name, cfg) in enumerate(family_configs().items()):
+        if names is not None and name not in names:
+            continue
+        torch.manual_seed(i)
+        model = AutoModelForCausalLM.from_config(cfg)
+        path = root / name
+        model.save_pretrained(path)
+        paths[name] = str(path)
+    return paths
+
+
+def load(path: str, dtype: torch.dtype, attn: str = "eager"):
+    from transformers import AutoModelForCausalLM
+
+    # Jamba's experts: the eager loop (the grouped matmul has no float64 kernel)
+    extra = {"experts_implementation": "eager"} if "jamba" in str(path) else {}
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, attn_implementation=attn, **extra)
+    return model.eval()
+
+
+def inputs(seq_len: int, batch: int = 2, seed: int = 0):
+    """input_ids and labels (some set to -100) of the whole sequence, the same on every rank."""
+    g = torch.Generator().manual_seed(seed + seq_len)
+    ids = torch.randint(0, VOCAB, (batch, seq_len), generator=g)
+    labels = torch.randint(0, VOCAB, (batch, seq_len), generator=g)
+    labels[torch.rand(batch, seq_len, generator=g) < 0.2] = -100
+    labels[:, -1] = 1  # at least one scored target when L > 1 (L = 1 has none: loss 0/0 = nan)
+    return ids, labels
+
+
+def run_once(model, ids, labels):
+    """Logits, loss and every parameter gradient of one forward and backward."""
+    model.zero_grad(set_to_none=True)
+    out = model(ids, labels=labels)
+    out.loss.backward()
+    grads = [p.grad.clone() if p.grad is not None else torch.zeros_like(p)
+             for p in model.parameters()]
+    return out.logits.detach(), out.loss.detach(), grads
+
+
+_LOADED: dict = {}
+
+
+def load_cached(path: str, dtype: torch.dtype):
+    """``load``, once per (path, dtype) in this process (the cases of a launch share models)."""
+    key = (path, dtype)
+    if key not in _LOADED:
+        _LOADED[key] = load(path, dtype)
+    return _LOADED[key]
+
+
+def parallel_run(path: str, dtype: torch.dtype, seq_len: int, layout: str, group=None):
+    """The parallel model's logits (unsharded), loss and parameter gradients (summed over the
+    ranks of ``group``). One process when torch.distributed is not initialized."""
+    import longmix.hf as lh
+
+    model = load_cached(path, dtype)
+    ids, labels = inputs(seq_len)
+    pmodel = lh.parallelize(model, group=group, layout=layout)
+    model.zero_grad(set_to_none=True)
+    out = pmodel(lp.shard(ids, group, layout), labels=lp.shard(labels, group, layout))
+    out.loss.backward()
+    grads = [p.grad.clone() if p.grad is not None else torch.zeros_like(p)
+             for p in model.parameters()]
+    if torch.distributed.is_initialized():
+        for g in grads:
+            torch.distributed.all_reduce(g, group=group)
+    logits = lp.unshard(out.logits.detach(), group, layout)
+    return logits, out.loss.detach(), grads
+
+
+def rel(x: torch.Tensor, ref: torch.Tensor, floor: float = 1e-30) -> float:
+    """max |x - ref| / max(max |ref|, floor) over the finite entries of ``ref``; inf where ``x`` is
+    NaN elsewhere than ``ref`` (both NaN: the 0/0 loss of a sequence with no scored target)."""
+    x, ref = x.double(), ref.double()
+    if not torch.equal(torch.isnan(x), torch.isnan(ref)):
+        return float("inf")
+    keep = ~torch.isnan(ref)
+    if not keep.any():
+        return 0.0
+    diff = (x[keep] - ref[keep]).abs().max()
+    return (diff / ref[keep].abs().max().clamp_min(floor)).item()
+
+
+def float32_grads(path: str) -> set[int]:
+    """Indices (in ``parameters()`` order) of the parameters whose gradient transformers reduces
+    over rows in float32 even in a float64 model: Gemma3's RMSNorm computes
+    ``x.float() * (1 + weight.float())``. Split over ranks, that float32 sum rounds differently
+    (2.4e-7 relative measured), so these are held to float32 rounding against P = 1."""
+    if "gemma3" not in path:
+        return set()
+    model = load_cached(path, torch.float64)
+    return {i for i, (name, _) in enumerate(model.named_parameters()) if "norm" in name}
+
+
+def errors(run, ref, float32_params: set[int] = frozenset()) -> dict:
+    """Relative errors of (logits, loss, grads) ``run`` against ``ref``. grads: the worst parameter,
+    each relative to its own largest entry but at least 1e-3 of the largest gradient of any
+    parameter (a gradient that is exactly 0 in theory, e.g. of q and k at L = 2, is rounding noise
+    of either run; its error is then measured on the model's gradient scale)."""
+    logits, loss, grads = run
+    r_logits, r_loss, r_grads = ref
+    finite = [g[~torch.isnan(g)] for g in r_grads]
+    scale = max((g.abs().max().item() for g in finite if g.numel()), default=0.0)
+    floor = max(1e-3 * scale, 1e-30)
+    per_param = [rel(g, r, floor=floor) for g, r in zip(grads, r_grads)]
+    out = {"logits": rel(logits, r_logits), "loss": rel(loss, r_loss),
+           "grads": max((e for i, e in enumerate(per_param) if i not in float32_params), default=0.0)}
+    if float32_params:
+        out["float32_grads"] = max(per_param[i] for i in float32_params)
+    return out
+
+
+def subgroups_worker(group, sizes, cases_by_size, refusal_path):
+    """Rank function of one launch: for each size P, the first P ranks form a group and run that
+    size's cases ((path, dtype name, L, layout) each); then every rank tries the forward-time
+    refusals on ``refusal_path``'s model. Rank 0 returns {P: [results], "refusals": [messages
+    of each rank]}."""
+    dist = torch.distributed
+    rank = dist.get_rank()
+    results = {}
+    for size in sizes:
+        sub = dist.new_group(list(range(size)))  # every rank takes part in creating each group
+        if rank < size:
+            results[size] = [parallel_run(path, getattr(torch, dtype), seq_len, layout, sub)
+                             for path, dtype, seq_len, layout in cases_by_size[size]]
+        dist.barrier()
+    messages = [None] * dist.get_world_size()
+    dist.all_gather_object(messages, refusal_messages(group, refusal_path))
+    results["refusals"] = messages
+    return results if rank == 0 else None
+
+
+def refusal_messages(group, path: str) -> dict:
+    """Forward-time refusals: the message of each ValueError raised (None if none was)."""
+    import longmix.hf as lh
+
+    model = load(path, torch.float64)
+    ids, labels = inputs(7)
+    messages = {}
+    pmodel = lh.parallelize(model, group=group)
+    local = lp.shard(ids, group)
+    tries = {
+        "padding": lambda: pmodel(local, attention_mask=torch.cat(
+            [torch.zeros(2, 1, dtype=torch.long), torch.ones(2, 6, dtype=torch.long)], 1)),
+        "cache": lambda: pmodel(local, past_key_values=object()),
+        "bad_labels": lambda: pmodel(local, labels=lp.shard(labels, group)[:, :1]),
+    }
+
+    def dropout():
+        for module in pmodel.modules():
+            if hasattr(module, "attention_dropout"):
+                module.attention_dropout = 0.5
+        return pmodel.train()(local)
+
+    tries["dropout"] = dropout
+    for name, call in tries.items():
+        try:
+            call()
+            messages[name] = None
+        except ValueError as err:
+            messages[name] = str(err)
+    return messages
