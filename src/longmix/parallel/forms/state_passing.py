@@ -21,6 +21,8 @@ from __future__ import annotations
 
 import torch
 
+from longmix.models.recompute import recomputed
+
 from .collectives import all_gather_tensors, depend_on
 from ..layout import check_layout, even_pieces, local_length, resolve_group
 from ..stats import CommStats
@@ -119,7 +121,11 @@ def state_passing_mix(mixer, x_local: torch.Tensor, *, group=None, layout: str =
     if torch.is_grad_enabled():
         received = [x_local] if x_local.requires_grad else [p for p in mixer.parameters() if p.requires_grad][:1]
     for stage, keys in mixer.state_stages.items():
-        summaries = [mixer.state_summary(piece, state, stage) for piece, state in zip(pieces, incoming)]
+        # A summary reruns the mixer over its chunk, as the output does below: keeping both
+        # passes' activations would cost about twice one process's memory per token. Recompute
+        # the summary's in backward instead (exact; the summary itself is small).
+        summaries = [recomputed(mixer.state_summary, piece, state, stage)
+                     for piece, state in zip(pieces, incoming)]
         fields = sorted(summaries[0])
         flat = [s[f] for s in summaries for f in fields]
         first = next(i for i, t in enumerate(flat) if t.is_floating_point())
