@@ -17,7 +17,7 @@ OPTIONAL_IDENTITY = {"causal": None, "init_from": None}
 
 #: Fields that do not change what is trained or measured: a run may be resumed with other values.
 NON_IDENTITY = ("out", "eval_every", "checkpoint_every", "device", "threads", "progress", "procs", "layout",
-                "form")
+                "form", "checkpoint_activations")
 
 
 @dataclass
@@ -66,6 +66,8 @@ class TrainConfig:
     procs: int = 1  # ranks the sequence is split over; the result equals one process's
     layout: str = "contiguous"  # how the sequence is split over the ranks (see longmix.parallel)
     form: str | None = None  # the parallel form of every mixer layer on P ranks (None: planned)
+    # recompute each block's activations in backward (exact; less memory per token, more compute)
+    checkpoint_activations: bool = False
 
     def __post_init__(self):
         for name in ("context", "steps", "batch_size", "dim", "depth", "heads", "eval_batches",
@@ -88,6 +90,9 @@ class TrainConfig:
         if self.init_from is not None and not (isinstance(self.init_from, str) and self.init_from):
             raise ValueError(f"init_from must be None or the path of a finished run's folder, "
                              f"got {self.init_from!r}")
+        if not isinstance(self.checkpoint_activations, bool):
+            raise ValueError(f"checkpoint_activations must be True or False, got "
+                             f"{self.checkpoint_activations!r}")
         if self.form is not None and self.form not in FORMS:
             raise ValueError(f"form must be None (planned per layer) or one of {FORMS}, got {self.form!r}")
         self.task_params = dict(self.task_params)
