@@ -150,6 +150,32 @@ def table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def write_results(runs: list[dict], out_dir: Path, stem: str) -> str:
+    """Write ``runs`` (each: command, date, machine, provenance, config, rows) to
+    ``<stem>.json`` and their one table to ``<stem>.md``; returns the markdown."""
+    from longmix.fileio import atomic_write_text
+    from longmix.machine import markdown
+
+    all_rows = [r for run in runs for r in run["rows"]]
+    add_ratios(all_rows)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out_dir / f"{stem}.json", json.dumps({"runs": runs}, indent=1) + "\n")
+    head = ["# Memory per token of an LM training step (slope between two lengths)", "",
+            "Peak memory rise of one step (forward, loss, backward), worst rank; slope = "
+            "(MB at long - MB at short) / (long - short). Goal: at most 1/P + 10% of one process's "
+            "slope (the ratio compares rows of the same commit). The machine was shared with other "
+            "jobs: memory is this step's own, times are noisy."]
+    for run in runs:
+        cfg = run["config"]
+        head += ["", f"- {run['date']}, commit {run['provenance']['git_describe']}: "
+                     f"`{run['command']}` (L = {cfg['short']} -> {cfg['long']}, dim {cfg['dim']}, "
+                     f"depth {cfg['depth']}, heads {cfg['heads']}, vocab {cfg['vocab']}, fp32, batch 1); "
+                     f"{markdown(run['machine'])}"]
+    text = "\n".join(head) + "\n\n" + table(all_rows)
+    atomic_write_text(out_dir / f"{stem}.md", text + "\n")
+    return text
+
+
 def parse_args(argv):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--mixers", nargs="+", default=DEFAULT_MIXERS)
@@ -166,6 +192,8 @@ def parse_args(argv):
     p.add_argument("--quick", action="store_true", help="tiny sizes: a smoke run")
     p.add_argument("--tag", default="", help="a suffix of the result files' names")
     p.add_argument("--append", action="store_true", help="keep the rows already in the result file")
+    p.add_argument("--merge", nargs="+", type=Path, default=None, metavar="JSON",
+                   help="measure nothing: write the runs of these result files as one table")
     p.add_argument("--out-dir", type=Path, default=Path(__file__).resolve().parent / "results")
     args = p.parse_args(argv)
     if args.quick:
@@ -177,13 +205,16 @@ def parse_args(argv):
 
 
 def main(argv: list[str] | None = None) -> int:
-    from longmix.fileio import atomic_write_text
-    from longmix.machine import describe, markdown
+    from longmix.machine import describe
     from longmix.provenance import provenance, utc_now
 
     args = parse_args(argv)
-    command = shlex.join(["python", "benchmarks/memory_slope.py"] + (sys.argv[1:] if argv is None else argv))
     stem = "memory_slope" + (f"_{args.tag}" if args.tag else "")
+    if args.merge:
+        print(write_results([run for path in args.merge for run in json.loads(path.read_text())["runs"]],
+                            args.out_dir, stem))
+        return 0
+    command = shlex.join(["python", "benchmarks/memory_slope.py"] + (sys.argv[1:] if argv is None else argv))
     json_path = args.out_dir / f"{stem}.json"
     runs = json.loads(json_path.read_text())["runs"] if args.append and json_path.exists() else []
     code = provenance()
@@ -203,23 +234,7 @@ def main(argv: list[str] | None = None) -> int:
     runs.append({"command": command, "date": utc_now(), "machine": describe(), "provenance": code,
                  "config": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
                  "rows": rows})
-    all_rows = [r for run in runs for r in run["rows"]]
-    add_ratios(all_rows)
-    args.out_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(json_path, json.dumps({"runs": runs}, indent=1) + "\n")
-    head = ["# Memory per token of an LM training step (slope between two lengths)", "",
-            "Peak memory rise of one step (forward, loss, backward), worst rank; slope = "
-            "(MB at long - MB at short) / (long - short). Goal: at most 1/P + 10% of one process's "
-            "slope. The machine was shared with other jobs: memory is this step's own, times are noisy."]
-    for run in runs:
-        cfg = run["config"]
-        head += ["", f"- {run['date']}, commit {run['provenance']['git_describe']}: "
-                     f"`{run['command']}` (L = {cfg['short']} -> {cfg['long']}, dim {cfg['dim']}, "
-                     f"depth {cfg['depth']}, heads {cfg['heads']}, vocab {cfg['vocab']}, fp32, batch 1); "
-                     f"{markdown(run['machine'])}"]
-    text = "\n".join(head) + "\n\n" + table(all_rows)
-    atomic_write_text(args.out_dir / f"{stem}.md", text + "\n")
-    print(text)
+    print(write_results(runs, args.out_dir, stem))
     return 0 if all(r["status"] == "ok" for r in rows) else 1
 
 
