@@ -89,15 +89,56 @@ def add_gains(rows: list[dict]) -> None:
 def table(rows: list[dict], memory_mib: int) -> str:
     lines = [f"| mixer | P | checkpointing | longest context in {memory_mib} MiB / process | "
              "vs 1 process (goal: 1.8x at 2, 3.4x at 4) | vs no checkpointing | stopped by | "
-             "points measured | seconds of the last fit |", "|" + "---|" * 9]
+             "points measured | seconds of the last fit | run |", "|" + "---|" * 10]
     for r in rows:
         fit = [p["time_s"] for p in r["points"] if p["length"] == r["max_context"]]
         gain = f"{r['vs_one_process']:.2f}x" if "vs_one_process" in r else "-"
         ck = f"{r['vs_no_checkpoint']:.2f}x" if "vs_no_checkpoint" in r else "-"
         lines.append(f"| {r['mixer']} | {r['world']} | {'yes' if r['checkpoint'] else 'no'} | "
                      f"{r['max_context'] or '-'} | {gain} | {ck} | {r['stopped_by']} | "
-                     f"{len(r['points'])} | {f'{fit[0]:.3g}' if fit else '-'} |")
+                     f"{len(r['points'])} | {f'{fit[0]:.3g}' if fit else '-'} | {r.get('run', 0)} |")
     return "\n".join(lines)
+
+
+def merged_rows(records: list[dict]) -> list[dict]:
+    """The rows of several runs, in order; a later search of the same mixer, P and checkpointing
+    replaces an earlier one (a rerun with a longer time cap completes a search that stopped on
+    time). Each row names the run it came from."""
+    rows = {}
+    for i, record in enumerate(records):
+        for row in record["rows"]:
+            rows[(row["mixer"], row["world"], row["checkpoint"])] = {
+                **row, "run": i, "commit": record["provenance"]["git_describe"]}
+    return list(rows.values())
+
+
+def write_results(records: list[dict], out_dir: Path, stem: str) -> str:
+    """``<stem>.json`` (the runs) and ``<stem>.md`` (one table of their merged rows)."""
+    from longmix.fileio import atomic_write_text
+    from longmix.machine import markdown
+
+    rows = merged_rows(records)
+    for r in rows:
+        r.pop("vs_one_process", None), r.pop("vs_no_checkpoint", None)
+    add_gains(rows)
+    memory = {r["config"]["memory_mib"] for r in records}
+    if len(memory) != 1:
+        raise ValueError(f"runs of different --memory-mib cannot share a table: {sorted(memory)}")
+    memory_mib = memory.pop()
+    cfg = records[0]["config"]
+    out_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out_dir / f"{stem}.json", json.dumps({"runs": records, "rows": rows}, indent=1) + "\n")
+    runs = "\n".join(f"- run {i}: {r['date']}, commit {r['provenance']['git_describe']}, "
+                      f"`{r['command']}`; {markdown(r['machine'])}" for i, r in enumerate(records))
+    text = (f"# Longest LM training context in {memory_mib} MiB per process\n\n{runs}\n\n"
+            f"A context fits when every rank's peak memory rise during one training step (forward, "
+            f"loss, backward; dim {cfg['dim']}, depth {cfg['depth']}, heads {cfg['heads']}, vocab "
+            f"{cfg['vocab']}, fp32, batch 1) is at most {memory_mib} MiB. A later run's search of "
+            f"the same mixer, P and checkpointing replaces an earlier one (column run). The machine "
+            f"was shared with other jobs: time caps bind sooner than on an idle one.\n\n"
+            + table(rows, memory_mib))
+    atomic_write_text(out_dir / f"{stem}.md", text + "\n")
+    return text
 
 
 def parse_args(argv):
@@ -117,6 +158,8 @@ def parse_args(argv):
     p.add_argument("--heads", type=int, default=4)
     p.add_argument("--vocab", type=int, default=256)
     p.add_argument("--tag", default="", help="a suffix of the result files' names")
+    p.add_argument("--merge", nargs="+", type=Path, default=None, metavar="JSON",
+                   help="measure nothing: write these result files' runs as one table")
     p.add_argument("--out-dir", type=Path, default=Path(__file__).resolve().parent / "results")
     args = p.parse_args(argv)
     for name in ("memory_mib", "start", "multiple", "resolution"):
@@ -126,17 +169,22 @@ def parse_args(argv):
 
 
 def main(argv: list[str] | None = None) -> int:
-    from longmix.fileio import atomic_write_text
-    from longmix.machine import describe, markdown
+    from longmix.machine import describe
     from longmix.provenance import provenance, utc_now
 
     args = parse_args(argv)
-    command = shlex.join(["python", "benchmarks/max_context.py"] + (sys.argv[1:] if argv is None else argv))
     stem = "max_context" + (f"_{args.tag}" if args.tag else "")
+    if args.merge:
+        records = []
+        for path in args.merge:
+            data = json.loads(path.read_text())
+            records += data["runs"] if "runs" in data else [data]
+        print(write_results(records, args.out_dir, stem))
+        return 0
+    command = shlex.join(["python", "benchmarks/max_context.py"] + (sys.argv[1:] if argv is None else argv))
     record = {"command": command, "date": utc_now(), "machine": describe(), "provenance": provenance(),
               "config": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
               "rows": []}
-    args.out_dir.mkdir(parents=True, exist_ok=True)
     for name in args.mixers:
         searches = [(w, c == "yes") for c in args.checkpointing for w in args.ranks]
         for world, checkpoint in searches:
@@ -147,19 +195,9 @@ def main(argv: list[str] | None = None) -> int:
             record["rows"].append(row)
             print(f"{name:8s} P={world} checkpoint={checkpoint}: {row['max_context']} "
                   f"(stopped by {row['stopped_by']}, {len(row['points'])} points)", flush=True)
-            add_gains(record["rows"])
-            atomic_write_text(args.out_dir / f"{stem}.json", json.dumps(record, indent=1) + "\n")
-            text = (f"# Longest LM training context in {args.memory_mib} MiB per process\n\n"
-                    f"{markdown(record['machine'])}; commit {record['provenance']['git_describe']}; "
-                    f"{record['date']}; command: `{command}`. A context fits when every rank's peak "
-                    f"memory rise during one training step (forward, loss, backward; dim {args.dim}, "
-                    f"depth {args.depth}, heads {args.heads}, vocab {args.vocab}, fp32, batch 1) is "
-                    f"at most {args.memory_mib} MiB. The machine was shared with other jobs: time "
-                    f"caps bind sooner than on an idle one.\n\n" + table(record["rows"], args.memory_mib))
-            atomic_write_text(args.out_dir / f"{stem}.md", text + "\n")
+            text = write_results([record], args.out_dir, stem)
     print(text)
     return 0
-
 
 if __name__ == "__main__":
     sys.exit(main())
