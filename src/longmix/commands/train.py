@@ -67,6 +67,9 @@ def add_arguments(parser):
     a("--form", default=None, choices=FORMS,
       help="the parallel form of every mixer layer on several ranks "
            "(default: planned per layer, the fewest bytes sent)")
+    a("--checkpoint-activations", action="store_true",
+      help="keep only each block's input for backward and recompute the block there: less memory "
+           "per token (a longer context fits), about one more forward of compute; exact")
     a("--quiet", action="store_true", help="no progress bar or log lines")
 
 
@@ -84,7 +87,7 @@ def config_from_args(args, procs: int | None = None):
         mixer_options=parse_pairs(args.mixer_option, "--mixer-option"), out=args.out,
         eval_every=args.eval_every, checkpoint_every=args.checkpoint_every, device=args.device,
         threads=args.threads, progress=not args.quiet, procs=procs, layout=args.layout, form=args.form,
-        seq_parallel=args.seq_parallel)
+        seq_parallel=args.seq_parallel, checkpoint_activations=args.checkpoint_activations)
 
 
 def run(args) -> int:

@@ -28,6 +28,7 @@ from torch import nn
 from .. import mixers
 from ..checks import check_int
 from .positional import Positional, resolve
+from ..recompute import recomputed
 
 HEADS = ("classify", "lm")
 POOLS = ("auto", "mean", "last")
@@ -116,12 +117,19 @@ class Block(nn.Module):
 
 class SequenceModel(nn.Module):
     """The whole model. ``forward(tokens)`` with tokens a (B, L) LongTensor returns logits:
-    (B, num_classes) for the classify head, (B, L, vocab_size) for the lm head."""
+    (B, num_classes) for the classify head, (B, L, vocab_size) for the lm head.
 
-    def __init__(self, cfg: ModelConfig):
+    ``checkpoint_activations``: keep only each block's input for backward and recompute the
+    block's activations there (:mod:`longmix.recompute`): a training step's memory per
+    token drops to about the blocks' inputs, for about one more forward of compute. Exact: the
+    same outputs and gradients. It is a way to run the model, not part of it (not in ``cfg``);
+    set the attribute to change it."""
+
+    def __init__(self, cfg: ModelConfig, checkpoint_activations: bool = False):
         super().__init__()
         self.causal, self.pool = _validate(cfg)
         self.cfg = cfg
+        self.checkpoint_activations = bool(checkpoint_activations)
         family = mixers.get_class(cfg.mixer).taxonomy.family
         self.positional_kind = resolve(cfg.positional, family)
         self.embed = nn.Embedding(cfg.vocab_size, cfg.dim)
@@ -141,18 +149,24 @@ class SequenceModel(nn.Module):
                              f"of this model (mixer {self.cfg.mixer!r})")
 
     def features(self, tokens: torch.Tensor, positions: torch.Tensor | None = None,
-                 mixers=None, cu_seqlens: torch.Tensor | None = None) -> torch.Tensor:
+                 mixers=None, cu_seqlens: torch.Tensor | None = None,
+                 checkpoint_activations: bool | None = None) -> torch.Tensor:
         """Final normalized per-position features, (B, L, dim).
 
         A sequence-parallel run passes this rank's tokens with their global ``positions`` (L,)
         and, per block, the parallel form of its mixer (``mixers``). ``cu_seqlens``: packed
-        documents (batch 1); positions restart at every document."""
+        documents (batch 1); positions restart at every document. ``checkpoint_activations``
+        overrides the model's setting for this call (None: ``self.checkpoint_activations``)."""
         self.check_tokens(tokens)
+        if checkpoint_activations is None:
+            checkpoint_activations = self.checkpoint_activations
         if cu_seqlens is not None:
             positions = self.packed_positions(tokens, cu_seqlens)
         x = self.position(self.embed(tokens), positions)
         for i, block in enumerate(self.blocks):
-            x = block(x, None if mixers is None else mixers[i], cu_seqlens)
+            mixer = None if mixers is None else mixers[i]
+            x = (recomputed(block, x, mixer, cu_seqlens) if checkpoint_activations
+                 else block(x, mixer, cu_seqlens))
         return self.norm(x)
 
     def packed_positions(self, tokens: torch.Tensor, cu_seqlens) -> torch.Tensor:
@@ -181,9 +195,11 @@ class SequenceModel(nn.Module):
         sums = total(torch.cat([(h * keep).sum(1), keep.sum(1)], dim=-1))  # features, then count
         return sums[:, :-1] / sums[:, -1:].clamp_min(1.0)
 
-    def forward(self, tokens: torch.Tensor, cu_seqlens: torch.Tensor | None = None) -> torch.Tensor:
-        """``cu_seqlens``: packed documents (lm head, batch 1), each run as if alone."""
-        h = self.features(tokens, cu_seqlens=cu_seqlens)
+    def forward(self, tokens: torch.Tensor, cu_seqlens: torch.Tensor | None = None,
+                checkpoint_activations: bool | None = None) -> torch.Tensor:
+        """``cu_seqlens``: packed documents (lm head, batch 1), each run as if alone;
+        ``checkpoint_activations``: overrides the model's setting for this call."""
+        h = self.features(tokens, cu_seqlens=cu_seqlens, checkpoint_activations=checkpoint_activations)
         if self.cfg.head == "lm":
             return self.head(h)
         return self.head(self.pooled(h, tokens))

@@ -17,7 +17,7 @@ OPTIONAL_IDENTITY = {"causal": None, "init_from": None}
 
 #: Fields that do not change what is trained or measured: a run may be resumed with other values.
 NON_IDENTITY = ("out", "eval_every", "checkpoint_every", "device", "threads", "progress", "procs", "layout",
-                "form", "seq_parallel")
+                "form", "seq_parallel", "checkpoint_activations")
 
 
 @dataclass
@@ -67,6 +67,8 @@ class TrainConfig:
     seq_parallel: int | None = None  # ranks splitting each sequence (None: all); the rest split the batch
     layout: str = "contiguous"  # how the sequence is split over the ranks (see longmix.parallel)
     form: str | None = None  # the parallel form of every mixer layer on P ranks (None: planned)
+    # recompute each block's activations in backward (exact; less memory per token, more compute)
+    checkpoint_activations: bool = False
 
     def __post_init__(self):
         for name in ("context", "steps", "batch_size", "dim", "depth", "heads", "eval_batches",
@@ -92,6 +94,9 @@ class TrainConfig:
         check_optional_int("seq_parallel", self.seq_parallel)
         if self.seq_parallel is not None and self.procs > 1:
             check_mesh(self.procs, self.seq_parallel, self.batch_size)
+        if not isinstance(self.checkpoint_activations, bool):
+            raise ValueError(f"checkpoint_activations must be True or False, got "
+                             f"{self.checkpoint_activations!r}")
         if self.form is not None and self.form not in FORMS:
             raise ValueError(f"form must be None (planned per layer) or one of {FORMS}, got {self.form!r}")
         self.task_params = dict(self.task_params)

@@ -369,7 +369,7 @@ def _initialize(cfg, model) -> str:
 def _run(cfg, task, mcfg, device, out, run_id, say, ranks: Ranks) -> dict:
     results_path, ckpt_path = out / RESULTS, out / CHECKPOINT
     checkpoint.seed_everything(cfg.seed)
-    model = SequenceModel(mcfg).to(device)
+    model = SequenceModel(mcfg, checkpoint_activations=cfg.checkpoint_activations).to(device)
     # On P ranks the model runs sequence-parallel; ``model`` keeps the (shared) parameters.
     runner = sequence_parallel(model, cfg, ranks)
     optimizer = torch.optim.AdamW(param_groups(model, cfg.weight_decay), lr=cfg.lr, betas=(0.9, 0.98))
@@ -466,6 +466,7 @@ def _run(cfg, task, mcfg, device, out, run_id, say, ranks: Ranks) -> dict:
         "world_size": ranks.world, "layout": ranks.layout if ranks.world > 1 else None,
         "forms": list(runner.forms) if ranks.seq_world > 1 else None,
         "mesh": ranks.mesh if ranks.grid is not None else None,  # [data, seq]
+        "checkpoint_activations": cfg.checkpoint_activations,
         "wall_s": round(wall_s, 3), "sessions": sessions,
         "status": results.FINISHED,
         "machine": machine.describe(str(device)), "date": utc_now(), **provenance(),

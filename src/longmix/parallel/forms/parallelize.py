@@ -29,6 +29,7 @@ import torch.distributed as dist
 from torch import nn
 
 from longmix.ops.documents import document_positions
+from longmix.recompute import recomputed
 
 from ..layout import check_layout, resolve_group
 from ..mesh import seq_group
@@ -77,10 +78,12 @@ class ParallelMixer(nn.Module):
 
     forward(x_local (batch, local_len, dim)) -> this rank's output rows. ``own_mixer=False``
     keeps the mixer out of this module's submodules (a parallel model already holds it).
+    ``checkpoint_activations``: recompute the form's activations in backward (forward only).
     """
 
     def __init__(self, mixer, form: str, group=None, layout: str = "contiguous",
-                 stats: CommStats | None = None, name: str = "", own_mixer: bool = True):
+                 stats: CommStats | None = None, name: str = "", own_mixer: bool = True,
+                 checkpoint_activations: bool = False):
         super().__init__()
         check_layout(layout)
         if own_mixer:
@@ -88,12 +91,15 @@ class ParallelMixer(nn.Module):
         else:
             self.__dict__["mixer"] = mixer  # shared, not registered
         self.form, self.group, self.layout, self.stats, self.name = form, group, layout, stats, name
+        self.checkpoint_activations = bool(checkpoint_activations)
 
     def forward(self, x: torch.Tensor, cu_seqlens: torch.Tensor | None = None) -> torch.Tensor:
         """``cu_seqlens``: packed documents, global (the same tensor on every rank)."""
         shards = agree_on_shards(x, self.group, self.layout, what="x", dims=3,
                                  width=self.mixer.dim, max_len=self.mixer.max_len,
                                  cu_seqlens=cu_seqlens)
+        if self.checkpoint_activations:
+            return recomputed(self.run, x, shards)
         return self.run(x, shards)
 
     def run(self, x: torch.Tensor, shards: Shards) -> torch.Tensor:
@@ -118,14 +124,16 @@ class ParallelSequenceModel(nn.Module):
     """A ``SequenceModel`` whose forward takes this rank's token shard (batch, local_len).
 
     Returns (batch, local_len, vocab) logits for the lm head, (batch, classes) on every rank for
-    the classify head. ``forms`` lists the form of each block's mixer.
+    the classify head. ``forms`` lists the form of each block's mixer. ``checkpoint_activations``
+    (None: the model's own setting) recomputes each block in backward, its collectives included.
     """
 
     def __init__(self, model, forms: list[str], group=None, layout: str = "contiguous",
-                 stats: CommStats | None = None):
+                 stats: CommStats | None = None, checkpoint_activations: bool | None = None):
         super().__init__()
         self.model = model
         self.group, self.layout, self.stats = group, layout, stats
+        self.checkpoint_activations = checkpoint_activations
         self.layers = [ParallelMixer(block.mixer, form, group, layout, stats,
                                      name=f"blocks.{i}.mixer", own_mixer=False)
                        for i, (block, form) in enumerate(zip(model.blocks, forms))]
@@ -141,7 +149,7 @@ class ParallelSequenceModel(nn.Module):
         shards = agree_on_shards(tokens, self.group, self.layout, what="tokens", dims=2,
                                  max_len=model.cfg.max_len, cu_seqlens=cu_seqlens)
         if shards.world == 1:
-            return model(tokens, cu_seqlens)
+            return model(tokens, cu_seqlens, checkpoint_activations=self.checkpoint_activations)
         group, world, _ = resolve_group(self.group)
         positions = shards.positions.to(tokens.device)
         if shards.documents is not None:
@@ -150,7 +158,8 @@ class ParallelSequenceModel(nn.Module):
                                  "head gives one label per sequence, not per document")
             positions = document_positions(shards.documents, positions)
         mixers = [lambda x, layer=layer: layer.run(x, shards) for layer in self.layers]
-        h = model.features(tokens, positions=positions, mixers=mixers)
+        h = model.features(tokens, positions=positions, mixers=mixers,
+                           checkpoint_activations=self.checkpoint_activations)
         if model.cfg.head == "lm":
             return model.head(h)
         pooled = model.pooled(h, tokens, total=lambda t: AllReduceSum.apply(t, group),
@@ -163,7 +172,8 @@ class ParallelSequenceModel(nn.Module):
 
 def parallelize(module: nn.Module, group=None, layout: str = "contiguous", forms=None,
                 stats: CommStats | None = None, *, seq_len: int | None = None,
-                batch: int = 1, packed: bool = False, mesh=None) -> nn.Module:
+                batch: int = 1, packed: bool = False, mesh=None,
+                checkpoint_activations: bool | None = None) -> nn.Module:
     """The sequence-parallel form of a ``TokenMixer`` or a ``SequenceModel`` over ``group``.
 
     Args:
@@ -181,6 +191,9 @@ def parallelize(module: nn.Module, group=None, layout: str = "contiguous", forms
             ``mesh_dim_names=("data", "seq")``): its sequence group splits the sequence; each data
             row feeds its own part of the batch, and gradients summed over every rank are one
             process's on the combined batch.
+        checkpoint_activations: keep only each block's input (a mixer: its input) for backward
+            and recompute the rest there, collectives included (they run, and ``stats`` counts
+            their bytes, twice). None: the model's own setting (a mixer: no checkpointing).
 
     Returns a module with ``.forms`` (one form per mixer layer). Raises ValueError naming the
     layer when a layer has no exact form on this many ranks (e.g. more ranks than its heads).
@@ -199,7 +212,9 @@ def parallelize(module: nn.Module, group=None, layout: str = "contiguous", forms
     plan = plan_model(module, seq_len, world, batch, dtype=dtype, layout=layout, forms=forms,
                       packed=packed)
     if isinstance(module, TokenMixer):
-        return ParallelMixer(module, plan.forms[0], group, layout, stats)
+        return ParallelMixer(module, plan.forms[0], group, layout, stats,
+                             checkpoint_activations=bool(checkpoint_activations))
     if len(mixer_layers(module)) != len(module.blocks):
         raise ValueError("parallelize: every mixer of a SequenceModel must be a block's mixer")
-    return ParallelSequenceModel(module, plan.forms, group, layout, stats)
+    return ParallelSequenceModel(module, plan.forms, group, layout, stats,
+                                 checkpoint_activations=checkpoint_activations)

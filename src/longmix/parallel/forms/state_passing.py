@@ -21,11 +21,13 @@ from __future__ import annotations
 
 import torch
 
-from .collectives import all_gather_tensors, depend_on
+from longmix.recompute import recomputed
+
 from ..exchange import DTYPES, agree, dtype_code
-from .packed import after_last_start, continue_by_documents, starts_fresh
 from ..layout import check_layout, even_pieces, local_length, resolve_group
 from ..stats import CommStats
+from .collectives import all_gather_tensors, depend_on
+from .packed import after_last_start, continue_by_documents, starts_fresh
 
 __all__ = ["state_passing_mix", "state_passing_bytes", "state_passing_backward_bytes"]
 
@@ -121,10 +123,13 @@ def state_passing_mix(mixer, x_local: torch.Tensor, *, group=None, layout: str =
     if torch.is_grad_enabled():
         received = [x_local] if x_local.requires_grad else [p for p in mixer.parameters() if p.requires_grad][:1]
     for stage, keys in mixer.state_stages.items():
-        # packed: a chunk in which a document starts summarizes its rows from there, from zero
-        summaries = [mixer.state_summary(after_last_start(piece, starts[g], documents),
-                                         fresh() if starts_fresh(documents, starts[g], starts[g] + lengths[g])
-                                         else state, stage)
+        # packed: a chunk in which a document starts summarizes its rows from there, from zero.
+        # A summary reruns the mixer over its chunk, as the output does below: keeping both
+        # passes' activations would cost about twice one process's memory per token. Recompute
+        # the summary's in backward instead (exact; the summary itself is small).
+        summaries = [recomputed(mixer.state_summary, after_last_start(piece, starts[g], documents),
+                                fresh() if starts_fresh(documents, starts[g], starts[g] + lengths[g])
+                                else state, stage)
                      for g, piece, state in zip(mine, pieces, incoming)]
         fields = sorted(summaries[0])
         flat = [s[f] for s in summaries for f in fields]

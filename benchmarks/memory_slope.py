@@ -1,0 +1,242 @@
+"""Memory per token of one LM training step, on one process and per rank on P ranks.
+
+    python benchmarks/memory_slope.py                        # 2^15 -> 2^16 tokens, P = 1, 2, 4
+    python benchmarks/memory_slope.py --mixers mamba s4d --ranks 1 2
+    python benchmarks/memory_slope.py --quick                # a smoke run at tiny sizes
+
+For a causal LM (``--dim`` 64, ``--depth`` 2, ``--heads`` 4, fp32, batch 1, vocabulary
+``--vocab`` 256), one training step is the forward, the loss (``longmix.train.loop.loss_sum``,
+what ``longmix train`` runs) and the backward. Its peak memory at ``--short`` and at ``--long``
+tokens gives the slope, KB per extra token: fixed overheads (weights, thread pools, gloo's
+buffers) cancel. On P ranks the slope is the worst rank's, in every feasible form of the mixer
+(``parallelize(..., forms=form)``); its ratio to one process's slope should be at most 1/P + 10%.
+
+Memory of a point: each point (mixer, form, P, L) is a fresh launch of P ranks
+(``longmix.parallel.launch.run_local``). A rank builds the model, runs a short warm-up step
+(one-time costs), then resets its peak resident set (``longmix.machine.reset_peak_rss``: VmHWM via
+/proc/self/clear_refs) and records the rise of VmHWM over its resident set during one step.
+Writes memory_slope[_<tag>].{json,md} under ``--out-dir`` with machine, command, date and commit;
+``--append`` keeps the rows already there (rows name their commit), so a table can hold the
+runs before and after a change.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import sys
+import time
+from pathlib import Path
+
+DEFAULT_MIXERS = ["softmax", "s4d", "mamba", "hyena", "linear"]
+
+
+def model_spec(args) -> dict:
+    return dict(dim=args.dim, depth=args.depth, heads=args.heads, vocab=args.vocab,
+                checkpoint=getattr(args, "checkpoint", False))
+
+
+def step_worker(group, spec: dict) -> dict:
+    """One LM training step of ``spec["length"]`` tokens on this rank's shard: the rise of the
+    peak resident set over the resident set before the step, and the step's time."""
+    import torch
+
+    import longmix.parallel as lp
+    from longmix.machine import current_rss_bytes, peak_rss_bytes, reset_peak_rss
+    from longmix.models.model import build_model
+    from longmix.train.loop import loss_sum, scored_targets
+
+    world = torch.distributed.get_world_size(group)
+    rank = torch.distributed.get_rank(group)
+    torch.manual_seed(0)
+    model = build_model(vocab_size=spec["vocab"], mixer=spec["mixer"], head="lm", dim=spec["dim"],
+                        depth=spec["depth"], heads=spec["heads"])
+    options = {"checkpoint_activations": True} if spec.get("checkpoint") else {}
+    runner = (lp.parallelize(model, group, forms=spec["form"], **options) if world > 1
+              else model)
+    if world == 1 and spec.get("checkpoint"):
+        model.checkpoint_activations = True
+
+    def step(length: int) -> None:
+        g = torch.Generator().manual_seed(length)
+        tokens = torch.randint(0, spec["vocab"], (1, length + 1), generator=g)
+        x, y = tokens[:, :-1], scored_targets(tokens[:, 1:], "lm", pad_id=-1)
+        if world > 1:
+            x, y = lp.shard(x, group), lp.shard(y, group)
+        total, _ = loss_sum(runner(x), y, "lm")
+        (total / length).backward()
+
+    step(64 * world)  # thread pools, gloo's buffers, parameter gradients: not per token
+    before = current_rss_bytes()
+    reset_peak_rss()
+    start = time.perf_counter()
+    step(spec["length"])
+    seconds = time.perf_counter() - start
+    return {"rank": rank, "memory_bytes": peak_rss_bytes() - before, "time_s": seconds}
+
+
+def measure(spec: dict, world: int, timeout: float) -> dict:
+    """Peak memory of one training step on ``world`` ranks (the worst rank), or the failure."""
+    from longmix.parallel.launch import RankFailure, run_local
+
+    try:
+        ranks = run_local(step_worker, world, (spec,), timeout=timeout,
+                          collective_timeout=max(60.0, timeout))
+    except RankFailure as exc:
+        return {"status": "failed", "error": str(exc).splitlines()[0][:300]}
+    worst = max(ranks, key=lambda r: r["memory_bytes"])
+    return {"status": "ok", "memory_bytes": worst["memory_bytes"], "worst_rank": worst["rank"],
+            "by_rank": [r["memory_bytes"] for r in ranks],
+            "time_s": max(r["time_s"] for r in ranks)}
+
+
+def forms_of(name: str, world: int, spec: dict) -> list[str]:
+    """The forms every mixer layer of this model can run on ``world`` ranks."""
+    import longmix.parallel as lp
+    from longmix.models.model import build_model
+
+    model = build_model(vocab_size=spec["vocab"], mixer=name, head="lm", dim=spec["dim"],
+                        depth=1, heads=spec["heads"])
+    options = lp.plan_model(model, None, world).layers[0].options
+    return [o.form for o in options if o.feasible]
+
+
+def slope_row(name: str, form: str, world: int, args, deadline: float) -> dict:
+    """The slope (bytes per token) between ``args.short`` and ``args.long`` tokens."""
+    spec = {**model_spec(args), "mixer": name, "form": form}
+    row = {"mixer": name, "form": form, "world": world, "short": args.short, "long": args.long,
+           "checkpoint": spec["checkpoint"]}
+    points = {}
+    for length in (args.short, args.long):
+        remaining = deadline - time.monotonic()
+        if remaining < 10:
+            return {**row, "status": "skipped (over the budget)"}
+        points[length] = measure({**spec, "length": length}, world, timeout=remaining)
+        if points[length]["status"] != "ok":
+            return {**row, "status": "failed", "error": points[length]["error"]}
+    lo, hi = points[args.short], points[args.long]
+    return {**row, "status": "ok", "memory_short_mb": lo["memory_bytes"] / 2 ** 20,
+            "memory_long_mb": hi["memory_bytes"] / 2 ** 20,
+            "kb_per_token": (hi["memory_bytes"] - lo["memory_bytes"]) / (args.long - args.short) / 1024,
+            "worst_rank": hi["worst_rank"], "time_long_s": hi["time_s"]}
+
+
+def add_ratios(rows: list[dict]) -> None:
+    """Each row's slope against one process's (same mixer, commit and checkpointing), and the goal."""
+    one = {(r["mixer"], r["commit"], r["checkpoint"]): r for r in rows
+           if r["status"] == "ok" and r["world"] == 1}
+    for r in rows:
+        base = one.get((r["mixer"], r["commit"], r["checkpoint"]))
+        if r["status"] == "ok" and base and base["kb_per_token"] > 0:
+            r["ratio"] = r["kb_per_token"] / base["kb_per_token"]
+            r["goal"] = 1 / r["world"] + 0.10
+            r["meets_goal"] = r["ratio"] <= r["goal"]
+
+
+def table(rows: list[dict]) -> str:
+    lines = ["| commit | mixer | form | P | ckpt | MB at short | MB at long | KB / token "
+             "| vs 1 process | goal | met | time at long (s) |", "|" + "---|" * 12]
+    for r in rows:
+        head = (f"| {r['commit']} | {r['mixer']} | {r['form']} | {r['world']} | "
+                f"{'yes' if r['checkpoint'] else 'no'} |")
+        if r["status"] != "ok":
+            lines.append(f"{head} {r['status']}: {r.get('error', '')} |||||||")
+            continue
+        ratio = f"{r['ratio']:.2f}" if "ratio" in r else "-"
+        goal = f"{r['goal']:.2f}" if "goal" in r else "-"
+        met = ("yes" if r["meets_goal"] else "**no**") if "meets_goal" in r else "-"
+        lines.append(f"{head} {r['memory_short_mb']:.1f} | {r['memory_long_mb']:.1f} | "
+                     f"{r['kb_per_token']:.2f} | {ratio} | {goal} | {met} | {r['time_long_s']:.3g} |")
+    return "\n".join(lines)
+
+
+def write_results(runs: list[dict], out_dir: Path, stem: str) -> str:
+    """Write ``runs`` (each: command, date, machine, provenance, config, rows) to
+    ``<stem>.json`` and their one table to ``<stem>.md``; returns the markdown."""
+    from longmix.fileio import atomic_write_text
+    from longmix.machine import markdown
+
+    all_rows = [r for run in runs for r in run["rows"]]
+    add_ratios(all_rows)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out_dir / f"{stem}.json", json.dumps({"runs": runs}, indent=1) + "\n")
+    head = ["# Memory per token of an LM training step (slope between two lengths)", "",
+            "Peak memory rise of one step (forward, loss, backward), worst rank; slope = "
+            "(MB at long - MB at short) / (long - short). Goal: at most 1/P + 10% of one process's "
+            "slope (the ratio compares rows of the same commit). The machine was shared with other "
+            "jobs: memory is this step's own, times are noisy."]
+    for run in runs:
+        cfg = run["config"]
+        head += ["", f"- {run['date']}, commit {run['provenance']['git_describe']}: "
+                     f"`{run['command']}` (L = {cfg['short']} -> {cfg['long']}, dim {cfg['dim']}, "
+                     f"depth {cfg['depth']}, heads {cfg['heads']}, vocab {cfg['vocab']}, fp32, batch 1); "
+                     f"{markdown(run['machine'])}"]
+    text = "\n".join(head) + "\n\n" + table(all_rows)
+    atomic_write_text(out_dir / f"{stem}.md", text + "\n")
+    return text
+
+
+def parse_args(argv):
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--mixers", nargs="+", default=DEFAULT_MIXERS)
+    p.add_argument("--ranks", nargs="+", type=int, default=[1, 2, 4])
+    p.add_argument("--forms", nargs="+", default=None, help="only these forms (default: every feasible)")
+    p.add_argument("--short", type=int, default=2 ** 15)
+    p.add_argument("--long", type=int, default=2 ** 16)
+    p.add_argument("--dim", type=int, default=64)
+    p.add_argument("--depth", type=int, default=2)
+    p.add_argument("--heads", type=int, default=4)
+    p.add_argument("--vocab", type=int, default=256)
+    p.add_argument("--checkpoint", action="store_true", help="activation checkpointing per block")
+    p.add_argument("--budget-s", type=float, default=3600.0, help="total time for the run")
+    p.add_argument("--quick", action="store_true", help="tiny sizes: a smoke run")
+    p.add_argument("--tag", default="", help="a suffix of the result files' names")
+    p.add_argument("--append", action="store_true", help="keep the rows already in the result file")
+    p.add_argument("--merge", nargs="+", type=Path, default=None, metavar="JSON",
+                   help="measure nothing: write the runs of these result files as one table")
+    p.add_argument("--out-dir", type=Path, default=Path(__file__).resolve().parent / "results")
+    args = p.parse_args(argv)
+    if args.quick:
+        args.short, args.long, args.dim = 2 ** 10, 2 ** 11, 16
+        args.tag = args.tag or "quick"
+    if not 0 < args.short < args.long:
+        p.error(f"--short and --long must satisfy 0 < short < long, got {args.short}, {args.long}")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    from longmix.machine import describe
+    from longmix.provenance import provenance, utc_now
+
+    args = parse_args(argv)
+    stem = "memory_slope" + (f"_{args.tag}" if args.tag else "")
+    if args.merge:
+        print(write_results([run for path in args.merge for run in json.loads(path.read_text())["runs"]],
+                            args.out_dir, stem))
+        return 0
+    command = shlex.join(["python", "benchmarks/memory_slope.py"] + (sys.argv[1:] if argv is None else argv))
+    json_path = args.out_dir / f"{stem}.json"
+    runs = json.loads(json_path.read_text())["runs"] if args.append and json_path.exists() else []
+    code = provenance()
+    commit = code["git_describe"]
+    deadline = time.monotonic() + args.budget_s
+    rows = []
+    for name in args.mixers:
+        for world in args.ranks:
+            forms = ["-"] if world == 1 else forms_of(name, world, model_spec(args))
+            for form in forms:
+                if args.forms and world > 1 and form not in args.forms:
+                    continue
+                row = {**slope_row(name, form, world, args, deadline), "commit": commit}
+                rows.append(row)
+                print(f"{name:8s} {form:7s} P={world}: {row['status']} "
+                      f"{row.get('kb_per_token', float('nan')):.2f} KB/token", flush=True)
+    runs.append({"command": command, "date": utc_now(), "machine": describe(), "provenance": code,
+                 "config": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
+                 "rows": rows})
+    print(write_results(runs, args.out_dir, stem))
+    return 0 if all(r["status"] == "ok" for r in rows) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,26 @@
+"""Activation checkpointing: run a block keeping only its input, recompute the rest in backward.
+
+The one way longmix checkpoints (``SequenceModel(checkpoint_activations=True)``,
+``parallelize(..., checkpoint_activations=True)``, ``longmix train --checkpoint-activations``):
+``torch.utils.checkpoint`` without reentrancy, the RNG state preserved (a recomputed dropout draws
+the same mask), and early stopping off, so that the recompute always runs the whole block. A block
+of a sequence-parallel model holds collectives: in backward every rank then runs all of them
+again, in the same order, whatever tensors each rank happened to save (early stopping could stop
+one rank's recompute before a collective that a peer runs). Those collectives really send their
+bytes a second time, and ``CommStats`` counts them.
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+from torch.utils import checkpoint as _checkpoint
+
+
+def recomputed(fn: Callable[..., torch.Tensor], *args, **kwargs) -> torch.Tensor:
+    """``fn(*args, **kwargs)``, its intermediate activations recomputed in backward instead of
+    kept; without gradients (evaluation), a plain call."""
+    if not torch.is_grad_enabled():
+        return fn(*args, **kwargs)
+    return _checkpoint.checkpoint(fn, *args, use_reentrant=False, preserve_rng_state=True,
+                                  early_stop=False, **kwargs)

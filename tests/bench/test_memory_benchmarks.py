@@ -1,0 +1,76 @@
+"""benchmarks/max_context.py's search and merge, and memory_slope.py's ratios, on stand-in
+measurements (no ranks launched)."""
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import sys
+from pathlib import Path
+
+BENCHMARKS = Path(__file__).resolve().parents[2] / "benchmarks"
+
+
+def load(name: str):
+    sys.path.insert(0, str(BENCHMARKS))
+    try:
+        spec = importlib.util.spec_from_file_location(f"{name}_script", BENCHMARKS / f"{name}.py")
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        return module
+    finally:
+        sys.path.remove(str(BENCHMARKS))
+
+
+def test_search_doubles_then_bisects_to_the_longest_fitting_context(monkeypatch):
+    max_context = load("max_context")
+    per_token = 1000  # bytes per token and rank: 5000 tokens fit in 5e6 bytes
+    monkeypatch.setattr(max_context, "measure", lambda spec, world, timeout: {
+        "status": "ok", "memory_bytes": per_token * spec["length"] / world, "time_s": 0.0})
+    args = argparse.Namespace(memory_mib=5e6 / 2 ** 20, start=512, multiple=64, resolution=8)
+    one = max_context.search({}, 1, args, cap_s=60)
+    assert one["stopped_by"] == "memory"
+    # doubling: 512 ... 4096 fit, 8192 does not; bisection to (8192 - 4096) / 8 = 512 tokens
+    assert 5000 - 512 <= one["max_context"] <= 5000
+    assert [p["length"] for p in one["points"]][:5] == [512, 1024, 2048, 4096, 8192]
+    two = max_context.search({}, 2, args, cap_s=60)
+    assert 10000 - 1024 <= two["max_context"] <= 10000
+
+
+def test_search_says_when_the_start_does_not_fit_or_a_point_fails(monkeypatch):
+    max_context = load("max_context")
+    args = argparse.Namespace(memory_mib=1, start=512, multiple=64, resolution=8)
+    monkeypatch.setattr(max_context, "measure", lambda spec, world, timeout: {
+        "status": "ok", "memory_bytes": 2 ** 30, "time_s": 0.0})
+    assert max_context.search({}, 1, args, cap_s=60)["stopped_by"] == "memory (the start does not fit)"
+    monkeypatch.setattr(max_context, "measure", lambda spec, world, timeout: {
+        "status": "failed", "error": "boom"})
+    row = max_context.search({}, 1, args, cap_s=60)
+    assert row["stopped_by"] == "failure" and row["max_context"] is None
+
+
+def test_a_later_search_replaces_an_earlier_one_and_gains_are_against_one_process():
+    max_context = load("max_context")
+
+    def record(rows):
+        return {"provenance": {"git_describe": "abc"}, "rows": [
+            {"mixer": "s4d", "world": w, "checkpoint": False, "max_context": n, "stopped_by": s,
+             "points": []} for w, n, s in rows]}
+
+    rows = max_context.merged_rows([record([(1, 1000, "time"), (2, 3000, "memory")]),
+                                    record([(1, 1500, "memory")])])
+    max_context.add_gains(rows)
+    by_world = {r["world"]: r for r in rows}
+    assert by_world[1]["max_context"] == 1500 and by_world[1]["run"] == 1
+    assert by_world[2]["vs_one_process"] == 2.0
+
+
+def test_slope_ratios_compare_rows_of_the_same_commit():
+    memory_slope = load("memory_slope")
+    rows = [{"mixer": "s4d", "world": w, "commit": c, "checkpoint": False, "status": "ok",
+             "kb_per_token": kb} for w, c, kb in ((1, "a", 10.0), (2, "a", 6.0), (1, "b", 8.0), (2, "b", 4.0))]
+    memory_slope.add_ratios(rows)
+    assert [r["ratio"] for r in rows] == [1.0, 0.6, 1.0, 0.5]
+    assert [r["meets_goal"] for r in rows] == [True, True, True, True]
+    rows[1]["kb_per_token"] = 6.5
+    memory_slope.add_ratios(rows)
+    assert rows[1]["meets_goal"] is False
