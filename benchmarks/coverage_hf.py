@@ -84,7 +84,7 @@ def main(argv=None) -> None:
     command = "python " + " ".join(shlex.quote(a) for a in [sys.argv[0], *(argv or sys.argv[1:])])
     record = {"command": command, "date": utc_now(), **provenance(), "machine": describe(),
               "transformers": transformers.__version__,
-              "mixers_mapped": [c.__name__ for c in plan.HF_MIXER_CLASSES], "rows": rows}
+              "mixers_mapped": sorted(plan.HF_MIXER_CLASSES), "rows": rows}
     args.out_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_text(args.out_dir / "hf_coverage.json", json.dumps(record, indent=2) + "\n")
     atomic_write_text(args.out_dir / "hf_coverage.md", _markdown(record))

@@ -282,7 +282,7 @@ def test_modules_without_a_longmix_mixer_are_refused():
     class MambaMixer(torch.nn.Module):  # the name alone is not enough: not transformers' class
         pass
 
-    supported = "supported transformers classes: FalconMambaMixer, JambaMambaMixer, MambaMixer"
+    supported = "supported transformers classes: .*JambaMambaMixer.*MambaMixer"
     with pytest.raises(ValueError, match=supported):
         mixer_from_hf(MambaMixer())
     with pytest.raises(ValueError, match=r"unknown options \['d_state'\]"):
