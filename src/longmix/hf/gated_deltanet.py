@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from ..mixers.delta import GatedDeltaNet
-from .checks import plain_submodule, require
+from .checks import check_convertible, plain_submodule, require
 
 #: class name -> the layout of its projections (GatedDeltaNet's ``projections``)
 PROJECTIONS_OF = {"Qwen3NextGatedDeltaNet": "grouped", "Qwen3_5GatedDeltaNet": "separate",
@@ -42,15 +42,7 @@ def from_hf(module: nn.Module, **options) -> GatedDeltaNet:
 
     Raises ValueError naming the class and the reason for a class it does not map, and the HF
     option for a setting longmix cannot compute exactly."""
-    cls = type(module)
-    owner = cls.__name__
-    if owner in REFUSED:
-        raise ValueError(f"from_hf: {owner} is refused: {REFUSED[owner]}")
-    if owner not in HF_CLASSES or not cls.__module__.startswith("transformers."):
-        raise ValueError(f"from_hf: no longmix gated_deltanet for {cls.__module__}.{cls.__qualname__}; "
-                         f"supported: {', '.join(HF_CLASSES)}")
-    unknown = sorted(set(options) - set(EXECUTION_OPTIONS))
-    require(owner, not unknown, "options", f"unknown {unknown}; the options are {list(EXECUTION_OPTIONS)}")
+    owner = check_convertible(module, HF_CLASSES, REFUSED, options, EXECUTION_OPTIONS, "gated_deltanet")
     hidden, heads, key_heads = module.hidden_size, module.num_v_heads, module.num_k_heads
     dk, dv, width = module.head_k_dim, module.head_v_dim, module.conv_kernel_size
     require(owner, module.activation in _SILU_NAMES, "hidden_act",

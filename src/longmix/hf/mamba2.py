@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from ..mixers.ssd import Mamba2
-from .checks import plain_submodule, require
+from .checks import check_convertible, plain_submodule, require
 
 HF_CLASSES = ("Mamba2Mixer", "BambaMixer", "Zamba2MambaMixer", "NemotronHMamba2Mixer")
 REFUSED = {
@@ -38,15 +38,7 @@ def from_hf(module: nn.Module, **options) -> Mamba2:
 
     Raises ValueError naming the class and the reason for a class that is not the same operator,
     and the HF option for a setting longmix cannot compute exactly."""
-    cls = type(module)
-    owner = cls.__name__
-    if owner in REFUSED:
-        raise ValueError(f"from_hf: {owner} is refused: {REFUSED[owner]}")
-    if owner not in HF_CLASSES or not cls.__module__.startswith("transformers."):
-        raise ValueError(f"from_hf: no longmix mamba2 for {cls.__module__}.{cls.__qualname__}; "
-                         f"supported: {', '.join(HF_CLASSES)}")
-    unknown = sorted(set(options) - set(EXECUTION_OPTIONS))
-    require(owner, not unknown, "options", f"unknown {unknown}; the options are {list(EXECUTION_OPTIONS)}")
+    owner = check_convertible(module, HF_CLASSES, REFUSED, options, EXECUTION_OPTIONS, "mamba2")
     hidden, d_inner, heads = module.hidden_size, module.intermediate_size, module.num_heads
     groups, d_state, d_conv = module.n_groups, module.ssm_state_size, module.conv_kernel_size
     require(owner, module.activation in _SILU_NAMES, "hidden_act",
