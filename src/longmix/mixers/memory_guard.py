@@ -27,6 +27,7 @@ from .. import machine
 FACTORS = {
     "bigbird": 5, "fnet": 2, "hyena": 9, "linear": 3, "linformer": 2, "local": 4, "longconv": 2,
     "mlpmixer": 1, "nystrom": 2, "performer": 3, "s4d": 3, "softmax": 4,
+    "mamba2": 40, "gated_deltanet": 32,  # conv Toeplitz, decay mask, C B^T and a solve per head
     "mamba": lambda mixer: 4 * mixer.d_state * len(mixer.selective) + 6,
 }
 #: For a mixer not in :data:`FACTORS`.

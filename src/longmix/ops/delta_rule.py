@@ -50,6 +50,14 @@ def _check(q, k, v, g, beta, initial_state):
                          f"{(b, h, dk, v.shape[-1])}, got {tuple(initial_state.shape)}")
 
 
+def _solve_unit_lower(system: torch.Tensor, rhs: torch.Tensor) -> torch.Tensor:
+    """(I + strict lower part of ``system``)^-1 rhs. Half precisions solve in float32 (CPU has no
+    bf16/fp16 triangular solve, and the chunk's system is small), then round back."""
+    if system.dtype in (torch.float16, torch.bfloat16):
+        return _solve_unit_lower(system.float(), rhs.float()).to(rhs.dtype)
+    return torch.linalg.solve_triangular(system, rhs, upper=False, unitriangular=True)
+
+
 def gated_delta_rule(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, g: torch.Tensor, beta: torch.Tensor, *,
                      scale: float | None = None, chunk_size: int = 64, initial_state: torch.Tensor | None = None,
                      return_final_state: bool = False):
@@ -74,10 +82,9 @@ def gated_delta_rule(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, g: torch
     k_beta = kc * bc.unsqueeze(-1)
     # the UT system (I + A) of each chunk; solve_triangular reads only A's strict lower part
     system = (k_beta @ kc.mT) * gamma
-    pseudo_values = torch.linalg.solve_triangular(system, vc * bc.unsqueeze(-1), upper=False, unitriangular=True)
+    pseudo_values = _solve_unit_lower(system, vc * bc.unsqueeze(-1))
     # what the entering state predicts at each position, through the same system
-    decayed_keys = torch.linalg.solve_triangular(system, k_beta * cum.exp().unsqueeze(-1),
-                                                 upper=False, unitriangular=True)
+    decayed_keys = _solve_unit_lower(system, k_beta * cum.exp().unsqueeze(-1))
     attn = (qc @ kc.mT) * gamma  # lower triangular, diagonal included
     q_from_start = qc * cum.exp().unsqueeze(-1)
     k_to_end = (kc * (cum[..., -1:] - cum).exp().unsqueeze(-1)).mT
