@@ -5,12 +5,10 @@ from __future__ import annotations
 import torch
 
 from ..checks import check_int
-from ..parallel.exchange import gather_records
+from ..parallel.exchange import agree
 from ..parallel.layout import check_layout, resolve_group
 from .cache import decode_kind
 from .sampling import check_sampling
-
-_MESSAGE_BYTES = 400
 
 
 def check_model(model) -> None:
@@ -62,22 +60,16 @@ def _fingerprint(input_ids, max_new_tokens, seed) -> list[int]:
 
 def agree_on_request(group, error: str, request: tuple) -> None:
     """Raise the same ValueError on every rank unless every rank accepted the request and all
-    passed the same prompt, max_new_tokens and seed (the function's contract)."""
-    group, world, _ = resolve_group(group)
+    passed the same prompt, max_new_tokens and seed (the function's contract). One process
+    raises its own error as it is."""
+    _, world, _ = resolve_group(group)
     if world == 1:
         if error:
             raise ValueError(error)
         return
-    text = error.encode()[:_MESSAGE_BYTES]
     fingerprint = [0] * 5 if error else _fingerprint(*request)
-    record = [len(text)] + list(text) + [0] * (_MESSAGE_BYTES - len(text)) + fingerprint
-    records = gather_records(record, group)
-    bad = {r: bytes(rec[1:1 + rec[0]]).decode(errors="replace") for r, rec in enumerate(records) if rec[0]}
-    if bad:
-        first = min(bad)
-        raise ValueError(bad[first] if len(bad) == len(records) else
-                         f"generate: refused on rank(s) {sorted(bad)}: rank {first}: {bad[first]}")
-    prints = [rec[-5:] for rec in records]
+    errors = [error.removeprefix("generate: ")] if error else []
+    prints = agree(fingerprint, errors, group, "generate")
     if any(p != prints[0] for p in prints):
         raise ValueError("generate: every rank must pass the same input_ids, max_new_tokens and seed; "
                          f"(batch, length, max_new_tokens, seed, checksum of ids) by rank: {prints}")
