@@ -160,3 +160,21 @@ def failures(results: list[dict], *, tol=None) -> list[str]:
         if not r["finite"] or not worst <= bound:
             bad.append(f"{case.name}: errors {r['errors']} (bound {bound:g}, finite={r['finite']})")
     return bad
+
+
+def summed_grads(module, group) -> list[torch.Tensor]:
+    """Every parameter's gradient summed over the ranks of ``group`` (zeros where a rank has none):
+    what one process's gradient must equal."""
+    grads = [p.grad.clone() if p.grad is not None else torch.zeros_like(p) for p in module.parameters()]
+    for g in grads:
+        torch.distributed.all_reduce(g, group=group)
+    return grads
+
+
+def error_message(fn) -> str:
+    """The message of the ValueError ``fn()`` raises, or "no error"."""
+    try:
+        fn()
+    except ValueError as exc:
+        return str(exc)
+    return "no error"

@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 
 import longmix.parallel as ld
-from helpers import rel_err
+from helpers import rel_err, summed_grads
 from longmix.models.model import build_model
 from longmix.parallel.launch import run_local
 
@@ -32,12 +32,8 @@ def step(runner, model, tokens, dlogits, group, layout):
     out = runner(ld.shard(tokens, group, layout))
     forward_bytes = stats.bytes_sent
     out.backward(ld.shard(dlogits, group, layout))
-    grads = []
-    for p in model.parameters():
-        g = p.grad.clone() if p.grad is not None else torch.zeros_like(p)
-        torch.distributed.all_reduce(g, group=group)
-        grads.append(g)
-    return ld.unshard(out.detach(), group, layout), grads, forward_bytes, stats.bytes_sent
+    return (ld.unshard(out.detach(), group, layout), summed_grads(model, group), forward_bytes,
+            stats.bytes_sent)
 
 
 def checkpoint_worker(group, seq_len: int) -> list[str]:

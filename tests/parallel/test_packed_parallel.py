@@ -12,7 +12,7 @@ import pytest
 import torch
 
 import longmix.parallel as ld
-from helpers import rel_err
+from helpers import error_message, rel_err, summed_grads
 from longmix import mixers
 from longmix.models.model import build_model
 from longmix.parallel.forms.model_plan import plan_model
@@ -65,13 +65,6 @@ def splits(world: int, layout: str) -> dict[str, list[int]]:
 
 def cu(lengths) -> torch.Tensor:
     return torch.tensor([0] + torch.tensor(lengths).cumsum(0).tolist(), dtype=torch.int32)
-
-
-def summed_grads(module, group) -> list[torch.Tensor]:
-    grads = [p.grad.clone() if p.grad is not None else torch.zeros_like(p) for p in module.parameters()]
-    for g in grads:
-        torch.distributed.all_reduce(g, group=group)
-    return grads
 
 
 def check_mixer(group, key, causal, form, layout, split, lengths) -> list[str]:
@@ -182,14 +175,6 @@ def test_packed_models_match_documents_alone():
 
 
 # ----------------------------------------------------------------------------- errors
-def _message(fn) -> str:
-    try:
-        fn()
-    except ValueError as exc:
-        return str(exc)
-    return "no error"
-
-
 def errors_worker(group) -> dict:
     rank = torch.distributed.get_rank(group)
     mixer = make_mixer("mamba", True)
@@ -198,23 +183,23 @@ def errors_worker(group) -> dict:
     pmixer = ld.parallelize(mixer, group, packed=True)
     good = cu([4, 5])
     messages = {
-        "not increasing on rank 1": _message(lambda: pmixer(x_local, cu_seqlens=cu([4, 5]) if rank != 1
+        "not increasing on rank 1": error_message(lambda: pmixer(x_local, cu_seqlens=cu([4, 5]) if rank != 1
                                                             else torch.tensor([0, 5, 4, 9]))),
-        "different per rank": _message(lambda: pmixer(x_local, cu_seqlens=cu([4, 5]) if rank != 2
+        "different per rank": error_message(lambda: pmixer(x_local, cu_seqlens=cu([4, 5]) if rank != 2
                                                       else cu([3, 6]))),
-        "given on rank 0 only": _message(lambda: pmixer(x_local, cu_seqlens=good if rank == 0 else None)),
-        "wrong end": _message(lambda: pmixer(x_local, cu_seqlens=cu([4, 6]))),
-        "float dtype": _message(lambda: pmixer(x_local, cu_seqlens=good.double())),
-        "batch 2": _message(lambda: pmixer(torch.cat([x_local, x_local]), cu_seqlens=good)),
-        "shuffle form refused": _message(lambda: ld.parallelize(mixer, group, forms="shuffle",
+        "given on rank 0 only": error_message(lambda: pmixer(x_local, cu_seqlens=good if rank == 0 else None)),
+        "wrong end": error_message(lambda: pmixer(x_local, cu_seqlens=cu([4, 6]))),
+        "float dtype": error_message(lambda: pmixer(x_local, cu_seqlens=good.double())),
+        "batch 2": error_message(lambda: pmixer(torch.cat([x_local, x_local]), cu_seqlens=good)),
+        "shuffle form refused": error_message(lambda: ld.parallelize(mixer, group, forms="shuffle",
                                                                 packed=True)),
-        "linformer refused": _message(lambda: ld.parallelize(
+        "linformer refused": error_message(lambda: ld.parallelize(
             mixers.build("linformer", DIM, heads=HEADS, max_len=16), group, packed=True)),
-        "bidirectional mamba": _message(lambda: ld.parallelize(make_mixer("mamba", False), group,
+        "bidirectional mamba": error_message(lambda: ld.parallelize(make_mixer("mamba", False), group,
                                                                packed=True)),
-        "ring window refused": _message(lambda: ld.parallelize(make_mixer("softmax_window", True),
+        "ring window refused": error_message(lambda: ld.parallelize(make_mixer("softmax_window", True),
                                                                group, forms="ring", packed=True)),
-        "unplanned shuffle": _message(lambda: ld.parallelize(mixer, group, forms="shuffle")(
+        "unplanned shuffle": error_message(lambda: ld.parallelize(mixer, group, forms="shuffle")(
             x_local, cu_seqlens=good)),
     }
     # the group is still in step: a good call completes and is exact
@@ -292,12 +277,12 @@ def attention_errors_worker(group) -> dict:
     q = torch.randn(1, 3, 4, 2, dtype=torch.float64)  # 9 rows over 3 ranks
     good = cu([4, 5])
     return {
-        "hybrid": _message(lambda: ld.attention(q, q, q, group=group, strategy="hybrid", hybrid_size=1,
+        "hybrid": error_message(lambda: ld.attention(q, q, q, group=group, strategy="hybrid", hybrid_size=1,
                                                 cu_seqlens=good)),
-        "ring window": _message(lambda: ld.attention(q, q, q, group=group, strategy="ring", window=2,
+        "ring window": error_message(lambda: ld.attention(q, q, q, group=group, strategy="ring", window=2,
                                                      cu_seqlens=good)),
-        "wrong end": _message(lambda: ld.attention(q, q, q, group=group, cu_seqlens=cu([4, 4]))),
-        "different per rank": _message(lambda: ld.attention(
+        "wrong end": error_message(lambda: ld.attention(q, q, q, group=group, cu_seqlens=cu([4, 4]))),
+        "different per rank": error_message(lambda: ld.attention(
             q, q, q, group=group, cu_seqlens=cu([4, 5]) if torch.distributed.get_rank(group) else cu([5, 4]))),
     }
 

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 import longmix.parallel as ld
-from helpers import reference_attention, rel_err
+from helpers import error_message, reference_attention, rel_err, summed_grads
 from longmix import mixers
 from longmix.parallel.launch import run_local
 from longmix.parallel.forms.model_plan import plan_model
@@ -51,14 +51,6 @@ def make_mixer(key: str, causal: bool) -> TokenMixer:
     torch.manual_seed(0)
     name = key if key in mixers.available() else key.rsplit("_", 1)[0]  # "softmax_window": a variant
     return mixers.build(name, DIM, heads=HEADS, causal=causal, **options).double()
-
-
-def summed_grads(module, group) -> list[torch.Tensor]:
-    """Every parameter's gradient summed over the ranks (zeros where a rank has none)."""
-    grads = [p.grad.clone() if p.grad is not None else torch.zeros_like(p) for p in module.parameters()]
-    for g in grads:
-        torch.distributed.all_reduce(g, group=group)
-    return grads
 
 
 def check_mixer(group, key: str, causal: bool, form: str, seq_len: int, layout: str) -> list[str]:
@@ -208,14 +200,6 @@ class NoFormMixer(TokenMixer):
         return x.cumsum(1)
 
 
-def _message(fn) -> str:
-    try:
-        fn()
-    except ValueError as exc:
-        return str(exc)
-    return "no error"
-
-
 def errors_worker(group) -> dict:
     rank = torch.distributed.get_rank(group)
     mixer = make_mixer("s4d", False)
@@ -227,12 +211,12 @@ def errors_worker(group) -> dict:
     narrow = mixers.build("fnet", 2)
     model = build_model(vocab_size=5, mixer="softmax", dim=DIM, depth=2, heads=2)
     messages = {
-        "no form": _message(lambda: ld.parallelize(NoFormMixer(DIM), group)),
-        "rows disagree": _message(lambda: pmixer(wrong_rows)),
-        "dim on one rank": _message(lambda: pmixer(wrong_dim)),
-        "too few channels": _message(lambda: ld.parallelize(narrow, group, forms="shuffle")),
-        "too few heads": _message(lambda: ld.parallelize(model, group, forms="shuffle")),
-        "unknown form": _message(lambda: ld.parallelize(mixer, group, forms="gather")),
+        "no form": error_message(lambda: ld.parallelize(NoFormMixer(DIM), group)),
+        "rows disagree": error_message(lambda: pmixer(wrong_rows)),
+        "dim on one rank": error_message(lambda: pmixer(wrong_dim)),
+        "too few channels": error_message(lambda: ld.parallelize(narrow, group, forms="shuffle")),
+        "too few heads": error_message(lambda: ld.parallelize(model, group, forms="shuffle")),
+        "unknown form": error_message(lambda: ld.parallelize(mixer, group, forms="gather")),
     }
     # the group is still in step: a good call completes and is exact
     y = ld.unshard(pmixer(ld.shard(x, group)).detach(), group)
