@@ -267,7 +267,7 @@ class HyenaCache:
     kind = "history"
 
     def __init__(self, mixer, x_local, shards, prompt_len: int, owners: list[int], group):
-        from ..mixers.base import WholeSequence
+        from ..mixers.forms import WholeSequence
         from ..parallel.halo import HaloPieces
 
         self.mixer = mixer

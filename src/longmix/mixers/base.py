@@ -33,7 +33,7 @@ import torch
 from torch import nn
 
 from .. import checks
-from .forms import ShuffleHooks, WholeSequence  # noqa: F401  (WholeSequence: mixers' shuffle hooks)
+from .forms import ShuffleHooks
 from .memory_guard import check_literal_path_fits
 
 FAMILIES = ("attention", "kernel", "sparse", "lowrank", "fourier", "convolution", "ssm", "mlp")

@@ -22,9 +22,9 @@ from torch import nn
 
 from ..checks import check_int
 from ..ops.delta_rule import gated_delta_rule, gated_delta_rule_matrix
-from .base import Taxonomy, TokenMixer, WholeSequence, last_rows, shift_in
+from .base import Taxonomy, TokenMixer, last_rows, shift_in
 from .conv_stage import conv_literal, conv_pieces, conv_window
-from .forms import ShuffleHooks, StateHooks
+from .forms import ShuffleHooks, StateHooks, WholeSequence
 from .registry import register
 from .ssd import check_dt_init, init_dt_bias
 

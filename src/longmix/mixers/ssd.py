@@ -15,9 +15,9 @@ from torch import nn
 
 from ..checks import check_int
 from ..ops.ssd import ssd, ssd_matrix
-from .base import Taxonomy, TokenMixer, WholeSequence, last_rows, shift_in
+from .base import Taxonomy, TokenMixer, last_rows, shift_in
 from .conv_stage import conv_literal, conv_pieces, conv_window
-from .forms import ShuffleHooks, StateHooks
+from .forms import ShuffleHooks, StateHooks, WholeSequence
 from .registry import register
 
 

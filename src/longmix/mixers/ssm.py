@@ -23,8 +23,8 @@ from ..ops.scan import check_backend, selective_scan, selective_scan_matrix
 from ..ops.short_conv import short_conv
 from ..ops.vandermonde import log_vandermonde, log_vandermonde_transpose, vandermonde_matrix
 from ..checks import check_int
-from .base import ChannelMixer, Taxonomy, TokenMixer, WholeSequence, last_rows, shift_in
-from .forms import ShuffleHooks, StateHooks
+from .base import ChannelMixer, Taxonomy, TokenMixer, last_rows, shift_in
+from .forms import ShuffleHooks, StateHooks, WholeSequence
 from .registry import register
 
 
