@@ -1,17 +1,20 @@
 """The longest context whose LM training step fits on one GPU, one process (part of gpu.sh).
 
-    python benchmarks/gpu_train_context.py                     # softmax and mamba LMs on cuda
+    python benchmarks/gpu_train_context.py                     # softmax, mamba2, mamba LMs on cuda
     python benchmarks/gpu_train_context.py --device cpu --dim 16 --max-log2 10   # the logic, on CPU
 
 For each mixer, the context doubles from ``--min-log2`` until a step (forward, cross entropy over
-every position, backward, AdamW) runs out of GPU memory, takes longer than ``--step-cap-s``, or
-reaches ``--max-log2``; the record says which limit stopped it. Each point reports the step time
+every position, backward, AdamW) runs out of GPU memory, takes longer than ``--step-cap-s``,
+reaches ``--max-log2``, or the next point (its two steps, extrapolated from the last two points'
+growth) would pass the mixer's ``--budget-s``; the record says which limit stopped it. The
+budget lets every mixer have its turn inside a short GPU lease. Each point reports the step time
 (after one untimed step) and the peak memory allocated. Random weights and tokens; sizes in the
 records. Writes ``gpu_train_context.{json,md}`` to ``--out-dir`` with machine, command, date, commit.
 """
 from __future__ import annotations
 
 import argparse
+import math
 import json
 import shlex
 import sys
@@ -66,12 +69,26 @@ def step_point(mixer: str, length: int, args, device: torch.device) -> dict:
             "tokens_per_s": length / seconds, "peak_bytes": peak}
 
 
+def next_point_s(walls: list[float]) -> float:
+    """The wall time the next doubling should take: the last point's, times the growth of the
+    last two (between 2x, linear cost, and 4x, quadratic; 4x when there is one point)."""
+    growth = 4.0 if len(walls) < 2 else min(4.0, max(2.0, walls[-1] / walls[-2]))
+    return walls[-1] * growth
+
+
 def search(mixer: str, args, device: torch.device, points: list[dict], save) -> None:
     """Double the context for ``mixer``, appending to ``points`` and saving after each one (a
     timeout of the whole script keeps what was measured)."""
-    first = len(points)
+    first, walls, spent = len(points), [], 0.0
     for log2 in range(args.min_log2, args.max_log2 + 1):
+        if walls and spent + next_point_s(walls) > args.budget_s:
+            points[-1]["stopped_by"] = (f"the next point (~{next_point_s(walls):.0f} s) would pass "
+                                        f"the mixer's budget of {args.budget_s:g} s")
+            break
+        start = time.perf_counter()
         point = step_point(mixer, 2**log2, args, device)
+        walls.append(time.perf_counter() - start)
+        spent += walls[-1]
         points.append(point)
         save()
         print(json.dumps(point), flush=True)
@@ -107,7 +124,7 @@ def markdown(record: dict) -> str:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--mixers", nargs="+", default=["softmax", "mamba"])
+    parser.add_argument("--mixers", nargs="+", default=["softmax", "mamba2", "mamba"])
     parser.add_argument("--device", default="cuda")
     parser.add_argument("--dim", type=int, default=512)
     parser.add_argument("--depth", type=int, default=4)
@@ -116,6 +133,8 @@ def main(argv=None) -> int:
     parser.add_argument("--min-log2", type=int, default=12)
     parser.add_argument("--max-log2", type=int, default=20)
     parser.add_argument("--step-cap-s", type=float, default=20.0)
+    parser.add_argument("--budget-s", type=float, default=math.inf,
+                        help="wall-time budget per mixer, warm-up steps and model builds included")
     parser.add_argument("--out-dir", type=Path, default=Path("benchmarks/results/gpu"))
     args = parser.parse_args(argv)
     device = torch.device(args.device)

@@ -34,3 +34,15 @@ def test_training_context_search_runs_and_records_what_stopped_it(tmp_path):
     assert all(p["status"] == "ok" and p["step_s"] > 0 for p in record["points"])
     assert record["points"][-1]["stopped_by"] == "--max-log2 5"
     assert "| mamba | 32 |" in (tmp_path / "gpu_train_context.md").read_text()
+
+
+def test_training_context_search_stops_before_a_point_would_pass_the_budget(tmp_path):
+    done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "gpu_train_context.py"),
+                           "--device", "cpu", "--mixers", "linear", "--dim", "8", "--depth", "1",
+                           "--heads", "1", "--dtype", "fp32", "--min-log2", "4", "--max-log2", "9",
+                           "--budget-s", "0.001", "--out-dir", str(tmp_path)],
+                          capture_output=True, text=True, timeout=240)
+    assert done.returncode == 0, done.stderr
+    points = json.loads((tmp_path / "gpu_train_context.json").read_text())["points"]
+    assert [p["length"] for p in points] == [16]
+    assert "would pass the mixer's budget of 0.001 s" in points[0]["stopped_by"]

@@ -20,19 +20,47 @@ def test_without_a_gpu_the_cuda_job_is_refused_naming_the_flag():
     assert "argument --device: cuda was asked for" in done.stderr
 
 
-def test_the_cuda_job_logic_verifies_and_reports(monkeypatch):
+def _cuda_on_the_cpu(monkeypatch):
     for name, value in (("synchronize", lambda *a: None), ("reset_peak_memory_stats", lambda *a: None),
                         ("max_memory_allocated", lambda *a: 123 * 2**20),
                         ("get_device_name", lambda *a: "NVIDIA H200")):
         monkeypatch.setattr(torch.cuda, name, value)
     monkeypatch.setattr(cuda, "gpu_device", lambda: torch.device("cpu"))
-    cfg = AttendConfig(seq_len=5000, heads=2, kv_heads=1, head_dim=16, check_rows=4, device="cuda",
-                       dtype="fp32")
+
+
+SMALL = AttendConfig(seq_len=5000, heads=2, kv_heads=1, head_dim=16, check_rows=4, device="cuda",
+                     dtype="fp32")
+
+
+def test_the_cuda_job_logic_verifies_and_reports(monkeypatch):
+    _cuda_on_the_cpu(monkeypatch)
+    cfg = SMALL
     report = cuda.run_cuda_job(cfg, progress=False)
     assert report["passed"] and report["verification"]["rows_checked"] >= 4
     assert report["bf16_dense_peak"] == {"entry": "H200", "tflops": 989.4}
     text = format_report(report)
     assert "PASS" in text and "of the H200's bf16 dense peak" in text
+
+
+@pytest.mark.parametrize("fault", ["scale_1pct", "dropped_block"])
+def test_the_cuda_jobs_float64_check_fails_a_wrong_kernel(monkeypatch, fault):
+    """The check on the device's own tensors sees both faults the CPU job's check must catch."""
+    from longmix.ops import attention as ops_attention
+
+    _cuda_on_the_cpu(monkeypatch)
+    right = ops_attention.attention_with_lse
+
+    def wrong(q, k, v, causal):
+        if fault == "scale_1pct":
+            out, lse = right(q, k, v, causal=causal)
+            return out * 1.01, lse
+        k, v = k.clone(), v.clone()
+        k[:, 256:512], v[:, 256:512] = 0, 0   # a lost tile: keys that no longer match the data
+        return right(q, k, v, causal=causal)
+
+    monkeypatch.setattr(ops_attention, "attention_with_lse", wrong)
+    report = cuda.run_cuda_job(SMALL, progress=False)
+    assert report["verification"]["verdict"] == "FAIL"
 
 
 def test_dtype_auto_means_bf16_on_the_gpu_and_memory_is_checked_first(monkeypatch):

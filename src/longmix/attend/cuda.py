@@ -4,8 +4,11 @@ peak.
 
 Two ranks cannot share one GPU under NCCL, and gloo moves CPU tensors only, so the multi-rank
 paths need several GPUs; on one GPU the job is longmix's attention op (``attention_with_lse``,
-which dispatches to PyTorch's flash kernel) over the whole sequence. The data and the float64
-check are the CPU job's (``workload``, ``verify``), so both devices answer the same question.
+which dispatches to PyTorch's flash kernel) over the whole sequence. The rows checked, the float64
+reference and the tolerance are the CPU job's (``verify``), so both devices answer the same
+question. The data is drawn on the GPU by its own seeded generator, and the float64 reference sums
+run there too, over the same rounded tensors the kernel read: regenerating 2^20 rows of 32 x 128
+on the CPU, as the CPU job does, would take minutes of a short GPU lease.
 """
 from __future__ import annotations
 
@@ -15,6 +18,7 @@ import time
 import torch
 
 from .config import AttendConfig
+from .workload import seed_of
 
 #: Dense (no sparsity) bf16 tensor-core peaks in TFLOP/s, from NVIDIA's data sheets (SXM parts).
 #: The report names the entry it used; an unknown GPU gets no percentage.
@@ -56,13 +60,12 @@ def _bytes_needed(cfg: AttendConfig) -> int:
 
 def run_cuda_job(cfg: AttendConfig, progress: bool = True) -> dict:
     """Generate q, k, v on the GPU, run the attention (after one small warm-up call), verify
-    sampled rows against float64 on the CPU. ``cfg.dtype`` "auto" means bf16 (tensor cores)."""
+    sampled rows against float64 sums on the same device. ``cfg.dtype`` "auto" means bf16 (tensor cores)."""
     from longmix.machine import describe
     from longmix.ops.attention import attention_flops, attention_with_lse
     from longmix.provenance import provenance, utc_now
 
-    from .verify import verdict, verify_local_rows
-    from .workload import rows_of
+    from .verify import reference_rows, row_errors, sample_rows, verdict
 
     reason = "bf16 on CUDA: the tensor cores' dtype, and the peak this run is compared with"
     if cfg.dtype == "auto":
@@ -72,9 +75,11 @@ def run_cuda_job(cfg: AttendConfig, progress: bool = True) -> dict:
     device = gpu_device()
     say = print if progress else (lambda *_: None)
     t0 = time.perf_counter()
-    q, k, v = (_on_gpu(cfg, name, device, rows_of) for name in ("q", "k", "v"))
+    tensors = {name: _random_on(cfg, name, device) for name in ("q", "k", "v")}
+    torch.cuda.synchronize()
     generate_s = time.perf_counter() - t0
     say(f"longmix attend --device cuda: generated q, k, v in {generate_s:.1f} s")
+    q, k, v = tensors["q"], tensors["k"], tensors["v"]
     attention_with_lse(q[:, :256], k[:, :256], v[:, :256], causal=cfg.causal)  # kernel warm-up
     torch.cuda.synchronize()
     torch.cuda.reset_peak_memory_stats()
@@ -83,11 +88,16 @@ def run_cuda_job(cfg: AttendConfig, progress: bool = True) -> dict:
     torch.cuda.synchronize()
     elapsed = time.perf_counter() - t0
     peak_bytes = torch.cuda.max_memory_allocated()
-    del q, k, v
-    say(f"longmix attend --device cuda: attention in {elapsed:.2f} s; verifying")
+    say(f"longmix attend --device cuda: attention in {elapsed:.2f} s; verifying in float64")
     t0 = time.perf_counter()
-    check = verify_local_rows(cfg, 1, [(0, cfg.seq_len)], out.cpu())
+    rows = sample_rows(cfg, 1)
+    reference = reference_rows(cfg, rows, lambda name, a, b: tensors[name][:, a:b].double())
+    errors = row_errors(out[:, rows], reference).cpu() if rows else torch.zeros(0)
+    check = {"rows_checked": rows, "row_errors": errors.tolist(),
+             "max_rel_err": float(errors.max()) if rows else 0.0}
     verify_s = time.perf_counter() - t0
+    del tensors, q, k, v, out
+    matmul_tflops = measured_matmul_tflops(device, cfg.torch_dtype)
     flops = attention_flops(cfg.batch, cfg.heads, cfg.seq_len, cfg.head_dim, cfg.causal)
     name = torch.cuda.get_device_name(device)
     peak = bf16_peak(name)
@@ -99,6 +109,7 @@ def run_cuda_job(cfg: AttendConfig, progress: bool = True) -> dict:
         "dtype_reason": reason, "elapsed_s": elapsed, "flops": flops,
         "tflops_per_s": flops / elapsed / 1e12,
         "bf16_dense_peak": ({"entry": peak[0], "tflops": peak[1]} if peak else None),
+        "measured_matmul_tflops": matmul_tflops,
         "peak_gpu_bytes": peak_bytes, "predicted_gpu_bytes": _bytes_needed(cfg),
         "ranks": [rank], "verification": result, "passed": result["passed"],
         "launch": "1 process, 1 GPU", "machine": describe("cuda"), "date": utc_now(),
@@ -106,20 +117,41 @@ def run_cuda_job(cfg: AttendConfig, progress: bool = True) -> dict:
     }
 
 
+def measured_matmul_tflops(device: torch.device, dtype: torch.dtype, size: int = 8192,
+                           repeats: int = 10) -> float | None:
+    """The rate of a square ``size`` matmul in ``dtype`` on ``device`` (the mean of ``repeats``
+    after three warm-ups): the ceiling this GPU reaches in practice, beside the data sheet's.
+    None off a GPU (the CPU test of the job's logic), where the CPU benchmarks measure peaks."""
+    if device.type != "cuda":
+        return None
+    a = torch.randn(size, size, device=device, dtype=torch.float32).to(dtype)
+    b = torch.randn(size, size, device=device, dtype=torch.float32).to(dtype)
+    for _ in range(3):
+        a @ b
+    torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    for _ in range(repeats):
+        a @ b
+    torch.cuda.synchronize()
+    return 2 * size**3 * repeats / (time.perf_counter() - t0) / 1e12
+
+
 def gpu_device() -> torch.device:
     """The GPU the job runs on (a function, so that a CPU test can run the job's logic)."""
     return torch.device("cuda")
 
 
-def _on_gpu(cfg: AttendConfig, name: str, device, rows_of) -> torch.Tensor:
-    """The whole tensor ``name`` on the GPU, generated on the CPU a block at a time (the CPU job's
-    values exactly, so the float64 check regenerates the same rows)."""
+def _random_on(cfg: AttendConfig, name: str, device: torch.device) -> torch.Tensor:
+    """Tensor ``name`` drawn on ``device`` from a generator seeded by (seed, name): float32 normals
+    rounded to the run's dtype, a block of rows at a time (no full float32 copy)."""
     out = torch.empty(cfg.batch, cfg.seq_len, cfg.heads_of(name), cfg.head_dim,
                       dtype=cfg.torch_dtype, device=device)
+    gen = torch.Generator(device=device).manual_seed(seed_of(cfg.seed, name, 0))
     block = 1 << 16
     for start in range(0, cfg.seq_len, block):
         stop = min(cfg.seq_len, start + block)
-        out[:, start:stop] = rows_of(cfg, name, start, stop).to(device)
+        out[:, start:stop] = torch.randn(cfg.batch, stop - start, cfg.heads_of(name), cfg.head_dim,
+                                         generator=gen, device=device, dtype=torch.float32)
     return out
 
 
@@ -129,6 +161,10 @@ def format_cuda_report(report: dict) -> str:
     share = (f", {100 * report['tflops_per_s'] / peak['tflops']:.0f}% of the {peak['entry']}'s "
              f"bf16 dense peak ({peak['tflops']:g} TFLOP/s, data sheet)" if peak else
              ", no data-sheet peak known for this GPU")
+    measured = report.get("measured_matmul_tflops")
+    if measured:
+        share += (f"; {100 * report['tflops_per_s'] / measured:.0f}% of a {c['dtype']} 8192^3 "
+                  f"matmul measured in the same run ({measured:.0f} TFLOP/s)")
     return "\n".join([
         f"longmix attend --device cuda: L={c['seq_len']:,} {'causal' if c['causal'] else 'non-causal'}, "
         f"batch {c['batch']}, heads {c['heads']} (kv_heads {c['kv_heads']}) x head_dim "

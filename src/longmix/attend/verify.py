@@ -26,7 +26,7 @@ import torch
 
 from longmix.dtypes import unit_roundoff
 
-from .workload import CHUNK, AttendConfig, chunk, rows_of, seed_of
+from .workload import CHUNK, AttendConfig, rows_of, seed_of
 
 #: Keys in the block whose loss the check must detect (a typical kernel tile).
 FAULT_BLOCK = 256
@@ -70,30 +70,37 @@ def sample_rows(cfg: AttendConfig, world: int) -> list[int]:
     return sorted(chosen)
 
 
-def reference_rows(cfg: AttendConfig, rows: list[int]) -> torch.Tensor:
+def reference_rows(cfg: AttendConfig, rows: list[int], source=None) -> torch.Tensor:
     """Exact float64 attention output at global ``rows``: (batch, len(rows), heads, head_dim).
 
     Streams over K/V chunks with an online softmax, so memory is O(CHUNK), never O(L). Query head
     h reads K/V head h // (heads // kv_heads) (grouped-query attention, as in torch SDPA).
+    ``source(name, start, stop)`` gives global rows of q, k or v in float64; by default they are
+    regenerated on the CPU (:func:`rows_of`). The GPU job passes its own tensors, widened, so
+    the sums run on the device the data lives on.
     """
+    if source is None:
+        def source(name, start, stop):
+            return rows_of(cfg, name, start, stop, torch.float64)
     if not rows:
         return torch.empty(cfg.batch, 0, cfg.heads, cfg.head_dim, dtype=torch.float64)
-    q = torch.cat([rows_of(cfg, "q", t, t + 1, torch.float64) for t in rows], dim=1)
+    q = torch.cat([source("q", t, t + 1) for t in rows], dim=1)
     q = q * cfg.head_dim ** -0.5
-    t_rows = torch.tensor(rows)
+    device = q.device
+    t_rows = torch.tensor(rows, device=device)
     last_key = max(rows) if cfg.causal else cfg.seq_len - 1
     group = cfg.heads // cfg.kv_heads
     shape = (cfg.batch, cfg.heads, len(rows))
-    running_max = torch.full(shape, -math.inf, dtype=torch.float64)
-    denom = torch.zeros(shape, dtype=torch.float64)
-    acc = torch.zeros(*shape, cfg.head_dim, dtype=torch.float64)
-    for index in range(last_key // CHUNK + 1):
-        lo = index * CHUNK
-        k = chunk(cfg, "k", index).double().repeat_interleave(group, dim=2)
-        v = chunk(cfg, "v", index).double().repeat_interleave(group, dim=2)
+    running_max = torch.full(shape, -math.inf, dtype=torch.float64, device=device)
+    denom = torch.zeros(shape, dtype=torch.float64, device=device)
+    acc = torch.zeros(*shape, cfg.head_dim, dtype=torch.float64, device=device)
+    for lo in range(0, last_key + 1, CHUNK):
+        hi = min(lo + CHUNK, cfg.seq_len)
+        k = source("k", lo, hi).repeat_interleave(group, dim=2)
+        v = source("v", lo, hi).repeat_interleave(group, dim=2)
         scores = torch.einsum("bihd,bjhd->bhij", q, k)
         if cfg.causal:
-            keys = torch.arange(lo, lo + k.shape[1])
+            keys = torch.arange(lo, hi, device=device)
             scores = scores.masked_fill(keys[None, :] > t_rows[:, None], -math.inf)
         new_max = torch.maximum(running_max, scores.amax(dim=-1))
         # rows with every key masked so far keep max -inf; shift by 0 there to avoid inf - inf
