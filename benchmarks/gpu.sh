@@ -7,8 +7,8 @@
 #      useful TFLOP/s against the GPU's bf16 dense peak (data sheet), verified against float64;
 #   3. an LM training step at the longest context it fits, one process (softmax, mamba2, mamba),
 #      each mixer with its own time budget.
-# Where the tree is a copy without git (a device machine), set LONGMIX_SOURCE to the commit: it is
-# written to source.txt, since the records' own git fields are then empty.
+# Where the tree is a copy whose git is missing or stale (a device machine), set LONGMIX_SOURCE to
+# the commit: source.txt then names it, in place of what git describes.
 # Multi-rank CUDA paths need several GPUs (two NCCL ranks cannot share one GPU); they are not run.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -29,7 +29,7 @@ PYEOF
 )
 [ -n "$missing" ] && echo "gpu.sh: not installed here: $missing (steps that need them will say so)" | tee "$OUT/missing.txt"
 { echo "date: $(date -u +%Y-%m-%dT%H:%M:%SZ)"
-  echo "source: $(git describe --always --dirty 2>/dev/null || echo "${LONGMIX_SOURCE:-unknown (no git, LONGMIX_SOURCE unset)}")"
+  echo "source: ${LONGMIX_SOURCE:-$(git describe --always --dirty 2>/dev/null || echo "unknown (no git, LONGMIX_SOURCE unset)")}"
   "$PY" -c 'import torch; print("torch", torch.__version__, "cuda", torch.version.cuda, torch.cuda.get_device_name(0))'
   nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv 2>&1; } > "$OUT/source.txt"
 status=0

@@ -88,7 +88,9 @@ def run_cuda_job(cfg: AttendConfig, progress: bool = True) -> dict:
     torch.cuda.synchronize()
     elapsed = time.perf_counter() - t0
     peak_bytes = torch.cuda.max_memory_allocated()
-    say(f"longmix attend --device cuda: attention in {elapsed:.2f} s; verifying in float64")
+    sdpa_s = time_sdpa(q, k, v, cfg.causal)
+    say(f"longmix attend --device cuda: attention in {elapsed:.2f} s (torch SDPA {sdpa_s:.2f} s); "
+        "verifying in float64")
     t0 = time.perf_counter()
     rows = sample_rows(cfg, 1)
     reference = reference_rows(cfg, rows, lambda name, a, b: tensors[name][:, a:b].double())
@@ -107,7 +109,7 @@ def run_cuda_job(cfg: AttendConfig, progress: bool = True) -> dict:
     return {
         "device": "cuda", "gpu": name, "config": dataclasses.asdict(cfg), "world_size": 1,
         "dtype_reason": reason, "elapsed_s": elapsed, "flops": flops,
-        "tflops_per_s": flops / elapsed / 1e12,
+        "tflops_per_s": flops / elapsed / 1e12, "sdpa_s": sdpa_s,
         "bf16_dense_peak": ({"entry": peak[0], "tflops": peak[1]} if peak else None),
         "measured_matmul_tflops": matmul_tflops,
         "peak_gpu_bytes": peak_bytes, "predicted_gpu_bytes": _bytes_needed(cfg),
@@ -115,6 +117,23 @@ def run_cuda_job(cfg: AttendConfig, progress: bool = True) -> dict:
         "launch": "1 process, 1 GPU", "machine": describe("cuda"), "date": utc_now(),
         **provenance(),
     }
+
+
+def time_sdpa(q, k, v, causal: bool) -> float:
+    """Seconds of torch's ``scaled_dot_product_attention`` on the same tensors, called as a user
+    calls it ((batch, heads, L, d) views, GQA by ``enable_gqa``): what a user would pick instead."""
+    import torch.nn.functional as F
+
+    views = [t.transpose(1, 2) for t in (q, k, v)]
+    gqa = {"enable_gqa": True} if k.shape[2] != q.shape[2] else {}
+    F.scaled_dot_product_attention(*(t[:, :, :256] for t in views), is_causal=causal, **gqa)
+    torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    out = F.scaled_dot_product_attention(*views, is_causal=causal, **gqa)
+    torch.cuda.synchronize()
+    seconds = time.perf_counter() - t0
+    del out
+    return seconds
 
 
 def measured_matmul_tflops(device: torch.device, dtype: torch.dtype, size: int = 8192,
@@ -170,7 +189,9 @@ def format_cuda_report(report: dict) -> str:
         f"batch {c['batch']}, heads {c['heads']} (kv_heads {c['kv_heads']}) x head_dim "
         f"{c['head_dim']}, {c['dtype']} ({report['dtype_reason']})",
         f"device: {report['gpu']}, torch {report['machine'].get('torch')}",
-        f"elapsed: attention {report['elapsed_s']:.2f} s",
+        f"elapsed: attention {report['elapsed_s']:.2f} s; torch scaled_dot_product_attention on "
+        f"the same tensors {report['sdpa_s']:.2f} s (longmix's op at "
+        f"{report['sdpa_s'] / report['elapsed_s']:.2f}x its speed)",
         f"throughput: {report['tflops_per_s']:.1f} TFLOP/s useful ({report['flops']:.3g} flop"
         f"{', causal counted as half' if c['causal'] else ''}){share}",
         f"GPU memory: peak {report['peak_gpu_bytes'] / 2**30:.2f} GiB allocated, "
