@@ -46,3 +46,16 @@ def test_training_context_search_stops_before_a_point_would_pass_the_budget(tmp_
     points = json.loads((tmp_path / "gpu_train_context.json").read_text())["points"]
     assert [p["length"] for p in points] == [16]
     assert "would pass the mixer's budget of 0.001 s" in points[0]["stopped_by"]
+
+
+def test_forward_benchmark_checks_the_first_rows_against_float64(tmp_path):
+    done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "gpu_forward.py"),
+                           "--device", "cpu", "--mixers", "mamba2", "--dim", "8", "--heads", "2",
+                           "--dtype", "fp32", "--min-log2", "5", "--max-log2", "6",
+                           "--check-len", "16", "--out-dir", str(tmp_path)],
+                          capture_output=True, text=True, timeout=240)
+    assert done.returncode == 0, done.stderr
+    points = json.loads((tmp_path / "gpu_forward.json").read_text())["points"]
+    assert [p["length"] for p in points] == [32, 64]
+    assert all(p["status"] == "ok" and p["rel_err_first_rows"] < 1e-5 for p in points)
+    assert points[-1]["stopped_by"] == "--max-log2 6"
