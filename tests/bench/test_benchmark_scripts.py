@@ -47,3 +47,17 @@ def test_a_partial_sequence_parallel_run_never_names_the_full_runs_files():
     assert stem() == "sequence_parallel" and stem("--backward", "--quick") == "sequence_parallel_backward_quick"
     assert stem("--backward", "--mixers", "mamba") == "sequence_parallel_backward_mamba"
     assert stem("--mixers", "s4d", "mamba", "--quick") == "sequence_parallel_s4d_mamba_quick"
+
+
+def test_planner_benchmark_judges_the_pick_by_time_against_the_fastest_measured():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("planner_time", SCRIPT.parent / "planner_time.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    group = [{"form": "shuffle", "status": "ok", "predicted_s": 1.0, "time_s": 1.05, "bytes": 900},
+             {"form": "state", "status": "ok", "predicted_s": 1.5, "time_s": 1.0, "bytes": 100}]
+    judged = {r["form"]: r for r in module.judge(group)}
+    assert judged["shuffle"]["picked_by_time"] and judged["state"]["picked_by_bytes"]
+    assert judged["state"]["fastest"] and judged["shuffle"]["pick_within_10pct"]
+    assert judged["state"]["error"] == pytest.approx(0.5)

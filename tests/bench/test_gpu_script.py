@@ -59,3 +59,4 @@ def test_forward_benchmark_checks_the_first_rows_against_float64(tmp_path):
     assert [p["length"] for p in points] == [32, 64]
     assert all(p["status"] == "ok" and p["rel_err_first_rows"] < 1e-5 for p in points)
     assert points[-1]["stopped_by"] == "--max-log2 6"
+

@@ -1,4 +1,5 @@
-"""What a parallel form costs one layer: feasible or why not, and the bytes each rank sends."""
+"""What a parallel form costs one layer: feasible or why not, the bytes each rank sends, and (with
+a calibrated :class:`~longmix.parallel.forms.timing.StepTiming`) the predicted step time."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -15,6 +16,7 @@ class FormCost:
     reason: str = ""
     forward_bytes: tuple[int, ...] | None = None   # per rank; None: not predicted
     backward_bytes: tuple[int, ...] | None = None
+    step_seconds: float | None = None  # one training step, busiest rank; None: not predicted
 
 
 def element_size(dtype) -> int:

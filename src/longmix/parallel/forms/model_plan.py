@@ -13,7 +13,7 @@ so a new mixer needs no entry here.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import torch
 
@@ -93,12 +93,25 @@ def layer_options(mixer, seq_len, world, batch, dtype, layout, packed: bool = Fa
     return options
 
 
+def _timed(options: list[FormCost], mixer, seq_len, world, timing) -> list[FormCost]:
+    """``options`` with each feasible form's predicted step time, where ``timing`` knows it."""
+    if timing is None or seq_len is None:
+        return options
+    cost = mixer.taxonomy.time
+    return [replace(o, step_seconds=timing.predict(mixer_name(mixer), o, cost, seq_len, world))
+            if o.feasible else o for o in options]
+
+
 def _choose(options: list[FormCost]) -> FormCost | None:
-    """The feasible form sending the fewest bytes (the busiest rank's); unpredicted forms rank
-    after predicted ones, in FORMS order (shuffle first: it runs the mixer's own kernel)."""
+    """The feasible form predicted fastest when every feasible form has a predicted time (a
+    calibrated ``StepTiming``), else the one sending the fewest bytes (the busiest rank's);
+    unpredicted forms rank after predicted ones, in FORMS order (shuffle first: it runs the
+    mixer's own kernel)."""
     feasible = [o for o in options if o.feasible]
     if not feasible:
         return None
+    if all(o.step_seconds is not None for o in feasible):
+        return min(feasible, key=lambda o: o.step_seconds)
     predicted = [o for o in feasible if o.forward_bytes is not None]
     if predicted:
         return min(predicted, key=lambda o: max(o.forward_bytes))
@@ -122,14 +135,18 @@ def _hint(options: list[FormCost]) -> str:
 
 def plan_model(module, seq_len: int | None, world_size: int, batch: int = 1, *,
                dtype: torch.dtype = torch.float32, layout: str = "contiguous",
-               forms=None, packed: bool = False) -> ModelPlan:
-    """Pick a form per mixer layer of ``module`` and predict its bytes.
+               forms=None, packed: bool = False, timing=None) -> ModelPlan:
+    """Pick a form per mixer layer of ``module`` and predict its bytes (and, with ``timing``, its
+    step time).
 
     Args:
         seq_len: the global length L; None plans without byte predictions (first feasible form).
         forms: None (cheapest feasible per layer), one form name for every layer, or a list with
             one name (or None: choose) per layer. A forced form that cannot run raises.
         packed: only forms that run packed documents (``cu_seqlens``; ``forms.packed``).
+        timing: a calibrated :class:`~longmix.parallel.forms.timing.StepTiming`: a layer whose
+            feasible forms all have calibrated rates gets the form predicted fastest; others
+            the fewest bytes.
     Raises ValueError naming the layer when a layer has no feasible (or no forced) form.
     """
     check_layout(layout)
@@ -148,7 +165,8 @@ def plan_model(module, seq_len: int | None, world_size: int, batch: int = 1, *,
     for (name, mixer), want in zip(layers, forced):
         if want is not None and want not in FORMS:
             raise ValueError(f"forms: unknown form {want!r} for layer {name!r}; forms are {tuple(FORMS)}")
-        options = layer_options(mixer, seq_len, world_size, batch, dtype, layout, packed)
+        options = _timed(layer_options(mixer, seq_len, world_size, batch, dtype, layout, packed),
+                         mixer, seq_len, world_size, timing)
         if want is None:
             choice = _choose(options)
             if choice is None:

@@ -173,7 +173,7 @@ class ParallelSequenceModel(nn.Module):
 def parallelize(module: nn.Module, group=None, layout: str = "contiguous", forms=None,
                 stats: CommStats | None = None, *, seq_len: int | None = None,
                 batch: int = 1, packed: bool = False, mesh=None,
-                checkpoint_activations: bool | None = None) -> nn.Module:
+                checkpoint_activations: bool | None = None, timing=None) -> nn.Module:
     """The sequence-parallel form of a ``TokenMixer`` or a ``SequenceModel`` over ``group``.
 
     Args:
@@ -184,7 +184,8 @@ def parallelize(module: nn.Module, group=None, layout: str = "contiguous", forms
         forms: None (planned per layer), a form name for every layer, or a list per layer.
         stats: a :class:`CommStats` that counts the bytes every layer sends and receives.
         seq_len, batch: when given, ``forms=None`` picks the form sending the fewest bytes at this
-            length; otherwise the first feasible form in ``mixer.parallel_forms`` order.
+            length (or, with ``timing``, the form predicted fastest); otherwise the first
+            feasible form in ``mixer.parallel_forms`` order.
         packed: the forward will get ``cu_seqlens`` (packed documents): plan only forms that
             support them (``forms.packed``); a layer with none raises here.
         mesh: instead of ``group``, a ``DeviceMesh`` with a ``"seq"`` dimension (e.g.
@@ -194,6 +195,8 @@ def parallelize(module: nn.Module, group=None, layout: str = "contiguous", forms
         checkpoint_activations: keep only each block's input (a mixer: its input) for backward
             and recompute the rest there, collectives included (they run, and ``stats`` counts
             their bytes, twice). None: the model's own setting (a mixer: no checkpointing).
+        timing: a calibrated :class:`~longmix.parallel.forms.timing.StepTiming` (see
+            ``plan_model``); ``benchmarks/planner_time.py`` calibrates one and checks it.
 
     Returns a module with ``.forms`` (one form per mixer layer). Raises ValueError naming the
     layer when a layer has no exact form on this many ranks (e.g. more ranks than its heads).
@@ -210,7 +213,7 @@ def parallelize(module: nn.Module, group=None, layout: str = "contiguous", forms
     param = next(module.parameters(), None)
     dtype = param.dtype if param is not None else torch.float32
     plan = plan_model(module, seq_len, world, batch, dtype=dtype, layout=layout, forms=forms,
-                      packed=packed)
+                      packed=packed, timing=timing)
     if isinstance(module, TokenMixer):
         return ParallelMixer(module, plan.forms[0], group, layout, stats,
                              checkpoint_activations=bool(checkpoint_activations))

@@ -1,0 +1,177 @@
+"""The planner by time: each form's predicted step time against the measured one, and the choice.
+
+    python benchmarks/planner_time.py                           # 5 mixers, P = 2, 4, L = 2^14, 2^16
+    python benchmarks/planner_time.py --mixers mamba --lengths 8192 --ranks 2 --repeats 1   # a look
+
+Calibration (a few seconds per form): the link of P ranks (``longmix.parallel.measure_rates``:
+an all-to-all's bandwidth and latency, per P), and one measured training step (forward and
+backward) of every (mixer, form) at ``--calib-len`` tokens on ``--calib-ranks`` ranks, which sets
+that form's compute rate (``longmix.parallel.forms.timing``). Then, at each (P, L) of the grid,
+every feasible form is predicted and measured in its own launch of P gloo ranks
+(``longmix.bench.form_step``: the same step as ``sequence_parallel.py --backward``), and the table
+gives predicted / measured, the form the planner picks by time, the form it picks by bytes, and
+whether the pick by time is the fastest measured or within 10% of it (the goal; the prediction's
+goal is +-25%). Each rank runs one thread; ranks beyond the cores share them, which the model
+charges (``contention``). Writes planner_time.{json,md} under ``--out-dir`` with machine,
+command, date and commit.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+RESULTS = Path(__file__).parent / "results"
+DEFAULT_MIXERS = ["linear", "s4d", "mamba", "local", "gated_deltanet"]
+
+
+def link_worker(group) -> dict:
+    from longmix.parallel import measure_rates
+
+    rates = measure_rates(group)
+    return {"bandwidth_bytes_per_s": rates.bandwidth_bytes_per_s, "latency_s": rates.latency_s}
+
+
+def form_cost(spec: dict, world: int):
+    """The planner's FormCost of ``spec["form"]`` at ``spec["length"]`` on ``world`` ranks."""
+    import longmix.parallel as ld
+    from longmix.bench.form_step import build_mixer
+    from longmix.dtypes import DTYPES
+
+    mixer = build_mixer(spec["mixer"], spec["dim"], spec["heads"], spec["length"], DTYPES[spec["dtype"]])
+    plan = ld.plan_model(mixer, spec["length"], world, spec["batch"], dtype=DTYPES[spec["dtype"]],
+                         layout=spec["layout"], forms=spec["form"])
+    return plan.layers[0].cost(), mixer.taxonomy.time
+
+
+def run(args) -> dict:
+    import os
+
+    from longmix.bench.form_step import forms_of, measure
+    from longmix.parallel.forms.timing import StepTiming
+    from longmix.parallel.launch import run_local
+
+    cores = os.cpu_count() or 1
+    links = {}
+    for world in sorted({args.calib_ranks, *args.ranks}):
+        links[world] = run_local(link_worker, world, timeout=120, threads_per_rank=1)[0]
+        print(f"link, P = {world}: {links[world]}", flush=True)
+    base = dict(dim=args.dim, heads=args.heads, batch=1, dtype="fp32", layout=args.layout,
+                repeats=args.repeats, quick_s=args.quick_s, backward=True)
+    timing = StepTiming(cores=cores, threads=1, **links[args.calib_ranks])
+    calibration, rows = [], []
+    forms = {m: forms_of(m, max(args.ranks), args.dim, args.heads) for m in args.mixers}
+    for name in args.mixers:
+        for form in forms[name]:
+            spec = {**base, "mixer": name, "form": form, "length": args.calib_len}
+            point = measure(spec, args.calib_ranks, args.timeout_s)
+            cost, complexity = form_cost(spec, args.calib_ranks)
+            if point["status"] == "ok":
+                timing.calibrate_rate(name, cost, complexity, args.calib_len, args.calib_ranks,
+                                      point["time_s"])
+            calibration.append({**point, "rate": timing.rates.get((name, form))})
+            print(json.dumps(calibration[-1]), flush=True)
+    for world in args.ranks:
+        at_world = replace(timing, **links[world])
+        for length in args.lengths:
+            for name in args.mixers:
+                group = []
+                for form in forms[name]:
+                    spec = {**base, "mixer": name, "form": form, "length": length}
+                    cost, complexity = form_cost(spec, world)
+                    predicted = at_world.predict(name, cost, complexity, length, world)
+                    point = measure(spec, world, args.timeout_s)
+                    group.append({**point, "predicted_s": predicted,
+                                  "bytes": max(f + b for f, b in zip(cost.forward_bytes, cost.backward_bytes))})
+                    print(json.dumps(group[-1]), flush=True)
+                rows.extend(judge(group))
+    return {"links": links, "calibration": calibration, "rows": rows}
+
+
+def judge(group: list[dict]) -> list[dict]:
+    """Mark, within one (mixer, P, L), the pick by time, the pick by bytes and the fastest."""
+    ok = [r for r in group if r["status"] == "ok" and r["predicted_s"] is not None]
+    if len(ok) != len(group):
+        return group
+    by_time = min(ok, key=lambda r: r["predicted_s"])
+    by_bytes = min(ok, key=lambda r: r["bytes"])
+    fastest = min(ok, key=lambda r: r["time_s"])
+    for r in group:
+        r["error"] = r["predicted_s"] / r["time_s"] - 1
+        r["picked_by_time"] = r is by_time
+        r["picked_by_bytes"] = r is by_bytes
+        r["fastest"] = r is fastest
+        r["pick_within_10pct"] = by_time["time_s"] <= 1.10 * fastest["time_s"]
+    return group
+
+
+def markdown(record: dict) -> str:
+    a = record["args"]
+    lines = ["# The planner by time: predicted against measured training steps", "",
+             f"command: `{record['command']}`  ", f"date: {record['date']}, commit "
+             f"{record['git_describe']}  ", f"machine: {record['machine'].get('cpu')}, "
+             f"{record['machine'].get('cores')} cores; one thread per rank  ",
+             f"layer: dim {a['dim']}, heads {a['heads']}, fp32, batch 1, {a['layout']}; calibrated "
+             f"at L = {a['calib_len']:,} on {a['calib_ranks']} ranks  ",
+             "links: " + "; ".join(f"P = {p}: {v['bandwidth_bytes_per_s'] / 1e9:.2f} GB/s, "
+                                    f"{v['latency_s'] * 1e6:.0f} us"
+                                    for p, v in record["result"]["links"].items()), "",
+             "| mixer | P | L | form | predicted s | measured s | error | by time | by bytes | fastest |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    mark = {True: "yes", False: ""}
+    for r in record["result"]["rows"]:
+        if r["status"] != "ok" or "error" not in r:
+            lines.append(f"| {r['mixer']} | {r['world']} | {r['length']:,} | {r['form']} | "
+                         f"{r.get('predicted_s') or '-'} | {r['status']} | | | | |")
+            continue
+        lines.append(f"| {r['mixer']} | {r['world']} | {r['length']:,} | {r['form']} | "
+                     f"{r['predicted_s']:.3f} | {r['time_s']:.3f} | {100 * r['error']:+.0f}% | "
+                     f"{mark[r['picked_by_time']]} | {mark[r['picked_by_bytes']]} | {mark[r['fastest']]} |")
+    judged = [r for r in record["result"]["rows"] if "error" in r]
+    within = sum(abs(r["error"]) <= 0.25 for r in judged)
+    groups = {(r["mixer"], r["world"], r["length"]): r["pick_within_10pct"] for r in judged}
+    lines += ["", f"Predictions within +-25%: {within} of {len(judged)}. The pick by time is the "
+              f"fastest measured or within 10% of it in {sum(groups.values())} of {len(groups)} "
+              "(mixer, P, L)."]
+    return "\n".join(lines) + "\n"
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--mixers", nargs="+", default=DEFAULT_MIXERS)
+    p.add_argument("--dim", type=int, default=64)
+    p.add_argument("--heads", type=int, default=4)
+    p.add_argument("--layout", default="contiguous")
+    p.add_argument("--calib-len", type=int, default=4096)
+    p.add_argument("--calib-ranks", type=int, default=2)
+    p.add_argument("--lengths", type=int, nargs="+", default=[2**14, 2**16])
+    p.add_argument("--ranks", type=int, nargs="+", default=[2, 4])
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--quick-s", type=float, default=30.0, help="stop repeating a point after this")
+    p.add_argument("--timeout-s", type=float, default=600.0)
+    p.add_argument("--out-dir", type=Path, default=RESULTS)
+    return p.parse_args(argv)
+
+
+def main(argv=None) -> int:
+    from longmix.fileio import atomic_write_text
+    from longmix.machine import describe
+    from longmix.provenance import provenance, utc_now
+
+    args = parse_args(argv)
+    record = {"command": shlex.join(["python", *sys.argv]), "args": {**vars(args), "out_dir": str(args.out_dir)},
+              "machine": describe("cpu"), "date": utc_now(), **provenance()}
+    record["result"] = run(args)
+    args.out_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(args.out_dir / "planner_time.json", json.dumps(record, indent=2, default=str))
+    text = markdown(record)
+    atomic_write_text(args.out_dir / "planner_time.md", text)
+    print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
