@@ -137,12 +137,12 @@ def evaluate(model: torch.nn.Module, task, cfg: TrainConfig, split: str, device:
     model.train(was_training)
     # each rank scored its own positions; a classifier's logits are whole within a row
     totals = ranks.sum(totals) if task.kind == "lm" else ranks.sum_over_batch_parts(totals)
-    total_loss, total_n, correct = totals.tolist()
+    total_loss, total_n, right = totals.tolist()
     total_n = int(total_n)
     nats = total_loss / max(total_n, 1)
     metrics = {"loss": nats, "scored": total_n}
     name = metric_name(task)
-    metrics[name] = correct / max(total_n, 1) if name == "accuracy" else nats / math.log(2)
+    metrics[name] = right / max(total_n, 1) if name == "accuracy" else nats / math.log(2)
     return metrics
 
 
