@@ -15,6 +15,7 @@ from longmix.parallel.launch import run_local
 from longmix.train import TrainConfig, train
 from longmix.train.loss import loss_sum, scored_targets
 from longmix.train.packed_step import packed_step
+from longmix.train import packing
 from longmix.train.packing import pack, packed_batch
 from longmix.train.ranks import Ranks
 from test_procs import as_ranks, assert_close, in_float64, outcome
@@ -27,17 +28,23 @@ def docs(*lengths):
     return [(torch.arange(n) + 10 * (i + 1), torch.arange(n) + 10 * (i + 1) + 1) for i, n in enumerate(lengths)]
 
 
-def test_pack_lays_documents_end_to_end_and_pads_only_the_room_left():
+def test_pack_lays_documents_end_to_end_and_pads_only_the_room_left(monkeypatch):
     batch = pack(iter(docs(3, 1, 4, 6, 2, 5)), rows=2, context=8, pad_id=0)
-    # row 0: 3 + 1 + 4 = 8 exactly; row 1: 6, then 2 fits exactly; the 5 is left for no row
+    # row 0: 3 + 1 + 4 = 8 exactly; row 1: 6, then 2 fits exactly; the 5 is not drawn
     assert [c.tolist() for c in batch.cu_seqlens] == [[0, 3, 4, 8], [0, 6, 8]]
-    assert batch.documents == 5 and batch.tokens == 16 and batch.padding_fraction == 0.0
+    assert batch.drawn == (0, 1, 2, 3, 4) and batch.tokens == 16 and batch.padding_fraction == 0.0
     assert batch.x[0].tolist() == [10, 11, 12, 20, 30, 31, 32, 33]
     assert batch.y[1].tolist() == [41, 42, 43, 44, 45, 46, 51, 52]
-    # a document that does not fit starts the next row; the room left is one pad segment
+    # look-ahead: the 4 does not fit after the 5, is held back, and opens the next row
+    batch = pack(iter(docs(5, 4, 1, 2)), rows=2, context=6, pad_id=0)
+    assert [c.tolist() for c in batch.cu_seqlens] == [[0, 5, 6], [0, 4, 6]]
+    assert batch.drawn == (0, 2, 1, 3) and batch.padding_fraction == 0.0
+    # with one document held back at most, the room left is one unscored pad segment
+    monkeypatch.setattr(packing, "LOOK_AHEAD", 1)
     batch = pack(iter(docs(5, 4, 1, 2)), rows=2, context=6, pad_id=0)
     assert [c.tolist() for c in batch.cu_seqlens] == [[0, 5, 6], [0, 4, 5, 6]]
-    assert batch.x[0, 5] == 0 and batch.y[0, 5] == 0 and batch.tokens == 10
+    assert batch.drawn == (0, 1, 2) and batch.tokens == 10
+    assert batch.x[0, 5] == 0 and batch.y[0, 5] == 0 and batch.x[1, 5] == 0
     assert batch.padding_fraction == pytest.approx(2 / 12)
 
 
@@ -64,7 +71,8 @@ def test_a_packed_step_is_the_documents_run_one_by_one_in_float64(mixer):
 
     # Reference: the same documents, straight from the task's stream, each alone (batch 1).
     model.zero_grad()
-    documents = list(itertools.islice(task.documents("train", 3), batch.documents))
+    stream = list(itertools.islice(task.documents("train", 3), max(batch.drawn) + 1))
+    documents = [stream[i] for i in batch.drawn]
     assert min(len(x) for x, _ in documents) == 1  # the edge: a one-token document
     total, scored = 0.0, 0
     for x, y in documents:

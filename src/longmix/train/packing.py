@@ -2,12 +2,14 @@
 of ``--context`` tokens, each with its ``cu_seqlens`` (flash-attn's varlen convention, batch 1
 per sequence), so that no compute goes to padding between documents.
 
-A packed batch of ``rows`` sequences is filled from the task's document stream
-(:meth:`longmix.tasks.Task.documents`) in order: a document that does not fit in the room left
-in the current sequence starts the next one, and the room left at the end of a sequence becomes
-one segment of ``pad_id`` tokens that nothing reads from and nothing scores (its own document in
-``cu_seqlens``). The document that does not fit in the last sequence is not used. Each document
-keeps its own next-token targets, so no target lies across a document boundary.
+A packed batch of ``rows`` sequences is filled, one sequence after the other, from the task's
+document stream (:meth:`longmix.tasks.Task.documents`), first fit with a short look-ahead: a
+document that does not fit in the room left is held back, and the oldest held-back document that
+fits goes first, before a new one is drawn; once :data:`LOOK_AHEAD` documents are held back, the
+room left becomes one segment of ``pad_id`` tokens that nothing reads from and nothing scores
+(its own document in ``cu_seqlens``), and the next sequence starts with the held-back documents.
+Those still held back when the batch is full are not used. Deterministic: the stream is. Each
+document keeps its own next-token targets, so no target lies across a document boundary.
 """
 from __future__ import annotations
 
@@ -16,18 +18,28 @@ from typing import Iterable, Iterator
 
 import torch
 
+#: Documents held back (drawn, not yet fitted) before the rest of a sequence is padded: more
+#: fills the room better and draws further ahead (benchmarks/packed_vs_padded.py reports the
+#: padding left).
+LOOK_AHEAD = 8
+
 
 @dataclass(frozen=True)
 class PackedBatch:
     """``x``, ``y`` (rows, context) tokens and targets (``pad_id``: not scored); ``cu_seqlens``:
-    one int64 tensor per row, over that row; ``documents`` and ``tokens``: the task's documents
-    and their tokens in the batch (the rest, ``rows * context - tokens``, is padding)."""
+    one int64 tensor per row, over that row; ``drawn``: the index in the document stream of
+    each document placed, in the order placed; ``tokens``: their tokens (the rest of the
+    ``rows * context``, is padding)."""
 
     x: torch.Tensor
     y: torch.Tensor
     cu_seqlens: tuple[torch.Tensor, ...]
-    documents: int
+    drawn: tuple[int, ...]
     tokens: int
+
+    @property
+    def documents(self) -> int:
+        return len(self.drawn)
 
     @property
     def rows(self) -> int:
@@ -70,28 +82,35 @@ def check_mixers_pack(model: torch.nn.Module, mixer_name: str) -> None:
 
 def pack(documents: Iterable[tuple[torch.Tensor, torch.Tensor]], rows: int, context: int,
          pad_id: int, task_name: str = "task") -> PackedBatch:
-    """``rows`` sequences of ``context`` tokens filled in order from ``documents`` (1-D (x, y)
-    pairs of equal length >= 1); see the module docstring."""
-    documents = iter(documents)
+    """``rows`` sequences of ``context`` tokens filled from ``documents`` (1-D (x, y) pairs of
+    equal length >= 1); see the module docstring."""
+    stream = enumerate(documents)
     x = torch.full((rows, context), pad_id, dtype=torch.long)
     y = torch.full((rows, context), pad_id, dtype=torch.long)
-    cu, count, tokens, pending = [], 0, 0, None
+    cu, drawn, tokens, held = [], [], 0, []  # held: (stream index, x, y), oldest first
     for row in range(rows):
         bounds = [0]
         while bounds[-1] < context:
-            doc_x, doc_y = pending if pending is not None else _next(documents)
-            pending, n, at = None, len(doc_x), bounds[-1]
-            if n > context:
-                raise too_long(task_name, n, context)
-            if at + n > context:
-                pending = doc_x, doc_y  # starts the next sequence
+            at = bounds[-1]
+            fits = next((i for i, (_, dx, _) in enumerate(held) if at + len(dx) <= context), None)
+            if fits is not None:
+                index, doc_x, doc_y = held.pop(fits)
+            elif len(held) >= LOOK_AHEAD:
                 bounds.append(context)  # the room left: one unscored pad segment
                 break
-            x[row, at:at + n], y[row, at:at + n] = doc_x, doc_y
-            bounds.append(at + n)
-            count, tokens = count + 1, tokens + n
+            else:
+                index, (doc_x, doc_y) = _next(stream)
+                if len(doc_x) > context:
+                    raise too_long(task_name, len(doc_x), context)
+                if at + len(doc_x) > context:
+                    held.append((index, doc_x, doc_y))
+                    continue
+            x[row, at:at + len(doc_x)], y[row, at:at + len(doc_x)] = doc_x, doc_y
+            bounds.append(at + len(doc_x))
+            drawn.append(index)
+            tokens += len(doc_x)
         cu.append(torch.tensor(bounds, dtype=torch.int64))
-    return PackedBatch(x, y, tuple(cu), count, tokens)
+    return PackedBatch(x, y, tuple(cu), tuple(drawn), tokens)
 
 
 def packed_batch(task, split: str, index: int, rows: int, context: int) -> PackedBatch:
@@ -100,13 +119,13 @@ def packed_batch(task, split: str, index: int, rows: int, context: int) -> Packe
     return pack(task.documents(split, index), rows, context, task.pad_id, task.name)
 
 
-def _next(documents: Iterator):
+def _next(stream: Iterator):
     try:
-        doc_x, doc_y = next(documents)
+        index, (doc_x, doc_y) = next(stream)
     except StopIteration:
         raise ValueError("--pack: the task's document stream ended before the packed batch was "
                          "full") from None
     if len(doc_x) < 1 or doc_x.shape != doc_y.shape:
         raise ValueError(f"--pack: a document must be a pair (x, y) of equal 1-D lengths >= 1, got "
                          f"shapes {tuple(doc_x.shape)} and {tuple(doc_y.shape)}")
-    return doc_x, doc_y
+    return index, (doc_x, doc_y)
