@@ -154,3 +154,25 @@ def test_cli_pack_flag_trains_packed_and_refuses_with_exit_2(tmp_path, capsys):
     assert main(base + ["--context", "8", "--out", str(tmp_path / "b")]) == 2
     assert "--pack: task 'toy_docs' has documents of up to 12 tokens, more than --context 8" in \
         capsys.readouterr().err
+
+
+def test_an_interrupted_packed_run_resumes_to_the_uninterrupted_record(tmp_path, monkeypatch):
+    clean = train(config(tmp_path / "clean", "mamba-state", steps=4, procs=1))
+    from longmix.train import loop
+
+    calls = []
+
+    def stop_at_the_third_step(*args):
+        calls.append(1)
+        if len(calls) == 3:  # after the step-2 checkpoint
+            raise KeyboardInterrupt
+        return packed_step(*args)
+
+    monkeypatch.setattr(loop, "packed_step", stop_at_the_third_step)
+    with pytest.raises(KeyboardInterrupt):
+        train(config(tmp_path / "cut", "mamba-state", steps=4, procs=1))
+    monkeypatch.setattr(loop, "packed_step", packed_step)
+    resumed = train(config(tmp_path / "cut", "mamba-state", steps=4, procs=1))
+    assert resumed["sessions"] == 2 and clean["sessions"] == 1
+    for key in ("history", "test", "valid", "packing", "tokens_seen"):
+        assert_close(resumed[key], clean[key], key)
