@@ -17,6 +17,9 @@ On P ranks (``--procs`` or torchrun) every rank reads the same batch and keeps i
 sequence; the model runs sequence-parallel (:func:`longmix.parallel.forms.parallelize`); the loss is the
 global mean over every rank's scored positions and gradients are summed over the ranks, so the
 run is the one-process run up to float rounding. Rank 0 alone writes the run folder.
+
+With ``cfg.pack`` a step trains on the task's documents packed into sequences of ``context``
+tokens with their cu_seqlens (:mod:`.packing`), each run alone, batch 1 (:mod:`.packed_step`).
 """
 from __future__ import annotations
 
