@@ -11,6 +11,7 @@ import torch
 from longmix import tasks
 from longmix.cli import main
 from longmix.models import ModelConfig, SequenceModel
+from longmix.parallel.forms.parallelize import parallelize
 from longmix.parallel.launch import run_local
 from longmix.train import TrainConfig, train
 from longmix.train.loss import loss_sum, scored_targets
@@ -57,21 +58,22 @@ def test_a_document_longer_than_the_context_is_refused_naming_the_option():
 MIXERS = ["softmax", "mamba", "hyena", "linear", "toy_attention"]
 
 
-@pytest.mark.parametrize("mixer", MIXERS)
-def test_a_packed_step_is_the_documents_run_one_by_one_in_float64(mixer):
+def float64_model(task, mixer):
     torch.manual_seed(0)
-    task = tasks.build("toy_docs", seed=1, length=12)
-    model = SequenceModel(ModelConfig(vocab_size=task.vocab_size, mixer=mixer, head="lm", dim=8,
-                                      depth=2, heads=2 if mixer == "softmax" else 1, max_len=16,
-                                      positional="learned")).double()
-    batch = packed_batch(task, "train", 3, rows=2, context=16)
-    assert any(len(c) > 3 for c in batch.cu_seqlens) and batch.tokens < batch.x.numel()
-    loss = packed_step(model, batch, task.pad_id, Ranks.single(), torch.device("cpu"))
-    got = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+    return SequenceModel(ModelConfig(vocab_size=task.vocab_size, mixer=mixer, head="lm", dim=8,
+                                     depth=2, heads=2 if mixer == "softmax" else 1, max_len=16,
+                                     positional="learned")).double()
 
-    # Reference: the same documents, straight from the task's stream, each alone (batch 1).
+
+def grads(model):
+    return {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+
+def one_by_one(model, task, batch, index):
+    """(mean loss, gradients) of the batch's documents, taken straight from the task's stream
+    and each run alone (batch 1, no cu_seqlens): the reference of a packed step."""
     model.zero_grad()
-    stream = list(itertools.islice(task.documents("train", 3), max(batch.drawn) + 1))
+    stream = list(itertools.islice(task.documents("train", index), max(batch.drawn) + 1))
     documents = [stream[i] for i in batch.drawn]
     assert min(len(x) for x, _ in documents) == 1  # the edge: a one-token document
     total, scored = 0.0, 0
@@ -79,11 +81,57 @@ def test_a_packed_step_is_the_documents_run_one_by_one_in_float64(mixer):
         s, n = loss_sum(model(x[None]), scored_targets(y[None], "lm", task.pad_id), "lm")
         total, scored = total + s, scored + n
     (total / scored).backward()
-    assert loss == pytest.approx(total.item() / scored, rel=1e-12)
-    want = {n: p.grad for n, p in model.named_parameters() if p.grad is not None}
-    assert got.keys() == want.keys()
-    for name in want:
-        torch.testing.assert_close(got[name], want[name], rtol=1e-10, atol=1e-12, msg=name)
+    return total.item() / scored, grads(model)
+
+
+def assert_same_step(got, want):
+    (loss, g), (ref_loss, ref) = got, want
+    assert loss == pytest.approx(ref_loss, rel=1e-12)
+    assert g.keys() == ref.keys()
+    for name in ref:
+        torch.testing.assert_close(g[name], ref[name], rtol=1e-10, atol=1e-12, msg=name)
+
+
+@pytest.mark.parametrize("mixer", MIXERS)
+def test_a_packed_step_is_the_documents_run_one_by_one_in_float64(mixer):
+    task = tasks.build("toy_docs", seed=1, length=12)
+    model = float64_model(task, mixer)
+    batch = packed_batch(task, "train", 3, rows=2, context=16)
+    assert any(len(c) > 3 for c in batch.cu_seqlens) and batch.tokens < batch.x.numel()
+    loss = packed_step(model, batch, task.pad_id, Ranks.single(), torch.device("cpu"))
+    assert_same_step((loss, grads(model)), one_by_one(model, task, batch, 3))
+
+
+STEP_CASES = [("softmax", "zigzag", "ring"), ("mamba", "contiguous", "state")]
+
+
+def packed_step_as_rank(group, cases):
+    """Each case's packed step on this rank (context 15: shards of unequal length), gradients
+    summed over the ranks as the trainer does."""
+    import toys
+
+    toys.register_toys()
+    out = []
+    for mixer, layout, form in cases:
+        task = tasks.build("toy_docs", seed=1, length=12)
+        model = float64_model(task, mixer)
+        ranks = Ranks.of(group, layout)
+        runner = parallelize(model, group, layout=layout, forms=form, packed=True)
+        batch = packed_batch(task, "train", 5, rows=2, context=15)
+        loss = packed_step(runner, batch, task.pad_id, ranks, torch.device("cpu"))
+        ranks.sum_gradients(model)
+        out.append((loss, grads(model)))
+    return out
+
+
+def test_a_packed_step_on_two_ranks_is_the_documents_run_one_by_one_in_float64():
+    got = run_local(packed_step_as_rank, 2, args=(STEP_CASES,), timeout=240)
+    task = tasks.build("toy_docs", seed=1, length=12)
+    batch = packed_batch(task, "train", 5, rows=2, context=15)
+    for i, (mixer, _, _) in enumerate(STEP_CASES):
+        want = one_by_one(float64_model(task, mixer), task, batch, 5)
+        for rank in got:
+            assert_same_step(rank[i], want)
 
 
 # -- the run: two ranks equal one process ---------------------------------------------------
