@@ -149,3 +149,17 @@ def test_full_size_batches_of_32_by_1024(name, params):
     assert x.shape == (32, 1024)
     again_x, again_y = task.batch("train", 1, 32, 1024)
     assert torch.equal(x, again_x) and torch.equal(y, again_y)
+
+
+def test_documents_are_whole_examples_without_their_padding():
+    """Task.documents (what --pack draws): an lm task's examples at their own length."""
+    import itertools
+
+    task = tasks.build("mqar_all", length=40, num_pairs=4)
+    docs = list(itertools.islice(task.documents("train", 0), 40))
+    assert all(x.shape == y.shape == (40,) for x, y in docs)
+    assert all(bool((x != task.pad_id).all()) for x, _ in docs)
+    x, y = task.batch("train", 0, 1, 40)  # the stream is not a padded batch's examples
+    assert not torch.equal(docs[0][0], x[0])
+    with pytest.raises(ValueError, match="task 'passkey' is a classify task"):
+        next(tasks.build("passkey", length=20).documents("train", 0))

@@ -91,3 +91,25 @@ def test_stdlib_default_corpus_split():
 def test_bits_per_byte():
     assert tasks.bits_per_byte(math.log(2)) == pytest.approx(1.0)
     assert tasks.bits_per_byte(math.log(256)) == pytest.approx(8.0)
+
+
+def test_documents_are_pieces_of_one_file_whose_targets_stay_in_it(corpus):
+    """--pack's documents: every file cut into pieces of at most ``length`` next-byte pairs; a
+    piece is bytes [a, b) of one file with targets [a + 1, b + 1), never past the file's end."""
+    task = tasks.build("text", root=str(corpus), valid_fraction=0.2, test_fraction=0.2, length=64)
+    files = {(corpus / rel).read_bytes() for rel in task.files("valid")}
+    stream = task.documents("valid", 3)
+    seen = [next(stream) for _ in range(200)]
+    lengths = {len(x) for x, _ in seen}
+    assert max(lengths) == 64 and min(lengths) < 64  # full pieces and file tails
+    for x, y in seen:
+        xb, yb = bytes((x - 1).tolist()), bytes((y - 1).tolist())
+        assert xb[1:] == yb[:-1]
+        assert any((xb + yb[-1:]) in f for f in files)  # x and its last target: one file
+    # the pieces tile each file exactly: n bytes give n - 1 pairs
+    starts, stops = task.pieces("valid")
+    bounds = task.file_starts("valid")
+    assert (stops - starts).sum() == sum(int(b - a) - 1 for a, b in zip(bounds[:-1], bounds[1:]))
+    again = task.documents("valid", 3)  # deterministic in (seed, split, index)
+    assert all(torch.equal(next(again)[0], x) for x, _ in seen[:20])
+    assert not torch.equal(next(task.documents("valid", 4))[0], seen[0][0])

@@ -4,7 +4,9 @@ that enumerate ``mixers.available()`` at collection time do not see them).
 * ``toy_attention``: causal-capable softmax attention (attention family).
 * ``toy_global``: adds the sequence mean to every position; cannot be causal (fourier family).
 * ``toy_lowrank``: weights sized by max_len (``requires_max_len``), like Linformer.
+* ``toy_causal_lowrank``: the same, masked causal: a causal mixer that cannot pack documents.
 * task ``toy_copy``: a tiny byte-like LM task: predict the token seen ``lag`` positions ago.
+* task ``toy_docs``: the same rule in documents of 1 .. ``length`` tokens, mostly short (to pack).
 
 Run as a script to use the CLI with the toys registered (for subprocess tests)::
 
@@ -71,6 +73,17 @@ class ToyLowRank(TokenMixer):
     _reference = _forward
 
 
+class ToyCausalLowRank(ToyLowRank):
+    taxonomy = Taxonomy("lowrank", learned=True, input_dependent=False, causal=True,
+                        time="O(L^2)", memory="O(L^2)")
+
+    def _forward(self, x):
+        L = x.shape[1]
+        return torch.einsum("ls,bsd->bld", torch.tril(self.up[:L] @ self.down[:, :L]), x)
+
+    _reference = _forward
+
+
 class ToyCopy(Task):
     """LM task: a random block of `lag` tokens, repeated; token t equals token t-lag; tokens in [1, vocab). Deterministic per batch."""
 
@@ -92,8 +105,33 @@ class ToyCopy(Task):
         return tasks.truncate_left(x, context), tasks.truncate_left(y, context)
 
 
-MIXERS = {"toy_attention": ToyAttention, "toy_global": ToyGlobal, "toy_lowrank": ToyLowRank}
-TASKS = {"toy_copy": ToyCopy}
+class ToyDocs(Task):
+    """LM task of variable-length documents: lengths 1 .. `length`, skewed short (a squared
+    uniform); each a random period of `lag` tokens repeated. Rendered left-padded to `length`
+    (the Task contract), so Task.documents strips the padding. Deterministic per batch."""
+
+    kind = "lm"
+    long_range = False
+
+    def __init__(self, seed=0, length=12, lag=2, vocab=8):
+        super().__init__(seed)
+        self.length, self.lag, self.vocab = length, lag, vocab
+        self.vocab_size = vocab
+
+    def window(self, rng, batch_size, context, split="train"):
+        n = self.length
+        sizes = 1 + np.floor(n * rng.random(batch_size) ** 2).astype(np.int64).clip(max=n - 1)
+        period = rng.integers(1, self.vocab, size=(batch_size, self.lag))
+        seq = np.tile(period, n // self.lag + 2)[:, : n + 1]
+        x, y = seq[:, :-1].copy(), seq[:, 1:].copy()
+        padding = np.arange(n)[None, :] < (n - sizes)[:, None]
+        x[padding], y[padding] = self.pad_id, self.pad_id
+        return tasks.truncate_left(x, context), tasks.truncate_left(y, context)
+
+
+MIXERS = {"toy_attention": ToyAttention, "toy_global": ToyGlobal, "toy_lowrank": ToyLowRank,
+          "toy_causal_lowrank": ToyCausalLowRank}
+TASKS = {"toy_copy": ToyCopy, "toy_docs": ToyDocs}
 
 
 def register_toys() -> None:

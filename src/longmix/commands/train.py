@@ -4,6 +4,7 @@
     longmix train ... --procs 2                       # every sequence split over 2 local ranks
     torchrun --nproc-per-node 2 -m longmix.cli train ...   # joins torchrun's group instead
     longmix train ... --context 4096 --init-from runs/pk   # continue a curriculum at a longer context
+    longmix train --task text --task-param length=512 --mixer mamba --context 2048 --pack
 
 Rerun the same command to resume after an interruption; a finished run is not trained twice.
 Exit status: 0 done, 2 bad arguments or an unusable run folder (busy, damaged checkpoint),
@@ -70,6 +71,11 @@ def add_arguments(parser):
     a("--checkpoint-activations", action="store_true",
       help="keep only each block's input for backward and recompute the block there: less memory "
            "per token (a longer context fits), about one more forward of compute; exact")
+    a("--pack", action="store_true",
+      help="lm tasks: pack whole documents (the task's examples; text: its files, cut into pieces "
+           "of --task-param length) into sequences of --context tokens with their cu_seqlens, "
+           "batch 1 each, --batch-size sequences a step: no compute on padding between documents, "
+           "no token reads across a document boundary, each document scores its own targets")
     a("--quiet", action="store_true", help="no progress bar or log lines")
 
 
@@ -87,7 +93,8 @@ def config_from_args(args, procs: int | None = None):
         mixer_options=parse_pairs(args.mixer_option, "--mixer-option"), out=args.out,
         eval_every=args.eval_every, checkpoint_every=args.checkpoint_every, device=args.device,
         threads=args.threads, progress=not args.quiet, procs=procs, layout=args.layout, form=args.form,
-        seq_parallel=args.seq_parallel, checkpoint_activations=args.checkpoint_activations)
+        seq_parallel=args.seq_parallel, checkpoint_activations=args.checkpoint_activations,
+        pack=args.pack)
 
 
 def run(args) -> int:
@@ -119,6 +126,7 @@ def run(args) -> int:
     summary = {k: record[k] for k in ("run_id", "task", "mixer", "context", "seed", "steps", "metric", "wall_s")}
     summary["test"] = record["test"][record["metric"]]
     summary["world_size"] = record.get("world_size", 1)
+    summary["packed"] = record.get("packed", False)
     print(json.dumps(summary))
     return 0
 

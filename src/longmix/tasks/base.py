@@ -30,7 +30,7 @@ from __future__ import annotations
 import hashlib
 import inspect
 import zlib
-from typing import ClassVar
+from typing import ClassVar, Iterator
 
 import numpy as np
 import torch
@@ -44,6 +44,10 @@ KINDS = ("classify", "lm")
 SPLIT_FRACTIONS = {"valid": 0.1, "test": 0.1}
 METRICS = ("accuracy", "bits_per_byte", "bits_per_token")
 _MAX_DRAW_ROUNDS = 1000  # a guard: a split that owns (almost) no example raises instead of looping
+#: The ``batch_size`` that seeds the document stream of packed batches: no batch has size 0, so
+#: packed data never replays the random stream of a padded batch.
+PACKED_STREAM = 0
+_DOCUMENTS_PER_DRAW = 32  # whole examples rendered at a time for a document stream
 
 
 def check_fraction_range(name: str, value) -> tuple[float, float]:
@@ -118,6 +122,27 @@ class Task:
         render only the window; the random draws must not depend on ``context``."""
         full, labels = self.split_examples(rng, batch_size, split)
         return truncate_left(full, context, self.pad_id), torch.as_tensor(labels, dtype=torch.long)
+
+    def documents(self, split: str, index: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """The endless stream of whole examples that packed batch ``index`` of ``split`` draws
+        from (``longmix train --pack``): ``(x, y)``, 1-D LongTensors of the example's own length
+        (at most :attr:`length`; the left padding of :meth:`window` removed), ``y`` the next-token
+        targets, ``pad_id`` where nothing is scored. Deterministic in ``(seed, split, index)``.
+
+        Language-modelling tasks only: a classification example has one label for the sequence,
+        not one target per token."""
+        split, index, _, _ = self.check_batch_args(split, index, 1, 1)
+        if self.kind != "lm":
+            raise ValueError(f"task {self.name!r} is a {self.kind} task (one label per sequence); "
+                             f"only language-modelling tasks have documents to pack")
+        rng = self.rng(split, index, PACKED_STREAM)
+        while True:
+            xs, ys = self.window(rng, _DOCUMENTS_PER_DRAW, self.length, split)
+            real = xs != self.pad_id  # pad_id is never a real token: the left padding
+            for x, y, keep in zip(xs, ys, real):
+                start = int(keep.to(torch.int8).argmax()) if bool(keep.any()) else len(x)
+                if start < len(x):
+                    yield x[start:].clone(), y[start:].clone()
 
     # -- disjoint splits -------------------------------------------------------------------------
     def example_hash(self, full: np.ndarray) -> np.ndarray:

@@ -57,11 +57,11 @@ import numpy as np
 import torch
 
 from ..checks import check_int
-from .base import SPLITS, Task
+from .base import PACKED_STREAM, SPLITS, Task
 from .registry import register
 
 EXCLUDED_DIRS = frozenset({"test", "tests", "idle_test", "site-packages", "dist-packages", "__pycache__"})
-_CACHE: dict[tuple, np.ndarray] = {}
+_CACHE: dict[tuple, tuple[np.ndarray, np.ndarray]] = {}  # split -> (stream, file starts)
 
 
 def bits_per_byte(loss_nats: float) -> float:
@@ -135,6 +135,14 @@ class Text(Task):
 
     def stream(self, split: str) -> np.ndarray:
         """The split's bytes as one uint8 array (cached per process)."""
+        return self._read(split)[0]
+
+    def file_starts(self, split: str) -> np.ndarray:
+        """int64 offsets in :meth:`stream` where each file of ``split`` starts, then the stream's
+        length: file i is ``stream[starts[i]:starts[i + 1]]``."""
+        return self._read(split)[1]
+
+    def _read(self, split: str) -> tuple[np.ndarray, np.ndarray]:
         key = (str(self._root.resolve()), self.valid_fraction, self.test_fraction, self.max_bytes, split)
         if key not in _CACHE:
             chunks, total = [], 0
@@ -150,7 +158,8 @@ class Text(Task):
             if len(stream) < 2:
                 raise ValueError(f"split {split!r} of the corpus under {str(self._root)!r} has "
                                  f"{len(stream)} bytes; it needs at least 2 (check root and fractions)")
-            _CACHE[key] = stream
+            starts = np.concatenate([[0], np.cumsum([len(c) for c in chunks])]).astype(np.int64)
+            _CACHE[key] = stream, starts
         return _CACHE[key]
 
     def fingerprint(self) -> dict:
@@ -177,6 +186,31 @@ class Text(Task):
         ends = self.rng(split, index, batch_size).integers(1, len(stream), size=batch_size)
         pos = ends[:, None] - context + np.arange(context)  # x positions; y = pos + 1
         return self._gather(stream, pos), self._gather(stream, pos + 1)
+
+    def documents(self, split: str, index: int):
+        """Packed batches' documents (see :meth:`Task.documents`): the split's files, each cut into
+        pieces of at most ``length`` next-byte pairs, drawn uniformly. A piece's targets stay in
+        its file: the last byte of a file predicts nothing, so no target crosses a file boundary."""
+        split, index, _, _ = self.check_batch_args(split, index, 1, 1)
+        stream, (starts, stops) = self.stream(split), self.pieces(split)
+        rng = self.rng(split, index, PACKED_STREAM)
+        while True:
+            for i in rng.integers(0, len(starts), size=64):
+                pos = np.arange(starts[i], stops[i])
+                yield self._gather(stream, pos), self._gather(stream, pos + 1)
+
+    def pieces(self, split: str) -> tuple[np.ndarray, np.ndarray]:
+        """(start, stop) stream offsets of the x tokens of every piece of :meth:`documents`."""
+        bounds = self.file_starts(split)
+        starts, stops = [], []
+        for begin, end in zip(bounds[:-1], bounds[1:]):
+            piece_starts = np.arange(begin, end - 1, self.length)  # a file of n bytes: n - 1 pairs
+            starts.append(piece_starts)
+            stops.append(np.minimum(piece_starts + self.length, end - 1))
+        starts, stops = np.concatenate(starts), np.concatenate(stops)
+        if len(starts) == 0:
+            raise ValueError(f"split {split!r} of the corpus has no file of 2 bytes or more to pack")
+        return starts, stops
 
     def _gather(self, stream: np.ndarray, pos: np.ndarray) -> torch.Tensor:
         tokens = stream[np.maximum(pos, 0)].astype(np.int64) + 1

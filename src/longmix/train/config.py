@@ -13,7 +13,7 @@ from ..vocabulary import FORMS
 
 #: Fields left out of the identity while they hold these defaults, so that the run ids of runs
 #: made before the fields existed stay the same.
-OPTIONAL_IDENTITY = {"causal": None, "init_from": None}
+OPTIONAL_IDENTITY = {"causal": None, "init_from": None, "pack": False}
 
 #: Fields that do not change what is trained or measured: a run may be resumed with other values.
 NON_IDENTITY = ("out", "eval_every", "checkpoint_every", "device", "threads", "progress", "procs", "layout",
@@ -56,6 +56,9 @@ class TrainConfig:
     init_from: str | None = None
     task_params: dict = field(default_factory=dict)
     mixer_options: dict = field(default_factory=dict)
+    # train on the task's documents packed into sequences of ``context`` tokens with their
+    # cu_seqlens, batch 1 each (``batch_size`` sequences a step; see longmix.train.packing)
+    pack: bool = False
     # -- not part of the identity -----------------------------------------------------------
     out: str = "runs/train"
     eval_every: int = 100
@@ -94,6 +97,11 @@ class TrainConfig:
         check_optional_int("seq_parallel", self.seq_parallel)
         if self.seq_parallel is not None and self.procs > 1:
             check_mesh(self.procs, self.seq_parallel, self.batch_size)
+        if not isinstance(self.pack, bool):
+            raise ValueError(f"pack must be True or False, got {self.pack!r}")
+        if self.pack and self.train_last is not None:
+            raise ValueError(f"train_last={self.train_last} does not apply with pack=True: a packed "
+                             f"step scores every target of every document")
         if not isinstance(self.checkpoint_activations, bool):
             raise ValueError(f"checkpoint_activations must be True or False, got "
                              f"{self.checkpoint_activations!r}")

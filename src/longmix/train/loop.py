@@ -17,6 +17,9 @@ On P ranks (``--procs`` or torchrun) every rank reads the same batch and keeps i
 sequence; the model runs sequence-parallel (:func:`longmix.parallel.forms.parallelize`); the loss is the
 global mean over every rank's scored positions and gradients are summed over the ranks, so the
 run is the one-process run up to float rounding. Rank 0 alone writes the run folder.
+
+With ``cfg.pack`` a step trains on the task's documents packed into sequences of ``context``
+tokens with their cu_seqlens (:mod:`.packing`), each run alone, batch 1 (:mod:`.packed_step`).
 """
 from __future__ import annotations
 
@@ -30,7 +33,6 @@ from pathlib import Path
 
 import torch
 import torch.distributed as dist
-from torch.nn import functional as F
 from tqdm import tqdm
 
 from .. import machine, mixers, tasks
@@ -43,7 +45,10 @@ from ..provenance import provenance, utc_now
 from . import checkpoint, results
 from .config import TrainConfig, identity_diff
 from .errors import TrainingDiverged
+from .loss import UNSCORED, correct, loss_sum, scored_targets  # noqa: F401 (UNSCORED: re-exported)
 from .optim import param_groups
+from .packed_step import packed_eval_sums, packed_step
+from .packing import check_mixers_pack, check_packable, packed_batch
 from .ranks import Ranks, rebuild_error
 from .schedule import build_scheduler
 
@@ -105,50 +110,13 @@ def resolve_device(device: str) -> torch.device:
     return dev
 
 
-# -- loss and evaluation --------------------------------------------------------------------
-UNSCORED = -100  # the target of a position that is not scored (cross entropy's ignore_index)
-
-
-def scored_targets(y: torch.Tensor, kind: str, pad_id: int, last: int | None = None) -> torch.Tensor:
-    """``y`` with every position that is not scored set to :data:`UNSCORED`.
-
-    lm: y (B, L); pad targets (and negative ones) are not scored, and ``last`` keeps only the last
-    ``last`` positions. Marking them on the whole sequence *before* it is split over ranks keeps
-    "the last positions" global. classify: y (B,) is returned as is.
-    """
-    if kind != "lm":
-        return y
-    keep = (y != pad_id) & (y >= 0)
-    if last is not None:
-        keep[:, : max(0, y.shape[1] - last)] = False
-    return torch.where(keep, y, torch.full_like(y, UNSCORED))
-
-
-def loss_sum(logits: torch.Tensor, target: torch.Tensor, kind: str) -> tuple[torch.Tensor, int]:
-    """Summed cross entropy (nats) over the scored targets, and their number.
-
-    classify: logits (B, C), target (B,). lm: logits (B, L, V), target (B, L) from
-    :func:`scored_targets` (any L: this rank's shard of the sequence, or all of it).
-    """
-    if kind != "lm":
-        return F.cross_entropy(logits, target, reduction="sum"), target.numel()
-    loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), target.reshape(-1),
-                           ignore_index=UNSCORED, reduction="sum")
-    return loss, int((target != UNSCORED).sum())
-
-
-def _correct(logits: torch.Tensor, target: torch.Tensor, kind: str) -> int:
-    if kind != "lm":
-        return int((logits.argmax(-1) == target).sum())
-    # lm with labels at some positions (e.g. MQAR's queries): the scored ones
-    return int(((logits.argmax(-1) == target) & (target != UNSCORED)).sum())
-
-
+# -- evaluation -----------------------------------------------------------------------------
 @torch.no_grad()
 def evaluate(model: torch.nn.Module, task, cfg: TrainConfig, split: str, device: torch.device,
              ranks: Ranks | None = None) -> dict:
     """Metrics on ``cfg.eval_batches`` fixed batches of ``split``: loss (nats) and the headline
-    metric (accuracy, or bits per byte/token over the last ``cfg.eval_last`` positions).
+    metric (accuracy, or bits per byte/token over the last ``cfg.eval_last`` positions; with
+    ``cfg.pack``, over every target of the packed batches' documents).
 
     With ``ranks``, ``model`` is the sequence-parallel model: every rank scores its shard and
     the sums are reduced, so every rank returns the single-process metrics."""
@@ -158,22 +126,26 @@ def evaluate(model: torch.nn.Module, task, cfg: TrainConfig, split: str, device:
     totals = torch.zeros(3, dtype=torch.float64)  # loss sum, scored, correct
     last = min(cfg.eval_last, cfg.context)
     for index in range(cfg.eval_batches):
+        if cfg.pack:  # every target of every document (eval_last does not apply)
+            batch = packed_batch(task, split, index, cfg.batch_size, cfg.context)
+            totals += packed_eval_sums(model, batch, task.pad_id, ranks, device)
+            continue
         x, y = task.batch(split, index, cfg.batch_size, cfg.context)
         x, y = ranks.batch_part(x), ranks.batch_part(y)
         target = scored_targets(y, task.kind, task.pad_id, last=last)
         target = (ranks.shard(target) if task.kind == "lm" else target).to(device)
         logits = model(ranks.shard(x).to(device))
         total, n = loss_sum(logits, target, task.kind)
-        totals += torch.tensor([total.item(), n, _correct(logits, target, task.kind)], dtype=torch.float64)
+        totals += torch.tensor([total.item(), n, correct(logits, target, task.kind)], dtype=torch.float64)
     model.train(was_training)
     # each rank scored its own positions; a classifier's logits are whole within a row
     totals = ranks.sum(totals) if task.kind == "lm" else ranks.sum_over_batch_parts(totals)
-    total_loss, total_n, correct = totals.tolist()
+    total_loss, total_n, right = totals.tolist()
     total_n = int(total_n)
     nats = total_loss / max(total_n, 1)
     metrics = {"loss": nats, "scored": total_n}
     name = metric_name(task)
-    metrics[name] = correct / max(total_n, 1) if name == "accuracy" else nats / math.log(2)
+    metrics[name] = right / max(total_n, 1) if name == "accuracy" else nats / math.log(2)
     return metrics
 
 
@@ -182,8 +154,10 @@ def sequence_parallel(model: torch.nn.Module, cfg: TrainConfig, ranks: Ranks) ->
     parameters (each layer in ``cfg.form``, or the planned one)."""
     if ranks.seq_world == 1:
         return model
+    # packed: every sequence runs alone, batch 1, with its cu_seqlens
+    batch = 1 if cfg.pack else cfg.batch_size // ranks.data_world
     return parallelize(model, group=ranks.seq_group, layout=ranks.layout, forms=cfg.form,
-                       seq_len=cfg.context, batch=cfg.batch_size // ranks.data_world)
+                       seq_len=cfg.context, batch=batch, packed=cfg.pack)
 
 
 def load_weights(model: torch.nn.Module, weights: dict, source: str) -> None:
@@ -229,6 +203,8 @@ def train(cfg: TrainConfig, group=None) -> dict:
     # Validate everything cheap before touching the run directory.
     task = tasks.build(cfg.task, seed=cfg.seed, **cfg.task_params)
     mcfg = model_config(cfg, task)
+    if cfg.pack:
+        check_packable(task, cfg.context)
     device = resolve_device(cfg.device)
     if group is None and cfg.procs > 1 and not (dist.is_available() and dist.is_initialized()):
         return _train_on_local_ranks(cfg, device)
@@ -370,16 +346,20 @@ def _run(cfg, task, mcfg, device, out, run_id, say, ranks: Ranks) -> dict:
     results_path, ckpt_path = out / RESULTS, out / CHECKPOINT
     checkpoint.seed_everything(cfg.seed)
     model = SequenceModel(mcfg, checkpoint_activations=cfg.checkpoint_activations).to(device)
+    if cfg.pack:
+        check_mixers_pack(model, cfg.mixer)
     # On P ranks the model runs sequence-parallel; ``model`` keeps the (shared) parameters.
     runner = sequence_parallel(model, cfg, ranks)
     optimizer = torch.optim.AdamW(param_groups(model, cfg.weight_decay), lr=cfg.lr, betas=(0.9, 0.98))
     scheduler = build_scheduler(optimizer, cfg.steps, cfg.warmup_steps, cfg.min_lr_ratio)
     step, history, wall_s, sessions = 0, [], 0.0, 0
+    packed = {"documents": 0, "tokens": 0}  # what the packed batches held so far (--pack)
 
     if ranks.on_main(ckpt_path.exists):  # every rank reads the checkpoint rank 0 found
         state = ranks.everywhere(lambda: _resume(cfg, ckpt_path, model, optimizer, scheduler))
         step, history = state["step"], list(state["history"])
         wall_s, sessions = state["wall_s"], state["sessions"]
+        packed = dict(state.get("packed", packed))
         say(f"resuming run {run_id} from {ckpt_path} at step {step}/{cfg.steps}")
     elif cfg.init_from is not None:  # rank 0 loads; the broadcast below gives every rank its weights
         source = ranks.on_main(lambda: _initialize(cfg, model))
@@ -393,6 +373,7 @@ def _run(cfg, task, mcfg, device, out, run_id, say, ranks: Ranks) -> dict:
             "model": model.state_dict(), "optimizer": optimizer.state_dict(),
             "scheduler": scheduler.state_dict(), "rng": checkpoint.rng_state(),
             "history": history, "wall_s": wall_s + (time.perf_counter() - t0), "sessions": sessions,
+            "packed": packed,
         }
         ranks.on_main(lambda: _write_checkpoint(state, ckpt_path))
 
@@ -406,23 +387,17 @@ def _run(cfg, task, mcfg, device, out, run_id, say, ranks: Ranks) -> dict:
     first_step = step
     try:  # close the bar even when a step fails (or Ctrl-C), so the terminal is left clean
         while step < cfg.steps:
-            x, y = task.batch("train", step, cfg.batch_size, cfg.context)
-            if step == first_step:  # a task must give every rank the same batch
-                ranks.check_same(torch.cat([x.flatten(), y.flatten()]), f"the train batch of step {step}")
-            x, y = ranks.batch_part(x), ranks.batch_part(y)
-            target = scored_targets(y, task.kind, task.pad_id, last=train_last)
-            target = (ranks.shard(target) if task.kind == "lm" else target).to(device)
-            local_sum, local_n = loss_sum(runner(ranks.shard(x).to(device)), target, task.kind)
-            if task.kind == "lm":  # the global mean over every rank's scored positions
-                total_sum, total_n = ranks.sum(torch.stack([local_sum.detach().double().cpu(),
-                                                            torch.tensor(float(local_n), dtype=torch.float64)]))
-                share = local_sum / max(total_n.item(), 1)  # this rank's share of the global mean
-                loss_value = total_sum.item() / max(total_n.item(), 1)
-            else:  # a row's ranks hold its part's logits; the model splits their gradient
-                share = local_sum / cfg.batch_size
-                loss_value = ranks.sum_over_batch_parts(local_sum).item() / cfg.batch_size
             optimizer.zero_grad(set_to_none=True)
-            share.backward()
+            if cfg.pack:
+                batch = packed_batch(task, "train", step, cfg.batch_size, cfg.context)
+                if step == first_step:  # a task must give every rank the same batch
+                    ranks.check_same(batch.flat(), f"the packed train batch of step {step}")
+                loss_value = packed_step(runner, batch, task.pad_id, ranks, device)
+                packed = {"documents": packed["documents"] + batch.documents,
+                          "tokens": packed["tokens"] + batch.tokens}
+            else:
+                loss_value = _padded_step(runner, task, cfg, step, step == first_step, train_last,
+                                          ranks, device)
             ranks.sum_gradients(model)
             grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
             # Stop before a non-finite update reaches the weights. Loss and gradients are reduced
@@ -467,6 +442,11 @@ def _run(cfg, task, mcfg, device, out, run_id, say, ranks: Ranks) -> dict:
         "forms": list(runner.forms) if ranks.seq_world > 1 else None,
         "mesh": ranks.mesh if ranks.grid is not None else None,  # [data, seq]
         "checkpoint_activations": cfg.checkpoint_activations,
+        # --pack: documents packed into sequences of --context tokens; what the train batches held
+        "packed": cfg.pack,
+        "packing": {"documents": packed["documents"], "document_tokens": packed["tokens"],
+                    "padding_fraction": 1.0 - packed["tokens"] / max(step * tokens_per_step, 1)}
+        if cfg.pack else None,
         "wall_s": round(wall_s, 3), "sessions": sessions,
         "status": results.FINISHED,
         "machine": machine.describe(str(device)), "date": utc_now(), **provenance(),
@@ -480,6 +460,28 @@ def _run(cfg, task, mcfg, device, out, run_id, say, ranks: Ranks) -> dict:
     record = ranks.on_main(write_record)  # every rank returns rank 0's record
     say(f"finished run {run_id}: test {metric} {test[metric]:.4f} ({step} steps, {wall_s:.1f} s)")
     return record
+
+
+def _padded_step(runner, task, cfg, step: int, first: bool, train_last, ranks: Ranks, device) -> float:
+    """Forward and backward of train batch ``step`` (padded examples, this rank's share of the
+    loss); returns the global mean loss, the same on every rank."""
+    x, y = task.batch("train", step, cfg.batch_size, cfg.context)
+    if first:  # a task must give every rank the same batch
+        ranks.check_same(torch.cat([x.flatten(), y.flatten()]), f"the train batch of step {step}")
+    x, y = ranks.batch_part(x), ranks.batch_part(y)
+    target = scored_targets(y, task.kind, task.pad_id, last=train_last)
+    target = (ranks.shard(target) if task.kind == "lm" else target).to(device)
+    local_sum, local_n = loss_sum(runner(ranks.shard(x).to(device)), target, task.kind)
+    if task.kind == "lm":  # the global mean over every rank's scored positions
+        total_sum, total_n = ranks.sum(torch.stack([local_sum.detach().double().cpu(),
+                                                    torch.tensor(float(local_n), dtype=torch.float64)]))
+        share = local_sum / max(total_n.item(), 1)  # this rank's share of the global mean
+        loss_value = total_sum.item() / max(total_n.item(), 1)
+    else:  # a row's ranks hold its part's logits; the model splits their gradient
+        share = local_sum / cfg.batch_size
+        loss_value = ranks.sum_over_batch_parts(local_sum).item() / cfg.batch_size
+    share.backward()
+    return loss_value
 
 
 def _write_checkpoint(state: dict, path: Path) -> None:
