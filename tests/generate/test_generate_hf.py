@@ -1,0 +1,174 @@
+"""generate() on transformers causal LMs over 1, 2 and 3 ranks equals transformers itself.
+
+Small random models of six families (``tests/hf/hf_models.py``: Llama, Qwen3, Mistral with a
+3-key sliding window, Gemma3 alternating a 4-key window and full attention, Mamba, Jamba) saved
+with ``save_pretrained`` and loaded back, float64, run with transformers' float32 casts off
+(``longmix.hf.float64``) on both sides so that float64 rounding is all that can differ:
+
+- the logits of every generated position equal transformers' single-process full forward over
+  prompt + generated tokens (SDPA attention: eager's softmax runs in float32) to 1e-10;
+- greedy tokens equal transformers' own ``model.generate(do_sample=False)`` with the
+  end-of-sequence stop disabled (``generation_config.eos_token_id = None``: ``min_new_tokens``
+  would instead forbid the EOS token and change the tokens);
+- every rank returns the same tokens; the KV caches summed over ranks hold exactly one
+  process's bytes (full attention), a Mamba state is the same size on every rank.
+
+P in {1, 2, 3} are the first P ranks of one 3-rank launch; prompts of 7 tokens under both
+layouts and of 2 tokens (fewer than P = 3: a rank without prefill rows).
+"""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+pytest.importorskip("transformers")
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "hf"))
+from hf_models import VOCAB, load, save_families  # noqa: E402
+
+from longmix.hf.float64 import float32_casts_off  # noqa: E402
+from longmix.parallel.launch import run_local  # noqa: E402
+
+SIZES = (1, 2, 3)
+FAMILIES = ("llama", "qwen3", "mistral_window", "gemma3", "mamba", "jamba")
+WINDOWED = ("mistral_window", "gemma3")
+SHORT_FAMILIES = ("llama", "gemma3", "mamba")  # a prompt shorter than P: time
+NEW_TOKENS = 6  # more than Mistral's 3-key window: decoding evicts keys
+TOL = 1e-10
+
+
+def prompt(length: int, batch: int = 2) -> torch.Tensor:
+    g = torch.Generator().manual_seed(1000 + length)
+    return torch.randint(0, VOCAB, (batch, length), generator=g)
+
+
+def cases() -> list[tuple[str, int, str]]:
+    out = [(name, 7, layout) for name in FAMILIES for layout in ("contiguous", "zigzag")]
+    return out + [(name, 2, "zigzag") for name in SHORT_FAMILIES]
+
+
+def worker(group, sizes, paths, case_list):
+    """Every rank: for each size P the first P ranks generate every case (float32 casts off).
+    Returns {P: [(tokens, logits, cache bytes, forms), ...]} for the sizes this rank took part in."""
+    from longmix.generate import GenerationStats, generate
+
+    dist = torch.distributed
+    rank = dist.get_rank()
+    models = {name: load(path, torch.float64) for name, path in paths.items()}
+    results = {}
+    for size in sizes:
+        sub = dist.new_group(list(range(size)))  # every rank takes part in creating each group
+        if rank < size:
+            results[size] = []
+            for name, length, layout in case_list:
+                stats = GenerationStats()
+                with float32_casts_off():
+                    tokens, logits = generate(models[name], prompt(length), NEW_TOKENS, group=sub,
+                                              layout=layout, output_logits=True, stats=stats)
+                results[size].append((tokens, logits, stats.cache_bytes, stats.forms))
+        dist.barrier()
+    return results
+
+
+@pytest.fixture(scope="module")
+def paths(tmp_path_factory):
+    return save_families(tmp_path_factory.mktemp("hf_generate"), names=FAMILIES)
+
+
+@pytest.fixture(scope="module")
+def launched(paths):
+    return run_local(worker, max(SIZES), (SIZES, paths, cases()), timeout=400,
+                     collective_timeout=120)
+
+
+@torch.no_grad()
+def references(path: str, name: str, ids: torch.Tensor, tokens: torch.Tensor):
+    """transformers' full-forward logits at the new positions and its own greedy tokens."""
+    # SDPA: eager attention takes its softmax in float32 (Mamba has no attention: eager)
+    model = load(path, torch.float64, attn="eager" if name == "mamba" else "sdpa")
+    model.generation_config.eos_token_id = None  # no end-of-sequence stop: N tokens, EOS included
+    length = ids.shape[1]
+    with float32_casts_off():
+        full = model(torch.cat([ids, tokens], 1), use_cache=False).logits
+        greedy = model.generate(ids, attention_mask=torch.ones_like(ids), do_sample=False,
+                                max_new_tokens=NEW_TOKENS, pad_token_id=0)[:, length:]
+    return full[:, length - 1:length - 1 + NEW_TOKENS], greedy
+
+
+def test_generate_equals_transformers(launched, paths):
+    problems = []
+    for i, (name, length, layout) in enumerate(cases()):
+        ids = prompt(length)
+        one = launched[0][1][i]
+        logits_ref, greedy = references(paths[name], name, ids, one[0])
+        for size in SIZES:
+            runs = [launched[r][size][i] for r in range(size)]
+            where = f"{name} L={length} {layout} P={size}"
+            tokens, logits, _, forms = runs[0]
+            if any(not torch.equal(r[0], tokens) for r in runs):
+                problems.append(f"{where}: ranks returned different tokens")
+            if not torch.equal(tokens, greedy):
+                problems.append(f"{where}: tokens {tokens.tolist()} != transformers' greedy "
+                                f"{greedy.tolist()}")
+            err = (logits - logits_ref).abs().max().item()
+            if not err <= TOL:
+                problems.append(f"{where}: logits differ from transformers' forward by {err:.3g}")
+            per_rank = [r[2] for r in runs]
+            if name == "mamba" and per_rank != [one[2]] * size:
+                problems.append(f"{where}: Mamba state bytes per rank {per_rank}, one process {one[2]}")
+            if name not in WINDOWED and name != "mamba" and name != "jamba" and sum(per_rank) != one[2]:
+                problems.append(f"{where}: KV bytes per rank {per_rank} do not sum to one "
+                                f"process's {one[2]}")
+            want = {"mamba": {"state"}, "jamba": {"state", "attention"}}.get(name, {"attention"})
+            if set(forms) != want:
+                problems.append(f"{where}: layers ran as {forms}, expected {want}")
+    assert not problems, "\n".join(problems)
+
+
+def test_sliding_window_keeps_only_the_window(launched):
+    """Mistral (a 3-key window on both layers): a rank's buffers hold at most window - 1 prompt
+    rows and window new keys per layer (``cache.kv_capacity``), whatever L and P; one process
+    exactly that (positions 5, 6 of the prompt and 3 of the 5 keys fed back)."""
+    i = cases().index(("mistral_window", 7, "contiguous"))
+    row = 2 * 2 * 2 * 8 * 8 + 8  # batch 2 x (k, v) x 2 kv heads x head_dim 8 x float64 + position
+    bound = 2 * (2 + 3) * row    # 2 layers
+    assert launched[0][1][i][2] == bound
+    for size in SIZES:
+        assert all(launched[r][size][i][2] <= bound for r in range(size))
+
+
+def _tiny(config_class, **options):
+    from transformers import AutoModelForCausalLM
+
+    common = dict(vocab_size=VOCAB, hidden_size=32, intermediate_size=48, num_hidden_layers=2,
+                  num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=16,
+                  head_dim=8)
+    torch.manual_seed(0)
+    return AutoModelForCausalLM.from_config(config_class(**common, **options)).double().eval()
+
+
+def test_models_it_cannot_run_are_refused_naming_the_class():
+    from transformers import Gemma2Config, LlamaConfig
+
+    from longmix.generate import generate
+
+    ids = prompt(4, batch=1)
+    llama = _tiny(LlamaConfig)
+    with pytest.raises(ValueError, match="LlamaModel has no language-model head"):
+        generate(llama.model, ids, 2)
+    with pytest.raises(ValueError, match=r"LlamaForCausalLM is in training mode .*model.eval\(\)"):
+        generate(llama.train(), ids, 2)
+    llama.eval()
+    with pytest.raises(ValueError, match="Gemma2ForCausalLM cannot run sharded: .*soft-capping"):
+        generate(_tiny(Gemma2Config, attn_logit_softcapping=50.0), ids, 2)
+    with pytest.raises(ValueError, match=r"plus max_new_tokens \(13\) exceeds the model's "
+                                         r"max_position_embeddings=16"):
+        generate(llama, ids, 13)
+    with pytest.raises(ValueError, match=rf"token ids must be in \[0, {VOCAB}\)"):
+        generate(llama, torch.full((1, 3), VOCAB), 2)
+    tokens, logits = generate(llama, ids, 0, output_logits=True)
+    assert tokens.shape == (1, 0) and logits.shape == (1, 0, VOCAB)
+    assert generate(llama, ids, 12).shape == (1, 12)  # exactly the limit fits
