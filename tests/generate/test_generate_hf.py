@@ -172,3 +172,48 @@ def test_models_it_cannot_run_are_refused_naming_the_class():
     tokens, logits = generate(llama, ids, 0, output_logits=True)
     assert tokens.shape == (1, 0) and logits.shape == (1, 0, VOCAB)
     assert generate(llama, ids, 12).shape == (1, 12)  # exactly the limit fits
+
+
+def _save_word_tokenizer(folder) -> None:
+    """A word-level tokenizer over VOCAB words "w0".."w96" (built here: nothing downloads)."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    words = {f"w{i}": i for i in range(VOCAB)}
+    tok = Tokenizer(models.WordLevel(words, unk_token="w0"))
+    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="w0").save_pretrained(folder)
+
+
+def test_cli_generates_from_a_saved_directory(paths, tmp_path, capsys):
+    """`longmix generate --hf-model DIR` on 2 ranks: ids or text through the saved tokenizer,
+    every new token transformers' greedy choice (float32, up to rounding) given the ones before."""
+    import json
+    import shutil
+
+    from longmix.cli import main
+
+    folder = tmp_path / "llama"
+    shutil.copytree(paths["llama"], folder)
+    assert main(["generate", "--hf-model", str(folder), "--prompt", "w1 w2", "--quiet"]) == 2
+    assert "has no tokenizer saved with it" in capsys.readouterr().err
+    _save_word_tokenizer(folder)
+    report_path = tmp_path / "out.json"
+    code = main(["generate", "--hf-model", str(folder), "--prompt", "w5 w17 w3 w60 w8",
+                 "--max-new-tokens", "4", "--procs", "2", "--layout", "zigzag",
+                 "--json", str(report_path), "--quiet"])
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    report = json.loads(report_path.read_text())
+    assert report["model_class"] == "LlamaForCausalLM" and report["world_size"] == 2
+    assert report["text"] == " ".join(f"w{t}" for t in report["tokens"])
+    assert captured.out.startswith(report["text"])
+    model = load(str(folder), torch.float32)
+    ids = torch.tensor([[5, 17, 3, 60, 8]])
+    tokens = torch.tensor([report["tokens"]])
+    with torch.no_grad():
+        logits = model(torch.cat([ids, tokens], 1), use_cache=False).logits[0, 4:8]
+    chosen = logits.gather(-1, tokens[0, :, None])[:, 0]
+    assert (chosen >= logits.max(-1).values - 1e-5).all(), (report["tokens"], logits)
+    assert main(["generate", "--hf-model", str(tmp_path / "none"), "--prompt-ids", "1"]) == 2
+    assert "has no config.json" in capsys.readouterr().err

@@ -50,7 +50,8 @@ def generate(model, input_ids: torch.Tensor, max_new_tokens: int, group=None,
     """Continue ``input_ids`` by ``max_new_tokens`` tokens, the prompt's forward split over ranks.
 
     Args:
-        model: a longmix ``SequenceModel`` with the lm head (causal).
+        model: a longmix ``SequenceModel`` with the lm head (causal), or a transformers causal
+            LM that ``longmix.hf.parallelize`` runs (in eval mode; ``longmix.generate.hf``).
         input_ids: (batch, L) LongTensor, the whole prompt, the same on every rank.
         max_new_tokens: tokens to generate (>= 0); no end-of-sequence stop.
         group: the process group (None: the default group, or one process).
