@@ -1,8 +1,9 @@
 """generate() on transformers causal LMs over 1, 2 and 3 ranks equals transformers itself.
 
 Small random models of six families (``tests/hf/hf_models.py``: Llama, Qwen3, Mistral with a
-3-key sliding window, Gemma3 alternating a 4-key window and full attention, Mamba, Jamba) saved
-with ``save_pretrained`` and loaded back, float64, run with transformers' float32 casts off
+3-key sliding window, Gemma3 alternating a 4-key window and full attention, Mamba, Jamba) and
+three more under one layout each (GPT-2: a learned position table; Mamba2; Qwen3-Next: a gated
+DeltaNet layer, attention and MoE), saved with ``save_pretrained`` and loaded back, float64, run with transformers' float32 casts off
 (``longmix.hf.float64``) on both sides so that float64 rounding is all that can differ:
 
 - the logits of every generated position equal transformers' single-process full forward over
@@ -27,13 +28,16 @@ import torch
 pytest.importorskip("transformers")
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "hf"))
-from hf_models import VOCAB, load, save_families  # noqa: E402
+from hf_models import VOCAB, save_families  # noqa: E402
+from hf_models import load as load_family  # noqa: E402
 
 from longmix.hf.float64 import float32_casts_off  # noqa: E402
 from longmix.parallel.launch import run_local  # noqa: E402
 
 SIZES = (1, 2, 3)
 FAMILIES = ("llama", "qwen3", "mistral_window", "gemma3", "mamba", "jamba")
+EXTRA = {"gpt2": "contiguous", "mamba2": "zigzag", "qwen3_next": "zigzag"}  # name -> layout
+STATE_ONLY = ("mamba", "mamba2")
 WINDOWED = ("mistral_window", "gemma3")
 SHORT_FAMILIES = ("llama", "gemma3", "mamba")  # a prompt shorter than P: time
 NEW_TOKENS = 6  # more than Mistral's 3-key window: decoding evicts keys
@@ -45,8 +49,37 @@ def prompt(length: int, batch: int = 2) -> torch.Tensor:
     return torch.randint(0, VOCAB, (batch, length), generator=g)
 
 
+def extra_configs() -> dict:
+    from transformers import GPT2Config, Mamba2Config, Qwen3NextConfig
+
+    return {
+        "gpt2": GPT2Config(vocab_size=VOCAB, n_embd=32, n_layer=2, n_head=4, n_positions=64),
+        "mamba2": Mamba2Config(vocab_size=VOCAB, hidden_size=32, num_hidden_layers=2, state_size=8,
+                               conv_kernel=3, expand=2, head_dim=8, num_heads=8, n_groups=1,
+                               chunk_size=4),
+        "qwen3_next": Qwen3NextConfig(
+            vocab_size=VOCAB, hidden_size=32, intermediate_size=48, num_hidden_layers=2,
+            num_attention_heads=4, num_key_value_heads=2, head_dim=8, max_position_embeddings=64,
+            layer_types=["linear_attention", "full_attention"], linear_num_value_heads=2,
+            linear_num_key_heads=2, linear_key_head_dim=8, linear_value_head_dim=8,
+            num_experts=2, num_experts_per_tok=1, moe_intermediate_size=16,
+            shared_expert_intermediate_size=16),
+    }
+
+
+def load(path: str, dtype: torch.dtype, attn: str = "eager"):
+    """``hf_models.load``, with the eager experts loop for Qwen3-Next's MoE in float64 too."""
+    if "qwen3_next" not in path:
+        return load_family(path, dtype, attn)
+    from transformers import AutoModelForCausalLM
+
+    return AutoModelForCausalLM.from_pretrained(path, dtype=dtype, attn_implementation=attn,
+                                                experts_implementation="eager").eval()
+
+
 def cases() -> list[tuple[str, int, str]]:
     out = [(name, 7, layout) for name in FAMILIES for layout in ("contiguous", "zigzag")]
+    out += [(name, 7, layout) for name, layout in EXTRA.items()]
     return out + [(name, 2, "zigzag") for name in SHORT_FAMILIES]
 
 
@@ -75,7 +108,15 @@ def worker(group, sizes, paths, case_list):
 
 @pytest.fixture(scope="module")
 def paths(tmp_path_factory):
-    return save_families(tmp_path_factory.mktemp("hf_generate"), names=FAMILIES)
+    from transformers import AutoModelForCausalLM
+
+    root = tmp_path_factory.mktemp("hf_generate")
+    out = save_families(root, names=FAMILIES)
+    for i, (name, config) in enumerate(extra_configs().items()):
+        torch.manual_seed(100 + i)
+        AutoModelForCausalLM.from_config(config).save_pretrained(root / name)
+        out[name] = str(root / name)
+    return out
 
 
 @pytest.fixture(scope="module")
@@ -88,7 +129,7 @@ def launched(paths):
 def references(path: str, name: str, ids: torch.Tensor, tokens: torch.Tensor):
     """transformers' full-forward logits at the new positions and its own greedy tokens."""
     # SDPA: eager attention takes its softmax in float32 (Mamba has no attention: eager)
-    model = load(path, torch.float64, attn="eager" if name == "mamba" else "sdpa")
+    model = load(path, torch.float64, attn="eager" if name in STATE_ONLY else "sdpa")
     model.generation_config.eos_token_id = None  # no end-of-sequence stop: N tokens, EOS included
     length = ids.shape[1]
     with float32_casts_off():
@@ -117,12 +158,13 @@ def test_generate_equals_transformers(launched, paths):
             if not err <= TOL:
                 problems.append(f"{where}: logits differ from transformers' forward by {err:.3g}")
             per_rank = [r[2] for r in runs]
-            if name == "mamba" and per_rank != [one[2]] * size:
+            if name in STATE_ONLY and per_rank != [one[2]] * size:
                 problems.append(f"{where}: Mamba state bytes per rank {per_rank}, one process {one[2]}")
-            if name not in WINDOWED and name != "mamba" and name != "jamba" and sum(per_rank) != one[2]:
+            if name in ("llama", "qwen3", "gpt2") and sum(per_rank) != one[2]:
                 problems.append(f"{where}: KV bytes per rank {per_rank} do not sum to one "
                                 f"process's {one[2]}")
-            want = {"mamba": {"state"}, "jamba": {"state", "attention"}}.get(name, {"attention"})
+            want = {"attention"} if name not in STATE_ONLY else set()
+            want |= {"state"} if name in STATE_ONLY + ("jamba", "qwen3_next") else set()
             if set(forms) != want:
                 problems.append(f"{where}: layers ran as {forms}, expected {want}")
     assert not problems, "\n".join(problems)
