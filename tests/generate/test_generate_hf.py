@@ -83,6 +83,15 @@ def cases() -> list[tuple[str, int, str]]:
     return out + [(name, 2, "zigzag") for name in SHORT_FAMILIES]
 
 
+#: sampled cases: (name, prompt length, layout, generate's sampling options)
+SAMPLED = [("qwen3", 7, "zigzag", dict(temperature=0.9, top_k=8, top_p=0.9, seed=3)),
+           ("jamba", 5, "contiguous", dict(temperature=1.3, top_p=0.95, seed=7))]
+
+
+def all_cases() -> list[tuple[str, int, str, dict]]:
+    return [(*case, {}) for case in cases()] + SAMPLED
+
+
 def worker(group, sizes, paths, case_list):
     """Every rank: for each size P the first P ranks generate every case (float32 casts off).
     Returns {P: [(tokens, logits, cache bytes, forms), ...]} for the sizes this rank took part in."""
@@ -96,11 +105,12 @@ def worker(group, sizes, paths, case_list):
         sub = dist.new_group(list(range(size)))  # every rank takes part in creating each group
         if rank < size:
             results[size] = []
-            for name, length, layout in case_list:
+            for name, length, layout, sampling in case_list:
                 stats = GenerationStats()
                 with float32_casts_off():
                     tokens, logits = generate(models[name], prompt(length), NEW_TOKENS, group=sub,
-                                              layout=layout, output_logits=True, stats=stats)
+                                              layout=layout, output_logits=True, stats=stats,
+                                              **sampling)
                 results[size].append((tokens, logits, stats.cache_bytes, stats.forms))
         dist.barrier()
     return results
@@ -121,7 +131,7 @@ def paths(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def launched(paths):
-    return run_local(worker, max(SIZES), (SIZES, paths, cases()), timeout=400,
+    return run_local(worker, max(SIZES), (SIZES, paths, all_cases()), timeout=400,
                      collective_timeout=120)
 
 
@@ -168,6 +178,26 @@ def test_generate_equals_transformers(launched, paths):
             if set(forms) != want:
                 problems.append(f"{where}: layers ran as {forms}, expected {want}")
     assert not problems, "\n".join(problems)
+
+
+def test_sampling_draws_the_same_tokens_on_every_rank_and_world_size(launched, paths):
+    """The same seed draws the same tokens on every rank and for P = 1, 2, 3 (the logits are
+    bitwise the same on every rank, and agree with one process to float64 rounding), and the
+    logits at the drawn tokens equal transformers' full forward."""
+    for j, (name, length, layout, sampling) in enumerate(SAMPLED):
+        i = len(cases()) + j
+        one = launched[0][1][i][0]
+        assert len(set(one.flatten().tolist())) > 1, name  # it sampled, not a constant
+        model = load(paths[name], torch.float64, attn="sdpa")
+        ids = prompt(length)
+        with float32_casts_off(), torch.no_grad():
+            full = model(torch.cat([ids, one], 1), use_cache=False).logits
+        ref = full[:, length - 1:length - 1 + NEW_TOKENS]
+        for size in SIZES:
+            for rank in range(size):
+                tokens, logits = launched[rank][size][i][:2]
+                assert torch.equal(tokens, one), (name, size, rank)
+                assert (logits - ref).abs().max().item() <= TOL, (name, size, rank)
 
 
 def test_sliding_window_keeps_only_the_window(launched):
