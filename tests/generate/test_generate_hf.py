@@ -11,7 +11,8 @@ DeltaNet layer, attention and MoE), saved with ``save_pretrained`` and loaded ba
 - greedy tokens equal transformers' own ``model.generate(do_sample=False)`` with the
   end-of-sequence stop disabled (``generation_config.eos_token_id = None``: ``min_new_tokens``
   would instead forbid the EOS token and change the tokens);
-- every rank returns the same tokens; the KV caches summed over ranks hold exactly one
+- every rank returns the same tokens; each rank's cache bytes equal ``expected_cache_bytes``
+  (the formula from the layout alone), the KV caches summed over ranks hold exactly one
   process's bytes (full attention), a Mamba state is the same size on every rank.
 
 P in {1, 2, 3} are the first P ranks of one 3-rank launch; prompts of 7 tokens under both
@@ -31,6 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "hf"))
 from hf_models import VOCAB, save_families  # noqa: E402
 from hf_models import load as load_family  # noqa: E402
 
+from longmix.generate import expected_cache_bytes  # noqa: E402
 from longmix.hf.float64 import float32_casts_off  # noqa: E402
 from longmix.parallel.launch import run_local  # noqa: E402
 
@@ -155,6 +157,7 @@ def test_generate_equals_transformers(launched, paths):
         ids = prompt(length)
         one = launched[0][1][i]
         logits_ref, greedy = references(paths[name], name, ids, one[0])
+        model = load(paths[name], torch.float64)
         for size in SIZES:
             runs = [launched[r][size][i] for r in range(size)]
             where = f"{name} L={length} {layout} P={size}"
@@ -173,6 +176,11 @@ def test_generate_equals_transformers(launched, paths):
             if name in ("llama", "qwen3", "gpt2") and sum(per_rank) != one[2]:
                 problems.append(f"{where}: KV bytes per rank {per_rank} do not sum to one "
                                 f"process's {one[2]}")
+            want_bytes = [expected_cache_bytes(model, length, NEW_TOKENS, size, r, layout, batch=2)
+                          for r in range(size)]
+            if per_rank != want_bytes:
+                problems.append(f"{where}: cache bytes per rank {per_rank}, the formula says "
+                                f"{want_bytes}")
             want = {"attention"} if name not in STATE_ONLY else set()
             want |= {"state"} if name in STATE_ONLY + ("jamba", "qwen3_next") else set()
             if set(forms) != want:

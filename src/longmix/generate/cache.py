@@ -193,7 +193,8 @@ def expected_cache_bytes(model, prompt_len: int, max_new_tokens: int, world: int
     position),
     rows = this rank's prefill rows (or, with a window, those after position L - window) + the
     decoded keys it will keep (:func:`decode_owners`; at most ``window`` with a window): about
-    (L + N) / P. State layer: its fixed state, whatever L."""
+    (L + N) / P. State layer: its fixed state, whatever L. ``model``: a longmix
+    ``SequenceModel`` or a transformers causal LM (its attention layers: kv heads x head_dim)."""
     from ..parallel.layout import all_segments
 
     dtype = next(model.parameters()).dtype if dtype is None else dtype
@@ -204,13 +205,12 @@ def expected_cache_bytes(model, prompt_len: int, max_new_tokens: int, world: int
     appended = decode_owners(lengths, max(0, max_new_tokens - 1)).count(rank)
     itemsize = torch.tensor([], dtype=dtype).element_size()
     total = 0
-    for block in model.blocks:
-        mixer = block.mixer
-        if decode_kind(mixer) == "kv":
-            kept = int(kept_positions(mine, prompt_len, mixer.window).sum())
-            rows = kv_capacity(kept, appended, mixer.window)
-            total += rows * (batch * 2 * mixer.heads * mixer.head_dim * itemsize + 8)
-        elif decode_kind(mixer) == "history":
+    for kind, mixer, kv_width, window in cache_layers(model):
+        if kind == "kv":
+            kept = int(kept_positions(mine, prompt_len, window).sum())
+            rows = kv_capacity(kept, appended, window)
+            total += rows * (batch * 2 * kv_width * itemsize + 8)
+        elif kind == "history":
             steps = max(0, max_new_tokens - 1)
             lags = sum(max(0, _segment_lags(start, n, prompt_len, steps)[1])
                        - max(0, _segment_lags(start, n, prompt_len, steps)[0]) for start, n in segments[rank])
@@ -222,6 +222,22 @@ def expected_cache_bytes(model, prompt_len: int, max_new_tokens: int, world: int
             state = mixer.init_state(batch, device="meta", dtype=dtype)
             total += sum(t.numel() * t.element_size() for t in state.values())
     return total
+
+
+def cache_layers(model) -> list[tuple]:
+    """Per token-mixing layer: (decode kind, the longmix mixer, the width of one cached key
+    (heads x head_dim; 0 unless "kv"), the window or None)."""
+    from .validate import is_hf_model
+
+    if is_hf_model(model):
+        from .hf import hf_cache_layers
+        return hf_cache_layers(model)
+    out = []
+    for block in model.blocks:
+        mixer, kind = block.mixer, decode_kind(block.mixer)
+        kv = (mixer.heads * mixer.head_dim, mixer.window) if kind == "kv" else (0, None)
+        out.append((kind, mixer, *kv))
+    return out
 
 
 def _segment_lags(start: int, rows: int, prompt_len: int, steps: int) -> tuple[int, int]:

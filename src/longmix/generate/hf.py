@@ -57,6 +57,23 @@ def check_hf_model(model) -> tuple[int, int | None, str]:
     return model.get_input_embeddings().num_embeddings, limit, "max_position_embeddings"
 
 
+def hf_cache_layers(model) -> list[tuple]:
+    """``cache.cache_layers`` of a transformers model: an attention layer keeps keys of kv_heads x
+    head_dim (GQA's kv heads, not repeated) and its window; a mapped mixer its state."""
+    import longmix.hf as lh
+
+    out = []
+    for plan in lh.plan_hf(model):
+        module = model.get_submodule(plan.name)
+        if plan.kind == "attention":
+            config = getattr(module, "config", None) or model.config
+            kv_heads = getattr(config, "num_key_value_heads", None) or config.num_attention_heads
+            out.append(("kv", module, kv_heads * module.head_dim, plan.window))
+        else:
+            out.append(("state", lh.mixer_from_hf(module), 0, None))
+    return out
+
+
 class HFGeneration:
     """What the layers of a parallel copy hand over during the prefill, and go through while
     decoding (set as ``RunState.generation``). Caches are keyed by layer name."""
