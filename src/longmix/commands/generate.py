@@ -30,7 +30,8 @@ def add_arguments(parser):
                         help="a transformers causal LM saved with save_pretrained (text prompts "
                              "use the tokenizer saved there; nothing downloads)")
     prompt = parser.add_mutually_exclusive_group(required=True)
-    prompt.add_argument("--prompt", help="prompt text (byte-level tasks such as text)")
+    prompt.add_argument("--prompt", help="prompt text (byte-level tasks such as text; an HF model's "
+                        "saved tokenizer)")
     prompt.add_argument("--prompt-file", metavar="FILE", help="read the prompt text from FILE")
     prompt.add_argument("--prompt-ids", metavar="IDS", help="prompt token ids, comma separated")
     a("--max-new-tokens", type=int, default=64, help="tokens to generate (default 64)")
