@@ -27,7 +27,8 @@ COMMANDS = {
     "attend": "exact (distributed) attention on a random sequence, verified against float64",
     "train": "train a model on a task with any mixer, with checkpoints and resume",
     "study": "train over a grid of task x mixer x context and report whether long context helps",
-    "generate": "continue a prompt with a trained lm run, the prefill split over ranks",
+    "generate": "continue a prompt with a trained lm run or a transformers causal LM, the prefill "
+                "split over ranks",
 }
 
 

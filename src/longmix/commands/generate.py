@@ -1,8 +1,10 @@
-"""`longmix generate`: continue a prompt with a trained run's model, the prompt's prefill split
-over ranks and the cache kept sharded while decoding (see ``longmix.generate``).
+"""`longmix generate`: continue a prompt with a trained run's model or a transformers causal LM,
+the prompt's prefill split over ranks and the cache kept sharded while decoding (see
+``longmix.generate``).
 
     longmix generate --run runs/text --prompt "def main(" --max-new-tokens 64
     longmix generate --run runs/text --prompt-file long.py --procs 2 --json out.json
+    longmix generate --hf-model DIR --prompt-ids 1,2,3 --procs 2
     torchrun --nproc-per-node 2 -m longmix.cli generate --run-dir runs/text --prompt-file long.py
 
 Prints the continuation (decoded text for a byte-level task such as ``text``, token ids
@@ -19,11 +21,17 @@ EXIT_RANK_FAILED, EXIT_BAD_INPUT = 1, 2
 
 def add_arguments(parser):
     a = parser.add_argument
-    a("--run", "--run-dir", dest="run", required=True, metavar="RUN_DIR",
-      help="the folder of a finished `longmix train` lm run (--run-dir under torchrun, whose own "
-           "parser takes --run for an abbreviation of its --run-path)")
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--run", "--run-dir", dest="run", metavar="RUN_DIR",
+                        help="the folder of a finished `longmix train` lm run (--run-dir under "
+                             "torchrun, whose own parser takes --run for an abbreviation of its "
+                             "--run-path)")
+    source.add_argument("--hf-model", metavar="DIR",
+                        help="a transformers causal LM saved with save_pretrained (text prompts "
+                             "use the tokenizer saved there; nothing downloads)")
     prompt = parser.add_mutually_exclusive_group(required=True)
-    prompt.add_argument("--prompt", help="prompt text (byte-level tasks such as text)")
+    prompt.add_argument("--prompt", help="prompt text (byte-level tasks such as text; an HF model's "
+                        "saved tokenizer)")
     prompt.add_argument("--prompt-file", metavar="FILE", help="read the prompt text from FILE")
     prompt.add_argument("--prompt-ids", metavar="IDS", help="prompt token ids, comma separated")
     a("--max-new-tokens", type=int, default=64, help="tokens to generate (default 64)")
@@ -63,26 +71,27 @@ def _prompt_ids(args, run) -> list[int]:
     return run.encode(text)
 
 
-def _request(args) -> dict:
-    """Everything the ranks need, checked here first so that bad input fails before any rank
-    starts: the same checks ``generate`` makes, on this process."""
+def _request(args) -> tuple:
+    """The source without its model (for the report) and everything the ranks need, checked
+    here first so that bad input fails before any rank starts: the same checks ``generate``
+    makes, on this process."""
     import torch
 
-    from ..generate.run_folder import load_run
-    from ..generate.validate import check_request
-
     from ..checks import check_int
+    from ..generate.run_folder import load_source
+    from ..generate.validate import check_request
 
     check_int("--max-new-tokens", args.max_new_tokens, low=0)
     if args.procs is not None:
         check_int("--procs", args.procs)
-    run = load_run(args.run)
+    run = load_source(args.run, args.hf_model)
     ids = _prompt_ids(args, run)
     if not ids:
         raise ValueError("the prompt is empty: give at least one token to continue")
     check_request(run.model, torch.tensor([ids]), args.max_new_tokens, args.layout,
                   args.temperature, args.top_k, args.top_p, args.seed)
-    return dict(run=args.run, ids=ids, max_new_tokens=args.max_new_tokens, layout=args.layout,
+    run.model = None  # the ranks load their own; this process keeps what the report needs
+    return run, dict(run=args.run, hf_model=args.hf_model, ids=ids, max_new_tokens=args.max_new_tokens, layout=args.layout,
                 temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, seed=args.seed,
                 threads=args.threads, progress=not args.quiet)
 
@@ -96,18 +105,19 @@ def _rank_main(group, request: dict) -> dict:
 
     from .. import machine
     from ..generate import GenerationStats, generate
-    from ..generate.run_folder import load_run
+    from ..generate.run_folder import load_source
 
     if request["threads"]:
         torch.set_num_threads(request["threads"])
     rank = dist.get_rank(group) if group is not None else 0
-    model = load_run(request["run"]).model
+    source = load_source(request["run"], request["hf_model"])
+    model = source.model
     bar = None
     if request["progress"] and rank == 0:
         from tqdm import tqdm
 
         tqdm.set_lock(threading.RLock())  # not tqdm's multiprocessing lock: a killed rank leaks it
-        bar = tqdm(total=len(model.blocks), desc="prefill", unit="layer", file=sys.stderr)
+        bar = tqdm(total=source.layers, desc="prefill", unit="layer", file=sys.stderr)
 
     def progress(done, total):
         if bar is not None:
@@ -132,8 +142,7 @@ def _report(request: dict, results: list[dict], run) -> dict:
 
     first = results[0]
     text = run.decode(first["tokens"]) if run.has_text_encoding else None
-    return {"run": request["run"], "run_id": run.run_id, "mixer": run.config.mixer,
-            "prompt_tokens": len(request["ids"]), "max_new_tokens": request["max_new_tokens"],
+    return {**run.describe(), "prompt_tokens": len(request["ids"]), "max_new_tokens": request["max_new_tokens"],
             "world_size": len(results), "layout": request["layout"], "forms": first["forms"],
             "tokens": first["tokens"], "text": text,
             "prefill_s": max(r["prefill_s"] for r in results),
@@ -159,7 +168,6 @@ def run(args) -> int:
 
     from ..fileio import atomic_write_text, strict_json_value
     from ..generate import DecodeError
-    from ..generate.run_folder import load_run
     from ..parallel.launch import RankFailure, run_local, torchrun_group, torchrun_world_size
 
     def fail(code: int, message) -> int:
@@ -168,7 +176,7 @@ def run(args) -> int:
 
     try:
         world = torchrun_world_size(args.procs)
-        request = _request(args)
+        source, request = _request(args)
     except ValueError as err:
         return fail(EXIT_BAD_INPUT, err)
     try:
@@ -190,7 +198,7 @@ def run(args) -> int:
         return fail(EXIT_BAD_INPUT, err)
     except (RankFailure, DecodeError) as err:
         return fail(EXIT_RANK_FAILED, err)
-    report = _report(request, results, load_run(args.run))
+    report = _report(request, results, source)
     _print(report)
     if args.json:
         atomic_write_text(args.json, json.dumps(strict_json_value(report), indent=1) + "\n")

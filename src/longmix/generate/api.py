@@ -8,9 +8,9 @@ import torch
 
 from ..parallel.layout import resolve_group
 from .cache import total_cache_bytes
-from .prefill import prefill
+from .prefill import SequenceDecoder
 from .sampling import next_token
-from .validate import agree_on_request, check_request
+from .validate import agree_on_request, check_request, is_hf_model, output_width
 
 
 class DecodeError(RuntimeError):
@@ -33,6 +33,15 @@ class GenerationStats:
         return self.decode_steps / self.decode_seconds if self.decode_seconds > 0 else float("nan")
 
 
+def _decoder(model):
+    """The prefill-and-step class for ``model``: longmix's own, or transformers' (imported only
+    then: ``longmix.generate`` never needs transformers otherwise)."""
+    if is_hf_model(model):
+        from .hf import HFDecoder
+        return HFDecoder
+    return SequenceDecoder
+
+
 @torch.no_grad()
 def generate(model, input_ids: torch.Tensor, max_new_tokens: int, group=None,
              layout: str = "contiguous", temperature: float = 0.0, top_k: int | None = None,
@@ -41,7 +50,8 @@ def generate(model, input_ids: torch.Tensor, max_new_tokens: int, group=None,
     """Continue ``input_ids`` by ``max_new_tokens`` tokens, the prompt's forward split over ranks.
 
     Args:
-        model: a longmix ``SequenceModel`` with the lm head (causal).
+        model: a longmix ``SequenceModel`` with the lm head (causal), or a transformers causal
+            LM that ``longmix.hf.parallelize`` runs (in eval mode; ``longmix.generate.hf``).
         input_ids: (batch, L) LongTensor, the whole prompt, the same on every rank.
         max_new_tokens: tokens to generate (>= 0); no end-of-sequence stop.
         group: the process group (None: the default group, or one process).
@@ -69,27 +79,22 @@ def generate(model, input_ids: torch.Tensor, max_new_tokens: int, group=None,
     agree_on_request(group, error, (input_ids, max_new_tokens, seed))
     group, world, rank = resolve_group(group)
     batch, prompt_len = input_ids.shape
-    vocab = model.cfg.vocab_size
     tokens = input_ids.new_zeros(batch, max_new_tokens)
-    dtype = next(model.parameters()).dtype
-    logits_out = torch.zeros(batch, max_new_tokens, vocab, dtype=dtype, device=input_ids.device) \
-        if output_logits else None
     stats = GenerationStats() if stats is None else stats
     stats.world = world
     if max_new_tokens == 0:
+        vocab, dtype = output_width(model)
+        logits_out = torch.zeros(batch, 0, vocab, dtype=dtype, device=input_ids.device)
         return (tokens, logits_out) if output_logits else tokens
 
     start = time.perf_counter()
-    state = prefill(model, input_ids, max_new_tokens, group, layout, progress)
+    decoder = _decoder(model)(model, input_ids, max_new_tokens, group, layout, progress)
     stats.prefill_seconds = time.perf_counter() - start
-    stats.cache_bytes, stats.forms = total_cache_bytes(state.caches), state.forms
+    stats.cache_bytes, stats.forms = total_cache_bytes(decoder.caches), decoder.forms
 
+    logits = decoder.logits
+    logits_out = logits.new_zeros(batch, max_new_tokens, logits.shape[-1]) if output_logits else None
     generator = torch.Generator().manual_seed(seed)
-    device = input_ids.device
-    # one sinusoidal table for every decode position, not one rebuilt per step
-    model.position(state.last_features.new_zeros(1, 1, model.cfg.dim),
-                   torch.tensor([prompt_len + max_new_tokens - 1], device=device))
-    logits = model.head(state.last_features)
     start = time.perf_counter()
     for i in range(max_new_tokens):
         if output_logits:
@@ -97,18 +102,14 @@ def generate(model, input_ids: torch.Tensor, max_new_tokens: int, group=None,
         tokens[:, i] = next_token(logits, temperature, top_k, top_p, generator)
         if i == max_new_tokens - 1:
             break
-        position = prompt_len + i
-        steppers = [lambda h, cache=cache: cache.step(h, position) for cache in state.caches]
         try:
-            h = model.features(tokens[:, i:i + 1], positions=torch.tensor([position], device=device),
-                               mixers=steppers)
+            logits = decoder.step(tokens[:, i:i + 1], prompt_len + i)
         except RuntimeError as exc:  # gloo/NCCL errors: a peer died or a collective timed out
             if world == 1:
                 raise  # no collective ran: not a peer's failure
             raise DecodeError(f"generate: rank {rank} of {world}: a collective failed at decode "
                               f"step {i + 1} of {max_new_tokens - 1} (another rank stopped or "
                               f"timed out): {exc}") from exc
-        logits = model.head(h[:, 0])
     stats.decode_seconds = time.perf_counter() - start
     stats.decode_steps = max_new_tokens - 1
     return (tokens, logits_out) if output_logits else tokens

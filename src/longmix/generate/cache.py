@@ -86,33 +86,47 @@ def kv_capacity(kept: int, appended: int, window: int | None) -> int:
 
 class ShardedKVCache:
     """This rank's shard of one softmax layer's KV cache. Rows [start, end) of the buffers are
-    live, in increasing global position (prefill rows in local order, then decoded ones)."""
+    live, in increasing global position (prefill rows in local order, then decoded ones).
+
+    The cache holds projected keys and values (batch, rows, kv_heads, head_dim) and attends a
+    projected query (:meth:`attend`); a longmix softmax layer projects and merges heads around it
+    (:meth:`step`, ``mixer`` set), a transformers attention layer hands it its own rotated q, k, v
+    (``longmix.generate.hf``)."""
 
     kind = "kv"
 
-    def __init__(self, mixer, k, v, positions, owners: list[int], group):
-        self.mixer, self.group = mixer, group
+    def __init__(self, k, v, positions, owners: list[int], group, window: int | None,
+                 scale: float | None, mixer=None):
+        self.mixer, self.group, self.window, self.scale = mixer, group, window, scale
         _, self.world, self.rank = resolve_group(group)
         self.owners = owners  # owners[i]: the rank keeping the key of decoded token i
-        window = mixer.window
         appended = sum(1 for r in owners if r == self.rank)
         capacity = kv_capacity(k.shape[1], appended, window)
         batch, _, heads, head_dim = k.shape
         self.k = k.new_empty(batch, capacity, heads, head_dim)
-        self.v = v.new_empty(batch, capacity, heads, head_dim)
+        self.v = v.new_empty(batch, capacity, heads, v.shape[-1])
         self.positions = torch.empty(capacity, dtype=torch.long, device=k.device)
         n = k.shape[1]
         self.k[:, :n], self.v[:, :n], self.positions[:n] = k, v, positions
         self.start, self.end, self.steps = 0, n, 0
 
     @classmethod
+    def from_rows(cls, k, v, positions, prompt_len, lengths, steps, group, window, scale,
+                  mixer=None):
+        """The cache of this rank's prefill keys and values k, v (batch, local_len, kv_heads,
+        head_dim) at global ``positions``, keeping only the rows a later query can read;
+        ``lengths``: every rank's row count; ``steps``: the tokens decoding will feed back."""
+        keep = kept_positions(positions, prompt_len, window).to(k.device)
+        return cls(k[:, keep], v[:, keep], positions.to(k.device)[keep],
+                   decode_owners(lengths, steps), group, window, scale, mixer)
+
+    @classmethod
     def from_prefill(cls, mixer, x_local, positions, prompt_len, lengths, steps, group):
         """The cache of the rows x_local (batch, local_len, dim), the normalized mixer input of
         this rank's prefill rows at global ``positions``; ``lengths``: every rank's row count."""
         _, k, v = mixer._qkv(x_local)  # per row: recomputing the projection costs no communication
-        keep = kept_positions(positions, prompt_len, mixer.window).to(k.device)
-        return cls(mixer, k[:, keep], v[:, keep], positions.to(k.device)[keep],
-                   decode_owners(lengths, steps), group)
+        return cls.from_rows(k, v, positions, prompt_len, lengths, steps, group, mixer.window,
+                             mixer.scale, mixer)
 
     def _append(self, k, v, position: int) -> None:
         if self.end == self.k.shape[1]:  # full: move the live rows to the front (window only)
@@ -125,23 +139,29 @@ class ShardedKVCache:
         self.positions[self.end] = position
         self.end += 1
 
-    def step(self, x_t: torch.Tensor, position: int) -> torch.Tensor:
-        """x_t (batch, 1, dim): the new token's normalized input at global ``position`` ->
-        the layer's output (batch, 1, dim), the same on every rank."""
-        mixer = self.mixer
-        q, k, v = mixer._qkv(x_t)
+    def attend(self, q, k, v, position: int) -> torch.Tensor:
+        """q (batch, 1, heads, head_dim), k, v (batch, 1, kv_heads, head_dim): the new token's
+        projections at global ``position`` -> attention over every rank's cache (batch, 1, heads,
+        head_dim), the same on every rank: the local shard's (out, lse), all-gathered and merged
+        on the log-sum-exp (every cached key precedes the query, so no mask)."""
         if self.owners[self.steps] == self.rank:
             self._append(k, v, position)
         self.steps += 1
-        if mixer.window is not None:  # keys the query at `position` no longer reads never return
-            first = position - mixer.window + 1
+        if self.window is not None:  # keys the query at `position` no longer reads never return
+            first = position - self.window + 1
             self.start += int((self.positions[self.start:self.end] < first).sum())
         keys, values = self.k[:, self.start:self.end], self.v[:, self.start:self.end]
-        out, lse = attention_with_lse(q, keys, values, causal=False, scale=mixer.scale)
+        out, lse = attention_with_lse(q, keys, values, causal=False, scale=self.scale)
         if self.world > 1:
             parts = all_gather_tensors([out, lse], self.group)
             out, lse = merge_partials([p[0] for p in parts], [p[1] for p in parts])
-        return mixer._merge(out)
+        return out
+
+    def step(self, x_t: torch.Tensor, position: int) -> torch.Tensor:
+        """x_t (batch, 1, dim): the new token's normalized input at global ``position`` ->
+        the longmix layer's output (batch, 1, dim), the same on every rank."""
+        q, k, v = self.mixer._qkv(x_t)
+        return self.mixer._merge(self.attend(q, k, v, position))
 
     def nbytes(self) -> int:
         return sum(t.numel() * t.element_size() for t in (self.k, self.v, self.positions))
@@ -173,7 +193,8 @@ def expected_cache_bytes(model, prompt_len: int, max_new_tokens: int, world: int
     position),
     rows = this rank's prefill rows (or, with a window, those after position L - window) + the
     decoded keys it will keep (:func:`decode_owners`; at most ``window`` with a window): about
-    (L + N) / P. State layer: its fixed state, whatever L."""
+    (L + N) / P. State layer: its fixed state, whatever L. ``model``: a longmix
+    ``SequenceModel`` or a transformers causal LM (its attention layers: kv heads x head_dim)."""
     from ..parallel.layout import all_segments
 
     dtype = next(model.parameters()).dtype if dtype is None else dtype
@@ -184,13 +205,12 @@ def expected_cache_bytes(model, prompt_len: int, max_new_tokens: int, world: int
     appended = decode_owners(lengths, max(0, max_new_tokens - 1)).count(rank)
     itemsize = torch.tensor([], dtype=dtype).element_size()
     total = 0
-    for block in model.blocks:
-        mixer = block.mixer
-        if decode_kind(mixer) == "kv":
-            kept = int(kept_positions(mine, prompt_len, mixer.window).sum())
-            rows = kv_capacity(kept, appended, mixer.window)
-            total += rows * (batch * 2 * mixer.heads * mixer.head_dim * itemsize + 8)
-        elif decode_kind(mixer) == "history":
+    for kind, mixer, kv_width, window in cache_layers(model):
+        if kind == "kv":
+            kept = int(kept_positions(mine, prompt_len, window).sum())
+            rows = kv_capacity(kept, appended, window)
+            total += rows * (batch * 2 * kv_width * itemsize + 8)
+        elif kind == "history":
             steps = max(0, max_new_tokens - 1)
             lags = sum(max(0, _segment_lags(start, n, prompt_len, steps)[1])
                        - max(0, _segment_lags(start, n, prompt_len, steps)[0]) for start, n in segments[rank])
@@ -202,6 +222,22 @@ def expected_cache_bytes(model, prompt_len: int, max_new_tokens: int, world: int
             state = mixer.init_state(batch, device="meta", dtype=dtype)
             total += sum(t.numel() * t.element_size() for t in state.values())
     return total
+
+
+def cache_layers(model) -> list[tuple]:
+    """Per token-mixing layer: (decode kind, the longmix mixer, the width of one cached key
+    (heads x head_dim; 0 unless "kv"), the window or None)."""
+    from .validate import is_hf_model
+
+    if is_hf_model(model):
+        from .hf import hf_cache_layers
+        return hf_cache_layers(model)
+    out = []
+    for block in model.blocks:
+        mixer, kind = block.mixer, decode_kind(block.mixer)
+        kv = (mixer.heads * mixer.head_dim, mixer.window) if kind == "kv" else (0, None)
+        out.append((kind, mixer, *kv))
+    return out
 
 
 def _segment_lags(start: int, rows: int, prompt_len: int, steps: int) -> tuple[int, int]:

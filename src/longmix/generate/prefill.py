@@ -90,3 +90,26 @@ def prefill(model, input_ids: torch.Tensor, max_new_tokens: int, group=None,
     last = h[:, shards.last_row].contiguous() if rank == owner else h.new_empty(batch, h.shape[-1])
     return Prefilled(caches=caches, last_features=_broadcast_from(last, owner, group, world),
                      forms=pmodel.forms, shards=shards)
+
+
+class SequenceDecoder:
+    """A longmix ``SequenceModel`` after the prefill: ``logits`` of the prompt's last position
+    (batch, vocab), the caches, and :meth:`step` feeding one new token through them."""
+
+    def __init__(self, model, input_ids: torch.Tensor, max_new_tokens: int, group=None,
+                 layout: str = "contiguous", progress=None):
+        self.model = model
+        state = prefill(model, input_ids, max_new_tokens, group, layout, progress)
+        self.caches, self.forms = state.caches, state.forms
+        last = input_ids.shape[1] + max_new_tokens - 1
+        # one sinusoidal table for every decode position, not one rebuilt per step
+        model.position(state.last_features.new_zeros(1, 1, model.cfg.dim),
+                       torch.tensor([last], device=input_ids.device))
+        self.logits = model.head(state.last_features)
+
+    def step(self, tokens: torch.Tensor, position: int) -> torch.Tensor:
+        """tokens (batch, 1) at global ``position`` -> their logits (batch, vocab)."""
+        steppers = [lambda h, cache=cache: cache.step(h, position) for cache in self.caches]
+        h = self.model.features(tokens, positions=torch.tensor([position], device=tokens.device),
+                                mixers=steppers)
+        return self.model.head(h[:, 0])

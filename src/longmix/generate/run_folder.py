@@ -20,6 +20,7 @@ class TrainedRun:
     model: SequenceModel
     config: TrainConfig
     run_id: str
+    folder: str = ""
 
     @property
     def has_text_encoding(self) -> bool:
@@ -33,9 +34,26 @@ class TrainedRun:
                              f"(--prompt-ids) instead of text")
         return [b + 1 for b in text.encode("utf-8")]
 
+    @property
+    def layers(self) -> int:
+        """Blocks of the model (the prefill's progress counts them)."""
+        return len(self.model.blocks)
+
+    def describe(self) -> dict:
+        return {"run": str(self.folder), "run_id": self.run_id, "mixer": self.config.mixer}
+
     def decode(self, tokens: list[int]) -> str:
         """Text of byte tokens (pad 0 skipped; invalid UTF-8 shown as U+FFFD)."""
         return bytes(t - 1 for t in tokens if 0 < t <= 256).decode("utf-8", errors="replace")
+
+
+def load_source(run: str | None = None, hf_model: str | None = None):
+    """What ``longmix generate`` continues from: a finished run (:func:`load_run`) or a
+    transformers directory (``hf_folder.load_hf_model``)."""
+    if hf_model is not None:
+        from .hf_folder import load_hf_model
+        return load_hf_model(hf_model)
+    return load_run(run)
 
 
 def load_run(folder: str) -> TrainedRun:
@@ -61,4 +79,5 @@ def load_run(folder: str) -> TrainedRun:
                          f"models (an lm task, e.g. text) generate")
     model = SequenceModel(model_config(cfg, task))
     load_weights(model, state["model"], f"--run {folder!r}")
-    return TrainedRun(model=model.eval(), config=cfg, run_id=state.get("run_id", cfg.run_id()))
+    return TrainedRun(model=model.eval(), config=cfg, run_id=state.get("run_id", cfg.run_id()),
+                      folder=folder)

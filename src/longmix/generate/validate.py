@@ -11,23 +11,43 @@ from .cache import decode_kind
 from .sampling import check_sampling
 
 
-def check_model(model) -> None:
-    """A longmix ``SequenceModel`` with the lm head whose every mixer can decode."""
+def is_hf_model(model) -> bool:
+    """A transformers ``PreTrainedModel`` (found by class, without importing transformers)."""
+    return any(cls.__name__ == "PreTrainedModel" and cls.__module__.startswith("transformers")
+               for cls in type(model).__mro__)
+
+
+def check_model(model) -> tuple[int, int | None, str]:
+    """A longmix ``SequenceModel`` with the lm head whose every mixer can decode, or a
+    transformers causal LM ``longmix.generate.hf`` can run; returns (the number of token ids the
+    model reads, its longest sequence or None, the name of that limit)."""
     from ..models.model import SequenceModel
 
+    if is_hf_model(model):
+        from .hf import check_hf_model
+        return check_hf_model(model)
     if not isinstance(model, SequenceModel):
-        raise ValueError(f"generate: model must be a longmix SequenceModel with the lm head, got "
-                         f"{type(model).__name__} (transformers models are not supported here yet)")
+        raise ValueError(f"generate: model must be a longmix SequenceModel with the lm head or a "
+                         f"transformers causal LM (*ForCausalLM), got {type(model).__name__}")
     if model.cfg.head != "lm" or not model.causal:
         raise ValueError(f"generate: the model must be a causal language model (head='lm'), got "
                          f"head={model.cfg.head!r}, causal={model.causal}: a bidirectional model "
                          "reads the future, so it cannot generate")
     for block in model.blocks:
         decode_kind(block.mixer)  # raises for mixers that cannot decode after a sharded prefill
+    return model.cfg.vocab_size, model.cfg.max_len, "max_len"
+
+
+def output_width(model) -> tuple[int, torch.dtype]:
+    """The width and dtype of ``model``'s logits (what ``output_logits`` returns for no token)."""
+    if is_hf_model(model):
+        head = model.get_output_embeddings().weight
+        return head.shape[0], head.dtype
+    return model.cfg.vocab_size, next(model.parameters()).dtype
 
 
 def check_request(model, input_ids, max_new_tokens, layout, temperature, top_k, top_p, seed) -> None:
-    check_model(model)
+    vocab, max_len, max_len_name = check_model(model)
     check_layout(layout)
     check_int("max_new_tokens", max_new_tokens, low=0)
     check_int("seed", seed, low=0)
@@ -40,15 +60,13 @@ def check_request(model, input_ids, max_new_tokens, layout, temperature, top_k, 
     if batch < 1 or length < 1:
         raise ValueError(f"generate: input_ids must hold at least one sequence of at least one "
                          f"token (an empty prompt has nothing to continue), got shape {(batch, length)}")
-    vocab = model.cfg.vocab_size
     low, high = int(input_ids.min()), int(input_ids.max())
     if low < 0 or high >= vocab:
         raise ValueError(f"generate: token ids must be in [0, {vocab}) (the model's vocab_size), got "
                          f"ids in [{low}, {high}]: a prompt encoded for another vocabulary?")
-    max_len = model.cfg.max_len
     if max_len is not None and length + max_new_tokens > max_len:
         raise ValueError(f"generate: the prompt ({length} tokens) plus max_new_tokens "
-                         f"({max_new_tokens}) exceeds the model's max_len={max_len}")
+                         f"({max_new_tokens}) exceeds the model's {max_len_name}={max_len}")
 
 
 def _fingerprint(input_ids, max_new_tokens, seed) -> list[int]:

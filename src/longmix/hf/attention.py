@@ -36,9 +36,13 @@ SETUP_ATTRIBUTE = "_longmix_attention_setup"
 @dataclass
 class RunState:
     """What one forward of a parallel copy says to its layers: ``empty`` when this rank holds no
-    rows and runs one stand-in row instead (transformers' reshapes cannot take 0 rows)."""
+    rows and runs one stand-in row instead (transformers' reshapes cannot take 0 rows);
+    ``generation``, set by ``longmix.generate`` around its forwards: during the prefill each
+    layer hands it what decoding keeps (its keys and values, or its mixer's final state), and
+    while ``generation.decoding`` each layer's one new row goes through it (the sharded cache)."""
 
     empty: bool = False
+    generation: object = None
 
 
 @dataclass(frozen=True)
@@ -153,10 +157,15 @@ def longmix_attention(module: torch.nn.Module, query: torch.Tensor, key: torch.T
         raise ValueError(f"{where}: query, key and value head dims differ "
                          f"({query.shape[-1]}, {key.shape[-1]}, {value.shape[-1]})")
     q, k, v = (t.transpose(1, 2) for t in (query, key, value))
+    generation = setup.run.generation
+    if generation is not None and generation.decoding:  # the new row over the sharded cache
+        return generation.attend(setup.name, q, k, v), None
     if setup.run.empty:  # the stand-in row is not part of the sequence: join with 0 rows
         q, k, v = q[:, :0], k[:, :0], v[:, :0]
     out = lp.attention(q, k, v, causal=True, group=setup.group, layout=setup.layout, scale=scaling,
                        window=window, stats=setup.stats, strategy=setup.strategy)
+    if generation is not None:  # a prefill: this rank's rows' keys and values stay here
+        generation.keep_kv(setup.name, k, v, scaling, window)
     if setup.run.empty:
         out = stand_in(out, (query.shape[0], query.shape[2], *out.shape[2:]))
     return out, None

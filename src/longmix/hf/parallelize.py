@@ -42,7 +42,7 @@ from . import plan as hf_plan
 from .plan import HFLayerPlan, plan_hf
 
 IGNORE_INDEX = -100  # transformers' (and torch's) cross-entropy ignore_index
-_FORWARD_ARGS = ("input_ids", "labels", "attention_mask", "num_items_in_batch")
+_FORWARD_ARGS = ("input_ids", "labels", "attention_mask", "num_items_in_batch", "logits_to_keep")
 
 
 def _mixer_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
@@ -76,9 +76,14 @@ class MixerAdapter(nn.Module):
             raise ValueError(f"longmix.hf: layer {self.name!r}: a cache is not supported")
         if attention_mask is not None and not bool(attention_mask.all()):
             raise ValueError(f"longmix.hf: layer {self.name!r}: a padding mask is not supported")
-        if self.run.empty:  # the stand-in row is not part of the sequence: join with 0 rows
-            return hf_attention.stand_in(self.parallel(hidden_states[:, :0]), hidden_states.shape)
-        return self.parallel(hidden_states)
+        generation = self.run.generation
+        if generation is not None and generation.decoding:  # one new row: step the state
+            return generation.step_mixer(self.name, hidden_states)
+        # the stand-in row of an empty rank is not part of the sequence: join with 0 rows
+        rows = hidden_states[:, :0] if self.run.empty else hidden_states
+        out = self.parallel(rows) if generation is None else \
+            generation.prefill_mixer(self.name, self.parallel.mixer, rows)  # keeps the final state
+        return hf_attention.stand_in(out, hidden_states.shape) if self.run.empty else out
 
 
 def _shared_copy(model: nn.Module) -> nn.Module:
@@ -130,8 +135,10 @@ def causal_lm_loss(logits: torch.Tensor, labels: torch.Tensor, shards: Shards, g
 
 class ParallelHFModel(nn.Module):
     """An HF model over the ranks of ``group``: forward(input_ids_local, labels=None,
-    attention_mask=None, num_items_in_batch=None) returns the HF output with this rank's rows of
-    ``logits`` (or ``last_hidden_state``) and the global ``loss``. ``layers`` is the plan."""
+    attention_mask=None, num_items_in_batch=None, logits_to_keep=None) returns the HF output with
+    this rank's rows of ``logits`` (or ``last_hidden_state``) and the global ``loss``.
+    ``logits_to_keep``: a 1-D LongTensor of this rank's local rows whose logits to compute (the
+    others are never computed), without labels. ``layers`` is the plan."""
 
     def __init__(self, model: nn.Module, layers: list[HFLayerPlan], group, layout: str,
                  stats: CommStats | None, run: hf_attention.RunState):
@@ -140,10 +147,11 @@ class ParallelHFModel(nn.Module):
         self.layers, self.group, self.layout, self.stats = layers, group, layout, stats
         self.run = run
         # an SSM-only model (Mamba) takes no positions; attention models must (checked by the plan)
-        self._takes_positions = "position_ids" in inspect.signature(model.forward).parameters
+        self.takes_positions = "position_ids" in inspect.signature(model.forward).parameters
 
     def forward(self, input_ids: torch.Tensor, labels: torch.Tensor | None = None,
-                attention_mask: torch.Tensor | None = None, num_items_in_batch=None, **kwargs):
+                attention_mask: torch.Tensor | None = None, num_items_in_batch=None,
+                logits_to_keep: torch.Tensor | None = None, **kwargs):
         if kwargs:
             raise ValueError(f"longmix.hf: unsupported forward arguments {sorted(kwargs)}; the "
                              f"parallel model takes {_FORWARD_ARGS} (positions come from the layout)")
@@ -159,6 +167,14 @@ class ParallelHFModel(nn.Module):
                 raise ValueError(f"longmix.hf: labels must have input_ids' shape on every rank: "
                                  f"batch {shards.batch}, lengths {shards.lengths}; got batch "
                                  f"{label_shards.batch}, lengths {label_shards.lengths}")
+        if logits_to_keep is not None:
+            if labels is not None or not isinstance(logits_to_keep, torch.Tensor) \
+                    or logits_to_keep.dim() != 1:
+                raise ValueError("longmix.hf: logits_to_keep must be a 1-D LongTensor of local rows, "
+                                 "and without labels (the loss needs every row's logits)")
+            extra_out = {"logits_to_keep": logits_to_keep[:0] if local == 0 else logits_to_keep}
+        else:
+            extra_out = {}
         if attention_mask is not None:
             expected = (batch, shards.seq_len)
             if tuple(attention_mask.shape) != expected:
@@ -180,10 +196,11 @@ class ParallelHFModel(nn.Module):
         # a local all-ones mask: transformers then builds its mask through longmix's mask function
         # (and skips its packed-sequence detection, which zigzag's jumping positions would trigger)
         ones = torch.ones_like(input_ids)
-        extra = {"position_ids": positions} if self._takes_positions else {}
+        extra = {"position_ids": positions} if self.takes_positions else {}
         self.run.empty = empty
         try:
-            out = self.model(input_ids=input_ids, attention_mask=ones, use_cache=False, **extra)
+            out = self.model(input_ids=input_ids, attention_mask=ones, use_cache=False, **extra,
+                             **extra_out)
         finally:
             self.run.empty = False
         if empty:  # drop the stand-in row (its gradient is zero; its graph still joins backward)
