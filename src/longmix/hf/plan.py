@@ -21,16 +21,24 @@ from dataclasses import dataclass
 
 from torch import nn
 
+from . import gated_deltanet, mamba2
 from .mixers import HF_MIXER_CLASSES, is_mapped, mixer_from_hf  # noqa: F401  (the SSM hook)
 
 ATTENTION_LAYER_TYPES = ("full_attention", "sliding_attention")
 #: ``layer_types`` entries whose layers hold a mapped mixer (checked by class in ``mixer_layers``)
 MAPPED_LAYER_TYPES = ("mamba", "linear_attention")
+#: ``layer_types`` entries whose layers mix no tokens (Nemotron-H's MLP and MoE layers)
+POINTWISE_LAYER_TYPES = ("mlp", "moe")
+#: ``layer_types`` entries whose layers hold attention and a mixer, each checked by its module
+#: (Zamba2: the shared transformer, then a Mamba-2 mixer; Falcon-H1: both in parallel)
+HYBRID_LAYER_TYPES = ("hybrid",)
 # class names of token mixers that are not softmax attention: refused unless mapped
 # (convolutions are found by type: transformers' GPT-2 "Conv1D" is a linear layer)
 _OTHER_MIXER = re.compile(r"mamba|ssm|mixer|deltanet|recurrent|rwkv|linearattention|shortconv"
                           r"|retention|hyena|lightning|xlstm|mlstm|slstm", re.IGNORECASE)
 _DYNAMIC_ROPE = ("dynamic", "longrope")
+#: mixer classes known by name not to be the operator of any longmix mixer: class -> reason
+REFUSED_MIXERS = {**mamba2.REFUSED, **gated_deltanet.REFUSED}
 
 
 @dataclass(frozen=True)
@@ -92,9 +100,6 @@ def _check_model(model: nn.Module, has_attention: bool) -> None:
         if getattr(cfg, "attention_chunk_size", None):
             raise _refuse(kind, f"chunked attention (attention_chunk_size="
                                 f"{cfg.attention_chunk_size}) is not supported")
-        if getattr(cfg, "output_router_logits", False):
-            raise _refuse(kind, "output_router_logits=True: the router's auxiliary loss averages "
-                                "over all tokens and is not reduced across ranks")
     # transformers' own test: the modeling file's attention classes call the interface (the
     # ``_supports_attention_backend`` flag is about serving backends, and hybrids leave it unset)
     if has_attention and not type(model)._can_set_attn_implementation():
@@ -130,8 +135,10 @@ def _attention_plan(name: str, module: nn.Module, config) -> HFLayerPlan:
         raise _refuse(where, "attention sinks cannot be expressed by longmix's attention op")
     layer_types = getattr(config, "layer_types", None)
     index = module.layer_idx
-    layer_type = layer_types[index] if layer_types and isinstance(index, int) else None
-    if layer_type is not None and layer_type not in ATTENTION_LAYER_TYPES:
+    # a module shared by several layers has no index of its own (Zamba2's shared transformer: -1)
+    own = layer_types and isinstance(index, int) and 0 <= index < len(layer_types)
+    layer_type = layer_types[index] if own else None
+    if layer_type is not None and layer_type not in ATTENTION_LAYER_TYPES + HYBRID_LAYER_TYPES:
         raise _refuse(where, f"layer type {layer_type!r} is not softmax attention longmix supports")
     if hasattr(module, "sliding_window"):
         window = module.sliding_window
@@ -167,13 +174,22 @@ def _check_unmapped(model: nn.Module, covered: list[str]) -> None:
                       f"(mapped: {', '.join(sorted(HF_MIXER_CLASSES))})")
     for cfg in _configs(model):
         for i, t in enumerate(getattr(cfg, "layer_types", None) or []):
-            if t not in ATTENTION_LAYER_TYPES and t not in MAPPED_LAYER_TYPES:
+            if t not in ATTENTION_LAYER_TYPES + MAPPED_LAYER_TYPES + POINTWISE_LAYER_TYPES + HYBRID_LAYER_TYPES:
                 raise _refuse(f"layer {i}", f"layer type {t!r} has no exact form in longmix")
+
+
+def _check_refused_mixers(model: nn.Module) -> None:
+    """A mixer class refused by name (a near-miss of a mapped one) says why, before anything else."""
+    for name, module in model.named_modules():
+        reason = REFUSED_MIXERS.get(type(module).__name__)
+        if reason is not None and type(module).__module__.startswith("transformers."):
+            raise _refuse(f"layer {name!r} ({type(module).__name__})", reason)
 
 
 def plan_hf(model: nn.Module) -> list[HFLayerPlan]:
     """Per token-mixing layer of ``model``, what it runs as (see the module doc); raises a
     ValueError naming the layer and the reason when any layer cannot run exactly."""
+    _check_refused_mixers(model)
     attention = attention_modules(model)
     mixers = mixer_layers(model)
     _check_model(model, bool(attention))
