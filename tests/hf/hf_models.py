@@ -13,7 +13,7 @@ import torch
 import longmix.parallel as lp
 
 VOCAB = 97
-MOE_FAMILIES = ("jamba", "nemotron_h", "qwen3_next", "mixtral")  # matched in the saved path
+MOE_FAMILIES = ("jamba", "nemotron_h", "qwen3_next", "mixtral", "granite")  # matched in the saved path
 
 
 def family_configs() -> dict:
@@ -46,13 +46,15 @@ def hybrid_configs() -> dict:
     or with MoE layers whose router loss is asked for (``output_router_logits=True``, coefficient
     0.5 so that it weighs in the loss): Mamba-2 alone; Bamba (Mamba-2, attention, Mamba-2);
     Nemotron-H (Mamba-2, attention, MoE, MLP); Zamba2 (Mamba-2, then the shared transformer and a
-    Mamba-2); Qwen3-Next (DeltaNet, attention, DeltaNet, every layer an MoE, router loss); Mixtral
-    and Jamba (Mamba, then attention, both MoE) with the router loss. Chunk sizes of 4 so that
-    L = 11 spans several SSD chunks."""
-    from transformers import (BambaConfig, JambaConfig, Mamba2Config, MixtralConfig, NemotronHConfig,
-                              Qwen3NextConfig, Zamba2Config)
+    Mamba-2); Qwen3-Next (DeltaNet, attention, DeltaNet, every layer an MoE, router loss);
+    Granite-MoE-Hybrid (Mamba-2, attention, Mamba-2, MoE, router loss, its muP multipliers);
+    Mixtral and Jamba (Mamba, then attention, both MoE) with the router loss. Chunk sizes of 4 so
+    that L = 11 spans several SSD chunks."""
+    from transformers import (BambaConfig, GraniteMoeHybridConfig, JambaConfig, Mamba2Config,
+                              MixtralConfig, NemotronHConfig, Qwen3NextConfig, Zamba2Config)
 
-    attention = dict(num_attention_heads=4, num_key_value_heads=2, head_dim=8)
+    attention_heads = dict(num_attention_heads=4, num_key_value_heads=2)
+    attention = dict(**attention_heads, head_dim=8)
     common = dict(vocab_size=VOCAB, hidden_size=32, intermediate_size=48, max_position_embeddings=64)
     router = dict(output_router_logits=True, router_aux_loss_coef=0.5, num_experts_per_tok=2)
     return {
@@ -75,6 +77,13 @@ def hybrid_configs() -> dict:
             moe_intermediate_size=16, shared_expert_intermediate_size=16, linear_num_key_heads=2,
             linear_num_value_heads=4, linear_key_head_dim=8, linear_value_head_dim=8,
             linear_conv_kernel_dim=3),
+        "granite_hybrid": GraniteMoeHybridConfig(
+            **common, **attention_heads, **router, num_hidden_layers=3,
+            layer_types=["mamba", "attention", "mamba"], mamba_n_heads=4, mamba_d_head=16,
+            mamba_n_groups=1, mamba_d_state=4, mamba_d_conv=3, mamba_expand=2, mamba_chunk_size=4,
+            num_local_experts=4, shared_intermediate_size=16, position_embedding_type="rope",
+            embedding_multiplier=2.0, residual_multiplier=0.5, attention_multiplier=0.3,
+            logits_scaling=3.0),
         "mixtral_router": MixtralConfig(**common, **attention, **router, num_hidden_layers=2,
                                         num_local_experts=4),
         "jamba_router": JambaConfig(**common, **router, num_attention_heads=4, num_key_value_heads=2,

@@ -22,6 +22,11 @@ copy:
 halo exchange of one label per piece. The loss is transformers' causal LM cross entropy
 (``ignore_index=-100``), summed over ranks and divided by the global count of scored labels, in
 float64 for a float64 model (transformers computes it in float32).
+
+An MoE causal LM whose config has ``output_router_logits=True`` returns ``aux_loss``, the
+router's load-balancing loss of the whole sequence (statistics summed over ranks,
+:mod:`longmix.hf.router_loss`), and adds ``router_aux_loss_coef * aux_loss`` to the loss, as
+transformers does; ``router_logits`` are this rank's rows.
 """
 from __future__ import annotations
 

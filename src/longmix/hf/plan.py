@@ -8,10 +8,16 @@ runs) and returns one :class:`HFLayerPlan` per token-mixing layer:
 - ``"mixer"``: a module of a class that ``longmix.hf.mixers`` maps to a longmix ``TokenMixer``
   (``HF_MIXER_CLASSES``, ``mixer_from_hf``); it will run in a longmix parallel form.
 
+Layers that mix no tokens (MLPs, MoE blocks: Nemotron-H's ``"mlp"`` and ``"moe"`` layer types)
+run on local rows. A ``"hybrid"`` layer type (Zamba2: the shared transformer, then a Mamba-2
+mixer) is planned by its modules; an attention module shared by several layers has
+``layer_idx = -1`` and no layer type of its own.
+
 Anything else raises a ValueError naming the layer and the reason (a soft-cap, sinks, a
 bidirectional or chunked mask, a length-dependent RoPE, an SSM or convolution layer with no
-mapping, a model whose attention bypasses the interface, a router loss over all tokens). A
-model's forward re-checks what it can only see at run time (see :mod:`longmix.hf.attention`).
+mapping, a mixer refused by name such as Falcon-H1's, a model whose attention bypasses the
+interface). The router loss is checked by :mod:`longmix.hf.router_loss`. A model's forward
+re-checks what it can only see at run time (see :mod:`longmix.hf.attention`).
 """
 from __future__ import annotations
 
