@@ -163,7 +163,7 @@ def _meta_model(config):
 
 
 def test_refusals_name_the_reason():
-    from transformers import DogeConfig, FalconH1Config
+    from transformers import DogeConfig, FalconH1Config, LlamaConfig, ZayaConfig
 
     small = dict(vocab_size=97, hidden_size=32, intermediate_size=48, num_hidden_layers=2,
                  num_attention_heads=4, num_key_value_heads=2, head_dim=8)
@@ -175,3 +175,13 @@ def test_refusals_name_the_reason():
                       output_router_logits=True)
     with pytest.raises(ValueError, match="DogeForCausalLM: output_router_logits=True, and its router loss"):
         lh.parallelize(_meta_model(doge))
+    # Zaya's "hybrid" layers: attention with convolutions on q and k, not Zamba2's "hybrid"
+    zaya = ZayaConfig(**{k: v for k, v in small.items() if k != "intermediate_size"})
+    with pytest.raises(ValueError, match="layer type 'hybrid' is not softmax attention"):
+        lh.parallelize(_meta_model(zaya))
+    # a convolution inside an attention module is refused, not dropped
+    llama = _meta_model(LlamaConfig(**small))
+    with torch.device("meta"):
+        llama.model.layers[1].self_attn.qk_conv = torch.nn.Conv1d(8, 8, 3, groups=8)
+    with pytest.raises(ValueError, match=r"'model.layers.1.self_attn' \(LlamaAttention, with a Conv1d\)"):
+        lh.parallelize(llama)

@@ -35,9 +35,11 @@ ATTENTION_LAYER_TYPES = ("full_attention", "sliding_attention")
 MAPPED_LAYER_TYPES = ("mamba", "linear_attention")
 #: ``layer_types`` entries whose layers mix no tokens (Nemotron-H's MLP and MoE layers)
 POINTWISE_LAYER_TYPES = ("mlp", "moe")
-#: ``layer_types`` entries whose layers hold attention and a mixer, each checked by its module
-#: (Zamba2: the shared transformer, then a Mamba-2 mixer; Falcon-H1: both in parallel)
-HYBRID_LAYER_TYPES = ("hybrid",)
+#: per model type, ``layer_types`` entries whose layers hold attention and a mapped mixer, each
+#: checked by its module. Zamba2's "hybrid": its shared transformer (one attention module, used
+#: by several layers, ``layer_idx=-1``), then a Mamba-2 mixer. The name alone says nothing:
+#: Falcon-H1's "hybrid" runs both in parallel, Zaya's is an attention with convolutions inside.
+HYBRID_LAYER_TYPES = {"zamba2": ("hybrid",)}
 # class names of token mixers that are not softmax attention: refused unless mapped
 # (convolutions are found by type: transformers' GPT-2 "Conv1D" is a linear layer)
 _OTHER_MIXER = re.compile(r"mamba|ssm|mixer|deltanet|recurrent|rwkv|linearattention|shortconv"
@@ -144,7 +146,7 @@ def _attention_plan(name: str, module: nn.Module, config) -> HFLayerPlan:
     # a module shared by several layers has no index of its own (Zamba2's shared transformer: -1)
     own = layer_types and isinstance(index, int) and 0 <= index < len(layer_types)
     layer_type = layer_types[index] if own else None
-    if layer_type is not None and layer_type not in ATTENTION_LAYER_TYPES + HYBRID_LAYER_TYPES:
+    if layer_type is not None and layer_type not in ATTENTION_LAYER_TYPES:
         raise _refuse(where, f"layer type {layer_type!r} is not softmax attention longmix supports")
     if hasattr(module, "sliding_window"):
         window = module.sliding_window
@@ -153,10 +155,12 @@ def _attention_plan(name: str, module: nn.Module, config) -> HFLayerPlan:
     return HFLayerPlan(name, "attention", window=window, module_class=type(module).__name__)
 
 
-def _check_unmapped(model: nn.Module, covered: list[str]) -> None:
-    """Refuse any token mixer that is neither an attention module nor a mapped one."""
+def _check_unmapped(model: nn.Module, covered: list[str], mixers: list[str]) -> None:
+    """Refuse any token mixer that is neither an attention module nor a mapped one. Inside an
+    attention module (unlike inside a mapped mixer) a convolution or a mixer is still refused:
+    longmix's attention op would silently drop it (Zaya's convolutions on q and k)."""
     def inside(name: str) -> bool:
-        return any(name == c or name.startswith(c + ".") for c in covered)
+        return name in covered or any(name.startswith(m + ".") for m in mixers)
 
     from transformers import PreTrainedModel
 
@@ -180,7 +184,8 @@ def _check_unmapped(model: nn.Module, covered: list[str]) -> None:
                       f"(mapped: {', '.join(sorted(HF_MIXER_CLASSES))})")
     for cfg in _configs(model):
         for i, t in enumerate(getattr(cfg, "layer_types", None) or []):
-            if t not in ATTENTION_LAYER_TYPES + MAPPED_LAYER_TYPES + POINTWISE_LAYER_TYPES + HYBRID_LAYER_TYPES:
+            known = ATTENTION_LAYER_TYPES + MAPPED_LAYER_TYPES + POINTWISE_LAYER_TYPES
+            if t not in known + HYBRID_LAYER_TYPES.get(getattr(cfg, "model_type", None), ()):
                 raise _refuse(f"layer {i}", f"layer type {t!r} has no exact form in longmix")
 
 
@@ -203,7 +208,7 @@ def plan_hf(model: nn.Module) -> list[HFLayerPlan]:
     plans = [_attention_plan(name, module, module.config if hasattr(module, "config") else model.config)
              for name, module in attention]
     plans += [HFLayerPlan(name, "mixer", module_class=type(m).__name__) for name, m in mixers]
-    _check_unmapped(model, [p.name for p in plans])
+    _check_unmapped(model, [p.name for p in plans], [p.name for p in plans if p.kind == "mixer"])
     if not plans:
         raise _refuse(type(model).__name__, "found no attention or mapped mixer layer to run")
     return plans
