@@ -10,15 +10,15 @@ Jamba, reduced over ranks by ``longmix.hf.moe.load_balancing_loss``.
 
 For P in {2, 3} (the first P ranks of one 3-rank launch), L = 11 (uneven for both) and L = 2 < P
 = 3, both layouts, float64: logits (unsharded), loss, ``aux_loss`` and every parameter gradient
-(summed over ranks) against
+(summed over ranks), and for the router families the gradients of ``aux_loss`` alone, against
 
 - transformers' own run, unsharded: within :data:`TOL_HF` (its float32 casts in norms, SSM
   parameters, rotary tables, the loss and the router statistics). Measured at most 2.4e-7
-  (logits), 1.6e-7 (loss), 5.0e-8 (aux_loss) and 1.1e-6 (gradients, relative per parameter),
-  except Qwen3-Next's gradients, 6.6e-6 (:data:`TOL_HF_OF`);
+  (logits), 1.6e-7 (loss), 1.0e-7 (aux_loss) and 1.2e-6 (gradients of the loss or of
+  aux_loss, relative per parameter), except Qwen3-Next's gradients, 8.1e-6 (:data:`TOL_HF_OF`);
 - longmix's own one-process run: within :data:`TOL_P1`. Measured at most 5.4e-15, except the
   RMSNorm weights of Nemotron-H and Qwen3-Next, whose gradient transformers sums over rows in
-  float32 (``hf_models.float32_grads``): 2.0e-7, held to :data:`TOL_HF`.
+  float32 (``hf_models.float32_grads``): 2.3e-7, held to :data:`TOL_HF`.
 
 One launch of 3 ranks holds every case; most of its time (about a minute on a loaded 2-core
 machine) is starting ranks that import transformers.
@@ -42,7 +42,7 @@ LONG, SHORT = 11, 2   # SHORT < P = 3: one rank holds no rows
 SHORT_FAMILY = "qwen3_next"  # DeltaNet, attention, MoE and the router loss at once
 TOL_HF, TOL_P1 = 3e-6, 1e-10
 # Qwen3-Next's DeltaNet torch path runs the whole delta rule in float32 (test_gated_deltanet_hf:
-# up to 1.1e-3 on dA_log per module at L = 64); measured here 6.6e-6 (A_log, dt_bias)
+# up to 1.1e-3 on dA_log per module at L = 64); measured here 8.1e-6 (A_log, dt_bias)
 TOL_HF_OF = {"qwen3_next": 3e-5}
 ROUTER_FAMILIES = ("qwen3_next", "granite_hybrid", "mixtral_router", "jamba_router")
 
@@ -59,33 +59,51 @@ def cases(paths, size):
     return out
 
 
+def backward(model, out, group=None) -> tuple:
+    """The parameter gradients of ``out.loss`` and, when the model returns one, of ``out.aux_loss``
+    alone (None otherwise), summed over the ranks of ``group`` when torch.distributed is
+    initialized."""
+    def grads():
+        got = [p.grad.clone() if p.grad is not None else torch.zeros_like(p) for p in model.parameters()]
+        if torch.distributed.is_initialized():
+            for g in got:
+                torch.distributed.all_reduce(g, group=group)
+        return got
+
+    aux = getattr(out, "aux_loss", None)
+    model.zero_grad(set_to_none=True)
+    out.loss.backward(retain_graph=aux is not None)
+    loss_grads = grads()
+    if aux is None:
+        return loss_grads, None
+    model.zero_grad(set_to_none=True)
+    aux.backward()
+    return loss_grads, grads()
+
+
+def outcome(logits, out, grads) -> tuple:
+    """((logits, loss, loss gradients), (logits, aux_loss, aux_loss gradients) or None)."""
+    main = (logits, out.loss.detach(), grads[0])
+    return main, None if grads[1] is None else (logits, out.aux_loss.detach(), grads[1])
+
+
 def run(path: str, seq_len: int, layout: str, group=None):
-    """(logits, loss, grads) of the parallel model (logits unsharded, gradients summed over the
-    ranks of ``group``; one process without torch.distributed) and its aux_loss (None if none)."""
+    """:func:`outcome` of the parallel model: logits unsharded, gradients summed over the ranks of
+    ``group`` (one process without torch.distributed)."""
     model = load_cached(path, torch.float64)
     ids, labels = inputs(seq_len)
     pmodel = lh.parallelize(model, group=group, layout=layout)
-    model.zero_grad(set_to_none=True)
     out = pmodel(lp.shard(ids, group, layout), labels=lp.shard(labels, group, layout))
-    out.loss.backward()
-    grads = [p.grad.clone() if p.grad is not None else torch.zeros_like(p) for p in model.parameters()]
-    if torch.distributed.is_initialized():
-        for g in grads:
-            torch.distributed.all_reduce(g, group=group)
-    aux = getattr(out, "aux_loss", None)
-    logits = lp.unshard(out.logits.detach(), group, layout)
-    return (logits, out.loss.detach(), grads), None if aux is None else aux.detach()
+    grads = backward(model, out, group)
+    return outcome(lp.unshard(out.logits.detach(), group, layout), out, grads)
 
 
 def transformers_run(path: str, seq_len: int):
+    """:func:`outcome` of transformers' own model, unsharded."""
     model = load_cached(path, torch.float64)
     ids, labels = inputs(seq_len)
-    model.zero_grad(set_to_none=True)
     out = model(ids, labels=labels)
-    out.loss.backward()
-    grads = [p.grad.clone() if p.grad is not None else torch.zeros_like(p) for p in model.parameters()]
-    aux = getattr(out, "aux_loss", None)
-    return (out.logits.detach(), out.loss.detach(), grads), None if aux is None else aux.detach()
+    return outcome(out.logits.detach(), out, backward(model, out))
 
 
 def ranks_worker(group, sizes, cases_by_size, paths):
@@ -107,10 +125,17 @@ def sharded(paths):
                      collective_timeout=120)[0]
 
 
-def aux_error(aux, ref) -> float:
+def aux_errors(aux, ref, float32_params: set[int] = frozenset()) -> dict:
+    """errors() of the aux loss and its gradients; inf when only one of the runs has one."""
     if (aux is None) != (ref is None):
-        return float("inf")
-    return 0.0 if ref is None else ((aux.double() - ref.double()).abs() / ref.double().abs()).item()
+        return {"aux_loss": float("inf")}
+    if ref is None:
+        return {}
+    errs = errors(aux, ref, float32_params)
+    out = {"aux_loss": errs["loss"], "aux_grads": errs["grads"]}
+    if "float32_grads" in errs:
+        out["aux_float32_grads"] = errs["float32_grads"]
+    return out
 
 
 def test_hybrids_match_transformers_and_one_process(paths, sharded):
@@ -124,9 +149,10 @@ def test_hybrids_match_transformers_and_one_process(paths, sharded):
             bounds = (TOL_HF_OF.get(name, TOL_HF), TOL_P1)
             for what, (ref, ref_aux), tol in zip(("transformers", "P=1"), references[key], bounds):
                 loose = float32_grads(paths[name]) if what == "P=1" else set()
-                errs = {**errors(result, ref, loose), "aux_loss": aux_error(aux, ref_aux)}
-                if not (max(v for k, v in errs.items() if k != "float32_grads") <= tol
-                        and errs.get("float32_grads", 0.0) <= TOL_HF):
+                errs = {**errors(result, ref, loose), **aux_errors(aux, ref_aux, loose)}
+                float32 = ("float32_grads", "aux_float32_grads")
+                if not (max(v for k, v in errs.items() if k not in float32) <= tol
+                        and max(errs.get(k, 0.0) for k in float32) <= TOL_HF):
                     problems.append(f"P={size} {name} L={seq_len} {layout} vs {what}: {errs} "
                                     f"(bound {tol:g})")
     assert not problems, "\n".join(problems)
