@@ -100,7 +100,9 @@ def _markdown(record: dict) -> str:
              f"**{counts['covered']} covered, {counts['refused']} refused, "
              f"{counts['not built']} not built, {counts['plan error']} planning errors** of "
              f"{len(record['rows'])}. Covered means planned; exactness is tested for Llama, "
-             f"Qwen3, Mistral, Gemma3, Mamba and Jamba (tests/hf).", "",
+             f"Qwen3, Mistral, Gemma3, Mamba, Jamba, Mamba-2, Bamba, Nemotron-H, Zamba2, "
+             f"Granite-MoE-Hybrid, Qwen3-Next and Mixtral, the last four and Jamba with their "
+             f"router loss (tests/hf).", "",
              "| model type | class | status | layers or reason |", "|---|---|---|---|"]
     for r in record["rows"]:
         reason = r["reason"].replace("|", "\\|")

@@ -13,6 +13,7 @@ import torch
 import longmix.parallel as lp
 
 VOCAB = 97
+MOE_FAMILIES = ("jamba", "nemotron_h", "qwen3_next", "mixtral", "granite")  # matched in the saved path
 
 
 def family_configs() -> dict:
@@ -40,12 +41,65 @@ def family_configs() -> dict:
     }
 
 
-def save_families(root, names=None) -> dict:
-    """Save each family's random model under ``root/name``; returns name -> path (str)."""
+def hybrid_configs() -> dict:
+    """name -> a small config of a model mixing attention with Mamba-2 or gated DeltaNet layers,
+    or with MoE layers whose router loss is asked for (``output_router_logits=True``, coefficient
+    0.5 so that it weighs in the loss): Mamba-2 alone; Bamba (Mamba-2, attention, Mamba-2);
+    Nemotron-H (Mamba-2, attention, MoE, MLP); Zamba2 (Mamba-2, then the shared transformer and a
+    Mamba-2); Qwen3-Next (DeltaNet, attention, DeltaNet, every layer an MoE, router loss);
+    Granite-MoE-Hybrid (Mamba-2, attention, Mamba-2, MoE, router loss, its muP multipliers);
+    Mixtral and Jamba (Mamba, then attention, both MoE) with the router loss. Chunk sizes of 4 so
+    that L = 11 spans several SSD chunks."""
+    from transformers import (BambaConfig, GraniteMoeHybridConfig, JambaConfig, Mamba2Config,
+                              MixtralConfig, NemotronHConfig, Qwen3NextConfig, Zamba2Config)
+
+    attention_heads = dict(num_attention_heads=4, num_key_value_heads=2)
+    attention = dict(**attention_heads, head_dim=8)
+    common = dict(vocab_size=VOCAB, hidden_size=32, intermediate_size=48, max_position_embeddings=64)
+    router = dict(output_router_logits=True, router_aux_loss_coef=0.5, num_experts_per_tok=2)
+    return {
+        "mamba2": Mamba2Config(vocab_size=VOCAB, hidden_size=32, num_hidden_layers=2, num_heads=4,
+                               head_dim=16, n_groups=2, state_size=4, conv_kernel=3, expand=2,
+                               chunk_size=4),
+        "bamba": BambaConfig(**common, **attention, num_hidden_layers=3, attn_layer_indices=[1],
+                             mamba_n_heads=4, mamba_d_head=16, mamba_n_groups=1, mamba_d_state=4,
+                             mamba_d_conv=3, mamba_expand=2, mamba_chunk_size=4),
+        "nemotron_h": NemotronHConfig(**common, **attention, layers_block_type=[
+            "linear_attention", "full_attention", "moe", "mlp"], mamba_num_heads=4, mamba_head_dim=16,
+            n_groups=1, ssm_state_size=4, conv_kernel=3, chunk_size=4, n_routed_experts=2,
+            num_experts_per_tok=1, moe_intermediate_size=16, moe_shared_expert_intermediate_size=16),
+        "zamba2": Zamba2Config(**common, num_hidden_layers=3, layers_block_type=[
+            "linear_attention", "hybrid", "linear_attention"], mamba_d_state=4, mamba_d_conv=3,
+            n_mamba_heads=4, mamba_headdim=16, chunk_size=4, num_attention_heads=4,
+            num_key_value_heads=4, use_mem_rope=True),
+        "qwen3_next": Qwen3NextConfig(**common, **attention, **router, num_hidden_layers=3, layer_types=[
+            "linear_attention", "full_attention", "linear_attention"], num_experts=4,
+            moe_intermediate_size=16, shared_expert_intermediate_size=16, linear_num_key_heads=2,
+            linear_num_value_heads=4, linear_key_head_dim=8, linear_value_head_dim=8,
+            linear_conv_kernel_dim=3),
+        "granite_hybrid": GraniteMoeHybridConfig(
+            **common, **attention_heads, **router, num_hidden_layers=3,
+            layer_types=["mamba", "attention", "mamba"], mamba_n_heads=4, mamba_d_head=16,
+            mamba_n_groups=1, mamba_d_state=4, mamba_d_conv=3, mamba_expand=2, mamba_chunk_size=4,
+            num_local_experts=4, shared_intermediate_size=16, position_embedding_type="rope",
+            embedding_multiplier=2.0, residual_multiplier=0.5, attention_multiplier=0.3,
+            logits_scaling=3.0),
+        "mixtral_router": MixtralConfig(**common, **attention, **router, num_hidden_layers=2,
+                                        num_local_experts=4),
+        "jamba_router": JambaConfig(**common, **router, num_attention_heads=4, num_key_value_heads=2,
+                                    num_hidden_layers=2, attn_layer_period=2, attn_layer_offset=1,
+                                    expert_layer_period=1, expert_layer_offset=0, num_experts=4,
+                                    mamba_d_state=4, mamba_d_conv=3, mamba_expand=2),
+    }
+
+
+def save_families(root, names=None, configs=None) -> dict:
+    """Save each family's random model (``configs``, default :func:`family_configs`) under
+    ``root/name``; returns name -> path (str)."""
     from transformers import AutoModelForCausalLM
 
     paths = {}
-    for i, (name, cfg) in enumerate(family_configs().items()):
+    for i, (name, cfg) in enumerate((configs or family_configs()).items()):
         if names is not None and name not in names:
             continue
         torch.manual_seed(i)
@@ -59,8 +113,9 @@ def save_families(root, names=None) -> dict:
 def load(path: str, dtype: torch.dtype, attn: str = "eager"):
     from transformers import AutoModelForCausalLM
 
-    # Jamba's experts: the eager loop (the grouped matmul has no float64 kernel)
-    extra = {"experts_implementation": "eager"} if "jamba" in str(path) else {}
+    # MoE experts: the eager loop (the grouped matmul has no float64 kernel)
+    moe = any(name in str(path) for name in MOE_FAMILIES)
+    extra = {"experts_implementation": "eager"} if moe else {}
     model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, attn_implementation=attn, **extra)
     return model.eval()
 
@@ -131,13 +186,19 @@ def rel(x: torch.Tensor, ref: torch.Tensor, floor: float = 1e-30) -> float:
 
 def float32_grads(path: str) -> set[int]:
     """Indices (in ``parameters()`` order) of the parameters whose gradient transformers reduces
-    over rows in float32 even in a float64 model: Gemma3's RMSNorm computes
-    ``x.float() * (1 + weight.float())``. Split over ranks, that float32 sum rounds differently
-    (2.4e-7 relative measured), so these are held to float32 rounding against P = 1."""
-    if "gemma3" not in path:
+    over rows in float32 even in a float64 model: the RMSNorm weights of Gemma3 and Qwen3-Next
+    (``x.float() * (1 + weight.float())``) and of Nemotron-H (``weight.to(float32) * x``). Split
+    over ranks, that float32 sum rounds differently (up to 2.4e-7 relative measured), so these are
+    held to float32 rounding against P = 1. The norms inside a mapped mixer (longmix computes
+    them) are not among them."""
+    if not any(name in path for name in ("gemma3", "nemotron_h", "qwen3_next")):
         return set()
+    from longmix.hf.plan import mixer_layers
+
     model = load_cached(path, torch.float64)
-    return {i for i, (name, _) in enumerate(model.named_parameters()) if "norm" in name}
+    mapped = tuple(name + "." for name, _ in mixer_layers(model))
+    return {i for i, (name, _) in enumerate(model.named_parameters())
+            if "norm" in name and not name.startswith(mapped)}
 
 
 def errors(run, ref, float32_params: set[int] = frozenset()) -> dict:

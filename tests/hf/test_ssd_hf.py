@@ -13,8 +13,10 @@ import pytest
 import torch
 
 transformers = pytest.importorskip("transformers")
-from transformers import BambaConfig, FalconH1Config, Mamba2Config, NemotronHConfig, Zamba2Config  # noqa: E402
+from transformers import (BambaConfig, FalconH1Config, GraniteMoeHybridConfig, Mamba2Config,  # noqa: E402
+                          NemotronHConfig, Zamba2Config)
 from transformers.models.bamba.modeling_bamba import BambaMixer  # noqa: E402
+from transformers.models.granitemoehybrid.modeling_granitemoehybrid import GraniteMoeHybridMambaLayer  # noqa: E402
 from transformers.models.falcon_h1.modeling_falcon_h1 import FalconH1Mixer  # noqa: E402
 from transformers.models.mamba2.modeling_mamba2 import Mamba2Mixer  # noqa: E402
 from transformers.models.nemotron_h.modeling_nemotron_h import NemotronHMamba2Mixer  # noqa: E402
@@ -43,6 +45,9 @@ BUILDERS = {
     "NemotronHMamba2Mixer": lambda: NemotronHMamba2Mixer(NemotronHConfig(
         hidden_size=HIDDEN - 4, mamba_num_heads=3, mamba_head_dim=10, ssm_state_size=8, n_groups=1, conv_kernel=3,
         chunk_size=8, hybrid_override_pattern="M", **ATTN, **SMALL), 0),
+    "GraniteMoeHybridMambaLayer": lambda: GraniteMoeHybridMambaLayer(GraniteMoeHybridConfig(
+        hidden_size=HIDDEN, mamba_n_heads=4, mamba_d_head=8, mamba_expand=2, mamba_d_state=8, mamba_n_groups=2,
+        mamba_d_conv=4, mamba_chunk_size=8, intermediate_size=32, layer_types=["mamba"], **ATTN, **SMALL), 0),
 }
 
 

@@ -116,7 +116,8 @@ def longmix_mask(batch_size: int, q_length: int, kv_length: int, q_offset=0, kv_
 
 # arguments a layer may pass that do not change what attention computes
 _PASSTHROUGH = {"position_ids", "use_cache", "cache_position", "output_hidden_states",
-                "return_dict", "layer_idx", "past_key_values", "position_embeddings"}
+                "return_dict", "layer_idx", "past_key_values", "position_embeddings",
+                "output_router_logits"}  # MoE models pass it down every layer
 # arguments longmix's attention op cannot express, refused unless None / False
 _REFUSED = {"softcap": "attention logit soft-capping", "s_aux": "attention sinks",
             "sinks": "attention sinks", "position_bias": "a position bias added to the logits",

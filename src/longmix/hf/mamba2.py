@@ -8,7 +8,8 @@ RMSNorm over n_groups groups, out_proj), so nothing is copied or viewed.
 
 Which transformers 5.23 classes are the same operator (:data:`HF_CLASSES`): ``Mamba2Mixer``;
 ``BambaMixer``, ``Zamba2MambaMixer`` and ``NemotronHMamba2Mixer`` have a forward identical to
-``Mamba2Mixer``'s line for line and the same gated norm (gate, then RMS over groups); they differ
+``Mamba2Mixer``'s line for line and the same gated norm (gate, then RMS over groups);
+``GraniteMoeHybridMambaLayer``'s source is ``BambaMixer``'s with the names changed; they differ
 only in where their config keeps the sizes, Zamba2 and Nemotron-H clamp dt from below at
 ``time_step_min`` (longmix's ``dt_limit``), and Nemotron-H sizes d_inner as heads x head_dim.
 Refused (:data:`REFUSED`), with the reason: ``FalconH1Mixer``.
@@ -21,7 +22,8 @@ from torch import nn
 from ..mixers.ssd import Mamba2
 from .checks import check_convertible, plain_submodule, require
 
-HF_CLASSES = ("Mamba2Mixer", "BambaMixer", "Zamba2MambaMixer", "NemotronHMamba2Mixer")
+HF_CLASSES = ("Mamba2Mixer", "BambaMixer", "Zamba2MambaMixer", "NemotronHMamba2Mixer",
+              "GraniteMoeHybridMambaLayer")
 REFUSED = {
     "FalconH1Mixer": "Falcon-H1 scales the hidden states by ssm_in_multiplier and in_proj's outputs by a "
                      "muP vector before the SSM, and optionally gates without the norm (mamba_rms_norm=False) "

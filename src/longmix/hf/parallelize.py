@@ -22,6 +22,11 @@ copy:
 halo exchange of one label per piece. The loss is transformers' causal LM cross entropy
 (``ignore_index=-100``), summed over ranks and divided by the global count of scored labels, in
 float64 for a float64 model (transformers computes it in float32).
+
+An MoE causal LM whose config has ``output_router_logits=True`` returns ``aux_loss``, the
+router's load-balancing loss of the whole sequence (statistics summed over ranks,
+:mod:`longmix.hf.router_loss`), and adds ``router_aux_loss_coef * aux_loss`` to the loss, as
+transformers does; ``router_logits`` are this rank's rows.
 """
 from __future__ import annotations
 
@@ -39,7 +44,9 @@ from longmix.parallel.stats import CommStats
 
 from . import attention as hf_attention
 from . import plan as hf_plan
+from .moe import load_balancing_loss
 from .plan import HFLayerPlan, plan_hf
+from .router_loss import RouterLoss, router_loss_of
 
 IGNORE_INDEX = -100  # transformers' (and torch's) cross-entropy ignore_index
 _FORWARD_ARGS = ("input_ids", "labels", "attention_mask", "num_items_in_batch", "logits_to_keep")
@@ -141,11 +148,12 @@ class ParallelHFModel(nn.Module):
     others are never computed), without labels. ``layers`` is the plan."""
 
     def __init__(self, model: nn.Module, layers: list[HFLayerPlan], group, layout: str,
-                 stats: CommStats | None, run: hf_attention.RunState):
+                 stats: CommStats | None, run: hf_attention.RunState,
+                 router_loss: RouterLoss | None = None):
         super().__init__()
         self.model = model
         self.layers, self.group, self.layout, self.stats = layers, group, layout, stats
-        self.run = run
+        self.run, self.router_loss = run, router_loss
         # an SSM-only model (Mamba) takes no positions; attention models must (checked by the plan)
         self.takes_positions = "position_ids" in inspect.signature(model.forward).parameters
 
@@ -207,12 +215,20 @@ class ParallelHFModel(nn.Module):
             for key in ("logits", "last_hidden_state"):
                 if getattr(out, key, None) is not None:
                     out[key] = out[key][:, :0]
+            if getattr(out, "router_logits", None) is not None:  # (batch * rows, experts) per layer
+                out["router_logits"] = tuple(t[:0] for t in out.router_logits)
+        if self.router_loss is not None:  # the model's own aux_loss saw this rank's rows only
+            spec = self.router_loss
+            out.aux_loss = load_balancing_loss(out.router_logits, spec.num_experts, spec.top_k,
+                                               group=group)
         if labels is not None:
             # at least float32 (as transformers), and float64 for a float64 model even where
             # transformers casts its logits to float32 (Mamba)
             dtype = torch.promote_types(self.model.dtype, torch.float32)
             out.loss = causal_lm_loss(out.logits, labels, shards, group, num_items_in_batch,
                                       self.stats, dtype)
+            if self.router_loss is not None:  # as transformers: loss += coef * aux_loss
+                out.loss = out.loss + self.router_loss.coef * out.aux_loss.to(out.loss.dtype)
         return out
 
     def extra_repr(self) -> str:
@@ -237,6 +253,7 @@ def parallelize(model: nn.Module, group=None, layout: str = "contiguous",
     check_layout(layout)
     resolve_group(group)  # a group without torch.distributed is an error now, not at forward
     layers = plan_hf(model)
+    router_loss = router_loss_of(model)
     hf_attention.register()
     twin = _shared_copy(model)
     run = hf_attention.RunState()
@@ -252,4 +269,4 @@ def parallelize(model: nn.Module, group=None, layout: str = "contiguous",
             if getattr(module, "config", twin.config)._attn_implementation != hf_attention.ATTENTION_NAME:
                 raise ValueError(f"longmix.hf.parallelize: layer {p.name!r}: could not select "
                                  f"longmix's attention for it")
-    return ParallelHFModel(twin, layers, group, layout, stats, run)
+    return ParallelHFModel(twin, layers, group, layout, stats, run, router_loss)

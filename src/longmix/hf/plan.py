@@ -8,10 +8,16 @@ runs) and returns one :class:`HFLayerPlan` per token-mixing layer:
 - ``"mixer"``: a module of a class that ``longmix.hf.mixers`` maps to a longmix ``TokenMixer``
   (``HF_MIXER_CLASSES``, ``mixer_from_hf``); it will run in a longmix parallel form.
 
+Layers that mix no tokens (MLPs, MoE blocks: Nemotron-H's ``"mlp"`` and ``"moe"`` layer types)
+run on local rows. A ``"hybrid"`` layer type (Zamba2: the shared transformer, then a Mamba-2
+mixer) is planned by its modules; an attention module shared by several layers has
+``layer_idx = -1`` and no layer type of its own.
+
 Anything else raises a ValueError naming the layer and the reason (a soft-cap, sinks, a
 bidirectional or chunked mask, a length-dependent RoPE, an SSM or convolution layer with no
-mapping, a model whose attention bypasses the interface, a router loss over all tokens). A
-model's forward re-checks what it can only see at run time (see :mod:`longmix.hf.attention`).
+mapping, a mixer refused by name such as Falcon-H1's, a model whose attention bypasses the
+interface). The router loss is checked by :mod:`longmix.hf.router_loss`. A model's forward
+re-checks what it can only see at run time (see :mod:`longmix.hf.attention`).
 """
 from __future__ import annotations
 
@@ -21,16 +27,26 @@ from dataclasses import dataclass
 
 from torch import nn
 
+from . import gated_deltanet, mamba2
 from .mixers import HF_MIXER_CLASSES, is_mapped, mixer_from_hf  # noqa: F401  (the SSM hook)
 
 ATTENTION_LAYER_TYPES = ("full_attention", "sliding_attention")
 #: ``layer_types`` entries whose layers hold a mapped mixer (checked by class in ``mixer_layers``)
 MAPPED_LAYER_TYPES = ("mamba", "linear_attention")
+#: ``layer_types`` entries whose layers mix no tokens (Nemotron-H's MLP and MoE layers)
+POINTWISE_LAYER_TYPES = ("mlp", "moe")
+#: per model type, ``layer_types`` entries whose layers hold attention and a mapped mixer, each
+#: checked by its module. Zamba2's "hybrid": its shared transformer (one attention module, used
+#: by several layers, ``layer_idx=-1``), then a Mamba-2 mixer. The name alone says nothing:
+#: Falcon-H1's "hybrid" runs both in parallel, Zaya's is an attention with convolutions inside.
+HYBRID_LAYER_TYPES = {"zamba2": ("hybrid",)}
 # class names of token mixers that are not softmax attention: refused unless mapped
 # (convolutions are found by type: transformers' GPT-2 "Conv1D" is a linear layer)
 _OTHER_MIXER = re.compile(r"mamba|ssm|mixer|deltanet|recurrent|rwkv|linearattention|shortconv"
                           r"|retention|hyena|lightning|xlstm|mlstm|slstm", re.IGNORECASE)
 _DYNAMIC_ROPE = ("dynamic", "longrope")
+#: mixer classes known by name not to be the operator of any longmix mixer: class -> reason
+REFUSED_MIXERS = {**mamba2.REFUSED, **gated_deltanet.REFUSED}
 
 
 @dataclass(frozen=True)
@@ -92,9 +108,6 @@ def _check_model(model: nn.Module, has_attention: bool) -> None:
         if getattr(cfg, "attention_chunk_size", None):
             raise _refuse(kind, f"chunked attention (attention_chunk_size="
                                 f"{cfg.attention_chunk_size}) is not supported")
-        if getattr(cfg, "output_router_logits", False):
-            raise _refuse(kind, "output_router_logits=True: the router's auxiliary loss averages "
-                                "over all tokens and is not reduced across ranks")
     # transformers' own test: the modeling file's attention classes call the interface (the
     # ``_supports_attention_backend`` flag is about serving backends, and hybrids leave it unset)
     if has_attention and not type(model)._can_set_attn_implementation():
@@ -130,7 +143,9 @@ def _attention_plan(name: str, module: nn.Module, config) -> HFLayerPlan:
         raise _refuse(where, "attention sinks cannot be expressed by longmix's attention op")
     layer_types = getattr(config, "layer_types", None)
     index = module.layer_idx
-    layer_type = layer_types[index] if layer_types and isinstance(index, int) else None
+    # a module shared by several layers has no index of its own (Zamba2's shared transformer: -1)
+    own = layer_types and isinstance(index, int) and 0 <= index < len(layer_types)
+    layer_type = layer_types[index] if own else None
     if layer_type is not None and layer_type not in ATTENTION_LAYER_TYPES:
         raise _refuse(where, f"layer type {layer_type!r} is not softmax attention longmix supports")
     if hasattr(module, "sliding_window"):
@@ -140,10 +155,12 @@ def _attention_plan(name: str, module: nn.Module, config) -> HFLayerPlan:
     return HFLayerPlan(name, "attention", window=window, module_class=type(module).__name__)
 
 
-def _check_unmapped(model: nn.Module, covered: list[str]) -> None:
-    """Refuse any token mixer that is neither an attention module nor a mapped one."""
+def _check_unmapped(model: nn.Module, covered: list[str], mixers: list[str]) -> None:
+    """Refuse any token mixer that is neither an attention module nor a mapped one. Inside an
+    attention module (unlike inside a mapped mixer) a convolution or a mixer is still refused:
+    longmix's attention op would silently drop it (Zaya's convolutions on q and k)."""
     def inside(name: str) -> bool:
-        return any(name == c or name.startswith(c + ".") for c in covered)
+        return name in covered or any(name.startswith(m + ".") for m in mixers)
 
     from transformers import PreTrainedModel
 
@@ -167,13 +184,23 @@ def _check_unmapped(model: nn.Module, covered: list[str]) -> None:
                       f"(mapped: {', '.join(sorted(HF_MIXER_CLASSES))})")
     for cfg in _configs(model):
         for i, t in enumerate(getattr(cfg, "layer_types", None) or []):
-            if t not in ATTENTION_LAYER_TYPES and t not in MAPPED_LAYER_TYPES:
+            known = ATTENTION_LAYER_TYPES + MAPPED_LAYER_TYPES + POINTWISE_LAYER_TYPES
+            if t not in known + HYBRID_LAYER_TYPES.get(getattr(cfg, "model_type", None), ()):
                 raise _refuse(f"layer {i}", f"layer type {t!r} has no exact form in longmix")
+
+
+def _check_refused_mixers(model: nn.Module) -> None:
+    """A mixer class refused by name (a near-miss of a mapped one) says why, before anything else."""
+    for name, module in model.named_modules():
+        reason = REFUSED_MIXERS.get(type(module).__name__)
+        if reason is not None and type(module).__module__.startswith("transformers."):
+            raise _refuse(f"layer {name!r} ({type(module).__name__})", reason)
 
 
 def plan_hf(model: nn.Module) -> list[HFLayerPlan]:
     """Per token-mixing layer of ``model``, what it runs as (see the module doc); raises a
     ValueError naming the layer and the reason when any layer cannot run exactly."""
+    _check_refused_mixers(model)
     attention = attention_modules(model)
     mixers = mixer_layers(model)
     _check_model(model, bool(attention))
@@ -181,7 +208,7 @@ def plan_hf(model: nn.Module) -> list[HFLayerPlan]:
     plans = [_attention_plan(name, module, module.config if hasattr(module, "config") else model.config)
              for name, module in attention]
     plans += [HFLayerPlan(name, "mixer", module_class=type(m).__name__) for name, m in mixers]
-    _check_unmapped(model, [p.name for p in plans])
+    _check_unmapped(model, [p.name for p in plans], [p.name for p in plans if p.kind == "mixer"])
     if not plans:
         raise _refuse(type(model).__name__, "found no attention or mapped mixer layer to run")
     return plans
