@@ -168,6 +168,17 @@ def test_plan_refuses_what_it_cannot_run_exactly():
         lh.parallelize(torch.nn.Linear(2, 2))
 
 
+def test_a_class_name_that_only_spells_ssm_across_words_is_planned():
+    from transformers import SeedOssConfig, SeedOssForCausalLM
+
+    from longmix.hf.plan import plan_hf
+
+    config = SeedOssConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                           num_attention_heads=4, num_key_value_heads=2, head_dim=8)
+    plan = plan_hf(SeedOssForCausalLM(config))   # "SeedOssMLP" is an MLP, not an SSM
+    assert [layer.kind for layer in plan] == ["attention", "attention"]
+
+
 def test_import_without_transformers_says_what_to_install():
     code = ("import sys; sys.modules['transformers'] = None\n"
             "import longmix\n"

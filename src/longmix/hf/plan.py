@@ -42,7 +42,8 @@ POINTWISE_LAYER_TYPES = ("mlp", "moe")
 HYBRID_LAYER_TYPES = {"zamba2": ("hybrid",)}
 # class names of token mixers that are not softmax attention: refused unless mapped
 # (convolutions are found by type: transformers' GPT-2 "Conv1D" is a linear layer)
-_OTHER_MIXER = re.compile(r"mamba|ssm|mixer|deltanet|recurrent|rwkv|linearattention|shortconv"
+# "SSM"/"Ssm" by case: a lower-case "ssm" also runs across words ("SeedOssMLP")
+_OTHER_MIXER = re.compile(r"mamba|(?-i:SSM|Ssm)|mixer|deltanet|recurrent|rwkv|linearattention|shortconv"
                           r"|retention|hyena|lightning|xlstm|mlstm|slstm", re.IGNORECASE)
 _DYNAMIC_ROPE = ("dynamic", "longrope")
 #: mixer classes known by name not to be the operator of any longmix mixer: class -> reason
