@@ -59,6 +59,13 @@ def _solve_unit_lower(system: torch.Tensor, rhs: torch.Tensor) -> torch.Tensor:
     return torch.linalg.solve_triangular(system, rhs, upper=False, unitriangular=True)
 
 
+def default_chunk_size(key_dim: int) -> int:
+    """The chunk size that ran fastest on CPU for heads of ``key_dim`` (benchmarks/delta_rule_chunks.py):
+    the O(chunk^2) work within a chunk against one (K, K) step per chunk, so small heads want small
+    chunks; 32 up to K = 32, else 64 (fla's and transformers' choice, for K = 128)."""
+    return 32 if key_dim <= 32 else 64
+
+
 def gated_delta_rule(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, g: torch.Tensor, beta: torch.Tensor, *,
                      scale: float | None = None, chunk_size: int = 64, initial_state: torch.Tensor | None = None,
                      return_final_state: bool = False):
