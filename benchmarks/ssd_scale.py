@@ -13,7 +13,8 @@ and its rise during the forward over the resident set before (the forward's acti
 workspace), after a short warm-up forward that pays one-time costs (thread pools, gloo buffers).
 The one-process output is kept in a file, and each rank of a multi-rank run compares all its rows
 with it (memory-mapped): the max abs error over max |y|. Writes ``ssd_scale.{json,md}`` under
-``--out-dir`` with machine, command, date and commit.
+``--out-dir`` (``ssd_scale_<mixers>.*`` when ``--mixers`` is not the default pair, so that a
+partial rerun keeps the full run's files) with machine, command, date and commit.
 """
 from __future__ import annotations
 
@@ -26,6 +27,7 @@ import time
 from pathlib import Path
 
 BLOCK = 2 ** 14  # rows of the input drawn per seed
+DEFAULT_MIXERS = ["mamba2", "gated_deltanet"]
 
 
 def input_rows(start: int, stop: int, dim: int, seed: int):
@@ -137,7 +139,7 @@ def main(argv: list[str] | None = None) -> int:
     from longmix.provenance import provenance, utc_now
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--mixers", nargs="+", default=["mamba2", "gated_deltanet"])
+    p.add_argument("--mixers", nargs="+", default=DEFAULT_MIXERS)
     p.add_argument("--forms", nargs="+", default=["state", "shuffle"])
     p.add_argument("--ranks", nargs="+", type=int, default=[2, 4], help="multi-rank runs (P = 1 always runs)")
     p.add_argument("--length", type=int, default=2 ** 20)
@@ -172,9 +174,10 @@ def main(argv: list[str] | None = None) -> int:
     record = {"command": command, "date": utc_now(), "machine": describe(), "provenance": provenance(),
               "config": config, "rows": rows, "skipped": skipped}
     args.out_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(args.out_dir / "ssd_scale.json", json.dumps(record, indent=1) + "\n")
+    stem = "ssd_scale" + ("" if args.mixers == DEFAULT_MIXERS else "_" + "_".join(args.mixers))
+    atomic_write_text(args.out_dir / f"{stem}.json", json.dumps(record, indent=1) + "\n")
     text = markdown_text(record)
-    atomic_write_text(args.out_dir / "ssd_scale.md", text)
+    atomic_write_text(args.out_dir / f"{stem}.md", text)
     print(text)
     return 0 if all(r["status"] == "ok" for r in rows) else 1
 
