@@ -105,7 +105,8 @@ def markdown_text(record: dict) -> str:
     from longmix.machine import markdown
 
     cfg = record["config"]
-    lines = [f"# mamba2 and gated_deltanet: forward at L = {cfg['length']} on 1, 2, 4 ranks", "",
+    ranks = ", ".join(str(p) for p in [1] + cfg["ranks"])
+    lines = [f"# {' and '.join(cfg['mixers'])}: forward at L = {cfg['length']} on {ranks} ranks", "",
              f"Command: `{record['command']}`  ", f"Date: {record['date']}  ",
              f"Commit: {record['provenance']['git_describe']} ({record['provenance']['git_commit']}), "
              f"diff sha256 {record['provenance']['git_diff_sha256']}  ",
