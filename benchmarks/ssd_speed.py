@@ -2,14 +2,18 @@
 
     python benchmarks/ssd_speed.py                         # L = 2^14, dim 64, heads 4, batch 1, causal
     python benchmarks/ssd_speed.py --lengths 4096 16384 --repeats 5
+    python benchmarks/ssd_speed.py --threads 1             # one torch thread: ssd_speed_threads1.*
 
-Each mixer is built causal at the same width and heads, with its default options (mamba2 and
-gated_deltanet chunk the sequence in 64s; mamba runs its fused CPU scan; linear its chunked
+Each mixer is built causal at the same width and heads, with its default options (mamba2 chunks
+the sequence in 64s, gated_deltanet by its key head dim: 32s at 16; mamba runs its fused CPU scan; linear its chunked
 prefix sums), and one step is out = mixer(x); (out * g).sum().backward() on a fixed x and g. The
 mixers are timed in turns (A B C D A B ...) so that load on a shared machine lands on all alike;
 the median of ``--repeats`` timed steps after ``--warmup`` untimed rounds is reported, with each
 mixer's time over mamba's (side by side in one run: the ratio is the figure to read). Writes
-``ssd_speed.{json,md}`` to ``--out-dir`` with the machine, command, date and commit.
+``ssd_speed.{json,md}`` (``ssd_speed_threads<N>.*`` with ``--threads N``) to ``--out-dir`` with the
+machine, command, date and commit. On a loaded machine, more than one thread per process makes
+every small batched matmul a parallel region that waits for a descheduled thread: the chunked
+mixers (many small matmuls) suffer most, so compare at ``--threads 1`` too.
 """
 from __future__ import annotations
 
@@ -57,9 +61,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch", type=int, default=1)
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's own)")
     parser.add_argument("--out-dir", type=Path, default=Path(__file__).parent / "results")
     args = parser.parse_args(argv)
     command = shlex.join(["python", "benchmarks/ssd_speed.py"] + (sys.argv[1:] if argv is None else argv))
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
+    stem = "ssd_speed" if args.threads is None else f"ssd_speed_threads{args.threads}"
     rows = []
     for length in args.lengths:
         steps = [Step(name, length, args.dim, args.heads, args.batch) for name in args.mixers]
@@ -80,8 +88,8 @@ def main(argv: list[str] | None = None) -> int:
     record = {"command": command, "date": utc_now(), **provenance(), "machine": describe(),
               "setting": setting, "rows": rows}
     args.out_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(args.out_dir / "ssd_speed.json", json.dumps(record, indent=2) + "\n")
-    atomic_write_text(args.out_dir / "ssd_speed.md", _markdown(record, args.mixers))
+    atomic_write_text(args.out_dir / f"{stem}.json", json.dumps(record, indent=2) + "\n")
+    atomic_write_text(args.out_dir / f"{stem}.md", _markdown(record, args.mixers))
     return 0
 
 
@@ -93,7 +101,8 @@ def _markdown(record: dict, names: list[str]) -> str:
     lines = ["# Forward + backward of one causal mixer on CPU, median seconds per step", "",
              f"Command: `{record['command']}`  ", f"Date: {record['date']}  ",
              f"Commit: {record['git_describe']} ({record['git_commit']}), diff sha256 {record['git_diff_sha256']}  ",
-             f"Setting: {', '.join(f'{k} {v}' for k, v in record['setting'].items())}", "",
+             f"Setting: {', '.join(f'{k} {v}' for k, v in record['setting'].items())}  ",
+             "The machine was shared with other jobs: read the ratios (measured in turns), not the times.", "",
              "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for length in lengths:
         cells = [str(length)] + [f"{by[(m, length)] * 1e3:.1f}" for m in names]

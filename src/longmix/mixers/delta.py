@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..checks import check_int
-from ..ops.delta_rule import gated_delta_rule, gated_delta_rule_matrix
+from ..ops.delta_rule import default_chunk_size, gated_delta_rule, gated_delta_rule_matrix
 from .base import Taxonomy, TokenMixer, last_rows, shift_in
 from .conv_stage import conv_literal, conv_pieces, conv_window
 from .forms import ShuffleHooks, StateHooks, WholeSequence
@@ -76,7 +76,8 @@ class GatedDeltaNet(ShuffleHooks, StateHooks, TokenMixer):
         key_heads: query/key heads; divides heads (default heads).
         head_k_dim, head_v_dim: per-head dims (default dim // heads).
         d_conv: width of the causal depthwise conv over (q, k, v).
-        chunk_size: positions per chunk of the delta rule.
+        chunk_size: positions per chunk of the delta rule (default by head_k_dim:
+            :func:`~longmix.ops.delta_rule.default_chunk_size`, measured); the output does not depend on it.
         dt_min, dt_max, dt_floor, A_init_range: initial step sizes and decay rates, as Mamba-2.
         norm_eps: epsilon of the output RMSNorm.
         projections: the input projections' layout, "grouped" (Qwen3-Next: in_proj_qkvz and
@@ -93,7 +94,7 @@ class GatedDeltaNet(ShuffleHooks, StateHooks, TokenMixer):
 
     def __init__(self, dim: int, heads: int = 1, causal: bool = False, max_len: int | None = None,
                  key_heads: int | None = None, head_k_dim: int | None = None, head_v_dim: int | None = None,
-                 d_conv: int = 4, chunk_size: int = 64, dt_min: float = 1e-3, dt_max: float = 1e-1,
+                 d_conv: int = 4, chunk_size: int | None = None, dt_min: float = 1e-3, dt_max: float = 1e-1,
                  dt_floor: float = 1e-4, A_init_range: tuple[float, float] = (0.01, 16), norm_eps: float = 1e-6,
                  projections: str = "grouped"):
         super().__init__(dim, heads=heads, causal=causal, max_len=max_len)
@@ -101,8 +102,10 @@ class GatedDeltaNet(ShuffleHooks, StateHooks, TokenMixer):
         head_k_dim = dim // heads if head_k_dim is None else head_k_dim
         head_v_dim = dim // heads if head_v_dim is None else head_v_dim
         for label, value in (("key_heads", key_heads), ("head_k_dim", head_k_dim), ("head_v_dim", head_v_dim),
-                             ("d_conv", d_conv), ("chunk_size", chunk_size)):
+                             ("d_conv", d_conv)):
             check_int(label, value, owner="GatedDeltaNet")
+        chunk_size = default_chunk_size(head_k_dim) if chunk_size is None else chunk_size
+        check_int("chunk_size", chunk_size, owner="GatedDeltaNet")
         if heads % key_heads:
             raise ValueError(f"GatedDeltaNet: key_heads ({key_heads}) must divide heads ({heads})")
         check_dt_init("GatedDeltaNet", dt_min, dt_max, A_init_range)

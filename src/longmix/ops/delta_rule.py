@@ -29,6 +29,7 @@ from __future__ import annotations
 import torch
 
 from ..checks import check_int
+from .chunk_recurrence import chunk_recurrence
 from .chunks import from_chunks, nan_from_first, nonfinite_heads, to_chunks, zero_where
 from .scan import segsum
 
@@ -58,6 +59,13 @@ def _solve_unit_lower(system: torch.Tensor, rhs: torch.Tensor) -> torch.Tensor:
     return torch.linalg.solve_triangular(system, rhs, upper=False, unitriangular=True)
 
 
+def default_chunk_size(key_dim: int) -> int:
+    """The chunk size that ran fastest on CPU for heads of ``key_dim`` (benchmarks/delta_rule_chunks.py):
+    the O(chunk^2) work within a chunk against one (K, K) step per chunk, so small heads want small
+    chunks; 32 up to K = 32, else 64 (fla's and transformers' choice, for K = 128)."""
+    return 32 if key_dim <= 32 else 64
+
+
 def gated_delta_rule(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, g: torch.Tensor, beta: torch.Tensor, *,
                      scale: float | None = None, chunk_size: int = 64, initial_state: torch.Tensor | None = None,
                      return_final_state: bool = False):
@@ -80,26 +88,26 @@ def gated_delta_rule(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, g: torch
     cum = gc.cumsum(-1)
     gamma = segsum(gc).exp()  # (b, h, c, l, s): exp(sum_{r=s+1..t} g_r), 0 above the diagonal
     k_beta = kc * bc.unsqueeze(-1)
-    # the UT system (I + A) of each chunk; solve_triangular reads only A's strict lower part
+    # the UT system (I + A) of each chunk; solve_triangular reads only A's strict lower part.
+    # One solve for both right-hand sides: the pseudo-values, and the keys through which the
+    # entering state predicts each position
     system = (k_beta @ kc.mT) * gamma
-    pseudo_values = _solve_unit_lower(system, vc * bc.unsqueeze(-1))
-    # what the entering state predicts at each position, through the same system
-    decayed_keys = _solve_unit_lower(system, k_beta * cum.exp().unsqueeze(-1))
-    attn = (qc @ kc.mT) * gamma  # lower triangular, diagonal included
-    q_from_start = qc * cum.exp().unsqueeze(-1)
-    k_to_end = (kc * (cum[..., -1:] - cum).exp().unsqueeze(-1)).mT
-    chunk_decay = cum[..., -1].exp()[..., None, None]  # (b, h, c, 1, 1)
+    solved = _solve_unit_lower(system, torch.cat([vc * bc.unsqueeze(-1), k_beta * cum.exp().unsqueeze(-1)], -1))
+    pseudo_values, decayed_keys = solved.split([v.shape[-1], k.shape[-1]], -1)
+    k_to_end = (kc * (cum[..., -1:] - cum).exp().unsqueeze(-1)).mT  # (b, h, c, K, l)
+    # across chunks: h_{c+1} = exp(g_chunk) h_c + k_to_end (pseudo_values - decayed_keys h_c),
+    # i.e. T_c h_c + U_c with T_c, U_c formed for all chunks at once; only the (K, K) @ (K, V)
+    # step per chunk stays sequential (chunk_recurrence, with its own backward)
+    eye = torch.eye(k.shape[-1], dtype=q.dtype, device=q.device)
+    transition = cum[..., -1].exp()[..., None, None] * eye - k_to_end @ decayed_keys
     state = (q.new_zeros(q.shape[0], q.shape[2], q.shape[3], v.shape[3]) if initial_state is None
              else initial_state.to(q.dtype))
-    outs = []
-    # unbind once: indexing chunk c inside the loop would give each step a backward that fills a
-    # whole-sequence gradient (quadratic in L)
-    for pv, dk_, qs, at, ke, dec in zip(*(t.unbind(2) for t in (pseudo_values, decayed_keys, q_from_start,
-                                                                    attn, k_to_end, chunk_decay))):
-        corrected = pv - dk_ @ state
-        outs.append(qs @ state + at @ corrected)
-        state = dec * state + ke @ corrected
-    o = from_chunks(torch.stack(outs, 1).transpose(2, 3), length)  # (b, c, h, l, V) -> (b, L, h, V)
+    states = chunk_recurrence(transition.flatten(0, 1), (k_to_end @ pseudo_values).flatten(0, 1),
+                              state.flatten(0, 1)).unflatten(0, state.shape[:2])  # (b, h, c + 1, K, V)
+    entering, state = states[:, :, :-1], states[:, :, -1]
+    attn = (qc @ kc.mT) * gamma  # lower triangular, diagonal included
+    outs = (qc * cum.exp().unsqueeze(-1)) @ entering + attn @ (pseudo_values - decayed_keys @ entering)
+    o = from_chunks(outs.permute(0, 2, 3, 1, 4), length)  # (b, h, c, l, V) -> (b, L, h, V)
     if bad is not None:
         o = nan_from_first(o, bad)
         state = state.masked_fill(bad.any(1)[..., None, None], float("nan"))
