@@ -19,8 +19,11 @@ the bytes each rank sent (``CommStats``) against the planner's prediction for th
     OMP_NUM_THREADS=1 python benchmarks/packed_attention_time.py
     python benchmarks/packed_attention_time.py --quick        # seconds: a smoke run
 
-Writes ``packed_attention_time[_quick].{json,md}`` to ``--out-dir`` with command, date, commit
-and machine.
+    python benchmarks/packed_attention_time.py --packed-len 32768 --median 512 --head-dim 16 \
+        --packs 1 --repeats 2                                  # longer documents, fewer pieces
+
+Writes ``packed_attention_time[_quick][_L<packed-len>].{json,md}`` (``_L`` when not the default
+length) to ``--out-dir`` with command, date, commit and machine.
 """
 from __future__ import annotations
 
@@ -41,6 +44,7 @@ from longmix.parallel.launch import run_local
 from longmix.provenance import provenance, utc_now
 
 LAYOUT_NAMES = ("contiguous", "zigzag", "doc_zigzag")
+DEFAULT_PACKED_LEN = 8192
 STRATEGY_NAMES = ("ring", "shuffle")
 
 
@@ -105,7 +109,7 @@ def ratio(values) -> float:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--packed-len", type=int, default=8192)
+    parser.add_argument("--packed-len", type=int, default=DEFAULT_PACKED_LEN)
     parser.add_argument("--median", type=float, default=128,
                         help="median document length (packed_balance.py: 2K of 128K, the same ratio)")
     parser.add_argument("--sigma", type=float, default=1.5, help="log-normal shape (tail weight)")
@@ -155,7 +159,8 @@ def main(argv: list[str] | None = None) -> int:
                             "per_pack": [len(b) - 1 for b in packs]}
     record = {"command": command, "date": utc_now(), **provenance(), "machine": describe(),
               "shared_machine": True, "setting": setting, "rows": results}
-    name = "packed_attention_time" + ("_quick" if args.quick else "")
+    name = "packed_attention_time" + ("_quick" if args.quick else "") + (
+        "" if args.packed_len == DEFAULT_PACKED_LEN or args.quick else f"_L{args.packed_len}")
     args.out_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_text(args.out_dir / f"{name}.json", json.dumps(record, indent=2) + "\n")
     atomic_write_text(args.out_dir / f"{name}.md", _markdown(record))
