@@ -99,8 +99,12 @@ def test_doc_zigzag_needs_cu_seqlens():
         plan_model(mixer, None, 2, layout="doc_zigzag")
     with pytest.raises(ValueError, match="pass packed=True"):
         ld.parallelize(mixer, layout="doc_zigzag")
-    # the command line packs nothing yet: its layouts are the sequence layouts
+    # the command line and training pack nothing yet: their layouts are the sequence layouts
     assert "doc_zigzag" not in ld.LAYOUTS and "doc_zigzag" in ld.DOCUMENT_LAYOUTS
+    from longmix.train.config import TrainConfig
+
+    with pytest.raises(ValueError, match="TrainConfig: layout 'doc_zigzag' .* does not take"):
+        TrainConfig(task="toy_copy", mixer="s4d", context=8, layout="doc_zigzag")
 
 
 def causal_work(seq_len, world, layout):

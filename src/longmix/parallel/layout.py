@@ -44,6 +44,14 @@ def check_layout(layout: str) -> None:
                          f"with cu_seqlens only), got {layout!r}")
 
 
+def check_sequence_layout(layout: str, owner: str) -> None:
+    """``check_layout`` for a caller that takes no ``cu_seqlens`` (so no layout that needs them)."""
+    check_layout(layout)
+    if follows_documents(layout):
+        raise ValueError(f"{owner}: layout {layout!r} places rows by packed documents "
+                         f"(cu_seqlens), which {owner} does not take; use one of {LAYOUTS}")
+
+
 def follows_documents(layout: str) -> bool:
     """Does ``layout`` place rows by packed documents (and so need ``cu_seqlens``)?"""
     return layout in DOCUMENT_LAYOUTS
