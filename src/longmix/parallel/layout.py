@@ -136,13 +136,6 @@ def all_segments(seq_len: int, world_size: int, layout: str = "contiguous", *,
     return [segments(seq_len, world_size, r, layout) for r in range(world_size)]
 
 
-def local_lengths(seq_len: int, world_size: int, layout: str = "contiguous", *,
-                  cu_seqlens=None) -> list[int]:
-    """Number of rows each rank holds."""
-    return [sum(n for _, n in member)
-            for member in all_segments(seq_len, world_size, layout, cu_seqlens=cu_seqlens)]
-
-
 def local_length(seq_len: int, world_size: int, rank: int, layout: str = "contiguous", *,
                  cu_seqlens=None) -> int:
     """Number of rows rank ``rank`` holds."""
