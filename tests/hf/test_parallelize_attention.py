@@ -168,6 +168,8 @@ def test_plan_refuses_what_it_cannot_run_exactly():
     assert "'hybrid' is not softmax attention" in _refusal(falcon_h1)
     with pytest.raises(ValueError, match="PreTrainedModel"):
         lh.parallelize(torch.nn.Linear(2, 2))
+    with pytest.raises(ValueError, match="layout 'doc_zigzag' places rows by packed documents"):
+        lh.parallelize(torch.nn.Linear(2, 2), layout="doc_zigzag")  # the bridge takes no cu_seqlens
 
 
 def test_import_without_transformers_says_what_to_install():
