@@ -40,8 +40,9 @@ KNOWN_LAYOUTS = LAYOUTS + DOCUMENT_LAYOUTS
 
 def check_layout(layout: str) -> None:
     if layout not in KNOWN_LAYOUTS:
-        raise ValueError(f"layout must be one of {KNOWN_LAYOUTS} ({', '.join(map(repr, DOCUMENT_LAYOUTS))} "
-                         f"with cu_seqlens only), got {layout!r}")
+        needs = ", ".join(map(repr, DOCUMENT_LAYOUTS))
+        raise ValueError(f"layout must be one of {KNOWN_LAYOUTS} ({needs} with cu_seqlens only), "
+                         f"got {layout!r}")
 
 
 def check_sequence_layout(layout: str, owner: str) -> None:

@@ -7,7 +7,8 @@ import torch
 
 from ..documents import RECORD_FIELDS, agree_documents, documents_record, local_documents
 from ..exchange import DTYPES, agree, dtype_code
-from ..layout import Segment, all_segments, follows_documents, missing_documents_error, resolve_group
+from ..layout import (Segment, all_segments, follows_documents, missing_documents_error,
+                      resolve_group)
 
 
 @dataclass(frozen=True)
