@@ -9,6 +9,10 @@ from __future__ import annotations
 STRATEGIES = ("auto", "shuffle", "ring", "hybrid")
 #: Which rows of a sharded sequence each rank holds (``longmix.parallel.layout``).
 LAYOUTS = ("contiguous", "zigzag")
+#: Layouts that place rows by packed documents: they need ``cu_seqlens`` wherever a layout is
+#: resolved (``shard``, ``unshard``, ``attention``, a parallelized forward), so the command line,
+#: which packs nothing yet, offers only ``LAYOUTS``.
+DOCUMENT_LAYOUTS = ("doc_zigzag",)
 
 #: Sequence-parallel forms of whole mixers (``longmix.parallel.forms.table.FORMS`` has the rows).
 FORMS = ("shuffle", "state", "ring")

@@ -30,6 +30,7 @@ def model():
     (dict(max_new_tokens=-1), "max_new_tokens must be an int >= 0"),
     (dict(max_new_tokens=2.5), "max_new_tokens must be an int >= 0"),
     (dict(layout="striped"), "layout must be one of"),
+    (dict(layout="doc_zigzag"), "generate: layout 'doc_zigzag' places rows by packed documents"),
     (dict(temperature=-1.0), "temperature must be a number >= 0"),
     (dict(top_k=0), "top_k must be None or an int >= 1"),
     (dict(top_p=1.5), r"top_p must be None or a number in \(0, 1\]"),

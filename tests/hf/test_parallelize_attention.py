@@ -166,6 +166,8 @@ def test_plan_refuses_what_it_cannot_run_exactly():
     assert "(FalconH1Mixer): Falcon-H1 scales" in _refusal(falcon_h1)  # refused by name
     with pytest.raises(ValueError, match="PreTrainedModel"):
         lh.parallelize(torch.nn.Linear(2, 2))
+    with pytest.raises(ValueError, match="layout 'doc_zigzag' places rows by packed documents"):
+        lh.parallelize(torch.nn.Linear(2, 2), layout="doc_zigzag")  # the bridge takes no cu_seqlens
 
 
 def test_a_class_name_that_only_spells_ssm_across_words_is_planned():

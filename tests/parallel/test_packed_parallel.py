@@ -1,6 +1,7 @@
 """Packed documents (``cu_seqlens``) in every parallel form vs the documents run one by one on one
 process, in float64: forward, input gradients and parameter gradients summed over ranks, P in
-{1, 2, 3, 4}, both layouts. Document splits put boundaries inside shards, exactly on shard edges,
+{1, 2, 3, 4}, both sequence layouts, and the ``doc_zigzag`` layout (every document zigzagged over
+the ranks, so a rank holds scattered pieces of each) for one mixer of each form and a few more. Document splits put boundaries inside shards, exactly on shard edges,
 documents shorter and longer than a shard, and one token long. Bad ``cu_seqlens`` (also different
 on different ranks) raise the same clear error on every rank, and the group stays usable.
 
@@ -50,7 +51,13 @@ def make_mixer(key: str, causal: bool):
 
 
 def splits(world: int, layout: str) -> dict[str, list[int]]:
-    """Document lengths of SEQ_LEN rows: boundaries inside and on the edges of shards."""
+    """Document lengths of SEQ_LEN rows: boundaries inside and on the edges of shards.
+    ``doc_zigzag`` cuts inside documents only: its "edges" are the whole-sequence zigzag's, and
+    documents of 2P tokens put every piece edge on a row (shorter ones leave pieces empty)."""
+    if layout == "doc_zigzag":
+        full, rest = divmod(SEQ_LEN, 2 * world)
+        return {**splits(world, "zigzag"),
+                "2P-token documents": [2 * world] * full + ([rest] if rest else [])}
     edges = sorted({s for member in all_segments(SEQ_LEN, world, layout) for s, _ in member} | {SEQ_LEN})
     return {
         "mixed": [1, 2, 7, 3],            # one token, shorter and longer than a shard
@@ -82,20 +89,22 @@ def check_mixer(group, key, causal, form, layout, split, lengths) -> list[str]:
 
     stats = ld.CommStats()
     pmixer = ld.parallelize(mixer, group, layout, forms=form, packed=True, stats=stats)
-    x_local = ld.shard(x, group, layout).requires_grad_()
-    y = pmixer(x_local, cu_seqlens=cu(lengths))
+    docs = cu(lengths)  # sequence layouts ignore it in shard/unshard; doc_zigzag places rows by it
+    x_local = ld.shard(x, group, layout, cu_seqlens=docs).requires_grad_()
+    y = pmixer(x_local, cu_seqlens=docs)
     forward_sent = stats.bytes_sent
-    y.backward(ld.shard(dy, group, layout))
+    y.backward(ld.shard(dy, group, layout, cu_seqlens=docs))
     total_sent = stats.bytes_sent
-    errors = {"out": rel_err(ld.unshard(y.detach(), group, layout), ref.detach()),
-              "dx": rel_err(ld.unshard(x_local.grad, group, layout), x_ref.grad)}
+    errors = {"out": rel_err(ld.unshard(y.detach(), group, layout, cu_seqlens=docs), ref.detach()),
+              "dx": rel_err(ld.unshard(x_local.grad, group, layout, cu_seqlens=docs), x_ref.grad)}
     for (pname, _), got, want in zip(mixer.named_parameters(), summed_grads(mixer, group), ref_grads):
         errors[f"d{pname}"] = rel_err(got, want)
     worst = max(errors, key=errors.get)
     problems = [] if errors[worst] <= TOL else [f"{name}: {worst} error {errors[worst]:.2e}"]
-    # documents change no message: the bytes are the planner's prediction (as unpacked)
+    # the bytes are the planner's prediction (documents change no message in a sequence layout;
+    # doc_zigzag's rows per rank and state summaries follow them)
     cost = plan_model(mixer, SEQ_LEN, world, 1, dtype=torch.float64, layout=layout, forms=form,
-                      packed=True).layers[0].cost()
+                      packed=True, cu_seqlens=docs).layers[0].cost()
     rank = torch.distributed.get_rank(group)
     for what, got, want in (("forward", forward_sent, cost.forward_bytes),
                             ("forward+backward", total_sent, None if cost.forward_bytes is None else
@@ -139,12 +148,47 @@ def test_every_packed_form_matches_documents_alone(world):
     assert not problems, "\n".join(problems)
 
 
+# ----------------------------------------------------------------------------- doc_zigzag
+#: (mixer, causal, forms: None for every packed form it admits) run on the doc_zigzag layout:
+#: softmax in the shuffle and the ring (causal: the ring's triangles of scattered pieces), mamba
+#: in the state form (two stages), linear and s4d in the state form, s4d in the shuffle too (these
+#: two on fewer splits: the forms' document handling is the same code as mamba's and softmax's)
+DOC_ZIGZAG_MIXERS = (("softmax", True, None), ("softmax", False, ("ring",)), ("mamba", True, None),
+                     ("linear", True, ("state",)), ("s4d", True, None))
+
+
+def doc_zigzag_cases(world: int) -> list[tuple]:
+    out = []
+    for key, causal, only in DOC_ZIGZAG_MIXERS:
+        options = plan_model(make_mixer(key, causal), None, world, packed=True).layers[0].options
+        for form in [o.form for o in options if o.feasible and (only is None or o.form in only)]:
+            for split, lengths in splits(world, "doc_zigzag").items():
+                few = ("mixed",) if world == 1 else ("mixed", "on shard edges", "2P-token documents")
+                if split in few or (world > 1 and key in ("softmax", "mamba")):
+                    out.append((key, causal, form, "doc_zigzag", split, lengths))
+    return out
+
+
+@pytest.mark.parametrize("world", [1, 2, 3, 4])
+def test_doc_zigzag_forms_match_documents_alone(world):
+    todo = doc_zigzag_cases(world)
+    if world > 1:
+        assert {c[2] for c in todo} == {"shuffle", "state", "ring"}
+    results = run_local(mixers_worker, world, (todo,), timeout=300, collective_timeout=120)
+    problems = [p for rank_problems in results for p in rank_problems]
+    assert not problems, "\n".join(problems)
+
+
 # ----------------------------------------------------------------------------- whole models
 def models_worker(group) -> list[str]:
     problems = []
     for mixer, options, layout, forms in [("softmax", {}, "zigzag", "ring"),
                                           ("mamba", {"d_state": 4, "d_conv": 3}, "contiguous", None),
-                                          ("hyena", {"filter_hidden": 8}, "zigzag", None)]:
+                                          ("hyena", {"filter_hidden": 8}, "zigzag", None),
+                                          # positions restart at every document, also where a
+                                          # rank holds scattered pieces of it
+                                          ("softmax", {}, "doc_zigzag", "ring"),
+                                          ("mamba", {"d_state": 4, "d_conv": 3}, "doc_zigzag", None)]:
         torch.manual_seed(0)
         model = build_model(vocab_size=11, mixer=mixer, head="lm", dim=DIM, depth=2, heads=HEADS,
                             max_len=32, mixer_options=options).double()
@@ -157,9 +201,11 @@ def models_worker(group) -> list[str]:
         ref_grads = [p.grad.clone() if p.grad is not None else torch.zeros_like(p) for p in model.parameters()]
         model.zero_grad()
         pmodel = ld.parallelize(model, group, layout, forms=forms, packed=True)
-        logits = pmodel(ld.shard(tokens, group, layout), cu_seqlens=cu(lengths))
-        logits.backward(ld.shard(dlogits, group, layout))
-        errors = {"logits": rel_err(ld.unshard(logits.detach(), group, layout), ref.detach())}
+        docs = cu(lengths)
+        logits = pmodel(ld.shard(tokens, group, layout, cu_seqlens=docs), cu_seqlens=docs)
+        logits.backward(ld.shard(dlogits, group, layout, cu_seqlens=docs))
+        errors = {"logits": rel_err(ld.unshard(logits.detach(), group, layout, cu_seqlens=docs),
+                                    ref.detach())}
         for (pname, _), got, want in zip(model.named_parameters(), summed_grads(model, group), ref_grads):
             errors[f"d{pname}"] = rel_err(got, want)
         worst = max(errors, key=errors.get)
@@ -181,6 +227,7 @@ def errors_worker(group) -> dict:
     x = torch.randn(1, 9, DIM, dtype=torch.float64, generator=torch.Generator().manual_seed(3))
     x_local = ld.shard(x, group)
     pmixer = ld.parallelize(mixer, group, packed=True)
+    doc_mixer = ld.parallelize(mixer, group, "doc_zigzag", packed=True)
     good = cu([4, 5])
     messages = {
         "not increasing on rank 1": error_message(lambda: pmixer(x_local, cu_seqlens=cu([4, 5]) if rank != 1
@@ -201,6 +248,20 @@ def errors_worker(group) -> dict:
                                                                group, forms="ring", packed=True)),
         "unplanned shuffle": error_message(lambda: ld.parallelize(mixer, group, forms="shuffle")(
             x_local, cu_seqlens=good)),
+        # doc_zigzag places rows by the documents: without them, or with rows of another layout
+        "doc_zigzag forward without cu_seqlens": error_message(lambda: doc_mixer(
+            ld.shard(x, group, "doc_zigzag", cu_seqlens=good))),
+        "doc_zigzag rows of another layout": error_message(lambda: doc_mixer(x_local, cu_seqlens=good)),
+        "doc_zigzag shard without cu_seqlens": error_message(lambda: ld.shard(x, group, "doc_zigzag")),
+        "doc_zigzag unshard without cu_seqlens": error_message(lambda: ld.unshard(x_local, group,
+                                                                                  "doc_zigzag")),
+        "doc_zigzag unshard, different per rank": error_message(lambda: ld.unshard(
+            ld.shard(x, group, "doc_zigzag", cu_seqlens=good), group, "doc_zigzag",
+            cu_seqlens=good if rank != 1 else cu([3, 6]))),
+        "doc_zigzag without packed=True": error_message(lambda: ld.parallelize(mixer, group,
+                                                                               "doc_zigzag")),
+        "doc_zigzag planned by seq_len": error_message(lambda: ld.parallelize(
+            mixer, group, "doc_zigzag", packed=True, seq_len=9)),
     }
     # the group is still in step: a good call completes and is exact
     y = ld.unshard(pmixer(x_local, cu_seqlens=good).detach(), group)
@@ -228,10 +289,20 @@ def test_bad_cu_seqlens_raise_the_same_clear_error_on_every_rank():
     assert "short convolution" in got["bidirectional mamba"]
     assert "packed=True" in got["unplanned shuffle"] and "Mamba" in got["unplanned shuffle"]
     assert got["good call error"] < TOL
+    for key in ("doc_zigzag forward without cu_seqlens", "doc_zigzag shard without cu_seqlens",
+                "doc_zigzag unshard without cu_seqlens"):
+        assert "layout 'doc_zigzag' places rows by packed documents and needs cu_seqlens" in got[key], key
+    assert got["doc_zigzag forward without cu_seqlens"].startswith("parallelize:")
+    assert "[3, 3, 3]" in got["doc_zigzag rows of another layout"]
+    assert "'doc_zigzag' layout" in got["doc_zigzag rows of another layout"]
+    assert "cu_seqlens=..." in got["doc_zigzag rows of another layout"]
+    assert "the same on every rank (ranks passed different ones)" in got["doc_zigzag unshard, different per rank"]
+    assert "pass packed=True" in got["doc_zigzag without packed=True"]
+    assert "plan_model(..., packed=True, cu_seqlens=...)" in got["doc_zigzag planned by seq_len"]
 
 
 # ----------------------------------------------------------------------------- the attention op
-def attention_worker(group) -> list[str]:
+def attention_worker(group, layouts=("contiguous", "zigzag")) -> list[str]:
     """``longmix.parallel.attention(..., cu_seqlens=...)`` vs the materialized reference per
     document: forward and the gradients of q, k, v."""
     from helpers import reference_attention
@@ -244,7 +315,7 @@ def attention_worker(group) -> list[str]:
             for window in (None, 3):
                 if window is not None and strategy == "ring":
                     continue
-                for layout in ("contiguous", "zigzag"):
+                for layout in layouts:
                     for lengths in splits(world, layout).values():
                         q, k, v, dout = torch.randn(4, 1, SEQ_LEN, 12, 2, generator=g, dtype=torch.float64)
                         ref_in = [t.clone().requires_grad_() for t in (q, k, v)]
@@ -252,13 +323,17 @@ def attention_worker(group) -> list[str]:
                                                              window=window)
                                          for a, b in zip(cu(lengths)[:-1].tolist(), cu(lengths)[1:].tolist())], 1)
                         ref.backward(dout)
-                        local = [ld.shard(t, group, layout).requires_grad_() for t in (q, k, v)]
+                        docs = cu(lengths)
+                        local = [ld.shard(t, group, layout, cu_seqlens=docs).requires_grad_()
+                                 for t in (q, k, v)]
                         out = ld.attention(*local, causal=causal, group=group, strategy=strategy,
-                                           layout=layout, window=window, cu_seqlens=cu(lengths))
-                        out.backward(ld.shard(dout, group, layout))
-                        errors = {"out": rel_err(ld.unshard(out.detach(), group, layout), ref.detach())}
+                                           layout=layout, window=window, cu_seqlens=docs)
+                        out.backward(ld.shard(dout, group, layout, cu_seqlens=docs))
+                        errors = {"out": rel_err(ld.unshard(out.detach(), group, layout, cu_seqlens=docs),
+                                                 ref.detach())}
                         for name, t, r in zip("qkv", local, ref_in):
-                            errors[f"d{name}"] = rel_err(ld.unshard(t.grad, group, layout), r.grad)
+                            errors[f"d{name}"] = rel_err(ld.unshard(t.grad, group, layout, cu_seqlens=docs),
+                                                         r.grad)
                         worst = max(errors, key=errors.get)
                         if errors[worst] > TOL:
                             problems.append(f"attention {strategy} causal={causal} window={window} "
@@ -269,6 +344,14 @@ def attention_worker(group) -> list[str]:
 @pytest.mark.parametrize("world", [1, 3, 4])
 def test_packed_attention_op_matches_documents_alone(world):
     results = run_local(attention_worker, world, timeout=300, collective_timeout=60)
+    problems = [p for rank_problems in results for p in rank_problems]
+    assert not problems, "\n".join(problems)
+
+
+@pytest.mark.parametrize("world", [2, 4])
+def test_doc_zigzag_attention_op_matches_documents_alone(world):
+    results = run_local(attention_worker, world, (("doc_zigzag",),), timeout=300,
+                        collective_timeout=60)
     problems = [p for rank_problems in results for p in rank_problems]
     assert not problems, "\n".join(problems)
 
@@ -284,6 +367,10 @@ def attention_errors_worker(group) -> dict:
         "wrong end": error_message(lambda: ld.attention(q, q, q, group=group, cu_seqlens=cu([4, 4]))),
         "different per rank": error_message(lambda: ld.attention(
             q, q, q, group=group, cu_seqlens=cu([4, 5]) if torch.distributed.get_rank(group) else cu([5, 4]))),
+        "doc_zigzag without cu_seqlens": error_message(lambda: ld.attention(q, q, q, group=group,
+                                                                            layout="doc_zigzag")),
+        "doc_zigzag, rows of another layout": error_message(lambda: ld.attention(
+            q, q, q, group=group, layout="doc_zigzag", cu_seqlens=good)),
     }
 
 
@@ -296,11 +383,14 @@ def test_packed_attention_op_errors_are_the_same_on_every_rank():
     assert "window=2 needs strategy='shuffle'" in got["ring window"]
     assert "must end at the packed length 9, got 8" in got["wrong end"]
     assert "same global tensor on every rank" in got["different per rank"]
+    assert "layout 'doc_zigzag' places rows by packed documents and needs cu_seqlens" in \
+        got["doc_zigzag without cu_seqlens"]
+    assert "expected [2, 3, 4]" in got["doc_zigzag, rows of another layout"]
 
 
 # ----------------------------------------------------------------------------- the ring's plan
 @pytest.mark.parametrize("world", [1, 2, 3, 4])
-@pytest.mark.parametrize("layout", ["contiguous", "zigzag"])
+@pytest.mark.parametrize("layout", ["contiguous", "zigzag", "doc_zigzag"])
 @pytest.mark.parametrize("causal", [True, False])
 def test_ring_plan_computes_only_pairs_inside_documents(world, layout, causal):
     """The blocks the ring computes with documents cover exactly the query-key pairs inside
@@ -309,7 +399,8 @@ def test_ring_plan_computes_only_pairs_inside_documents(world, layout, causal):
 
     for lengths in list(splits(world, layout).values()) + [[2] * 6 + [1]]:
         bounds = tuple(cu(lengths).tolist())
-        segs = [_cut_at_documents(member, bounds) for member in all_segments(SEQ_LEN, world, layout)]
+        segs = [_cut_at_documents(member, bounds)
+                for member in all_segments(SEQ_LEN, world, layout, cu_seqlens=bounds)]
         pairs = set()
         for me in range(world):
             for j in range(world):

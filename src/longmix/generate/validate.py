@@ -6,7 +6,7 @@ import torch
 
 from ..checks import check_int
 from ..parallel.exchange import agree
-from ..parallel.layout import check_layout, resolve_group
+from ..parallel.layout import check_sequence_layout, resolve_group
 from .cache import decode_kind
 from .sampling import check_sampling
 
@@ -48,7 +48,7 @@ def output_width(model) -> tuple[int, torch.dtype]:
 
 def check_request(model, input_ids, max_new_tokens, layout, temperature, top_k, top_p, seed) -> None:
     vocab, max_len, max_len_name = check_model(model)
-    check_layout(layout)
+    check_sequence_layout(layout, "generate")
     check_int("max_new_tokens", max_new_tokens, low=0)
     check_int("seed", seed, low=0)
     check_sampling(temperature, top_k, top_p)

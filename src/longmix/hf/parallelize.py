@@ -39,7 +39,7 @@ from torch import nn
 
 from longmix.parallel.forms.parallelize import AllReduceSum, ScaleGrad, Shards, agree_on_shards
 from longmix.parallel.halo import fetch_halo, halo_plan
-from longmix.parallel.layout import check_layout, resolve_group
+from longmix.parallel.layout import check_sequence_layout, resolve_group
 from longmix.parallel.stats import CommStats
 
 from . import attention as hf_attention
@@ -250,7 +250,7 @@ def parallelize(model: nn.Module, group=None, layout: str = "contiguous",
     Returns a :class:`ParallelHFModel` sharing the model's parameters. Raises ValueError naming
     the layer and the reason when any layer cannot run exactly (see :func:`longmix.hf.plan.plan_hf`).
     """
-    check_layout(layout)
+    check_sequence_layout(layout, "longmix.hf.parallelize")
     resolve_group(group)  # a group without torch.distributed is an error now, not at forward
     layers = plan_hf(model)
     router_loss = router_loss_of(model)

@@ -24,9 +24,9 @@ from .attn.validate import STRATEGIES
 from .forms.model_plan import ModelPlan, plan_model
 from .forms.parallelize import parallelize
 from .forms.state_passing import state_passing_backward_bytes, state_passing_bytes, state_passing_mix
-from .layout import LAYOUTS, local_length, segments, shard, unshard
+from .layout import DOCUMENT_LAYOUTS, LAYOUTS, local_length, segments, shard, unshard
 from .stats import CommStats
 
 __all__ = ["attention", "parallelize", "plan_model", "ModelPlan", "shard", "unshard", "segments", "local_length", "plan", "measure_rates",
-           "Plan", "Rates", "StrategyCost", "CommStats", "LAYOUTS", "STRATEGIES", "DEFAULT_RATES",
+           "Plan", "Rates", "StrategyCost", "CommStats", "LAYOUTS", "DOCUMENT_LAYOUTS", "STRATEGIES", "DEFAULT_RATES",
            "state_passing_mix", "state_passing_bytes", "state_passing_backward_bytes"]

@@ -7,18 +7,20 @@ triangle, not a sum of them. Candidates, each returning ``segments[r]``, rank r'
 pieces in local order (the shape ``layout.all_segments`` returns):
 
 * ``document_zigzag_segments``: each document cut into 2P near-equal pieces, rank r holding
-  pieces r and 2P-1-r of every document (PyTorch's per-document head-tail balancer);
+  pieces r and 2P-1-r of every document (PyTorch's per-document head-tail balancer): the
+  ``"doc_zigzag"`` layout of ``longmix.parallel.layout``, which ``shard``/``unshard``, the
+  planner and the forms take;
 * ``work_cut_segments``: P contiguous pieces cut where the cumulative work reaches r/P of the
   total (rows are then uneven: a rank deep in a long document gets fewer of them).
 
-These are measured by ``benchmarks/packed_balance.py``; they are not yet layouts that
-``shard``/``unshard`` and the forms accept.
+These are measured by ``benchmarks/packed_balance.py``; the cut by work is not a layout (it
+unbalances rows, so memory).
 """
 from __future__ import annotations
 
 import bisect
 
-from .layout import Segment, all_segments, even_pieces
+from .layout import Segment, all_segments, document_zigzag
 
 
 def row_work(bounds, t: int) -> int:
@@ -52,15 +54,9 @@ def sequence_segments(bounds, world: int, layout: str) -> list[list[Segment]]:
 
 
 def document_zigzag_segments(bounds, world: int) -> list[list[Segment]]:
-    """Every document cut into 2P pieces; rank r holds pieces r and 2P-1-r of each."""
-    out: list[list[Segment]] = [[] for _ in range(world)]
-    for start, stop in zip(bounds, bounds[1:]):
-        pieces = even_pieces(stop - start, 2 * world)
-        for r in range(world):
-            for s, n in (pieces[r], pieces[2 * world - 1 - r]):
-                if n:
-                    out[r].append((start + s, n))
-    return [sorted(member) for member in out]
+    """Every document cut into 2P pieces; rank r holds pieces r and 2P-1-r of each (the
+    ``doc_zigzag`` layout)."""
+    return document_zigzag(bounds, world)
 
 
 def work_cut_segments(bounds, world: int) -> list[list[Segment]]:

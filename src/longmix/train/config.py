@@ -8,7 +8,7 @@ import numbers
 from dataclasses import asdict, dataclass, field
 
 from ..checks import check_int, check_optional_int
-from ..parallel.layout import check_layout
+from ..parallel.layout import check_sequence_layout
 from ..vocabulary import FORMS
 
 #: Fields left out of the identity while they hold these defaults, so that the run ids of runs
@@ -88,7 +88,7 @@ class TrainConfig:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, numbers.Real) or not ok(value):
                 raise ValueError(f"{name} must be a number {expected}, got {value!r}")
-        check_layout(self.layout)
+        check_sequence_layout(self.layout, "TrainConfig")
         if self.causal is not None and not isinstance(self.causal, bool):
             raise ValueError(f"causal must be None (by head), True or False, got {self.causal!r}")
         if self.init_from is not None and not (isinstance(self.init_from, str) and self.init_from):

@@ -31,8 +31,10 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal: bool
             needs P | heads and P | kv_heads or kv_heads | P), ``"ring"`` (K/V blocks circulate,
             any head count), ``"hybrid"`` (shuffle in groups of ``hybrid_size`` ranks, ring across
             groups) or ``"auto"`` (the cost model :func:`longmix.parallel.attn.plan` picks).
-        layout: which rows each rank holds: ``"contiguous"`` or ``"zigzag"`` (see
-            :mod:`longmix.parallel.layout`; ``shard``/``unshard`` convert).
+        layout: which rows each rank holds: ``"contiguous"``, ``"zigzag"`` or, with
+            ``cu_seqlens``, ``"doc_zigzag"`` (a zigzag of every document: balances causal
+            attention over packed documents; see :mod:`longmix.parallel.layout`;
+            ``shard``/``unshard`` convert).
         scale: softmax scale; default 1/sqrt(head_dim).
         window: sliding-window size (semantics of ``longmix.ops.attention_with_lse``); shuffle,
             or ring, which then exchanges only a halo of ``window - 1`` rows per side of each
@@ -86,7 +88,7 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal: bool
 
         return attend(q, k, v) if documents is None else by_documents(attend, documents, q, k, v)
     group = dist.group.WORLD if group is None else group
-    segs = all_segments(problem.seq_len, p, layout)
+    segs = all_segments(problem.seq_len, p, layout, cu_seqlens=documents)
     if strategy == "shuffle":
         from .shuffle import shuffle_attention
 

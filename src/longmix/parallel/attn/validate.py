@@ -24,7 +24,8 @@ from longmix.vocabulary import STRATEGIES
 
 from ..documents import RECORD_FIELDS, agree_documents, documents_record, local_documents
 from ..exchange import DTYPES, agree, dtype_code
-from ..layout import LAYOUTS, local_length, resolve_group
+from ..layout import (KNOWN_LAYOUTS, all_segments, follows_documents, missing_documents_error,
+                      resolve_group)
 
 _DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)  # what attention takes
 _DEVICES = ("cpu", "cuda", "mps", "xpu", "meta", "other")
@@ -72,8 +73,8 @@ def _local_errors(q, k, v, *, causal, strategy, layout, scale, window, hybrid_si
     errors = []
     if strategy not in STRATEGIES:
         errors.append(f"strategy must be one of {STRATEGIES}, got {strategy!r}")
-    if layout not in LAYOUTS:
-        errors.append(f"layout must be one of {LAYOUTS}, got {layout!r}")
+    if layout not in KNOWN_LAYOUTS:
+        errors.append(f"layout must be one of {KNOWN_LAYOUTS}, got {layout!r}")
     if not isinstance(causal, bool):
         errors.append(f"causal must be a bool, got {causal!r}")
     for name, value in (("window", window), ("hybrid_size", hybrid_size)):
@@ -131,7 +132,7 @@ def _record(q, k, v, *, causal, strategy, layout, scale, window, hybrid_size, er
     scale_bits = -1 if scale is None else struct.unpack("<q", struct.pack("<d", float(scale)))[0]
     return [q.shape[0], q.shape[1], q.shape[2], k.shape[2], q.shape[3], dtype_code(q.dtype),
             _code(q.device.type if q.device.type in _DEVICES else "other", _DEVICES),
-            _code(strategy, STRATEGIES), _code(layout, LAYOUTS), int(causal),
+            _code(strategy, STRATEGIES), _code(layout, KNOWN_LAYOUTS), int(causal),
             -1 if window is None else window, -1 if hybrid_size is None else hybrid_size,
             scale_bits]
 
@@ -144,7 +145,7 @@ def _decode(name: str, value: int):
     if name == "strategy":
         return STRATEGIES[value] if value >= 0 else "?"
     if name == "layout":
-        return LAYOUTS[value] if value >= 0 else "?"
+        return KNOWN_LAYOUTS[value] if value >= 0 else "?"
     if name == "scale":
         return None if value == -1 else struct.unpack("<d", struct.pack("<q", value))[0]
     if name == "causal":
@@ -186,18 +187,22 @@ def validate(q, k, v, *, causal, group, strategy, layout, scale, window, hybrid_
     lengths = [f["local_len"] for f in fields]
     seq_len = sum(lengths)
     layout_name = _decode("layout", fields[0]["layout"])
-    expected = [local_length(seq_len, world, r, layout_name) for r in range(world)]
     if seq_len < 1:
         raise ValueError("longmix.parallel.attention: the sequence is empty (every rank has local_len 0)")
+    f = fields[0]
+    bounds = agree_documents(documents, bounds, seq_len=seq_len, batch=f["batch"],
+                             owner="longmix.parallel.attention")
+    if bounds is None and follows_documents(layout_name):
+        raise missing_documents_error(layout_name, "longmix.parallel.attention")
+    expected = [sum(n for _, n in member)
+                for member in all_segments(seq_len, world, layout_name, cu_seqlens=bounds)]
     if lengths != expected:
         wrong = [r for r in range(world) if lengths[r] != expected[r]]
         raise ValueError(
             f"longmix.parallel.attention: shard lengths (dim 1) {lengths} do not match the "
             f"{layout_name!r} layout of a length-{seq_len} sequence over {world} ranks: expected "
-            f"{expected}; rank(s) {wrong} differ. Use longmix.parallel.shard(x, layout={layout_name!r}).")
-    f = fields[0]
-    bounds = agree_documents(documents, bounds, seq_len=seq_len, batch=f["batch"],
-                             owner="longmix.parallel.attention")
+            f"{expected}; rank(s) {wrong} differ. Use longmix.parallel.shard(x, layout={layout_name!r}"
+            f"{', cu_seqlens=...' if bounds is not None else ''}).")
     return Problem(documents=bounds, seq_len=seq_len, world_size=world, rank=rank, lengths=tuple(lengths),
                    batch=f["batch"], heads=f["heads"], kv_heads=f["kv_heads"],
                    head_dim=f["head_dim"], dtype=DTYPES[f["dtype"]],

@@ -19,7 +19,7 @@ import torch
 
 from longmix.checks import check_int
 
-from ..layout import check_layout
+from ..layout import check_layout, follows_documents, layout_documents
 from .cost import FormCost
 from .packed import packed_refusal
 from .table import FORMS
@@ -77,7 +77,8 @@ def mixer_name(mixer) -> str:
     return getattr(type(mixer), "name", type(mixer).__name__)
 
 
-def layer_options(mixer, seq_len, world, batch, dtype, layout, packed: bool = False) -> list[FormCost]:
+def layer_options(mixer, seq_len, world, batch, dtype, layout, packed: bool = False,
+                  documents=None) -> list[FormCost]:
     supported = mixer.parallel_forms
     options = []
     for form in FORMS.values():
@@ -89,7 +90,7 @@ def layer_options(mixer, seq_len, world, batch, dtype, layout, packed: bool = Fa
         elif refusal is not None:
             options.append(FormCost(form.name, False, f"no packed documents (cu_seqlens): {refusal}"))
         else:
-            options.append(form.cost(mixer, seq_len, world, batch, dtype, layout))
+            options.append(form.cost(mixer, seq_len, world, batch, dtype, layout, documents))
     return options
 
 
@@ -135,7 +136,7 @@ def _hint(options: list[FormCost]) -> str:
 
 def plan_model(module, seq_len: int | None, world_size: int, batch: int = 1, *,
                dtype: torch.dtype = torch.float32, layout: str = "contiguous",
-               forms=None, packed: bool = False, timing=None) -> ModelPlan:
+               forms=None, packed: bool = False, cu_seqlens=None, timing=None) -> ModelPlan:
     """Pick a form per mixer layer of ``module`` and predict its bytes (and, with ``timing``, its
     step time).
 
@@ -144,6 +145,9 @@ def plan_model(module, seq_len: int | None, world_size: int, batch: int = 1, *,
         forms: None (cheapest feasible per layer), one form name for every layer, or a list with
             one name (or None: choose) per layer. A forced form that cannot run raises.
         packed: only forms that run packed documents (``cu_seqlens``; ``forms.packed``).
+        cu_seqlens: the packed documents to predict bytes for; needed with ``seq_len`` by a
+            layout that follows documents (``doc_zigzag``: its rows per rank, and the state
+            form's summaries, depend on them), ignored by the others.
         timing: a calibrated :class:`~longmix.parallel.forms.timing.StepTiming`: a layer whose
             feasible forms all have calibrated rates gets the form predicted fastest; others
             the fewest bytes.
@@ -151,6 +155,12 @@ def plan_model(module, seq_len: int | None, world_size: int, batch: int = 1, *,
     """
     check_layout(layout)
     check_int("world_size", world_size)
+    if follows_documents(layout) and not packed:
+        raise ValueError(f"plan_model: layout {layout!r} places rows by packed documents: plan "
+                         "with packed=True")
+    documents = None
+    if seq_len is not None:
+        documents = layout_documents(layout, seq_len, cu_seqlens, "plan_model")
     layers = mixer_layers(module)
     if not layers:
         raise ValueError(f"{type(module).__name__} holds no TokenMixer to parallelize")
@@ -165,8 +175,8 @@ def plan_model(module, seq_len: int | None, world_size: int, batch: int = 1, *,
     for (name, mixer), want in zip(layers, forced):
         if want is not None and want not in FORMS:
             raise ValueError(f"forms: unknown form {want!r} for layer {name!r}; forms are {tuple(FORMS)}")
-        options = _timed(layer_options(mixer, seq_len, world_size, batch, dtype, layout, packed),
-                         mixer, seq_len, world_size, timing)
+        options = _timed(layer_options(mixer, seq_len, world_size, batch, dtype, layout, packed,
+                                       documents), mixer, seq_len, world_size, timing)
         if want is None:
             choice = _choose(options)
             if choice is None:

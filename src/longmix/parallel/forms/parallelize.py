@@ -31,7 +31,7 @@ from torch import nn
 from longmix.ops.documents import document_positions
 from longmix.recompute import recomputed
 
-from ..layout import check_layout, resolve_group
+from ..layout import check_layout, follows_documents, resolve_group
 from ..mesh import seq_group
 from ..stats import CommStats
 from .model_plan import mixer_layers, plan_model
@@ -180,7 +180,11 @@ def parallelize(module: nn.Module, group=None, layout: str = "contiguous", forms
         module: the mixer or model; the result shares its parameters.
         group: the process group (None: the default group, or one process when
             torch.distributed is not initialized).
-        layout: ``"contiguous"`` or ``"zigzag"``, as given to :func:`longmix.parallel.shard`.
+        layout: ``"contiguous"`` or ``"zigzag"``, as given to :func:`longmix.parallel.shard`;
+            with ``packed=True`` also ``"doc_zigzag"`` (a zigzag of every document, which
+            balances causal attention over packed documents; the forward's ``cu_seqlens`` places
+            the rows). To plan its bytes at a length, call ``plan_model(..., cu_seqlens=...)``
+            and pass ``forms=plan.forms``.
         forms: None (planned per layer), a form name for every layer, or a list per layer.
         stats: a :class:`CommStats` that counts the bytes every layer sends and receives.
         seq_len, batch: when given, ``forms=None`` picks the form sending the fewest bytes at this
@@ -205,6 +209,13 @@ def parallelize(module: nn.Module, group=None, layout: str = "contiguous", forms
     from longmix.models.model import SequenceModel
 
     check_layout(layout)
+    if follows_documents(layout) and not packed:
+        raise ValueError(f"parallelize: layout {layout!r} places rows by packed documents: pass "
+                         "packed=True (and cu_seqlens to the forward)")
+    if follows_documents(layout) and seq_len is not None:
+        raise ValueError(f"parallelize: with layout {layout!r} the bytes depend on the documents, "
+                         "not only on seq_len: plan with longmix.parallel.plan_model(..., "
+                         "packed=True, cu_seqlens=...) and pass forms=plan.forms (or seq_len=None)")
     group = seq_group(group, mesh)
     if not isinstance(module, (TokenMixer, SequenceModel)):
         raise ValueError(f"parallelize: module must be a TokenMixer or a SequenceModel, got "

@@ -10,10 +10,11 @@ from .cost import FormCost, accumulator_size, element_size
 from .shards import Shards
 
 
-def ring_cost(mixer, seq_len, world, batch, dtype, layout) -> FormCost:
+def ring_cost(mixer, seq_len, world, batch, dtype, layout, documents=None) -> FormCost:
     if seq_len is None:
         return FormCost("ring", True)
-    segs = all_segments(seq_len, world, layout)
+    # packed documents change no message: whole K/V blocks circulate (only the plan is cut)
+    segs = all_segments(seq_len, world, layout, cu_seqlens=documents)
     lengths = [sum(n for _, n in s) for s in segs]
     row = batch * mixer.heads * 2 * mixer.head_dim  # one row of K and V
     size, acc = element_size(dtype), accumulator_size(dtype)

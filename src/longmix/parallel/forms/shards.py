@@ -7,7 +7,8 @@ import torch
 
 from ..documents import RECORD_FIELDS, agree_documents, documents_record, local_documents
 from ..exchange import DTYPES, agree, dtype_code
-from ..layout import Segment, all_segments, resolve_group
+from ..layout import (Segment, all_segments, follows_documents, missing_documents_error,
+                      resolve_group)
 
 
 @dataclass(frozen=True)
@@ -74,17 +75,20 @@ def agree_on_shards(x, group, layout: str, *, what: str, dims: int, width: int |
                              f"{', '.join(f'rank {r}: {v}' for r, v in enumerate(shown))}")
     lengths = [rec[1] for rec in records]
     seq_len = sum(lengths)
-    segments = all_segments(seq_len, world, layout)
-    expected = [sum(n for _, n in s) for s in segments]
     if seq_len < 1:
         raise ValueError(f"parallelize: the sequence is empty (every rank's {what} has length 0)")
+    bounds = agree_documents(documents, bounds, seq_len=seq_len, batch=records[0][0],
+                             owner="parallelize")
+    if bounds is None and follows_documents(layout):  # its rows follow the documents
+        raise missing_documents_error(layout, "parallelize")
+    segments = all_segments(seq_len, world, layout, cu_seqlens=bounds)
+    expected = [sum(n for _, n in s) for s in segments]
     if lengths != expected:
         raise ValueError(f"parallelize: shard lengths (dim 1) {lengths} of {what} do not match the "
                          f"{layout!r} layout of a length-{seq_len} sequence over {world} ranks "
-                         f"(expected {expected}); use longmix.parallel.shard(x, layout={layout!r})")
+                         f"(expected {expected}); use longmix.parallel.shard(x, layout={layout!r}"
+                         f"{', cu_seqlens=...' if follows_documents(layout) else ''})")
     if max_len is not None and seq_len > max_len:
         raise ValueError(f"parallelize: the sequence length {seq_len} exceeds max_len={max_len}")
-    bounds = agree_documents(documents, bounds, seq_len=seq_len, batch=records[0][0],
-                             owner="parallelize")
     return Shards(world=world, rank=rank, layout=layout, seq_len=seq_len,
                   batch=records[0][0], segments=segments, lengths=lengths, documents=bounds)

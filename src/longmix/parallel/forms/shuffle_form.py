@@ -66,7 +66,7 @@ def mixer_is_qkv(mixer) -> bool:
     return isinstance(mixer, QKVMixer)
 
 
-def shuffle_cost(mixer, seq_len, world, batch, dtype, layout) -> FormCost:
+def shuffle_cost(mixer, seq_len, world, batch, dtype, layout, documents=None) -> FormCost:
     groups = mixer.shuffle_groups()
     if world > groups:
         return FormCost("shuffle", False,
@@ -76,7 +76,7 @@ def shuffle_cost(mixer, seq_len, world, batch, dtype, layout) -> FormCost:
     if seq_len is None:
         return FormCost("shuffle", True)
     w = stream_widths(mixer)
-    segs = all_segments(seq_len, world, layout)
+    segs = all_segments(seq_len, world, layout, cu_seqlens=documents)
     lengths = [sum(n for _, n in s) for s in segs]
     split = group_split(groups, world)
     size = element_size(dtype)

@@ -8,12 +8,13 @@ from .shards import Shards
 from .state_passing import state_passing_backward_bytes, state_passing_bytes, state_passing_mix
 
 
-def state_cost(mixer, seq_len, world, batch, dtype, layout) -> FormCost:
+def state_cost(mixer, seq_len, world, batch, dtype, layout, documents=None) -> FormCost:
     if seq_len is None:
         return FormCost("state", True)
-    # the same on every rank, and independent of L
-    sent = state_passing_bytes(mixer, batch, world, layout, dtype=dtype)
-    back = state_passing_backward_bytes(mixer, batch, world, layout, dtype=dtype)
+    # the same on every rank, and independent of L (doc_zigzag: of the number of documents)
+    sent = state_passing_bytes(mixer, batch, world, layout, dtype=dtype, documents=documents)
+    back = state_passing_backward_bytes(mixer, batch, world, layout, dtype=dtype,
+                                        documents=documents)
     return FormCost("state", True, forward_bytes=(sent,) * world, backward_bytes=(back,) * world)
 
 

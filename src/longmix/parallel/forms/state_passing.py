@@ -19,29 +19,61 @@ ValueError on every rank instead of hanging. Gradients flow back across ranks th
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 
 from longmix.recompute import recomputed
 
 from ..exchange import DTYPES, agree, dtype_code
-from ..layout import check_layout, even_pieces, local_length, resolve_group
+from ..layout import (check_layout, even_pieces, follows_documents, layout_documents, local_length,
+                      missing_documents_error, resolve_group)
 from ..stats import CommStats
 from .collectives import all_gather_tensors, depend_on
 from .packed import after_last_start, continue_by_documents, starts_fresh
 
 __all__ = ["state_passing_mix", "state_passing_bytes", "state_passing_backward_bytes"]
 
-def _chunks_per_rank(layout: str) -> int:
-    return 1 if layout == "contiguous" else 2
+@dataclass(frozen=True)
+class Chunks:
+    """The chunks whose summaries travel, in sequence order, and which rank holds which."""
+
+    starts: list[int]
+    lengths: list[int]
+    held: list[list[int]]  # per rank: the indices of its chunks, in local order
 
 
-def chunk_indices(world_size: int, rank: int, layout: str) -> list[int]:
-    """Global indices of the chunks rank ``rank`` holds, in local order (see ``dist.layout``):
-    P chunks in rank order (contiguous), or 2P chunks with rank r holding r and 2P-1-r (zigzag)."""
-    return [rank] if layout == "contiguous" else [rank, 2 * world_size - 1 - rank]
+def state_chunks(seq_len: int, world: int, layout: str, documents=None) -> Chunks:
+    """Chunks of the layout (``longmix.parallel.layout``), empty ones kept so that every rank
+    sends as many summaries (the all-gather needs equal shapes): P chunks in rank order
+    (contiguous); 2P with rank r holding r and 2P-1-r (zigzag); ``doc_zigzag``: 2P per document,
+    rank r holding r and 2P-1-r of each. A chunk of ``doc_zigzag`` never crosses a document
+    start, so a rank's scattered pieces each keep a summary of fixed size; their number grows
+    with the documents (2 per document per rank), not with L."""
+    if follows_documents(layout):
+        bounds = layout_documents(layout, seq_len, documents, "state_passing_mix")
+        starts, lengths, held = [], [], [[] for _ in range(world)]
+        for d, (a, b) in enumerate(zip(bounds, bounds[1:])):
+            for s, n in even_pieces(b - a, 2 * world):
+                starts.append(a + s)
+                lengths.append(n)
+            for r in range(world):
+                held[r] += [2 * world * d + r, 2 * world * (d + 1) - 1 - r]
+        return Chunks(starts, lengths, held)
+    pieces = even_pieces(seq_len, world * (1 if layout == "contiguous" else 2))
+    held = [[r] if layout == "contiguous" else [r, 2 * world - 1 - r] for r in range(world)]
+    return Chunks([s for s, _ in pieces], [n for _, n in pieces], held)
 
 
-def _agree_on_shards(mixer, x, group, world: int, layout: str) -> int:
+def _chunks_per_rank(layout: str, documents, owner: str) -> int:
+    if not follows_documents(layout):
+        return 1 if layout == "contiguous" else 2
+    if documents is None:
+        raise missing_documents_error(layout, owner)
+    return 2 * (len(documents) - 1)
+
+
+def _agree_on_shards(mixer, x, group, world: int, layout: str, documents) -> int:
     """The same ValueError on every rank unless all shards fit together; returns L."""
     name = type(mixer).__name__
     where = f"state_passing_mix({name})"
@@ -57,7 +89,7 @@ def _agree_on_shards(mixer, x, group, world: int, layout: str) -> int:
                          f"{[m[0] for m in records]}, dtypes {[str(DTYPES[m[2]]) for m in records]}")
     lengths = [m[1] for m in records]
     seq_len = sum(lengths)
-    expected = [local_length(seq_len, world, r, layout) for r in range(world)]
+    expected = [local_length(seq_len, world, r, layout, cu_seqlens=documents) for r in range(world)]
     if lengths != expected:
         raise ValueError(f"{where}: local lengths {lengths} do not match the {layout!r} layout of a "
                          f"length-{seq_len} sequence over {world} ranks (expected {expected})")
@@ -74,13 +106,13 @@ def state_passing_mix(mixer, x_local: torch.Tensor, *, group=None, layout: str =
         x_local: (batch, local_len, dim), this rank's shard, as ``longmix.parallel.shard(x, layout=...)``
             cuts it (uneven and empty shards are fine).
         group: the process group; None: the default group (or one process if not initialized).
-        layout: "contiguous" or "zigzag".
+        layout: "contiguous", "zigzag" or "doc_zigzag" (with ``documents``)
         stats: a :class:`CommStats` that accumulates this rank's bytes, forward and backward.
         seq_len: the global length, for a caller that has already agreed on the shards on every
             rank (``parallelize`` does, once per model): skips the shape check's all-gather.
         documents: packed documents, the global bounds of ``cu_seqlens`` agreed by every rank
             (``parallelize`` passes them): no state crosses a document start
-            (``forms.packed``).
+            (``forms.packed``). ``doc_zigzag`` needs them: they place its rows.
         return_final_state: also return the state after the whole sequence, the same on every
             rank (decoding continues from it, ``longmix.generate``). After each all-gather every
             rank holds every chunk's summary, so it folds them all: no extra communication.
@@ -95,17 +127,19 @@ def state_passing_mix(mixer, x_local: torch.Tensor, *, group=None, layout: str =
         raise ValueError(f"state_passing_mix: mixer must be a longmix TokenMixer, got {name}")
     mixer.check_state_form("state_passing_mix")  # the same on every rank: no collective has run yet
     _, world, rank = resolve_group(group)
+    if follows_documents(layout) and documents is None:  # the same on every rank
+        raise missing_documents_error(layout, f"state_passing_mix({name})")
     if seq_len is None:
-        seq_len = _agree_on_shards(mixer, x_local, group, world, layout)
-    elif x_local.shape[1] != local_length(seq_len, world, rank, layout):
+        seq_len = _agree_on_shards(mixer, x_local, group, world, layout, documents)
+    elif x_local.shape[1] != local_length(seq_len, world, rank, layout, cu_seqlens=documents):
         raise ValueError(f"state_passing_mix({name}): rank {rank} holds {x_local.shape[1]} rows, the "
                          f"{layout!r} layout of seq_len={seq_len} over {world} ranks gives it "
-                         f"{local_length(seq_len, world, rank, layout)}")
+                         f"{local_length(seq_len, world, rank, layout, cu_seqlens=documents)}")
 
-    n_chunks = world * _chunks_per_rank(layout)
-    lengths = [n for _, n in even_pieces(seq_len, n_chunks)]
-    starts = [s for s, _ in even_pieces(seq_len, n_chunks)]
-    mine = chunk_indices(world, rank, layout)
+    chunks = state_chunks(seq_len, world, layout, documents)
+    lengths, starts, mine = chunks.lengths, chunks.starts, chunks.held[rank]
+    n_chunks = len(lengths)
+    where_mine = {g: i for i, g in enumerate(mine)}
     pieces = list(torch.split(x_local, [lengths[g] for g in mine], dim=1))
     batch = x_local.shape[0]
 
@@ -139,12 +173,12 @@ def state_passing_mix(mixer, x_local: torch.Tensor, *, group=None, layout: str =
         received = [t for rank_tensors in gathered for t in rank_tensors if t.is_floating_point()]
         by_chunk = {}
         for r, tensors in enumerate(gathered):
-            for i, g in enumerate(chunk_indices(world, r, layout)):
+            for i, g in enumerate(chunks.held[r]):
                 by_chunk[g] = dict(zip(fields, tensors[i * len(fields):(i + 1) * len(fields)]))
         state = fresh()
         for g in range(last + 1):  # fold in sequence order
-            if g in mine:
-                i = mine.index(g)
+            if g in where_mine:
+                i = where_mine[g]
                 incoming[i] = {**incoming[i], **{k: state[k] for k in keys}}
             if g < last or return_final_state:
                 restart = starts_fresh(documents, starts[g], starts[g] + lengths[g])
@@ -172,24 +206,27 @@ def _summary_bytes(mixer, batch: int, dtype: torch.dtype | None, floating_only: 
 
 
 def state_passing_bytes(mixer, batch: int, world_size: int, layout: str = "contiguous", *,
-                        dtype: torch.dtype | None = None) -> int:
+                        dtype: torch.dtype | None = None, documents=None) -> int:
     """Bytes one rank sends in the forward of :func:`state_passing_mix` (it receives as many):
     (P - 1) x its chunks' summaries, every stage. Independent of L. (The shape agreement's
     small record is not counted, as for every op: ``longmix.parallel.exchange.agree``.)
 
     ``dtype``: the input's dtype, default the mixer's parameters' (summaries are kept in
-    float32 or wider)."""
+    float32 or wider). ``documents``: the bounds of ``cu_seqlens``, needed by ``doc_zigzag``
+    (2 chunks per document per rank)."""
     check_layout(layout)
     if world_size == 1:
         return 0
-    return (world_size - 1) * _chunks_per_rank(layout) * _summary_bytes(mixer, batch, dtype, False)
+    chunks = _chunks_per_rank(layout, documents, "state_passing_bytes")
+    return (world_size - 1) * chunks * _summary_bytes(mixer, batch, dtype, False)
 
 
 def state_passing_backward_bytes(mixer, batch: int, world_size: int, layout: str = "contiguous", *,
-                                 dtype: torch.dtype | None = None) -> int:
+                                 dtype: torch.dtype | None = None, documents=None) -> int:
     """Bytes one rank sends in the backward of :func:`state_passing_mix` (it receives as many):
     (P - 1) x the gradients of its chunks' floating summaries. Independent of L."""
     check_layout(layout)
     if world_size == 1:
         return 0
-    return (world_size - 1) * _chunks_per_rank(layout) * _summary_bytes(mixer, batch, dtype, True)
+    chunks = _chunks_per_rank(layout, documents, "state_passing_backward_bytes")
+    return (world_size - 1) * chunks * _summary_bytes(mixer, batch, dtype, True)

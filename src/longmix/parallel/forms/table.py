@@ -21,7 +21,7 @@ from .state_form import run_state, state_cost
 class Form:
     name: str
     hooks: type        # the mixin a mixer implements to admit this form
-    cost: Callable     # (mixer, seq_len, world, batch, dtype, layout) -> FormCost
+    cost: Callable     # (mixer, seq_len, world, batch, dtype, layout, documents) -> FormCost
     run: Callable      # (mixer, x_local, shards, group, stats) -> y_local
     summary: str       # what moves, for help texts and errors
 
