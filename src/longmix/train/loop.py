@@ -17,6 +17,10 @@ On P ranks (``--procs`` or torchrun) every rank reads the same batch and keeps i
 sequence; the model runs sequence-parallel (:func:`longmix.parallel.forms.parallelize`); the loss is the
 global mean over every rank's scored positions and gradients are summed over the ranks, so the
 run is the one-process run up to float rounding. Rank 0 alone writes the run folder.
+
+With ``hf_model`` (a transformers causal LM in a local folder, :mod:`.hf_model`) the same loop
+trains that model on the task as next-token prediction (:mod:`.next_token`); on P ranks it runs
+through :func:`longmix.hf.parallelize`.
 """
 from __future__ import annotations
 
