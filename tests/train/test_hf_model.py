@@ -182,6 +182,25 @@ def test_a_crashed_hf_run_resumes_from_its_checkpoint_exactly(tmp_path, folders,
         torch.testing.assert_close(resumed[1][k], clean[1][k], rtol=1e-12, atol=0)
 
 
+def test_a_longer_context_starts_from_a_finished_run_of_the_same_folder(tmp_path, folders):
+    short = config(tmp_path / "short", "llama-passkey-zigzag", folders, steps=2)
+    in_float64(train, short)
+    # a learning rate too small to move the weights: the checkpoint shows where the run started
+    longer = config(tmp_path / "long", "llama-passkey-zigzag", folders, context=24, steps=1, lr=1e-12,
+                    warmup=0, task_params={"length": 24}, init_from=short.out)
+    record = in_float64(train, longer)
+    start = load_checkpoint(tmp_path / "short" / "checkpoint.pt")["model"]
+    after = load_checkpoint(tmp_path / "long" / "checkpoint.pt")["model"]
+    for name in start:
+        torch.testing.assert_close(after[name], start[name], rtol=0, atol=1e-9, msg=name)
+    assert record["config"]["init_from"] == short.out
+    other = config(tmp_path / "other", "llama-passkey-zigzag", folders, hf_model=folders["mamba"],
+                   init_from=short.out)
+    with pytest.raises(ValueError, match="holds another architecture: hf_model: .*llama.* there, "
+                                         ".*mamba.* here"):
+        in_float64(train, other)
+
+
 def cli(*argv):
     import contextlib
     import io

@@ -369,6 +369,8 @@ def _resume(cfg, ckpt_path: Path, model, optimizer, scheduler) -> dict:
 #: What a run must share with the run whose weights start it (``init_from``). Everything else may
 #: change -- context, task length, steps, learning rate -- which is the point of a curriculum.
 ARCHITECTURE = ("mixer", "dim", "depth", "heads", "positional", "causal")
+#: The same for an HF model: the same folder (its config is the architecture).
+HF_ARCHITECTURE = ("mixer", "hf_model")
 
 
 def _initialize(cfg, model) -> str:
@@ -382,7 +384,8 @@ def _initialize(cfg, model) -> str:
     if state["step"] != source.get("steps"):
         raise ValueError(f"init_from {cfg.init_from!r}: that run stopped at step {state['step']} of "
                          f"{source.get('steps')}; finish it first (rerun its command)")
-    differ = [f"{k}: {source.get(k)!r} there, {mine.get(k)!r} here" for k in ARCHITECTURE
+    fields = ARCHITECTURE if cfg.hf_model is None else HF_ARCHITECTURE
+    differ = [f"{k}: {source.get(k)!r} there, {mine.get(k)!r} here" for k in fields
               if source.get(k) != mine.get(k)]
     options = [{k: v for k, v in (o or {}).items() if k != "max_len"}
                for o in (source.get("mixer_options"), mine.get("mixer_options"))]
