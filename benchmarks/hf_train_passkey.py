@@ -2,6 +2,8 @@
 
     python benchmarks/hf_train_passkey.py                       # 8,192 tokens on 2 ranks (~12 min)
     python benchmarks/hf_train_passkey.py --context 512 --steps 2 --control-steps 0   # smoke
+    python benchmarks/hf_train_passkey.py --steps 12 --control-steps 0 \
+        --curriculum 64:300:16,512:60:8,2048:30:4   # shorter contexts first (--init-from)
 
 Writes a small Llama config (hidden 64, 2 layers, 4 heads; ``save_pretrained``, no weights: the
 run initialises them from the config with its seed) and runs the command line itself,
@@ -12,6 +14,9 @@ once at ``--context`` and, unless ``--control-steps 0``, once at a short ``--con
 with more steps: the same model and command at a length where a few hundred steps are known to
 be enough for tiny models to find the key (see passkey_long.py), so that a run at chance at the
 long context reads as "too few steps", not as a broken pipeline. Chance is 1/10 (one key digit).
+With ``--curriculum C:STEPS:BATCH,...`` those stages train first, on the same ranks, each starting
+from the weights of the one before (``longmix train --init-from``), and the run at ``--context``
+starts from the last of them.
 
 Reported per run: test accuracy on ``--eval-batches`` x ``--batch-size`` examples, the chance
 floor, the loss history, and the time per optimizer step (the run's own wall time over its steps,
@@ -49,13 +54,15 @@ def save_model_config(folder: Path, args) -> dict:
     return json.loads((folder / "config.json").read_text())
 
 
-def train_command(model_dir: Path, out: Path, context: int, steps: int, batch_size: int, args) -> list[str]:
+def train_command(model_dir: Path, out: Path, context: int, steps: int, batch_size: int, args,
+                  init_from: Path | None = None) -> list[str]:
+    start = [] if init_from is None else ["--init-from", str(init_from)]
     return [sys.executable, "-m", "longmix.cli", "train", "--hf-model", str(model_dir),
             "--task", "passkey", "--task-param", f"length={context}", "--context", str(context),
             "--procs", str(args.procs), "--layout", args.layout, "--threads", "1",
             "--steps", str(steps), "--batch-size", str(batch_size), "--lr", str(args.lr),
             "--eval-every", str(steps), "--eval-batches", str(args.eval_batches),
-            "--checkpoint-every", str(steps), "--seed", str(args.seed), "--out", str(out), "--quiet"]
+            "--checkpoint-every", str(steps), "--seed", str(args.seed), *start, "--out", str(out), "--quiet"]
 
 
 def run(command: list[str]) -> dict:
@@ -78,22 +85,34 @@ def run(command: list[str]) -> dict:
             "s_per_step": record["wall_s"] / max(record["steps"], 1), "run_wall_s": record["wall_s"],
             "launch_wall_s": round(launch_s, 1), "hf_class": record["hf_model"]["class"],
             "hf_layers": record["hf_model"].get("layers"), "run_id": record["run_id"],
+            "init_from": record["config"].get("init_from"),
             "command": "longmix " + shlex.join(command[3:])}
+
+
+def parse_curriculum(text: str) -> list[tuple[int, int, int]]:
+    return [tuple(int(v) for v in stage.split(":")) for stage in text.split(",") if stage]
+
+
+def start(row: dict) -> str:
+    """'cold', or the run folder whose weights the row's run started from."""
+    return "cold" if not row.get("init_from") else f"from `{Path(row['init_from']).name}`"
 
 
 def markdown_table(records: list[dict]) -> str:
     lines = ["# `longmix train --hf-model`: passkey on ranks (`benchmarks/hf_train_passkey.py`)", "",
              "A transformers `LlamaForCausalLM` (random init from its config) trained by the "
              "command line, every sequence split over the ranks by `longmix.hf.parallelize`. "
-             "Accuracy is on the test split; chance is 1/10. Time per step includes the run's "
+             "Accuracy is on the test split; chance is 1/10. `start`: random weights (cold), or "
+             "those of the run named (a curriculum, `--init-from`). Time per step includes the run's "
              "evaluations and checkpoints. The machine was shared with other jobs: times are noisy.",
-             "", "| date | commit | context | ranks | steps x batch | params | s/step | test accuracy "
-             "(examples) | chance | final train loss |", "|---|---|---|---|---|---|---|---|---|---|"]
+             "", "| date | commit | context | ranks | start | steps x batch | params | s/step | test accuracy "
+             "(examples) | chance | final train loss |", "|---|---|---|---|---|---|---|---|---|---|---|"]
     for rec in records:
         for row in rec["runs"]:
             last = row["history"][-1]["train_loss"] if row["history"] else float("nan")
             lines.append(f"| {rec['date'][:10]} | {rec.get('git_describe') or rec.get('git_commit', '')[:12]} "
-                         f"| {row['context']:,} | {row['world_size']} | {row['steps']} x {row['batch_size']} "
+                         f"| {row['context']:,} | {row['world_size']} | {start(row)} "
+                         f"| {row['steps']} x {row['batch_size']} "
                          f"| {row['parameters']:,} | {row['s_per_step']:.1f} | {row['accuracy']:.3f} "
                          f"({row['test_examples']}) | {row['chance']:.2f} | {last:.3f} |")
     lines += ["", "Commands:", ""]
@@ -109,6 +128,8 @@ def main(argv: list[str] | None = None) -> int:
     a("--context", type=int, default=8192)
     a("--steps", type=int, default=16)
     a("--batch-size", type=int, default=4)
+    a("--curriculum", type=parse_curriculum, default=[], metavar="C:STEPS:BATCH,...",
+      help="stages trained first, each from the weights of the one before (default none)")
     a("--control-context", type=int, default=64)
     a("--control-steps", type=int, default=300, help="0: no control run")
     a("--control-batch-size", type=int, default=16)
@@ -126,14 +147,20 @@ def main(argv: list[str] | None = None) -> int:
 
     model_dir = args.runs_dir / "model"
     model_config = save_model_config(model_dir, args)
-    plan = [(args.context, args.steps, args.batch_size)]
+    # (context, steps, batch, chained: starts from the run before)
+    plan = [(*stage, True) for stage in args.curriculum]
+    plan.append((args.context, args.steps, args.batch_size, bool(args.curriculum)))
     if args.control_steps:
-        plan.append((args.control_context, args.control_steps, args.control_batch_size))
-    rows = []
-    for context, steps, batch_size in plan:
-        out = args.runs_dir / f"C{context}-s{steps}-b{batch_size}-seed{args.seed}"
-        print(f"context {context}: {steps} steps x {batch_size} on {args.procs} ranks", flush=True)
-        rows.append(run(train_command(model_dir, out, context, steps, batch_size, args)))
+        plan.append((args.control_context, args.control_steps, args.control_batch_size, False))
+    rows, before = [], None
+    for context, steps, batch_size, chained in plan:
+        init_from = before if chained else None
+        tag = "" if init_from is None else f"-after-{init_from.name.split('-')[0]}"
+        out = args.runs_dir / f"C{context}-s{steps}-b{batch_size}-seed{args.seed}{tag}"
+        print(f"context {context}: {steps} steps x {batch_size} on {args.procs} ranks"
+              + (f", from {init_from.name}" if init_from else ""), flush=True)
+        rows.append(run(train_command(model_dir, out, context, steps, batch_size, args, init_from)))
+        before = out
         row = rows[-1]
         print(f"  test accuracy {row['accuracy']:.3f} on {row['test_examples']} examples "
               f"(chance {row['chance']:.2f}), {row['s_per_step']:.1f} s/step", flush=True)
