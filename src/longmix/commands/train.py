@@ -5,6 +5,7 @@
     torchrun --nproc-per-node 2 -m longmix.cli train ...   # joins torchrun's group instead
     longmix train ... --context 4096 --init-from runs/pk   # continue a curriculum at a longer context
     longmix train --task text --task-param length=512 --mixer mamba --context 2048 --pack
+    longmix train --task passkey --hf-model my_llama/ --context 8192 --procs 2   # a transformers model
 
 Rerun the same command to resume after an interruption; a finished run is not trained twice.
 Exit status: 0 done, 2 bad arguments or an unusable run folder (busy, damaged checkpoint),
@@ -23,7 +24,14 @@ EXIT_RANK_FAILED, EXIT_BAD_INPUT, EXIT_DIVERGED = 1, 2, 3
 def add_arguments(parser):
     a = parser.add_argument
     a("--task", required=True, help="task name (see longmix.tasks.available())")
-    a("--mixer", required=True, help="mixer name (see `longmix mixers`)")
+    model = parser.add_mutually_exclusive_group(required=True)
+    model.add_argument("--mixer", help="mixer name (see `longmix mixers`) of a longmix model")
+    model.add_argument("--hf-model", metavar="DIR",
+                       help="train a Hugging Face causal LM instead: a local folder written by "
+                            "save_pretrained (config.json; its weights, or none: initialised from "
+                            "the config with --seed). Nothing downloads. The task is next-token "
+                            "prediction (a class is an answer token after the task's vocabulary); "
+                            "--procs splits it through longmix.hf.parallelize")
     a("--context", type=int, required=True, help="tokens the model sees (the last C of each example)")
     a("--steps", type=int, default=500, help="optimizer steps (default 500)")
     a("--batch-size", type=int, default=32, help="examples per step (default 32)")
@@ -89,7 +97,7 @@ def config_from_args(args, procs: int | None = None):
         weight_decay=args.weight_decay, warmup=args.warmup, grad_clip=args.grad_clip, seed=args.seed,
         eval_batches=args.eval_batches, eval_last=args.eval_last, positional=args.positional,
         pool=args.pool, causal=True if args.causal else None, init_from=args.init_from,
-        task_params=parse_pairs(args.task_param, "--task-param"),
+        hf_model=args.hf_model, task_params=parse_pairs(args.task_param, "--task-param"),
         mixer_options=parse_pairs(args.mixer_option, "--mixer-option"), out=args.out,
         eval_every=args.eval_every, checkpoint_every=args.checkpoint_every, device=args.device,
         threads=args.threads, progress=not args.quiet, procs=procs, layout=args.layout, form=args.form,
@@ -127,6 +135,8 @@ def run(args) -> int:
     summary["test"] = record["test"][record["metric"]]
     summary["world_size"] = record.get("world_size", 1)
     summary["packed"] = record.get("packed", False)
+    if "hf_model" in record:
+        summary["hf_model"] = record["hf_model"]["class"]
     print(json.dumps(summary))
     return 0
 

@@ -70,6 +70,9 @@ def load_run(folder: str) -> TrainedRun:
     except TypeError as err:
         raise ValueError(f"--run {folder!r}: its checkpoint's configuration is not one this version "
                          f"reads ({err})") from err
+    if cfg.hf_model is not None:
+        raise ValueError(f"--run {folder!r} trained a Hugging Face model (--hf-model "
+                         f"{cfg.hf_model!r}); generate runs longmix models only")
     if state["step"] != cfg.steps:
         raise ValueError(f"--run {folder!r} stopped at step {state['step']} of {cfg.steps}; finish "
                          f"it first (rerun its train command)")

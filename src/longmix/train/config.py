@@ -5,7 +5,7 @@ import ast
 import hashlib
 import json
 import numbers
-from dataclasses import asdict, dataclass, field
+from dataclasses import MISSING, asdict, dataclass, field, fields
 
 from ..checks import check_int, check_optional_int
 from ..parallel.layout import check_sequence_layout
@@ -13,16 +13,23 @@ from ..vocabulary import FORMS
 
 #: Fields left out of the identity while they hold these defaults, so that the run ids of runs
 #: made before the fields existed stay the same.
-OPTIONAL_IDENTITY = {"causal": None, "init_from": None, "pack": False}
+OPTIONAL_IDENTITY = {"causal": None, "init_from": None, "pack": False, "hf_model": None}
 
 #: Fields that do not change what is trained or measured: a run may be resumed with other values.
 NON_IDENTITY = ("out", "eval_every", "checkpoint_every", "device", "threads", "progress", "procs", "layout",
                 "form", "seq_parallel", "checkpoint_activations")
 
+#: Options of a longmix model that an HF model (``hf_model``) takes from its own config instead.
+HF_NOT_APPLICABLE = ("dim", "depth", "heads", "positional", "pool", "causal", "mixer_options",
+                     "form", "checkpoint_activations")
+
 
 @dataclass
 class TrainConfig:
-    """One run: a task, a mixer, a context length, and how to train.
+    """One run: a task, a mixer (or a Hugging Face model), a context length, and how to train.
+
+    ``hf_model``: the folder of a transformers causal LM (``save_pretrained``) to train instead
+    of a longmix ``SequenceModel``; ``mixer`` is then None and the model's config sets its sizes.
 
     ``context`` is the number of most recent tokens the model sees. Batches are indexed by step,
     so ``step`` is also the data position, and a resumed run sees exactly the batches it would
@@ -30,7 +37,7 @@ class TrainConfig:
     """
 
     task: str
-    mixer: str
+    mixer: str | None
     context: int
     steps: int = 500
     batch_size: int = 32
@@ -59,6 +66,9 @@ class TrainConfig:
     # train on the task's documents packed into sequences of ``context`` tokens with their
     # cu_seqlens, batch 1 each (``batch_size`` sequences a step; see longmix.train.packing)
     pack: bool = False
+    # the folder of a transformers causal LM (config.json, optionally weights) trained instead of
+    # a longmix model (see longmix.train.hf_model)
+    hf_model: str | None = None
     # -- not part of the identity -----------------------------------------------------------
     out: str = "runs/train"
     eval_every: int = 100
@@ -109,6 +119,32 @@ class TrainConfig:
             raise ValueError(f"form must be None (planned per layer) or one of {FORMS}, got {self.form!r}")
         self.task_params = dict(self.task_params)
         self.mixer_options = dict(self.mixer_options)
+        self._check_model_choice()
+
+    def _check_model_choice(self) -> None:
+        """A mixer or an HF model, not both; the longmix architecture options do not apply to an
+        HF model (its config sets them), so giving one with it is an error, not silently ignored."""
+        if self.hf_model is None:
+            if not (isinstance(self.mixer, str) and self.mixer):
+                raise ValueError(f"mixer must be a mixer name (or give hf_model), got {self.mixer!r}")
+            return
+        if not (isinstance(self.hf_model, str) and self.hf_model):
+            raise ValueError(f"hf_model must be None or the path of a save_pretrained folder, "
+                             f"got {self.hf_model!r}")
+        if self.mixer is not None:
+            raise ValueError(f"give --mixer or --hf-model, not both (got mixer {self.mixer!r} and "
+                             f"hf_model {self.hf_model!r})")
+        if self.pack:
+            raise ValueError(f"--pack cannot be combined with --hf-model {self.hf_model!r}: "
+                             f"longmix.hf runs no packed documents (cu_seqlens) yet")
+        defaults = {f.name: f.default if f.default_factory is MISSING else f.default_factory()
+                    for f in fields(self)}
+        given = [name for name in HF_NOT_APPLICABLE if getattr(self, name) != defaults[name]]
+        if given:
+            flags = ", ".join("--" + name.replace("_", "-") for name in given)
+            raise ValueError(f"{flags} cannot be combined with --hf-model {self.hf_model!r}: the "
+                             f"model's config sets its architecture and longmix.hf plans its "
+                             f"parallel forms")
 
     @property
     def data_parallel(self) -> int:
@@ -127,6 +163,9 @@ class TrainConfig:
         for name, default in OPTIONAL_IDENTITY.items():
             if d[name] == default:
                 d.pop(name)
+        if self.hf_model is not None:  # held at their defaults, and meaningless for an HF model
+            for name in HF_NOT_APPLICABLE:
+                d.pop(name, None)
         return json.loads(json.dumps(d, sort_keys=True))  # canonical: plain JSON types only
 
     def run_id(self) -> str:

@@ -20,6 +20,10 @@ run is the one-process run up to float rounding. Rank 0 alone writes the run fol
 
 With ``cfg.pack`` a step trains on the task's documents packed into sequences of ``context``
 tokens with their cu_seqlens (:mod:`.packing`), each run alone, batch 1 (:mod:`.packed_step`).
+
+With ``hf_model`` (a transformers causal LM in a local folder, :mod:`.hf_model`) the same loop
+trains that model on the task as next-token prediction (:mod:`.next_token`); on P ranks it runs
+through :func:`longmix.hf.parallelize`.
 """
 from __future__ import annotations
 
@@ -42,10 +46,11 @@ from ..parallel.forms.parallelize import parallelize
 from ..fileio import DiskFull, append_record, folder_lock, record_line, remove_stale_temps
 from ..models import ModelConfig, SequenceModel
 from ..provenance import provenance, utc_now
-from . import checkpoint, results
+from . import checkpoint, hf_model, results
 from .config import TrainConfig, identity_diff
 from .errors import TrainingDiverged
 from .loss import UNSCORED, correct, loss_sum, scored_targets  # noqa: F401 (UNSCORED: re-exported)
+from .next_token import as_next_token
 from .optim import param_groups
 from .packed_step import packed_eval_sums, packed_step
 from .packing import check_mixers_pack, check_packable, packed_batch
@@ -87,6 +92,27 @@ def model_config(cfg: TrainConfig, task) -> ModelConfig:
                        num_classes=task.num_classes or 2, dim=cfg.dim, depth=cfg.depth,
                        heads=cfg.heads, max_len=max_len, positional=cfg.positional, pool=cfg.pool,
                        causal=cfg.causal, pad_id=task.pad_id, mixer_options=options)
+
+
+def task_and_model(cfg: TrainConfig):
+    """The run's task and what its model is built from: a :class:`ModelConfig`, or for an HF
+    model (``cfg.hf_model``) the folder's :class:`~.hf_model.HFModelSpec`, with the task as
+    next-token prediction (:func:`as_next_token`) and checked to fit the model's vocabulary."""
+    task = tasks.build(cfg.task, seed=cfg.seed, **cfg.task_params)
+    if cfg.hf_model is None:
+        return task, model_config(cfg, task)
+    task = as_next_token(task)
+    spec = hf_model.inspect_folder(cfg.hf_model)
+    hf_model.check_vocabulary(spec, task)
+    return task, spec
+
+
+def build_model(cfg: TrainConfig, spec, device: torch.device) -> torch.nn.Module:
+    """The model of ``spec`` (from :func:`task_and_model`) on ``device``; random weights come from
+    torch's global generator."""
+    if isinstance(spec, hf_model.HFModelSpec):
+        return hf_model.build(spec, device)
+    return SequenceModel(spec, checkpoint_activations=cfg.checkpoint_activations).to(device)
 
 
 def metric_name(task) -> str:
@@ -151,7 +177,10 @@ def evaluate(model: torch.nn.Module, task, cfg: TrainConfig, split: str, device:
 
 def sequence_parallel(model: torch.nn.Module, cfg: TrainConfig, ranks: Ranks) -> torch.nn.Module:
     """``model`` itself on one process; on P ranks, the sequence-parallel model that shares its
-    parameters (each layer in ``cfg.form``, or the planned one)."""
+    parameters (each layer in ``cfg.form``, or the planned one). An HF model is wrapped to return
+    its logits, and runs through :func:`longmix.hf.parallelize` on P ranks."""
+    if cfg.hf_model is not None:
+        return hf_model.runner(model, ranks.seq_group, ranks.seq_world, ranks.layout)
     if ranks.seq_world == 1:
         return model
     # packed: every sequence runs alone, batch 1, with its cu_seqlens
@@ -176,9 +205,9 @@ def evaluate_checkpoint(cfg: TrainConfig, path: str | os.PathLike, split: str = 
 
     With ``group`` (every rank calls this with the same arguments) the model runs sequence-parallel
     over it. ValueError when the checkpoint does not fit ``cfg``'s model."""
-    task = tasks.build(cfg.task, seed=cfg.seed, **cfg.task_params)
+    task, spec = task_and_model(cfg)
     device = resolve_device(cfg.device)
-    model = SequenceModel(model_config(cfg, task)).to(device)
+    model = build_model(cfg, spec, device)
     load_weights(model, checkpoint.load(path)["model"], f"checkpoint {path}")
     ranks = Ranks.of(group, cfg.layout, cfg.seq_parallel)
     runner = sequence_parallel(model, cfg, ranks)
@@ -201,8 +230,7 @@ def train(cfg: TrainConfig, group=None) -> dict:
     loss becomes non-finite. On P ranks, every rank raises the same error.
     """
     # Validate everything cheap before touching the run directory.
-    task = tasks.build(cfg.task, seed=cfg.seed, **cfg.task_params)
-    mcfg = model_config(cfg, task)
+    task, mcfg = task_and_model(cfg)
     if cfg.pack:
         check_packable(task, cfg.context)
     device = resolve_device(cfg.device)
@@ -239,8 +267,8 @@ COLLECTIVE_TIMEOUT_S = 1800.0
 def _rank_main(group, cfg: TrainConfig):
     """One spawned rank: ("ok", record) or (error type name, message), the same on every rank."""
     try:
-        task = tasks.build(cfg.task, seed=cfg.seed, **cfg.task_params)
-        record = _train_as_rank(cfg, task, model_config(cfg, task), resolve_device(cfg.device),
+        task, spec = task_and_model(cfg)
+        record = _train_as_rank(cfg, task, spec, resolve_device(cfg.device),
                                 Ranks.of(group, cfg.layout, cfg.seq_parallel))
         return "ok", record
     except ValueError as err:
@@ -317,6 +345,8 @@ def _resume(cfg, ckpt_path: Path, model, optimizer, scheduler) -> dict:
 #: What a run must share with the run whose weights start it (``init_from``). Everything else may
 #: change -- context, task length, steps, learning rate -- which is the point of a curriculum.
 ARCHITECTURE = ("mixer", "dim", "depth", "heads", "positional", "causal")
+#: The same for an HF model: the same folder (its config is the architecture).
+HF_ARCHITECTURE = ("mixer", "hf_model")
 
 
 def _initialize(cfg, model) -> str:
@@ -330,7 +360,8 @@ def _initialize(cfg, model) -> str:
     if state["step"] != source.get("steps"):
         raise ValueError(f"init_from {cfg.init_from!r}: that run stopped at step {state['step']} of "
                          f"{source.get('steps')}; finish it first (rerun its command)")
-    differ = [f"{k}: {source.get(k)!r} there, {mine.get(k)!r} here" for k in ARCHITECTURE
+    fields = ARCHITECTURE if cfg.hf_model is None else HF_ARCHITECTURE
+    differ = [f"{k}: {source.get(k)!r} there, {mine.get(k)!r} here" for k in fields
               if source.get(k) != mine.get(k)]
     options = [{k: v for k, v in (o or {}).items() if k != "max_len"}
                for o in (source.get("mixer_options"), mine.get("mixer_options"))]
@@ -345,7 +376,7 @@ def _initialize(cfg, model) -> str:
 def _run(cfg, task, mcfg, device, out, run_id, say, ranks: Ranks) -> dict:
     results_path, ckpt_path = out / RESULTS, out / CHECKPOINT
     checkpoint.seed_everything(cfg.seed)
-    model = SequenceModel(mcfg, checkpoint_activations=cfg.checkpoint_activations).to(device)
+    model = build_model(cfg, mcfg, device)
     if cfg.pack:
         check_mixers_pack(model, cfg.mixer)
     # On P ranks the model runs sequence-parallel; ``model`` keeps the (shared) parameters.
@@ -382,8 +413,10 @@ def _run(cfg, task, mcfg, device, out, run_id, say, ranks: Ranks) -> dict:
     tokens_per_step = cfg.batch_size * cfg.context
     t0 = time.perf_counter()
     model.train()
+    runner.train()  # an HF model's parallel copy keeps its own training flag
+    name = cfg.mixer or getattr(mcfg, "model_class", None)
     bar = tqdm(total=cfg.steps, initial=step, disable=not (cfg.progress and ranks.is_main), unit="step",
-               desc=f"{cfg.task}/{cfg.mixer}/C={cfg.context}", dynamic_ncols=True)
+               desc=f"{cfg.task}/{name}/C={cfg.context}", dynamic_ncols=True)
     first_step = step
     try:  # close the bar even when a step fails (or Ctrl-C), so the terminal is left clean
         while step < cfg.steps:
@@ -428,7 +461,8 @@ def _run(cfg, task, mcfg, device, out, run_id, say, ranks: Ranks) -> dict:
     record = {
         "run_id": run_id,
         "config": cfg.identity(),
-        "task": cfg.task, "mixer": cfg.mixer, "family": mixers.get_class(cfg.mixer).taxonomy.family,
+        "task": cfg.task, "mixer": cfg.mixer,
+        "family": mixers.get_class(cfg.mixer).taxonomy.family if cfg.hf_model is None else None,
         "context": cfg.context, "seed": cfg.seed, "steps": step,
         "metric": metric, "higher_is_better": higher_is_better(metric),
         "test": test, "valid": {k[6:]: v for k, v in final_valid.items() if k.startswith("valid_")}
@@ -436,10 +470,10 @@ def _run(cfg, task, mcfg, device, out, run_id, say, ranks: Ranks) -> dict:
         "history": history,
         "task_info": task.describe(),
         "parameters": sum(p.numel() for p in model.parameters()),
-        "positional": model.positional_kind,
+        "positional": getattr(model, "positional_kind", None),
         "tokens_seen": step * tokens_per_step,
         "world_size": ranks.world, "layout": ranks.layout if ranks.world > 1 else None,
-        "forms": list(runner.forms) if ranks.seq_world > 1 else None,
+        "forms": list(runner.forms) if ranks.seq_world > 1 and cfg.hf_model is None else None,
         "mesh": ranks.mesh if ranks.grid is not None else None,  # [data, seq]
         "checkpoint_activations": cfg.checkpoint_activations,
         # --pack: documents packed into sequences of --context tokens; what the train batches held
@@ -447,6 +481,7 @@ def _run(cfg, task, mcfg, device, out, run_id, say, ranks: Ranks) -> dict:
         "packing": {"documents": packed["documents"], "document_tokens": packed["tokens"],
                     "padding_fraction": 1.0 - packed["tokens"] / max(step * tokens_per_step, 1)}
         if cfg.pack else None,
+        **({"hf_model": hf_model.describe(mcfg, model, runner)} if cfg.hf_model is not None else {}),
         "wall_s": round(wall_s, 3), "sessions": sessions,
         "status": results.FINISHED,
         "machine": machine.describe(str(device)), "date": utc_now(), **provenance(),
