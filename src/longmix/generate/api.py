@@ -86,9 +86,8 @@ def generate(model, input_ids: torch.Tensor, max_new_tokens: int, group=None,
 
     generator = torch.Generator().manual_seed(seed)
     device = input_ids.device
-    # one sinusoidal table for every decode position, not one rebuilt per step
-    model.position(state.last_features.new_zeros(1, 1, model.cfg.dim),
-                   torch.tensor([prompt_len + max_new_tokens - 1], device=device))
+    # no position table: each decode step computes its own row (a table up to L would be O(L)
+    # on every rank, see ``Positional``)
     logits = model.head(state.last_features)
     start = time.perf_counter()
     for i in range(max_new_tokens):
