@@ -1,6 +1,7 @@
 """The longest prompt that prefills and generates in a fixed memory per process, on P ranks.
 
-    python benchmarks/generate_max_prompt.py --mixers mamba softmax --ranks 1 2 4 --memory-mib 128
+    python benchmarks/generate_max_prompt.py --mixers mamba --memory-mib 256 --start 16384 --resolution 32 --tag mamba
+    python benchmarks/generate_max_prompt.py --mixers softmax --memory-mib 64 --resolution 16 --tag softmax
 
 For each mixer and each P (``--ranks``): the model of ``benchmarks/generate_context.py`` (random
 weights, fp32, dim 64, depth 2, 4 heads, vocabulary 257) generates ``--new-tokens`` tokens after
