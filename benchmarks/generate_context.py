@@ -11,7 +11,7 @@ is at the same cores). Per (mixer, L, P): the prefill seconds (the slowest rank'
 per second (the slowest rank's), each rank's peak resident memory during the call (reset just
 before it, after a short warm-up call; also less the resident memory before the call, which
 holds torch itself) and cache bytes, with the bytes the formula ``expected_cache_bytes`` predicts.
-Writes ``generate_context.{json,md}`` to ``--out-dir`` with the machine, command, date and commit.
+Writes ``generate_context[_<tag>].{json,md}`` to ``--out-dir`` with the machine, command, date and commit.
 """
 from __future__ import annotations
 
@@ -72,6 +72,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=None,
                         help="torch threads per rank (default: usable cores / P)")
     parser.add_argument("--layout", default="zigzag", choices=["contiguous", "zigzag"])
+    parser.add_argument("--tag", default="", help="a suffix of the result files' names")
     parser.add_argument("--out-dir", type=Path, default=Path(__file__).parent / "results")
     args = parser.parse_args(argv)
     command = shlex.join(["python", "benchmarks/generate_context.py"] + (sys.argv[1:] if argv is None else argv))
@@ -106,8 +107,9 @@ def main(argv: list[str] | None = None) -> int:
     record = {"command": command, "date": utc_now(), **provenance(), "machine": describe(),
               "setting": setting, "rows": rows}
     args.out_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(args.out_dir / "generate_context.json", json.dumps(record, indent=2) + "\n")
-    atomic_write_text(args.out_dir / "generate_context.md", _markdown(record))
+    stem = "generate_context" + (f"_{args.tag}" if args.tag else "")
+    atomic_write_text(args.out_dir / f"{stem}.json", json.dumps(record, indent=2) + "\n")
+    atomic_write_text(args.out_dir / f"{stem}.md", _markdown(record))
     return 0
 
 

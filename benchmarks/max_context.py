@@ -34,41 +34,64 @@ DEFAULT_MIXERS = ["mamba", "s4d", "hyena", "softmax"]
 
 def search(spec: dict, world: int, args, cap_s: float) -> dict:
     """Doubling then bisection of the context on ``world`` ranks; the points measured."""
-    limit = args.memory_mib * 2 ** 20
+    return longest_fitting(lambda length, timeout: measure({**spec, "length": length}, world, timeout),
+                           args.start * world, args.multiple, args.resolution,
+                           args.memory_mib * 2 ** 20, cap_s)
+
+
+def longest_fitting(measure_at, start: int, multiple: int, resolution: int, limit_bytes: float,
+                    cap_s: float, point_cap_s: float | None = None) -> dict:
+    """The longest length whose point fits in ``limit_bytes``: ``start``, doubled while it fits,
+    then bisection between the last fit and the first miss down to 1/``resolution`` of that
+    interval, in multiples of ``multiple``. ``measure_at(length, timeout)`` returns a point of
+    :func:`memory_slope.measure` (status "ok" with memory_bytes, "over the cap", or a failure).
+    Stops at the answer ("memory"), at ``cap_s`` seconds or a point that ran past
+    ``point_cap_s`` ("time"), or at a failure; returns {"stopped_by", "max_context" (the
+    longest length measured to fit), "points"}."""
     deadline = time.monotonic() + cap_s
     points = []
+    timed_out = []
 
     def fits(length: int) -> bool | None:
         remaining = deadline - time.monotonic()
         if remaining < 5:
             return None
-        point = measure({**spec, "length": length}, world, timeout=remaining)
+        point = measure_at(length, remaining if point_cap_s is None else min(remaining, point_cap_s))
         points.append({"length": length, **{k: point.get(k) for k in
                                             ("status", "memory_bytes", "time_s", "error")}})
+        if point["status"] == "over the cap":
+            return False
+        if point["status"] == "timed out":
+            timed_out.append(length)
         if point["status"] != "ok":
             return None
-        return point["memory_bytes"] <= limit
+        return point["memory_bytes"] <= limit_bytes
 
     def result(stopped_by: str, best: int | None) -> dict:
         return {"stopped_by": stopped_by, "max_context": best, "points": points}
 
-    best, length = None, args.start * world
+    def stopped() -> str:
+        if timed_out and point_cap_s is not None and time.monotonic() < deadline - 5:
+            return f"time (a point over {point_cap_s:.0f} s)"
+        return "time" if timed_out or time.monotonic() >= deadline - 5 else "failure"
+
+    best, length = None, start
     while True:
         ok = fits(length)
         if ok is None:
-            return result("time" if time.monotonic() >= deadline - 5 else "failure", best)
+            return result(stopped(), best)
         if not ok:
             break
         best, length = length, 2 * length
     if best is None:
         return result("memory (the start does not fit)", None)
     lo, hi = best, length
-    step = max(args.multiple, (hi - lo) // args.resolution)
+    step = max(multiple, (hi - lo) // resolution)
     while hi - lo > step:
-        mid = (lo + hi) // 2 // args.multiple * args.multiple
+        mid = (lo + hi) // 2 // multiple * multiple
         ok = fits(mid)
         if ok is None:
-            return result("time" if time.monotonic() >= deadline - 5 else "failure", lo)
+            return result(stopped(), lo)
         lo, hi = (mid, hi) if ok else (lo, mid)
     return result("memory", lo)
 

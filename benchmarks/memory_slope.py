@@ -36,13 +36,46 @@ def model_spec(args) -> dict:
                 checkpoint=getattr(args, "checkpoint", False))
 
 
+#: the exit status of a rank that :func:`peak_rise`'s watchdog ended for passing its cap
+OVER_CAP_EXIT = 86
+
+
+def peak_rise(run, cap_bytes: int | None = None) -> tuple[int, float]:
+    """Run ``run()`` and return the rise of this process's peak resident set over its resident
+    set before (VmHWM reset first: the call's own memory, not the interpreter's or the weights')
+    and the seconds it took. With ``cap_bytes`` a watchdog thread polls the rise and, once it
+    passes the cap, ends the process with exit status :data:`OVER_CAP_EXIT`: a point that does
+    not fit is known not to as soon as it passes the cap, and need not run to its end."""
+    import os
+    import threading
+
+    from longmix.machine import current_rss_bytes, peak_rss_bytes, reset_peak_rss
+
+    before = current_rss_bytes()
+    reset_peak_rss()
+    done = threading.Event()
+
+    def watch():
+        while not done.wait(0.02):
+            if peak_rss_bytes() - before > cap_bytes:
+                os._exit(OVER_CAP_EXIT)
+
+    if cap_bytes is not None:
+        threading.Thread(target=watch, daemon=True).start()
+    start = time.perf_counter()
+    try:
+        run()
+    finally:
+        done.set()
+    return peak_rss_bytes() - before, time.perf_counter() - start
+
+
 def step_worker(group, spec: dict) -> dict:
     """One LM training step of ``spec["length"]`` tokens on this rank's shard: the rise of the
     peak resident set over the resident set before the step, and the step's time."""
     import torch
 
     import longmix.parallel as lp
-    from longmix.machine import current_rss_bytes, peak_rss_bytes, reset_peak_rss
     from longmix.models.model import build_model
     from longmix.train.loop import loss_sum, scored_targets
 
@@ -67,23 +100,26 @@ def step_worker(group, spec: dict) -> dict:
         (total / length).backward()
 
     step(64 * world)  # thread pools, gloo's buffers, parameter gradients: not per token
-    before = current_rss_bytes()
-    reset_peak_rss()
-    start = time.perf_counter()
-    step(spec["length"])
-    seconds = time.perf_counter() - start
-    return {"rank": rank, "memory_bytes": peak_rss_bytes() - before, "time_s": seconds}
+    memory, seconds = peak_rise(lambda: step(spec["length"]), spec.get("cap_bytes"))
+    return {"rank": rank, "memory_bytes": memory, "time_s": seconds}
 
 
-def measure(spec: dict, world: int, timeout: float) -> dict:
-    """Peak memory of one training step on ``world`` ranks (the worst rank), or the failure."""
+def measure(spec: dict, world: int, timeout: float, worker=step_worker) -> dict:
+    """Peak memory of one training step (or ``worker``'s call: ``worker(group, spec)`` returns
+    this dict's fields per rank) on ``world`` ranks: the worst rank's, or the failure. With
+    ``spec["cap_bytes"]``, status "over the cap" when a rank's watchdog ended it there."""
     from longmix.parallel.launch import RankFailure, run_local
 
     try:
-        ranks = run_local(step_worker, world, (spec,), timeout=timeout,
-                          collective_timeout=max(60.0, timeout))
+        ranks = run_local(worker, world, (spec,), timeout=timeout,
+                          collective_timeout=max(60.0, timeout), threads_per_rank=spec.get("threads"))
     except RankFailure as exc:
-        return {"status": "failed", "error": str(exc).splitlines()[0][:300]}
+        if exc.exitcode == OVER_CAP_EXIT:
+            return {"status": "over the cap", "worst_rank": exc.rank, "memory_bytes": None,
+                    "time_s": None, "error": None}
+        first_line = str(exc).splitlines()[0][:300]
+        return {"status": "timed out" if first_line.startswith("timed out") else "failed",
+                "error": first_line}
     worst = max(ranks, key=lambda r: r["memory_bytes"])
     return {"status": "ok", "memory_bytes": worst["memory_bytes"], "worst_rank": worst["rank"],
             "by_rank": [r["memory_bytes"] for r in ranks],

@@ -74,3 +74,50 @@ def test_slope_ratios_compare_rows_of_the_same_commit():
     rows[1]["kb_per_token"] = 6.5
     memory_slope.add_ratios(rows)
     assert rows[1]["meets_goal"] is False
+
+
+def test_a_point_over_the_cap_is_a_miss_and_a_point_past_its_time_cap_stops_the_search():
+    max_context = load("max_context")
+
+    def measure_at(length, timeout):
+        if length > 4096:
+            return {"status": "over the cap"}  # a watchdog ended a rank: does not fit
+        return {"status": "ok", "memory_bytes": length, "time_s": 0.0}
+
+    row = max_context.longest_fitting(measure_at, 512, 64, 8, 1e9, cap_s=60)
+    assert row["stopped_by"] == "memory" and 4096 - 512 <= row["max_context"] <= 4096
+    assert row["points"][4] == {"length": 8192, "status": "over the cap", "memory_bytes": None,
+                                "time_s": None, "error": None}
+    timeouts = []
+
+    def slow_at(length, timeout):
+        timeouts.append(timeout)
+        return measure_at(length, timeout) if length < 2048 else {"status": "timed out", "error": "timed out"}
+
+    row = max_context.longest_fitting(slow_at, 512, 64, 8, 1e9, cap_s=60, point_cap_s=7)
+    assert row["stopped_by"] == "time (a point over 7 s)" and row["max_context"] == 1024
+    assert max(timeouts) == 7
+
+
+def allocate(group, spec):
+    """A stand-in for a measured call: holds ``spec["mib"]`` MiB for a while inside ``peak_rise``
+    (longer than the watchdog's poll)."""
+    import time
+
+    import torch
+
+    def call():
+        held = torch.ones(spec["mib"] * 2 ** 18, dtype=torch.float32)
+        time.sleep(0.5)
+        return held
+
+    memory, seconds = load("memory_slope").peak_rise(call, spec.get("cap_bytes"))
+    return {"rank": 0, "memory_bytes": memory, "time_s": seconds}
+
+
+def test_the_watchdog_ends_a_rank_whose_memory_passes_the_cap():
+    memory_slope = load("memory_slope")
+    over = memory_slope.measure({"mib": 256, "cap_bytes": 32 * 2 ** 20}, 1, 60, worker=allocate)
+    assert over["status"] == "over the cap"
+    under = memory_slope.measure({"mib": 64, "cap_bytes": 2 ** 30}, 1, 60, worker=allocate)
+    assert under["status"] == "ok" and 60 * 2 ** 20 <= under["memory_bytes"] <= 2 ** 30

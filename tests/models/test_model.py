@@ -149,3 +149,19 @@ def test_sinusoidal_positions_are_the_same_after_a_longer_input_was_seen():
     assert torch.equal(pos(short)[0], sinusoidal_table(5, 6))
     assert torch.equal(pos(short.float())[0], sinusoidal_table(5, 6).float())
     assert "_sinusoid" not in pos.state_dict()
+
+
+def test_sinusoidal_positions_of_a_shard_are_its_rows_without_a_table():
+    """A shard far into a long sequence (sequence parallelism, a decode step) gets the table's
+    rows at its positions, bit for bit, without a table up to them (O(L) memory on every rank)."""
+    from longmix.models.positional import Positional
+
+    pos = Positional("sinusoidal", 6)
+    positions = torch.tensor([1_000_003, 7, 500_000])
+    x = torch.randn(2, 3, 6, dtype=torch.float64)
+    out = pos(x, positions)
+    assert pos._sinusoid.shape[0] == 0  # no table was built
+    assert torch.equal(out, x + sinusoidal_table(1_000_004, 6)[positions])
+    pos(torch.zeros(1, 40, 6, dtype=torch.float64))  # a cached table serves positions inside it
+    inside = torch.tensor([39, 0, 12])
+    assert torch.equal(pos(x, inside), x + sinusoidal_table(40, 6)[inside])

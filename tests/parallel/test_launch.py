@@ -45,6 +45,20 @@ def test_raising_rank_is_named_with_traceback():
     assert "Traceback" in str(info.value)
 
 
+def exit_on(group, bad_rank, code):
+    if dist.get_rank(group) == bad_rank:
+        os._exit(code)
+    dist.barrier(group=group)  # the survivor then fails on its dead peer
+    return dist.get_rank(group)
+
+
+def test_a_rank_that_exits_is_named_with_its_exit_code():
+    with pytest.raises(RankFailure) as info:
+        run_local(exit_on, 2, (1, 86), timeout=60, collective_timeout=20)
+    assert info.value.rank == 1 and info.value.exitcode == 86
+    assert "exit code 86" in str(info.value)
+
+
 def test_timeout_kills_the_ranks():
     start = time.monotonic()
     with pytest.raises(RankFailure, match="timed out"):

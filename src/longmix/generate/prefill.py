@@ -101,10 +101,8 @@ class SequenceDecoder:
         self.model = model
         state = prefill(model, input_ids, max_new_tokens, group, layout, progress)
         self.caches, self.forms = state.caches, state.forms
-        last = input_ids.shape[1] + max_new_tokens - 1
-        # one sinusoidal table for every decode position, not one rebuilt per step
-        model.position(state.last_features.new_zeros(1, 1, model.cfg.dim),
-                       torch.tensor([last], device=input_ids.device))
+        # no position table: each decode step computes its own row (a table up to L would be
+        # O(L) on every rank, see ``Positional``)
         self.logits = model.head(state.last_features)
 
     def step(self, tokens: torch.Tensor, position: int) -> torch.Tensor:

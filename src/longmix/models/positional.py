@@ -59,12 +59,19 @@ def resolve(kind: str, family: str) -> str:
 
 def sinusoidal_table(length: int, dim: int) -> torch.Tensor:
     """The (length, dim) table PE[t, 2i] = sin(t / 10000^(2i/dim)), PE[t, 2i+1] = cos(...)."""
-    position = torch.arange(length, dtype=torch.float64)[:, None]
-    freq = torch.exp(torch.arange(0, dim, 2, dtype=torch.float64) * (-math.log(10000.0) / dim))
-    table = torch.zeros(length, dim, dtype=torch.float64)
-    table[:, 0::2] = torch.sin(position * freq)
-    table[:, 1::2] = torch.cos(position * freq)[:, : dim // 2]
-    return table
+    return sinusoidal_rows(torch.arange(length), dim)
+
+
+def sinusoidal_rows(positions: torch.Tensor, dim: int) -> torch.Tensor:
+    """The rows ``positions`` (n,) of :func:`sinusoidal_table`, (n, dim) float64, without the
+    table: a shard of a long sequence needs only its own rows (O(L/P) memory, not O(L))."""
+    position = positions.to(torch.float64)[:, None]
+    freq = torch.exp(torch.arange(0, dim, 2, dtype=torch.float64, device=positions.device)
+                     * (-math.log(10000.0) / dim))
+    rows = torch.zeros(positions.shape[0], dim, dtype=torch.float64, device=positions.device)
+    rows[:, 0::2] = torch.sin(position * freq)
+    rows[:, 1::2] = torch.cos(position * freq)[:, : dim // 2]
+    return rows
 
 
 class Positional(nn.Module):
@@ -84,7 +91,9 @@ class Positional(nn.Module):
             self.table = nn.Parameter(torch.randn(max_len, dim) * 0.02)
         # The sinusoidal table depends only on (t, i), so one computed for the longest length seen
         # serves every shorter one; rebuilding it each step cost a float64 (L, dim) table per call.
-        # Not persistent: checkpoints stay as they were.
+        # Given positions (a shard, a decode step) beyond it get their own rows instead: a table up
+        # to the largest position would cost every rank O(L) memory. Not persistent: checkpoints
+        # stay as they were.
         self.register_buffer("_sinusoid", torch.empty(0, dim), persistent=False)
 
     def forward(self, x: torch.Tensor, positions: torch.Tensor | None = None) -> torch.Tensor:
@@ -99,8 +108,11 @@ class Positional(nn.Module):
                                  "of the learned position table")
             table = self.table
         else:
-            if self._sinusoid.shape[0] < length or self._sinusoid.dtype != x.dtype \
-                    or self._sinusoid.device != x.device:
+            cached = (self._sinusoid.shape[0] >= length and self._sinusoid.dtype == x.dtype
+                      and self._sinusoid.device == x.device)
+            if positions is not None and not cached:
+                return x + sinusoidal_rows(positions.to(x.device), self.dim).to(x.dtype)
+            if not cached:
                 self._sinusoid = sinusoidal_table(length, self.dim).to(dtype=x.dtype, device=x.device)
             table = self._sinusoid
         return x + (table[:x.shape[1]] if positions is None else table[positions.to(x.device)])

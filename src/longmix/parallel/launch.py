@@ -44,10 +44,11 @@ from longmix.checks import check_int
 
 
 class RankFailure(RuntimeError):
-    """A rank raised, died, or the launch timed out."""
+    """A rank raised, died, or the launch timed out. ``exitcode``: the dead rank's exit status
+    when one died (a caller can tell a rank that ended itself on purpose from a crash)."""
 
-    def __init__(self, rank: int | None, message: str):
-        self.rank = rank
+    def __init__(self, rank: int | None, message: str, exitcode: int | None = None):
+        self.rank, self.exitcode = rank, exitcode
         super().__init__(message)
 
 
@@ -143,7 +144,8 @@ def _root_cause(procs, results, rank, payload) -> RankFailure:
                 if r not in results and r != rank and p.exitcode not in (None, 0)]
         if dead:
             return RankFailure(dead[0], f"rank {dead[0]} died with exit code "
-                                        f"{procs[dead[0]].exitcode}; rank {rank} then failed:\n{payload}")
+                                        f"{procs[dead[0]].exitcode}; rank {rank} then failed:\n{payload}",
+                               exitcode=procs[dead[0]].exitcode)
         procs[rank].join(timeout=0.1)
     return RankFailure(rank, f"rank {rank} failed:\n{payload}")
 
@@ -191,7 +193,8 @@ def run_local(fn: Callable[..., Any], nprocs: int, args: tuple = (), *, timeout:
                 except (EOFError, OSError):
                     procs[rank].join(timeout=2)
                     raise RankFailure(rank, f"rank {rank} died with exit code "
-                                            f"{procs[rank].exitcode} before reporting a result") from None
+                                            f"{procs[rank].exitcode} before reporting a result",
+                                      exitcode=procs[rank].exitcode) from None
                 if status == "error":
                     raise _root_cause(procs, results, rank, payload)
                 results[rank] = pickle.loads(payload)
