@@ -5,8 +5,8 @@
 
 Calibration (a few seconds per form): the link of P ranks (``longmix.parallel.measure_rates``:
 an all-to-all's bandwidth and latency, per P), and one measured training step (forward and
-backward) of every (mixer, form) at ``--calib-len`` tokens on ``--calib-ranks`` ranks, which sets
-that form's compute rate (``longmix.parallel.forms.timing``). Then, at each (P, L) of the grid,
+backward) of every (mixer, form) at each of ``--calib-lens`` on ``--calib-ranks`` ranks, through
+which a line is fitted: that form's fixed cost and compute rate (``longmix.parallel.forms.timing``). Then, at each (P, L) of the grid,
 every feasible form is predicted and measured in its own launch of P gloo ranks
 (``longmix.bench.form_step``: the same step as ``sequence_parallel.py --backward``), and the table
 gives predicted / measured, the form the planner picks by time, the form it picks by bytes, and
@@ -66,14 +66,18 @@ def run(args) -> dict:
     forms = {m: forms_of(m, max(args.ranks), args.dim, args.heads) for m in args.mixers}
     for name in args.mixers:
         for form in forms[name]:
-            spec = {**base, "mixer": name, "form": form, "length": args.calib_len}
-            point = measure(spec, args.calib_ranks, args.timeout_s)
-            cost, complexity = form_cost(spec, args.calib_ranks)
-            if point["status"] == "ok":
-                timing.calibrate_rate(name, cost, complexity, args.calib_len, args.calib_ranks,
-                                      point["time_s"])
-            calibration.append({**point, "rate": timing.rates.get((name, form))})
-            print(json.dumps(calibration[-1]), flush=True)
+            fit = []
+            for length in args.calib_lens:
+                spec = {**base, "mixer": name, "form": form, "length": length}
+                point = measure(spec, args.calib_ranks, args.timeout_s)
+                cost, complexity = form_cost(spec, args.calib_ranks)
+                if point["status"] == "ok":
+                    fit.append((cost, complexity, length, args.calib_ranks, point["time_s"]))
+                calibration.append(point)
+                print(json.dumps(point), flush=True)
+            if fit:
+                fixed, rate = timing.calibrate(name, fit)
+                calibration[-1].update(fixed_s=fixed, rate=rate)
     for world in args.ranks:
         at_world = replace(timing, **links[world])
         for length in args.lengths:
@@ -115,7 +119,7 @@ def markdown(record: dict) -> str:
              f"{record['git_describe']}  ", f"machine: {record['machine'].get('cpu')}, "
              f"{record['machine'].get('cores')} cores; one thread per rank  ",
              f"layer: dim {a['dim']}, heads {a['heads']}, fp32, batch 1, {a['layout']}; calibrated "
-             f"at L = {a['calib_len']:,} on {a['calib_ranks']} ranks  ",
+             f"at L = {', '.join(f'{n:,}' for n in a['calib_lens'])} on {a['calib_ranks']} ranks  ",
              "links: " + "; ".join(f"P = {p}: {v['bandwidth_bytes_per_s'] / 1e9:.2f} GB/s, "
                                     f"{v['latency_s'] * 1e6:.0f} us"
                                     for p, v in record["result"]["links"].items()), "",
@@ -145,7 +149,8 @@ def parse_args(argv=None):
     p.add_argument("--dim", type=int, default=64)
     p.add_argument("--heads", type=int, default=4)
     p.add_argument("--layout", default="contiguous")
-    p.add_argument("--calib-len", type=int, default=4096)
+    p.add_argument("--calib-lens", type=int, nargs="+", default=[2048, 4096, 8192],
+                   help="lengths of the calibration steps (a line is fitted through them)")
     p.add_argument("--calib-ranks", type=int, default=2)
     p.add_argument("--lengths", type=int, nargs="+", default=[2**14, 2**16])
     p.add_argument("--ranks", type=int, nargs="+", default=[2, 4])

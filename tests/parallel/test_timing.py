@@ -25,10 +25,10 @@ def test_wire_time_is_the_busiest_ranks_bytes_over_bandwidth_plus_latencies():
     assert wire_seconds(FormCost("state", True), 2, 100.0, 0.5) is None
 
 
-def test_a_calibrated_rate_reproduces_its_point_and_scales_with_work():
+def test_one_calibration_point_is_reproduced_and_scales_with_work():
     timing = StepTiming(bandwidth_bytes_per_s=1e9, latency_s=1e-4, cores=2, threads=1)
     cost = FormCost("state", True, forward_bytes=(1000, 1000), backward_bytes=(1000, 1000))
-    timing.calibrate_rate("mamba", cost, "O(L)", 4096, 2, measured_s=0.5)
+    assert timing.calibrate("mamba", [(cost, "O(L)", 4096, 2, 0.5)])[0] == 0.0
     assert timing.predict("mamba", cost, "O(L)", 4096, 2) == pytest.approx(0.5)
     wire = wire_seconds(cost, 2, 1e9, 1e-4)
     assert timing.predict("mamba", cost, "O(L)", 8192, 2) == pytest.approx(2 * (0.5 - wire) + wire)
@@ -37,13 +37,28 @@ def test_a_calibrated_rate_reproduces_its_point_and_scales_with_work():
     assert timing.predict("s4d", cost, "O(L)", 8192, 2) is None  # not calibrated
 
 
+def test_two_calibration_points_fit_a_fixed_cost_and_a_rate():
+    timing = StepTiming(bandwidth_bytes_per_s=float("inf"), latency_s=0.0, cores=2, threads=1)
+    cost = FormCost("shuffle", True, forward_bytes=(0, 0), backward_bytes=(0, 0))
+    fixed, rate = timing.calibrate("s4d", [(cost, "O(L)", 4096, 2, 0.3), (cost, "O(L)", 8192, 2, 0.5)])
+    assert fixed == pytest.approx(0.1) and rate == pytest.approx(0.2 / 2048)
+    assert timing.predict("s4d", cost, "O(L)", 65536, 2) == pytest.approx(0.1 + 0.2 / 2048 * 32768)
+    # noise that would make the fixed cost negative: the line goes through the origin instead
+    fixed, _ = timing.calibrate("s4d", [(cost, "O(L)", 4096, 2, 0.1), (cost, "O(L)", 8192, 2, 0.5)])
+    assert fixed == 0.0
+    with pytest.raises(ValueError, match="one form"):
+        timing.calibrate("s4d", [(cost, "O(L)", 4096, 2, 0.3),
+                                 (FormCost("state", True, forward_bytes=(0, 0), backward_bytes=(0, 0)),
+                                  "O(L)", 4096, 2, 0.3)])
+
+
 def _mamba():
     return mixers.build("mamba", 16, heads=4, causal=True)
 
 
 def _timing(shuffle_rate, state_rate):
     timing = StepTiming(bandwidth_bytes_per_s=1e9, latency_s=0.0, cores=4)
-    timing.rates = {("mamba", "shuffle"): shuffle_rate, ("mamba", "state"): state_rate}
+    timing.rates = {("mamba", "shuffle"): (0.0, shuffle_rate), ("mamba", "state"): (0.0, state_rate)}
     return timing
 
 

@@ -4,13 +4,15 @@ Bytes alone choose badly: on a few local ranks the shuffle trains mamba faster t
 passing, which sends less, because state passing runs extra summary passes. The model, for one
 layer's training step (forward and backward) on the busiest rank:
 
-    time = rate[mixer, form] * work(L, P) * contention(P)  +  bytes / bandwidth  +  messages * latency
+    time = (fixed + rate * work(L, P)) * contention(P)  +  bytes / bandwidth  +  messages * latency
 
 * ``work(L, P) = growth(L) / P``, with ``growth`` read off the mixer's taxonomy (``"O(L)"`` -> L,
   ``"O(L log L)"`` -> L log2 L, ``"O(L^2)"`` -> L^2): every form divides the work by P.
-* ``rate`` is calibrated: one measured step of that form at a small (L0, P0), its predicted wire
-  time taken off, divided by its work (:func:`calibrate_rate`). It carries what the form costs
-  beyond the mixer itself (state passing's summary passes, the shuffle's regrouping).
+* ``fixed`` and ``rate`` are calibrated per (mixer, form): measured steps of that form at small
+  lengths, their predicted wire time taken off, fitted as a line in the work
+  (:meth:`StepTiming.calibrate`): ``rate`` carries what the form costs beyond the mixer itself
+  (state passing's summary passes, the shuffle's regrouping), ``fixed`` what a step costs at any
+  length (kernel launches, Python). One point gives ``fixed = 0``.
 * ``contention(P) = max(1, P * threads / cores)``: ranks that share cores share their time.
 * ``bytes`` is the planner's own prediction (``FormCost``), the same arithmetic the tests hold to
   ``CommStats``; ``bandwidth`` and ``latency`` are measured (``longmix.parallel.measure_rates``).
@@ -54,30 +56,58 @@ def wire_seconds(cost: FormCost, world: int, bandwidth_bytes_per_s: float, laten
 
 @dataclass
 class StepTiming:
-    """Calibrated rates (seconds per unit of work) per (mixer name, form), and the machine."""
+    """Calibrated (fixed seconds, seconds per unit of work) per (mixer name, form), the machine's
+    link, and its cores."""
 
     bandwidth_bytes_per_s: float
     latency_s: float
     cores: int
     threads: int = 1
-    rates: dict[tuple[str, str], float] = field(default_factory=dict)
+    rates: dict[tuple[str, str], tuple[float, float]] = field(default_factory=dict)
 
-    def calibrate_rate(self, mixer: str, cost: FormCost, time_complexity: str, length: int,
-                       world: int, measured_s: float) -> float:
-        """Set rate[mixer, form] from one measured step of ``cost.form`` at (length, world)."""
-        wire = wire_seconds(cost, world, self.bandwidth_bytes_per_s, self.latency_s) or 0.0
-        compute = max(measured_s - wire, 0.1 * measured_s)  # never below a tenth: noise, not 0
-        work = growth(time_complexity, length) / world * contention(world, self.threads, self.cores)
-        self.rates[(mixer, cost.form)] = compute / work
-        return self.rates[(mixer, cost.form)]
+    def _work(self, time_complexity: str, length: int, world: int) -> float:
+        return growth(time_complexity, length) / world
+
+    def calibrate(self, mixer: str, points: list[tuple[FormCost, str, int, int, float]]) -> tuple[float, float]:
+        """Fit rates[mixer, form] from measured steps of one form, each ``(cost, time_complexity,
+        length, world, measured_s)``: compute (the measured time less the predicted wire, per
+        contention) = fixed + rate * work, least squares; a negative intercept (noise) refits
+        through the origin."""
+        forms = {cost.form for cost, *_ in points}
+        if len(forms) != 1 or not points:
+            raise ValueError(f"calibrate: points must be measurements of one form, got {sorted(forms)}")
+        work, compute = [], []
+        for cost, complexity, length, world, measured in points:
+            wire = wire_seconds(cost, world, self.bandwidth_bytes_per_s, self.latency_s) or 0.0
+            share = contention(world, self.threads, self.cores)
+            work.append(self._work(complexity, length, world))
+            compute.append(max(measured - wire, 0.1 * measured) / share)  # never below a tenth
+        fixed, rate = _line(work, compute)
+        self.rates[(mixer, forms.pop())] = (fixed, rate)
+        return fixed, rate
 
     def predict(self, mixer: str, cost: FormCost, time_complexity: str, length: int,
                 world: int) -> float | None:
         """Predicted seconds of one training step of ``cost.form``; None if not calibrated or
         its bytes are not predicted."""
-        rate = self.rates.get((mixer, cost.form))
+        fitted = self.rates.get((mixer, cost.form))
         wire = wire_seconds(cost, world, self.bandwidth_bytes_per_s, self.latency_s)
-        if rate is None or wire is None or not cost.feasible:
+        if fitted is None or wire is None or not cost.feasible:
             return None
-        work = growth(time_complexity, length) / world * contention(world, self.threads, self.cores)
-        return rate * work + wire
+        fixed, rate = fitted
+        share = contention(world, self.threads, self.cores)
+        return (fixed + rate * self._work(time_complexity, length, world)) * share + wire
+
+
+def _line(x: list[float], y: list[float]) -> tuple[float, float]:
+    """(intercept, slope) of y on x by least squares, the intercept kept >= 0; one point, or
+    points at one x, go through the origin."""
+    n = len(x)
+    mean_x, mean_y = sum(x) / n, sum(y) / n
+    spread = sum((a - mean_x) ** 2 for a in x)
+    if spread > 0:
+        slope = sum((a - mean_x) * (b - mean_y) for a, b in zip(x, y)) / spread
+        intercept = mean_y - slope * mean_x
+        if intercept >= 0 and slope > 0:
+            return intercept, slope
+    return 0.0, sum(a * b for a, b in zip(x, y)) / sum(a * a for a in x)
