@@ -5,8 +5,8 @@
     python benchmarks/memory_slope.py --quick                # a smoke run at tiny sizes
 
 For a causal LM (``--dim`` 64, ``--depth`` 2, ``--heads`` 4, fp32, batch 1, vocabulary
-``--vocab`` 256), one training step is the forward, the loss (``longmix.train.loop.loss_sum``,
-what ``longmix train`` runs) and the backward. Its peak memory at ``--short`` and at ``--long``
+``--vocab`` 256), one training step is the forward, the loss
+(``longmix.train.loop.training_loss_sum``, what ``longmix train`` runs) and the backward. Its peak memory at ``--short`` and at ``--long``
 tokens gives the slope, KB per extra token: fixed overheads (weights, thread pools, gloo's
 buffers) cancel. On P ranks the slope is the worst rank's, in every feasible form of the mixer
 (``parallelize(..., forms=form)``); its ratio to one process's slope should be at most 1/P + 10%.
@@ -44,7 +44,7 @@ def step_worker(group, spec: dict) -> dict:
     import longmix.parallel as lp
     from longmix.machine import current_rss_bytes, peak_rss_bytes, reset_peak_rss
     from longmix.models.model import build_model
-    from longmix.train.loop import loss_sum, scored_targets
+    from longmix.train.loop import scored_targets, training_loss_sum
 
     world = torch.distributed.get_world_size(group)
     rank = torch.distributed.get_rank(group)
@@ -63,7 +63,7 @@ def step_worker(group, spec: dict) -> dict:
         x, y = tokens[:, :-1], scored_targets(tokens[:, 1:], "lm", pad_id=-1)
         if world > 1:
             x, y = lp.shard(x, group), lp.shard(y, group)
-        total, _ = loss_sum(runner(x), y, "lm")
+        total, _ = training_loss_sum(runner, x, y, "lm")
         (total / length).backward()
 
     step(64 * world)  # thread pools, gloo's buffers, parameter gradients: not per token

@@ -39,6 +39,7 @@ from ..parallel.launch import run_local
 from ..parallel.forms.parallelize import parallelize
 from ..fileio import DiskFull, append_record, folder_lock, record_line, remove_stale_temps
 from ..models import ModelConfig, SequenceModel
+from ..models.model import IGNORE_INDEX
 from ..provenance import provenance, utc_now
 from . import checkpoint, results
 from .config import TrainConfig, identity_diff
@@ -106,7 +107,7 @@ def resolve_device(device: str) -> torch.device:
 
 
 # -- loss and evaluation --------------------------------------------------------------------
-UNSCORED = -100  # the target of a position that is not scored (cross entropy's ignore_index)
+UNSCORED = IGNORE_INDEX  # the target of a position that is not scored (cross entropy's ignore_index)
 
 
 def scored_targets(y: torch.Tensor, kind: str, pad_id: int, last: int | None = None) -> torch.Tensor:
@@ -135,6 +136,18 @@ def loss_sum(logits: torch.Tensor, target: torch.Tensor, kind: str) -> tuple[tor
     loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), target.reshape(-1),
                            ignore_index=UNSCORED, reduction="sum")
     return loss, int((target != UNSCORED).sum())
+
+
+def training_loss_sum(model: torch.nn.Module, tokens: torch.Tensor, target: torch.Tensor,
+                      kind: str) -> tuple[torch.Tensor, int]:
+    """:func:`loss_sum` of ``model(tokens)`` for a training step, and the number of scored targets.
+
+    lm: ``model.lm_loss_sum`` (a ``SequenceModel`` or its sequence-parallel form, on this rank's
+    shard), the same loss computed a chunk of positions at a time, so that the step never holds
+    the (B, L, vocab) logits nor their gradient. classify: the plain head and loss."""
+    if kind != "lm":
+        return loss_sum(model(tokens), target, kind)
+    return model.lm_loss_sum(tokens, target), int((target != UNSCORED).sum())
 
 
 def _correct(logits: torch.Tensor, target: torch.Tensor, kind: str) -> int:
@@ -412,7 +425,7 @@ def _run(cfg, task, mcfg, device, out, run_id, say, ranks: Ranks) -> dict:
             x, y = ranks.batch_part(x), ranks.batch_part(y)
             target = scored_targets(y, task.kind, task.pad_id, last=train_last)
             target = (ranks.shard(target) if task.kind == "lm" else target).to(device)
-            local_sum, local_n = loss_sum(runner(ranks.shard(x).to(device)), target, task.kind)
+            local_sum, local_n = training_loss_sum(runner, ranks.shard(x).to(device), target, task.kind)
             if task.kind == "lm":  # the global mean over every rank's scored positions
                 total_sum, total_n = ranks.sum(torch.stack([local_sum.detach().double().cpu(),
                                                             torch.tensor(float(local_n), dtype=torch.float64)]))
