@@ -85,17 +85,20 @@ def test_bad_options_are_named():
         mixers.build("longconv", DIM, min_reach=100.0, max_reach=10.0)
 
 
-@pytest.mark.parametrize("causal", [True, False])
-def test_hyena_filter_recomputed_by_lag_chunks_is_exact(monkeypatch, causal):
+@pytest.mark.parametrize("causal,in_checkpoint", [(True, False), (False, False), (True, True)])
+def test_hyena_filter_recomputed_by_lag_chunks_is_exact(monkeypatch, causal, in_checkpoint):
     """A training step computes the implicit filter LAG_CHUNK lags at a time, recomputing each
-    chunk's hidden layers in backward: the same output and gradients as all lags at once."""
+    chunk's hidden layers in backward: the same output and gradients as all lags at once, also
+    inside a checkpointed block (a checkpoint within a checkpoint)."""
+    from longmix.recompute import recomputed
+
     torch.manual_seed(0)
     mixer = Hyena(6, causal=causal, filter_hidden=8).double()
     x = torch.randn(2, 11, 6, dtype=torch.float64)
 
     def run():
         mixer.zero_grad()
-        y = mixer(x)
+        y = recomputed(mixer, x) if in_checkpoint else mixer(x)
         y.backward(torch.cos(torch.arange(y.numel(), dtype=torch.float64)).view_as(y))
         return y.detach(), [p.grad.clone() for p in mixer.parameters()]
 
