@@ -12,11 +12,12 @@ buffers) cancel. On P ranks the slope is the worst rank's, in every feasible for
 (``parallelize(..., forms=form)``); its ratio to one process's slope should be at most 1/P + 10%.
 
 Memory of a point: each point (mixer, form, P, L) is a fresh launch of P ranks
-(``longmix.parallel.launch.run_local``). A rank fixes glibc's mmap threshold as ``longmix train``
-does (``--malloc fixed``, the default: ``longmix.machine.return_freed_memory``, freed large blocks
-leave the resident set), builds the model, runs a short warm-up step (one-time costs), then resets
-its peak resident set (``longmix.machine.reset_peak_rss``: VmHWM via /proc/self/clear_refs) and
-records the rise of VmHWM over its resident set during one step.
+(``longmix.parallel.launch.run_local``). A rank fixes glibc's mmap threshold as ``longmix train
+--return-freed-memory`` does (``--malloc fixed``, the default: ``longmix.machine.return_freed_memory``;
+freed large blocks leave the resident set, for a page fault per new large block), builds the
+model, runs a short warm-up step (one-time costs), then resets its peak resident set
+(``longmix.machine.reset_peak_rss``: VmHWM via /proc/self/clear_refs) and records the rise of
+VmHWM over its resident set during one step.
 Writes memory_slope[_<tag>].{json,md} under ``--out-dir`` with machine, command, date and commit;
 ``--append`` keeps the rows already there (rows name their commit), so a table can hold the
 runs before and after a change.
@@ -51,7 +52,7 @@ def step_worker(group, spec: dict) -> dict:
 
     world = torch.distributed.get_world_size(group)
     rank = torch.distributed.get_rank(group)
-    if spec.get("malloc", "fixed") == "fixed":  # as `longmix train` does
+    if spec.get("malloc", "fixed") == "fixed":  # as `longmix train --return-freed-memory` does
         return_freed_memory()
     torch.manual_seed(0)
     model = build_model(vocab_size=spec["vocab"], mixer=spec["mixer"], head="lm", dim=spec["dim"],
@@ -171,8 +172,11 @@ def write_results(runs: list[dict], out_dir: Path, stem: str) -> str:
     head = ["# Memory per token of an LM training step (slope between two lengths)", "",
             "Peak memory rise of one step (forward, loss, backward), worst rank; slope = "
             "(MB at long - MB at short) / (long - short). Goal: at most 1/P + 10% of one process's "
-            "slope (the ratio compares rows of the same commit). The machine was shared with other "
-            "jobs: memory is this step's own, times are noisy."]
+            "slope (the ratio compares rows of the same commit, checkpointing and malloc setting). "
+            "malloc: fixed = glibc's mmap threshold fixed (longmix.machine.return_freed_memory, "
+            "`longmix train --return-freed-memory`), default = glibc's own (freed large blocks may "
+            "stay resident). "
+            "The machine was shared with other jobs: memory is this step's own, times are noisy."]
     for run in runs:
         cfg = run["config"]
         head += ["", f"- {run['date']}, commit {run['provenance']['git_describe']}: "
@@ -198,7 +202,7 @@ def parse_args(argv):
     p.add_argument("--checkpoint", action="store_true", help="activation checkpointing per block")
     p.add_argument("--malloc", choices=["fixed", "default"], default="fixed",
                    help="fixed: glibc's mmap threshold fixed, freed large blocks leave the resident "
-                        "set (longmix.machine.return_freed_memory, what `longmix train` does); "
+                        "set (longmix.machine.return_freed_memory, `longmix train --return-freed-memory`); "
                         "default: glibc's own (runs before this option had it)")
     p.add_argument("--budget-s", type=float, default=3600.0, help="total time for the run")
     p.add_argument("--quick", action="store_true", help="tiny sizes: a smoke run")

@@ -70,6 +70,9 @@ def add_arguments(parser):
     a("--checkpoint-activations", action="store_true",
       help="keep only each block's input for backward and recompute the block there: less memory "
            "per token (a longer context fits), about one more forward of compute; exact")
+    a("--return-freed-memory", action="store_true",
+      help="fix glibc's mmap threshold so that freed large tensors leave the resident set: memory "
+           "per token then divides by the ranks; costs a page fault per new large block (docs/memory.md)")
     a("--quiet", action="store_true", help="no progress bar or log lines")
 
 
@@ -87,7 +90,8 @@ def config_from_args(args, procs: int | None = None):
         mixer_options=parse_pairs(args.mixer_option, "--mixer-option"), out=args.out,
         eval_every=args.eval_every, checkpoint_every=args.checkpoint_every, device=args.device,
         threads=args.threads, progress=not args.quiet, procs=procs, layout=args.layout, form=args.form,
-        seq_parallel=args.seq_parallel, checkpoint_activations=args.checkpoint_activations)
+        seq_parallel=args.seq_parallel, checkpoint_activations=args.checkpoint_activations,
+        return_freed_memory=args.return_freed_memory)
 
 
 def run(args) -> int:

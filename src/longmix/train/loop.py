@@ -289,9 +289,8 @@ def _train_as_rank(cfg, task, mcfg, device, ranks: Ranks) -> dict:
     if ranks.world > 1 and device.type != "cpu":
         raise ValueError(f"training on {ranks.world} ranks runs on the CPU (gloo); got --device {cfg.device!r}")
     out, run_id = Path(cfg.out), cfg.run_id()
-    # freed large tensors (a step's transients) leave the resident set instead of staying in
-    # malloc's heap: a rank's memory then grows with what its step keeps, not with what it freed
-    machine.return_freed_memory()
+    if cfg.return_freed_memory:  # a rank's memory then grows with what its step keeps, not
+        machine.return_freed_memory()  # with the transients malloc's heap still holds once freed
     say = tqdm.write if cfg.progress and ranks.is_main else (lambda *_: None)
     with contextlib.ExitStack() as held:
         def open_folder():
