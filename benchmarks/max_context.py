@@ -5,7 +5,8 @@
 For each mixer, each P (``--ranks``, default 1 2 4) and with and without activation
 checkpointing: the training step of ``benchmarks/memory_slope.py`` (a causal LM, dim 64, depth 2,
 4 heads, fp32, batch 1; forward, loss, backward; each point a fresh launch of P ranks, in the
-planned form of each layer unless ``--form``) at context L *fits* when every rank's peak memory
+planned form of each layer unless ``--form``; glibc's mmap threshold fixed, as ``longmix train
+--return-freed-memory`` does) at context L *fits* when every rank's peak memory
 rise during the step (VmHWM reset before it, over the resident set before it: activations,
 gradients and workspace, not weights or the interpreter) is at most ``--memory-mib``. The memory
 is enforced by measurement, not by a hard limit: a step that would not fit still runs to the end.

@@ -5,16 +5,19 @@
     python benchmarks/memory_slope.py --quick                # a smoke run at tiny sizes
 
 For a causal LM (``--dim`` 64, ``--depth`` 2, ``--heads`` 4, fp32, batch 1, vocabulary
-``--vocab`` 256), one training step is the forward, the loss (``longmix.train.loop.loss_sum``,
-what ``longmix train`` runs) and the backward. Its peak memory at ``--short`` and at ``--long``
+``--vocab`` 256), one training step is the forward, the loss
+(``longmix.train.loss.training_loss_sum``, what ``longmix train`` runs) and the backward. Its peak memory at ``--short`` and at ``--long``
 tokens gives the slope, KB per extra token: fixed overheads (weights, thread pools, gloo's
 buffers) cancel. On P ranks the slope is the worst rank's, in every feasible form of the mixer
 (``parallelize(..., forms=form)``); its ratio to one process's slope should be at most 1/P + 10%.
 
 Memory of a point: each point (mixer, form, P, L) is a fresh launch of P ranks
-(``longmix.parallel.launch.run_local``). A rank builds the model, runs a short warm-up step
-(one-time costs), then resets its peak resident set (``longmix.machine.reset_peak_rss``: VmHWM via
-/proc/self/clear_refs) and records the rise of VmHWM over its resident set during one step.
+(``longmix.parallel.launch.run_local``). A rank fixes glibc's mmap threshold as ``longmix train
+--return-freed-memory`` does (``--malloc fixed``, the default: ``longmix.machine.return_freed_memory``;
+freed large blocks leave the resident set, for a page fault per new large block), builds the
+model, runs a short warm-up step (one-time costs), then resets its peak resident set
+(``longmix.machine.reset_peak_rss``: VmHWM via /proc/self/clear_refs) and records the rise of
+VmHWM over its resident set during one step.
 Writes memory_slope[_<tag>].{json,md} under ``--out-dir`` with machine, command, date and commit;
 ``--append`` keeps the rows already there (rows name their commit), so a table can hold the
 runs before and after a change.
@@ -33,7 +36,8 @@ DEFAULT_MIXERS = ["softmax", "s4d", "mamba", "hyena", "linear"]
 
 def model_spec(args) -> dict:
     return dict(dim=args.dim, depth=args.depth, heads=args.heads, vocab=args.vocab,
-                checkpoint=getattr(args, "checkpoint", False))
+                checkpoint=getattr(args, "checkpoint", False),
+                malloc=getattr(args, "malloc", "fixed"))
 
 
 #: the exit status of a rank that :func:`peak_rise`'s watchdog ended for passing its cap
@@ -76,11 +80,14 @@ def step_worker(group, spec: dict) -> dict:
     import torch
 
     import longmix.parallel as lp
+    from longmix.machine import return_freed_memory
     from longmix.models.model import build_model
-    from longmix.train.loop import loss_sum, scored_targets
+    from longmix.train.loss import scored_targets, training_loss_sum
 
     world = torch.distributed.get_world_size(group)
     rank = torch.distributed.get_rank(group)
+    if spec.get("malloc", "fixed") == "fixed":  # as `longmix train --return-freed-memory` does
+        return_freed_memory()
     torch.manual_seed(0)
     model = build_model(vocab_size=spec["vocab"], mixer=spec["mixer"], head="lm", dim=spec["dim"],
                         depth=spec["depth"], heads=spec["heads"])
@@ -96,7 +103,7 @@ def step_worker(group, spec: dict) -> dict:
         x, y = tokens[:, :-1], scored_targets(tokens[:, 1:], "lm", pad_id=-1)
         if world > 1:
             x, y = lp.shard(x, group), lp.shard(y, group)
-        total, _ = loss_sum(runner(x), y, "lm")
+        total, _ = training_loss_sum(runner, x, y, "lm")
         (total / length).backward()
 
     step(64 * world)  # thread pools, gloo's buffers, parameter gradients: not per token
@@ -141,7 +148,7 @@ def slope_row(name: str, form: str, world: int, args, deadline: float) -> dict:
     """The slope (bytes per token) between ``args.short`` and ``args.long`` tokens."""
     spec = {**model_spec(args), "mixer": name, "form": form}
     row = {"mixer": name, "form": form, "world": world, "short": args.short, "long": args.long,
-           "checkpoint": spec["checkpoint"]}
+           "checkpoint": spec["checkpoint"], "malloc": spec["malloc"]}
     points = {}
     for length in (args.short, args.long):
         remaining = deadline - time.monotonic()
@@ -158,11 +165,14 @@ def slope_row(name: str, form: str, world: int, args, deadline: float) -> dict:
 
 
 def add_ratios(rows: list[dict]) -> None:
-    """Each row's slope against one process's (same mixer, commit and checkpointing), and the goal."""
-    one = {(r["mixer"], r["commit"], r["checkpoint"]): r for r in rows
-           if r["status"] == "ok" and r["world"] == 1}
+    """Each row's slope against one process's (same mixer, commit, checkpointing and malloc
+    setting), and the goal."""
+    def key(r):
+        return r["mixer"], r["commit"], r["checkpoint"], r.get("malloc", "default")
+
+    one = {key(r): r for r in rows if r["status"] == "ok" and r["world"] == 1}
     for r in rows:
-        base = one.get((r["mixer"], r["commit"], r["checkpoint"]))
+        base = one.get(key(r))
         if r["status"] == "ok" and base and base["kb_per_token"] > 0:
             r["ratio"] = r["kb_per_token"] / base["kb_per_token"]
             r["goal"] = 1 / r["world"] + 0.10
@@ -170,11 +180,11 @@ def add_ratios(rows: list[dict]) -> None:
 
 
 def table(rows: list[dict]) -> str:
-    lines = ["| commit | mixer | form | P | ckpt | MB at short | MB at long | KB / token "
-             "| vs 1 process | goal | met | time at long (s) |", "|" + "---|" * 12]
+    lines = ["| commit | mixer | form | P | ckpt | malloc | MB at short | MB at long | KB / token "
+             "| vs 1 process | goal | met | time at long (s) |", "|" + "---|" * 13]
     for r in rows:
         head = (f"| {r['commit']} | {r['mixer']} | {r['form']} | {r['world']} | "
-                f"{'yes' if r['checkpoint'] else 'no'} |")
+                f"{'yes' if r['checkpoint'] else 'no'} | {r.get('malloc', 'default')} |")
         if r["status"] != "ok":
             lines.append(f"{head} {r['status']}: {r.get('error', '')} |||||||")
             continue
@@ -199,8 +209,11 @@ def write_results(runs: list[dict], out_dir: Path, stem: str) -> str:
     head = ["# Memory per token of an LM training step (slope between two lengths)", "",
             "Peak memory rise of one step (forward, loss, backward), worst rank; slope = "
             "(MB at long - MB at short) / (long - short). Goal: at most 1/P + 10% of one process's "
-            "slope (the ratio compares rows of the same commit). The machine was shared with other "
-            "jobs: memory is this step's own, times are noisy."]
+            "slope (the ratio compares rows of the same commit, checkpointing and malloc setting). "
+            "malloc: fixed = glibc's mmap threshold fixed (longmix.machine.return_freed_memory, "
+            "`longmix train --return-freed-memory`), default = glibc's own (freed large blocks may "
+            "stay resident). "
+            "The machine was shared with other jobs: memory is this step's own, times are noisy."]
     for run in runs:
         cfg = run["config"]
         head += ["", f"- {run['date']}, commit {run['provenance']['git_describe']}: "
@@ -224,6 +237,10 @@ def parse_args(argv):
     p.add_argument("--heads", type=int, default=4)
     p.add_argument("--vocab", type=int, default=256)
     p.add_argument("--checkpoint", action="store_true", help="activation checkpointing per block")
+    p.add_argument("--malloc", choices=["fixed", "default"], default="fixed",
+                   help="fixed: glibc's mmap threshold fixed, freed large blocks leave the resident "
+                        "set (longmix.machine.return_freed_memory, `longmix train --return-freed-memory`); "
+                        "default: glibc's own (runs before this option had it)")
     p.add_argument("--budget-s", type=float, default=3600.0, help="total time for the run")
     p.add_argument("--quick", action="store_true", help="tiny sizes: a smoke run")
     p.add_argument("--tag", default="", help="a suffix of the result files' names")

@@ -3,6 +3,8 @@ import pytest
 import torch
 
 from longmix import mixers
+from longmix.mixers import conv
+from longmix.mixers.conv import Hyena
 
 DIM, HEADS = 8, 2
 
@@ -81,3 +83,29 @@ def test_bad_options_are_named():
         mixers.build("hyena", DIM, short_kernel=4)
     with pytest.raises(ValueError, match="min_reach"):
         mixers.build("longconv", DIM, min_reach=100.0, max_reach=10.0)
+
+
+@pytest.mark.parametrize("causal,in_checkpoint", [(True, False), (False, False), (True, True)])
+def test_hyena_filter_recomputed_by_lag_chunks_is_exact(monkeypatch, causal, in_checkpoint):
+    """A training step computes the implicit filter LAG_CHUNK lags at a time, recomputing each
+    chunk's hidden layers in backward: the same output and gradients as all lags at once, also
+    inside a checkpointed block (a checkpoint within a checkpoint)."""
+    from longmix.recompute import recomputed
+
+    torch.manual_seed(0)
+    mixer = Hyena(6, causal=causal, filter_hidden=8).double()
+    x = torch.randn(2, 11, 6, dtype=torch.float64)
+
+    def run():
+        mixer.zero_grad()
+        y = recomputed(mixer, x) if in_checkpoint else mixer(x)
+        y.backward(torch.cos(torch.arange(y.numel(), dtype=torch.float64)).view_as(y))
+        return y.detach(), [p.grad.clone() for p in mixer.parameters()]
+
+    monkeypatch.setattr(conv, "LAG_CHUNK", 10 ** 9)  # every lag at once
+    ref, ref_grads = run()
+    monkeypatch.setattr(conv, "LAG_CHUNK", 4)  # 11 or 21 lags: chunks 4, 4, ... and a short one
+    got, got_grads = run()
+    torch.testing.assert_close(got, ref, rtol=1e-12, atol=1e-12)
+    for (name, _), g, r in zip(mixer.named_parameters(), got_grads, ref_grads):
+        torch.testing.assert_close(g, r, rtol=1e-10, atol=1e-12, msg=name)

@@ -165,3 +165,36 @@ def test_sinusoidal_positions_of_a_shard_are_its_rows_without_a_table():
     pos(torch.zeros(1, 40, 6, dtype=torch.float64))  # a cached table serves positions inside it
     inside = torch.tensor([39, 0, 12])
     assert torch.equal(pos(x, inside), x + sinusoidal_table(40, 6)[inside])
+
+
+# ----------------------------------------------------------------------------- lm loss
+def _plain_lm_loss(model, x, target, **kw):
+    logits = model(x, **kw)
+    return torch.nn.functional.cross_entropy(logits.reshape(-1, VOCAB), target.reshape(-1),
+                                             ignore_index=-100, reduction="sum")
+
+
+@pytest.mark.parametrize("length,packed,checkpoint", [(17, False, False), (1, False, False),
+                                                      (12, True, False), (9, False, True)])
+def test_lm_loss_sum_is_the_plain_head_and_cross_entropy(length, packed, checkpoint):
+    model = make(CAUSAL_MIXERS[-1], head="lm").double()
+    x = tokens(seed=1, length=length)
+    target = tokens(seed=2, length=length)
+    target[0, : length // 2] = -100  # positions not scored
+    kw = {"checkpoint_activations": checkpoint}
+    if packed:
+        x, target = x[:1], target[:1]
+        kw["cu_seqlens"] = torch.tensor([0, 5, 12])
+    ref = _plain_lm_loss(model, x, target, **kw)
+    ref_grads = torch.autograd.grad(ref, list(model.parameters()))
+    got = model.lm_loss_sum(x, target, **kw)
+    got_grads = torch.autograd.grad(got, list(model.parameters()))
+    torch.testing.assert_close(got, ref, rtol=1e-12, atol=1e-12)
+    for (name, _), g, r in zip(model.named_parameters(), got_grads, ref_grads):
+        torch.testing.assert_close(g, r, rtol=1e-10, atol=1e-12, msg=name)
+
+
+def test_lm_loss_sum_needs_the_lm_head():
+    model = make("toy_attention")
+    with pytest.raises(ValueError, match="needs the lm head"):
+        model.lm_loss_sum(tokens(), tokens())

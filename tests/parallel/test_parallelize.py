@@ -189,6 +189,50 @@ def test_sharded_models_match_one_process():
     assert not problems, "\n".join(problems)
 
 
+LM_LOSS_MODELS = [("mamba", {"d_state": 4, "d_conv": 3}, "shuffle", "contiguous"),
+                  ("mamba", {"d_state": 4, "d_conv": 3}, "state", "contiguous"),
+                  ("softmax", {}, "ring", "zigzag")]
+
+
+def lm_loss_worker(group, seq_len: int) -> list[str]:
+    """The chunked lm loss of each rank's shard, summed over the ranks, against one process's
+    plain head and cross entropy; so are the parameter gradients (some targets not scored)."""
+    problems = []
+    for mixer, options, form, layout in LM_LOSS_MODELS:
+        torch.manual_seed(0)
+        model = build_model(vocab_size=11, mixer=mixer, head="lm", dim=DIM, depth=2, heads=HEADS,
+                            mixer_options=options).double()
+        g = torch.Generator().manual_seed(3)
+        tokens = torch.randint(0, 11, (BATCH, seq_len + 1), generator=g)
+        x, target = tokens[:, :-1], tokens[:, 1:].clone()
+        target[0, 1::3] = -100
+        logits = model(x)
+        ref = torch.nn.functional.cross_entropy(logits.reshape(-1, 11), target.reshape(-1),
+                                                ignore_index=-100, reduction="sum")
+        ref.backward()
+        ref_grads = [p.grad.clone() for p in model.parameters()]
+        model.zero_grad()
+        pmodel = ld.parallelize(model, group, layout, forms=form)
+        local = pmodel.lm_loss_sum(ld.shard(x, group, layout), ld.shard(target, group, layout))
+        local.backward()
+        total = local.detach().clone()
+        torch.distributed.all_reduce(total, group=group)
+        errors = {"loss": rel_err(total, ref.detach())}
+        for (pname, _), got, want in zip(model.named_parameters(), summed_grads(model, group),
+                                         ref_grads):
+            errors[f"d{pname}"] = rel_err(got, want)
+        worst = max(errors, key=errors.get)
+        if not errors[worst] <= TOL:
+            problems.append(f"lm loss {mixer} {form} {layout}: {worst} error {errors[worst]:.2e}")
+    return problems
+
+
+def test_sharded_lm_loss_matches_one_process():
+    results = run_local(lm_loss_worker, 3, (10,), timeout=180, collective_timeout=60)
+    problems = [p for rank_problems in results for p in rank_problems]
+    assert not problems, "\n".join(problems)
+
+
 # ----------------------------------------------------------------------------- errors
 class NoFormMixer(TokenMixer):
     """A mixer without hooks: no sequence-parallel form."""

@@ -9,7 +9,7 @@ import pytest
 from longmix import tasks
 from longmix.study.floors import NGram, beats, floors, label_floors, scored_ngram_rows
 from longmix.train import TrainConfig
-from longmix.train.loop import UNSCORED, scored_targets
+from longmix.train.loss import UNSCORED, scored_targets
 
 
 def witten_bell(tokens, order, history, target):

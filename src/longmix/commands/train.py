@@ -84,6 +84,9 @@ def add_arguments(parser):
            "of --task-param length) into sequences of --context tokens with their cu_seqlens, "
            "batch 1 each, --batch-size sequences a step: no compute on padding between documents, "
            "no token reads across a document boundary, each document scores its own targets")
+    a("--return-freed-memory", action="store_true",
+      help="fix glibc's mmap threshold so that freed large tensors leave the resident set: memory "
+           "per token then divides by the ranks; costs a page fault per new large block (docs/memory.md)")
     a("--quiet", action="store_true", help="no progress bar or log lines")
 
 
@@ -102,7 +105,7 @@ def config_from_args(args, procs: int | None = None):
         eval_every=args.eval_every, checkpoint_every=args.checkpoint_every, device=args.device,
         threads=args.threads, progress=not args.quiet, procs=procs, layout=args.layout, form=args.form,
         seq_parallel=args.seq_parallel, checkpoint_activations=args.checkpoint_activations,
-        pack=args.pack)
+        pack=args.pack, return_freed_memory=args.return_freed_memory)
 
 
 def run(args) -> int:

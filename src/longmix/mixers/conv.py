@@ -20,9 +20,13 @@ from torch import nn
 
 from ..ops.fftconv import fft_conv, toeplitz_matrix
 from ..checks import check_int
+from ..recompute import recomputed
 from .base import ChannelMixer, Taxonomy, TokenMixer, last_rows, shift_in
 from .forms import ShuffleHooks
 from .registry import register
+
+
+LAG_CHUNK = 4096  # lags whose filter activations exist at once in a training step
 
 
 class Sin(nn.Module):
@@ -86,7 +90,19 @@ class ImplicitFilter(nn.Module):
 
     def at(self, lags: torch.Tensor, channels: slice = slice(None)) -> torch.Tensor:
         """The filters at the integer ``lags`` (n,): (n, C). A decoder with a sharded history
-        reads only the lags its own rows need (``longmix.generate``), not all L of them."""
+        reads only the lags its own rows need (``longmix.generate``), not all L of them.
+
+        With gradients, :data:`LAG_CHUNK` lags at a time, each chunk's hidden layers recomputed
+        in backward (:func:`longmix.recompute.recomputed`): the FFN's activations (about
+        6 x ``hidden`` numbers per lag) are not kept for all L lags. They do not divide by P in
+        the shuffle form (every rank needs every lag of its channels), so they would cost every
+        rank as much per token as one process."""
+        if not torch.is_grad_enabled() or lags.numel() <= LAG_CHUNK:
+            return self._at(lags, channels)
+        return torch.cat([recomputed(self._at, lags[i:i + LAG_CHUNK], channels)
+                          for i in range(0, lags.numel(), LAG_CHUNK)])
+
+    def _at(self, lags: torch.Tensor, channels: slice) -> torch.Tensor:
         t = lags.to(dtype=self.freqs.dtype, device=self.freqs.device)
         angle = t[:, None] * self.freqs
         hidden = self.ffn[:-1](torch.cat([angle.cos(), angle.sin()], dim=-1))

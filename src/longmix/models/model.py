@@ -27,10 +27,12 @@ from torch import nn
 
 from .. import mixers
 from ..checks import check_int
+from ..ops.linear_cross_entropy import linear_cross_entropy
 from .positional import Positional, resolve
 from ..recompute import recomputed
 
 HEADS = ("classify", "lm")
+IGNORE_INDEX = -100  # the target of a position the lm loss does not score (as in F.cross_entropy)
 POOLS = ("auto", "mean", "last")
 
 
@@ -203,6 +205,24 @@ class SequenceModel(nn.Module):
         if self.cfg.head == "lm":
             return self.head(h)
         return self.head(self.pooled(h, tokens))
+
+    def lm_loss_sum(self, tokens: torch.Tensor, target: torch.Tensor,
+                    cu_seqlens: torch.Tensor | None = None,
+                    checkpoint_activations: bool | None = None) -> torch.Tensor:
+        """The lm head's summed cross entropy (nats) of ``tokens`` (B, L) against ``target``
+        (B, L; ``IGNORE_INDEX`` where not scored): ``F.cross_entropy`` of ``forward``'s logits,
+        but computed a chunk of positions at a time (:func:`head_loss_sum`), so that a training
+        step never holds the (B, L, vocab) logits. Use ``forward`` where logits are wanted."""
+        h = self.features(tokens, cu_seqlens=cu_seqlens, checkpoint_activations=checkpoint_activations)
+        return self.head_loss_sum(h, target)
+
+    def head_loss_sum(self, h: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """Summed cross entropy of the lm head on features ``h`` (B, L, dim), chunked
+        (:func:`longmix.ops.linear_cross_entropy.linear_cross_entropy`)."""
+        if self.cfg.head != "lm":
+            raise ValueError(f"lm_loss_sum needs the lm head, this model has head={self.cfg.head!r}")
+        return linear_cross_entropy(h, self.head.weight, self.head.bias, target,
+                                    ignore_index=IGNORE_INDEX)
 
 
 def build_model(cfg: ModelConfig | None = None, **kwargs) -> SequenceModel:

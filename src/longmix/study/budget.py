@@ -17,7 +17,8 @@ import torch
 
 from .. import tasks
 from ..models import SequenceModel
-from ..train.loop import loss_sum, model_config, scored_targets
+from ..train.loop import model_config
+from ..train.loss import scored_targets, training_loss_sum
 from ..train.optim import param_groups
 from .grid import Grid
 
@@ -54,7 +55,8 @@ def time_step(cfg, warm: int = 1, timed: int = 2) -> tuple[float, float]:
 
         def step(i):
             x, y = task.batch("train", i, cfg.batch_size, cfg.context)
-            total, n = loss_sum(model(x), scored_targets(y, task.kind, task.pad_id, last=last), task.kind)
+            total, n = training_loss_sum(model, x, scored_targets(y, task.kind, task.pad_id, last=last),
+                                         task.kind)
             opt.zero_grad()
             (total / max(n, 1)).backward()
             opt.step()

@@ -17,7 +17,7 @@ OPTIONAL_IDENTITY = {"causal": None, "init_from": None, "pack": False, "hf_model
 
 #: Fields that do not change what is trained or measured: a run may be resumed with other values.
 NON_IDENTITY = ("out", "eval_every", "checkpoint_every", "device", "threads", "progress", "procs", "layout",
-                "form", "seq_parallel", "checkpoint_activations")
+                "form", "seq_parallel", "checkpoint_activations", "return_freed_memory")
 
 #: Options of a longmix model that an HF model (``hf_model``) takes from its own config instead.
 HF_NOT_APPLICABLE = ("dim", "depth", "heads", "positional", "pool", "causal", "mixer_options",
@@ -82,6 +82,9 @@ class TrainConfig:
     form: str | None = None  # the parallel form of every mixer layer on P ranks (None: planned)
     # recompute each block's activations in backward (exact; less memory per token, more compute)
     checkpoint_activations: bool = False
+    # fix glibc's mmap threshold (longmix.machine.return_freed_memory): freed large tensors leave
+    # the resident set (memory per token divides by P), for a page fault per new large block
+    return_freed_memory: bool = False
 
     def __post_init__(self):
         for name in ("context", "steps", "batch_size", "dim", "depth", "heads", "eval_batches",
@@ -112,9 +115,9 @@ class TrainConfig:
         if self.pack and self.train_last is not None:
             raise ValueError(f"train_last={self.train_last} does not apply with pack=True: a packed "
                              f"step scores every target of every document")
-        if not isinstance(self.checkpoint_activations, bool):
-            raise ValueError(f"checkpoint_activations must be True or False, got "
-                             f"{self.checkpoint_activations!r}")
+        for name in ("checkpoint_activations", "return_freed_memory"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"{name} must be True or False, got {getattr(self, name)!r}")
         if self.form is not None and self.form not in FORMS:
             raise ValueError(f"form must be None (planned per layer) or one of {FORMS}, got {self.form!r}")
         self.task_params = dict(self.task_params)

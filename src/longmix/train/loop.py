@@ -49,7 +49,7 @@ from ..provenance import provenance, utc_now
 from . import checkpoint, hf_model, results
 from .config import TrainConfig, identity_diff
 from .errors import TrainingDiverged
-from .loss import UNSCORED, correct, loss_sum, scored_targets  # noqa: F401 (UNSCORED: re-exported)
+from .loss import correct, loss_sum, scored_targets, training_loss_sum
 from .next_token import as_next_token
 from .optim import param_groups
 from .packed_step import packed_eval_sums, packed_step
@@ -280,6 +280,8 @@ def _train_as_rank(cfg, task, mcfg, device, ranks: Ranks) -> dict:
     if ranks.world > 1 and device.type != "cpu":
         raise ValueError(f"training on {ranks.world} ranks runs on the CPU (gloo); got --device {cfg.device!r}")
     out, run_id = Path(cfg.out), cfg.run_id()
+    if cfg.return_freed_memory:  # a rank's memory then grows with what its step keeps, not
+        machine.return_freed_memory()  # with the transients malloc's heap still holds once freed
     say = tqdm.write if cfg.progress and ranks.is_main else (lambda *_: None)
     with contextlib.ExitStack() as held:
         def open_folder():
@@ -506,7 +508,7 @@ def _padded_step(runner, task, cfg, step: int, first: bool, train_last, ranks: R
     x, y = ranks.batch_part(x), ranks.batch_part(y)
     target = scored_targets(y, task.kind, task.pad_id, last=train_last)
     target = (ranks.shard(target) if task.kind == "lm" else target).to(device)
-    local_sum, local_n = loss_sum(runner(ranks.shard(x).to(device)), target, task.kind)
+    local_sum, local_n = training_loss_sum(runner, ranks.shard(x).to(device), target, task.kind)
     if task.kind == "lm":  # the global mean over every rank's scored positions
         total_sum, total_n = ranks.sum(torch.stack([local_sum.detach().double().cpu(),
                                                     torch.tensor(float(local_n), dtype=torch.float64)]))

@@ -5,7 +5,9 @@ from __future__ import annotations
 import torch
 from torch.nn import functional as F
 
-UNSCORED = -100  # the target of a position that is not scored (cross entropy's ignore_index)
+from ..models.model import IGNORE_INDEX
+
+UNSCORED = IGNORE_INDEX  # the target of a position that is not scored (cross entropy's ignore_index)
 
 
 def scored_targets(y: torch.Tensor, kind: str, pad_id: int, last: int | None = None) -> torch.Tensor:
@@ -34,6 +36,22 @@ def loss_sum(logits: torch.Tensor, target: torch.Tensor, kind: str) -> tuple[tor
     loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), target.reshape(-1),
                            ignore_index=UNSCORED, reduction="sum")
     return loss, int((target != UNSCORED).sum())
+
+
+def training_loss_sum(model: torch.nn.Module, tokens: torch.Tensor, target: torch.Tensor,
+                      kind: str, **kwargs) -> tuple[torch.Tensor, int]:
+    """:func:`loss_sum` of ``model(tokens, **kwargs)`` for a training step, and the number of
+    scored targets.
+
+    lm with a longmix model (``lm_loss_sum``: a ``SequenceModel`` or its sequence-parallel form,
+    on this rank's shard): the same loss computed a chunk of positions at a time, so that the step
+    never holds the (B, L, vocab) logits nor their gradient. A transformers model builds its
+    logits inside its own forward, and a classifier has one row per sequence: the plain head
+    and loss."""
+    chunked = getattr(model, "lm_loss_sum", None)
+    if kind != "lm" or chunked is None:
+        return loss_sum(model(tokens, **kwargs), target, kind)
+    return chunked(tokens, target, **kwargs), int((target != UNSCORED).sum())
 
 
 def correct(logits: torch.Tensor, target: torch.Tensor, kind: str) -> int:

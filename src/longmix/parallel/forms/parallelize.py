@@ -146,11 +146,35 @@ class ParallelSequenceModel(nn.Module):
         """``cu_seqlens``: packed documents (lm head), global: the same tensor on every rank;
         positions restart at every document."""
         model = self.model
+        h, shards = self._features(tokens, cu_seqlens)
+        if h is None:
+            return model(tokens, cu_seqlens, checkpoint_activations=self.checkpoint_activations)
+        if model.cfg.head == "lm":
+            return model.head(h)
+        group, world, _ = resolve_group(self.group)
+        pooled = model.pooled(h, tokens, total=lambda t: AllReduceSum.apply(t, group),
+                              last_row=shards.last_row)
+        return ScaleGrad.apply(model.head(pooled), 1.0 / world)
+
+    def lm_loss_sum(self, tokens: torch.Tensor, target: torch.Tensor,
+                    cu_seqlens: torch.Tensor | None = None) -> torch.Tensor:
+        """This rank's summed cross entropy of the lm head over its shard, ``target`` being this
+        rank's shard of the targets: :meth:`SequenceModel.lm_loss_sum`, chunked, so that a
+        training step never holds the shard's (batch, local_len, vocab) logits."""
+        h, _ = self._features(tokens, cu_seqlens)
+        if h is None:
+            return self.model.lm_loss_sum(tokens, target, cu_seqlens,
+                                          checkpoint_activations=self.checkpoint_activations)
+        return self.model.head_loss_sum(h, target)
+
+    def _features(self, tokens, cu_seqlens):
+        """This rank's final features (batch, local_len, dim) and the shards; (None, shards) on
+        one process, where the model runs as it is."""
+        model = self.model
         shards = agree_on_shards(tokens, self.group, self.layout, what="tokens", dims=2,
                                  max_len=model.cfg.max_len, cu_seqlens=cu_seqlens)
         if shards.world == 1:
-            return model(tokens, cu_seqlens, checkpoint_activations=self.checkpoint_activations)
-        group, world, _ = resolve_group(self.group)
+            return None, shards
         positions = shards.positions.to(tokens.device)
         if shards.documents is not None:
             if model.cfg.head != "lm":
@@ -160,11 +184,7 @@ class ParallelSequenceModel(nn.Module):
         mixers = [lambda x, layer=layer: layer.run(x, shards) for layer in self.layers]
         h = model.features(tokens, positions=positions, mixers=mixers,
                            checkpoint_activations=self.checkpoint_activations)
-        if model.cfg.head == "lm":
-            return model.head(h)
-        pooled = model.pooled(h, tokens, total=lambda t: AllReduceSum.apply(t, group),
-                              last_row=shards.last_row)
-        return ScaleGrad.apply(model.head(pooled), 1.0 / world)
+        return h, shards
 
     def extra_repr(self) -> str:
         return f"forms={self.forms}, layout={self.layout!r}"
