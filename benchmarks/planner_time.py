@@ -137,9 +137,15 @@ def markdown(record: dict) -> str:
     judged = [r for r in record["result"]["rows"] if "error" in r]
     within = sum(abs(r["error"]) <= 0.25 for r in judged)
     groups = {(r["mixer"], r["world"], r["length"]): r["pick_within_10pct"] for r in judged}
+    fastest = {}
+    for r in judged:
+        key = (r["mixer"], r["world"], r["length"])
+        fastest[key] = min(fastest.get(key, r["time_s"]), r["time_s"])
+    by_bytes = sum(r["time_s"] <= 1.10 * fastest[(r["mixer"], r["world"], r["length"])]
+                   for r in judged if r["picked_by_bytes"])
     lines += ["", f"Predictions within +-25%: {within} of {len(judged)}. The pick by time is the "
               f"fastest measured or within 10% of it in {sum(groups.values())} of {len(groups)} "
-              "(mixer, P, L)."]
+              f"(mixer, P, L); the pick by bytes in {by_bytes} of {len(groups)}."]
     return "\n".join(lines) + "\n"
 
 
