@@ -4,13 +4,14 @@ Each packed sequence runs alone, batch 1 with its ``cu_seqlens`` (flash-attn's v
 convention); on P ranks each is split over the sequence ranks (the model was parallelized with
 ``packed=True``) and the rows of a data x seq grid take their part of the sequences. The loss is
 the mean over every scored target of the batch: each sequence's backward adds its share, so the
-gradient is that of the whole batch, as if every document had run alone.
+gradient is that of the whole batch, as if every document had run alone. A step computes the
+loss a chunk of positions at a time (``training_loss_sum``); evaluation keeps the logits.
 """
 from __future__ import annotations
 
 import torch
 
-from .loss import UNSCORED, correct, loss_sum, scored_targets
+from .loss import UNSCORED, correct, loss_sum, scored_targets, training_loss_sum
 from .packing import PackedBatch
 from .ranks import Ranks
 
@@ -20,13 +21,11 @@ def _my_rows(batch: PackedBatch, ranks: Ranks) -> list[int]:
     return ranks.batch_part(torch.arange(batch.rows)).tolist()
 
 
-def _forward(runner, batch: PackedBatch, target: torch.Tensor, row: int, ranks: Ranks, device):
-    """(this rank's summed loss of sequence ``row``, its scored targets, logits, target shard)."""
+def _shards(batch: PackedBatch, target: torch.Tensor, row: int, ranks: Ranks, device):
+    """This rank's shards of sequence ``row``'s tokens and targets, and its cu_seqlens."""
     tokens = ranks.shard(batch.x[row:row + 1]).to(device)
     mine = ranks.shard(target[row:row + 1]).to(device)
-    logits = runner(tokens, cu_seqlens=batch.cu_seqlens[row].to(device))
-    total, n = loss_sum(logits, mine, "lm")
-    return total, n, logits, mine
+    return tokens, mine, batch.cu_seqlens[row].to(device)
 
 
 def packed_step(runner, batch: PackedBatch, pad_id: int, ranks: Ranks, device) -> float:
@@ -37,7 +36,8 @@ def packed_step(runner, batch: PackedBatch, pad_id: int, ranks: Ranks, device) -
     scored = max(int((target != UNSCORED).sum()), 1)  # every rank holds the whole batch
     local = torch.zeros((), dtype=torch.float64)
     for row in _my_rows(batch, ranks):
-        total, _, _, _ = _forward(runner, batch, target, row, ranks, device)
+        tokens, mine, cu_seqlens = _shards(batch, target, row, ranks, device)
+        total, _ = training_loss_sum(runner, tokens, mine, "lm", cu_seqlens=cu_seqlens)
         (total / scored).backward()
         local += total.detach().double().cpu()
     return ranks.sum(local).item() / scored
@@ -50,6 +50,8 @@ def packed_eval_sums(runner, batch: PackedBatch, pad_id: int, ranks: Ranks, devi
     target = scored_targets(batch.y, "lm", pad_id)
     sums = torch.zeros(3, dtype=torch.float64)
     for row in _my_rows(batch, ranks):
-        total, n, logits, mine = _forward(runner, batch, target, row, ranks, device)
+        tokens, mine, cu_seqlens = _shards(batch, target, row, ranks, device)
+        logits = runner(tokens, cu_seqlens=cu_seqlens)
+        total, n = loss_sum(logits, mine, "lm")
         sums += torch.tensor([total.item(), n, correct(logits, mine, "lm")], dtype=torch.float64)
     return sums
