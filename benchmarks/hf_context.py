@@ -129,7 +129,48 @@ def markdown_text(record: dict) -> str:
         longest = f"{r['max_context']:,}" if r["max_context"] else "-"
         lines.append(f"| {r['model']} | {r['mode']} | {r['tool']} | {r['world']} | {longest} | {gain} | "
                      f"{r['stopped_by']} | {pts} | {f'{fit[0]:.1f}' if fit else '-'} |")
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines + [""] + goal_lines(record["rows"])) + "\n"
+
+
+GOALS = {2: 1.8, 4: 3.4}  # issue 19: the context on P ranks over one process's, in the same memory
+
+
+def first_miss(row: dict) -> int | None:
+    """The shortest length measured not to fit above the answer: the answer's upper bound (a
+    point measured above the answer is a miss, ended by the watchdog or over the cap at its end)."""
+    above = [p["length"] for p in row["points"]
+             if p["status"] in ("over the cap", "ok") and p["length"] > (row["max_context"] or 0)]
+    return min(above) if above else None
+
+
+def goal_lines(rows: list[dict]) -> list[str]:
+    """Per model and mode: each P's gain against the goal, with the range the search leaves (the
+    answers are the longest lengths measured to fit; the true limits lie below the first misses)."""
+    out = ["Goal (issue 19: >= 1.8x at 2 ranks, >= 3.4x at 4, longmix against transformers on one "
+           "process):", ""]
+    for r in rows:
+        base = next((b for b in rows if b["mixer"] == r["mixer"] and b["tool"] == "transformers"), None)
+        goal = GOALS.get(r["world"])
+        if r["tool"] != "longmix" or goal is None or base is None:
+            continue
+        if not (r["max_context"] and base["max_context"]):
+            out.append(f"- {r['mixer']}, P = {r['world']}: no answer ({r['stopped_by']} / "
+                       f"{base['stopped_by']}): not judged")
+            continue
+        gain = r["max_context"] / base["max_context"]
+        hi, base_hi = first_miss(r), first_miss(base)
+        low = r["max_context"] / base_hi if base_hi else None  # the range the search leaves
+        high = hi / base["max_context"] if hi else None
+        span = f" (the search leaves {low:.2f}x to {high:.2f}x)" if low and high else ""
+        if gain >= goal:
+            verdict = "met" if low and low >= goal else "met as measured (the range reaches below)"
+        else:
+            verdict = "not met" if high and high < goal else "not met as measured (the range reaches above)"
+        caveat = "" if r["stopped_by"] == "memory" and base["stopped_by"] == "memory" else \
+            f"; stopped by {r['stopped_by']} / transformers by {base['stopped_by']}"
+        out.append(f"- {r['mixer']}, P = {r['world']}: {gain:.2f}x{span} against {goal}x: "
+                   f"{verdict}{caveat}")
+    return out
 
 
 def parse_args(argv):

@@ -33,6 +33,13 @@ def test_gains_are_against_transformers_on_one_process_not_longmix_on_one_rank(m
     assert all(r["stopped_by"] == "memory" for r in rows)
     assert rows[0]["vs_one_process"] == 1.0
     assert rows[2]["vs_one_process"] == pytest.approx(longest[("longmix", 2)] / longest[("transformers", 1)])
+    goal = [line for line in hf_context.goal_lines(rows) if "P = 2" in line]
+    # the range runs from longmix's answer over transformers' first miss to the reverse
+    first_miss = {(r["tool"], r["world"]): hf_context.first_miss(r) for r in rows}
+    assert first_miss[("transformers", 1)] > 2000 and first_miss[("longmix", 2)] > 8000
+    low = longest[("longmix", 2)] / first_miss[("transformers", 1)]
+    assert len(goal) == 1 and f"{rows[2]['vs_one_process']:.2f}x" in goal[0] and f"{low:.2f}x" in goal[0]
+    assert ("not met" in goal[0]) == (rows[2]["vs_one_process"] < 1.8)
 
 
 def test_a_search_out_of_time_says_so(monkeypatch):
