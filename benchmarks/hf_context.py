@@ -168,8 +168,11 @@ def goal_lines(rows: list[dict]) -> list[str]:
             verdict = "not met" if high and high < goal else "not met as measured (the range reaches above)"
         caveat = "" if r["stopped_by"] == "memory" and base["stopped_by"] == "memory" else \
             f"; stopped by {r['stopped_by']} / transformers by {base['stopped_by']}"
+        own = next((o["max_context"] for o in rows if o["mixer"] == r["mixer"]
+                    and o["tool"] == "longmix" and o["world"] == 1), None)
+        scaling = f"; against longmix on one rank {r['max_context'] / own:.2f}x" if own else ""
         out.append(f"- {r['mixer']}, P = {r['world']}: {gain:.2f}x{span} against {goal}x: "
-                   f"{verdict}{caveat}")
+                   f"{verdict}{caveat}{scaling}")
     return out
 
 
