@@ -111,7 +111,7 @@ def markdown_text(record: dict) -> str:
              f"without gradients; train: forward, the model's LM loss, backward) is at most "
              f"{cfg['cap_mib']:g} MiB; a point over the cap is ended there by a watchdog. Random "
              f"weights, float32, batch 1, hidden {cfg['hidden']}, {cfg['layers']} layers, vocabulary "
-             f"{VOCAB}; llama: 4/2 heads, sdpa; mamba: state 16, transformers' torch path. "
+             f"{VOCAB}; llama: 4/2 heads, sdpa; mamba: state 16, transformers' torch path (its reference scan), which longmix replaces by its own mamba mixer on the same parameters. "
              f"{cfg['threads']} torch thread(s) per rank; every rank calls "
              "`longmix.machine.return_freed_memory()` first (glibc's mmap threshold fixed). Search: "
              f"start {cfg['start']} x P doubled while it fits, then bisection to 1/{cfg['resolution']}"
