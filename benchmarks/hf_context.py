@@ -111,7 +111,8 @@ def markdown_text(record: dict) -> str:
              f"without gradients; train: forward, the model's LM loss, backward) is at most "
              f"{cfg['cap_mib']:g} MiB; a point over the cap is ended there by a watchdog. Random "
              f"weights, float32, batch 1, hidden {cfg['hidden']}, {cfg['layers']} layers, vocabulary "
-             f"{VOCAB}; llama: 4/2 heads, sdpa; mamba: state 16, transformers' torch path (its reference scan), which longmix replaces by its own mamba mixer on the same parameters. "
+             f"{VOCAB}; llama: 4/2 heads, sdpa; mamba: state 16, transformers' torch path (its "
+             "reference scan), which longmix replaces by its own mamba mixer on the same parameters. "
              f"{cfg['threads']} torch thread(s) per rank; every rank calls "
              "`longmix.machine.return_freed_memory()` first (glibc's mmap threshold fixed). Search: "
              f"start {cfg['start']} x P doubled while it fits, then bisection to 1/{cfg['resolution']}"
@@ -222,9 +223,9 @@ def main(argv: list[str] | None = None) -> int:
                 row = search_row(model, mode, tool, world, args)
                 record["rows"].append(row)
                 add_gains(record["rows"], is_base=lambda r: r["tool"] == "transformers")
+                points = [(p["length"], p["status"], p["memory_bytes"]) for p in row["points"]]
                 print(f"{model} {mode} {tool} P={world}: {row['max_context']} (stopped by "
-                      f"{row['stopped_by']}, {[(p['length'], p['status'], p['memory_bytes']) for p in row['points']]})",
-                      flush=True)
+                      f"{row['stopped_by']}, {points})", flush=True)
                 atomic_write_text(args.out_dir / f"{stem}.json", json.dumps(record, indent=1) + "\n")
                 atomic_write_text(args.out_dir / f"{stem}.md", markdown_text(record))
     print(markdown_text(record))
