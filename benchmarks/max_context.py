@@ -97,9 +97,10 @@ def longest_fitting(measure_at, start: int, multiple: int, resolution: int, limi
     return result("memory", lo)
 
 
-def add_gains(rows: list[dict]) -> None:
-    """Each row's answer against one process's (same mixer and checkpointing)."""
-    one = {(r["mixer"], r["checkpoint"]): r["max_context"] for r in rows if r["world"] == 1}
+def add_gains(rows: list[dict], is_base=lambda r: r["world"] == 1) -> None:
+    """Each row's answer against one process's (same mixer and checkpointing); ``is_base`` picks
+    the one-process rows (hf_context: transformers alone, not longmix on one rank)."""
+    one = {(r["mixer"], r["checkpoint"]): r["max_context"] for r in rows if is_base(r)}
     for r in rows:
         base = one.get((r["mixer"], r["checkpoint"]))
         if base and r["max_context"]:
