@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import shlex
 import sys
 import time
 from pathlib import Path
@@ -25,16 +24,11 @@ from pathlib import Path
 import torch
 
 from longmix import mixers
-from longmix.fileio import atomic_write_text
-from longmix.machine import describe
-from longmix.provenance import provenance, utc_now
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from gpu_train_context import next_point_s, run_searches, sync  # noqa: E402  (one budget rule, one record)
 
 DTYPES = {"bf16": torch.bfloat16, "fp32": torch.float32}
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize()
 
 
 def forward_point(layer, x: torch.Tensor, reference: torch.Tensor, check_len: int) -> dict:
@@ -46,10 +40,10 @@ def forward_point(layer, x: torch.Tensor, reference: torch.Tensor, check_len: in
     try:
         with torch.no_grad():
             layer(x)  # warm-up: kernels chosen and compiled
-            _sync(device)
+            sync(device)
             start = time.perf_counter()
             out = layer(x)
-            _sync(device)
+            sync(device)
             seconds = time.perf_counter() - start
     except torch.OutOfMemoryError:
         return {"status": "out of memory"}
@@ -68,14 +62,19 @@ def search(name: str, args, device: torch.device, points: list[dict], save) -> N
     with torch.no_grad():
         reference = layer64(x_all[:, :args.check_len].double())
     layer = layer64.to(device, DTYPES[args.dtype])
-    spent = 0.0
+    walls, spent = [], 0.0
     for log2 in range(args.min_log2, args.max_log2 + 1):
+        if walls and spent + next_point_s(walls) > args.budget_s:
+            points[-1]["stopped_by"] = (f"the next point (~{next_point_s(walls):.0f} s) would pass "
+                                        f"the mixer's budget of {args.budget_s:g} s")
+            break
         start = time.perf_counter()
         x = x_all[:, :2**log2].to(device, DTYPES[args.dtype])
         point = {"mixer": name, "length": 2**log2,
                  **forward_point(layer, x, reference, args.check_len)}
         del x
-        spent += time.perf_counter() - start
+        walls.append(time.perf_counter() - start)
+        spent += walls[-1]
         points.append(point)
         save()
         print(json.dumps(point), flush=True)
@@ -84,9 +83,6 @@ def search(name: str, args, device: torch.device, points: list[dict], save) -> N
             break
         if point["forward_s"] > args.step_cap_s:
             point["stopped_by"] = f"forward over {args.step_cap_s:g} s"
-            break
-        if log2 < args.max_log2 and spent + 4 * (time.perf_counter() - start) > args.budget_s:
-            point["stopped_by"] = f"the next point could pass the mixer's budget of {args.budget_s:g} s"
             break
     else:
         points[-1]["stopped_by"] = f"--max-log2 {args.max_log2}"
@@ -138,20 +134,7 @@ def main(argv=None) -> int:
     if args.check_len > 2**args.min_log2:
         parser.error(f"argument --check-len: at most 2**--min-log2 = {2**args.min_log2}, "
                      f"got {args.check_len}")
-    points: list[dict] = []
-    record = {"points": points, "args": {**vars(args), "out_dir": str(args.out_dir)},
-              "command": shlex.join(["python", *sys.argv]), "machine": describe(str(device)),
-              "date": utc_now(), **provenance()}
-    args.out_dir.mkdir(parents=True, exist_ok=True)
-
-    def save():
-        atomic_write_text(args.out_dir / "gpu_forward.json", json.dumps(record, indent=2))
-        atomic_write_text(args.out_dir / "gpu_forward.md", markdown(record))
-
-    for name in args.mixers:
-        search(name, args, device, points, save)
-    print(markdown(record))
-    return 0
+    return run_searches("gpu_forward", args, device, search, markdown)
 
 
 if __name__ == "__main__":

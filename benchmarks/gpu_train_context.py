@@ -32,7 +32,8 @@ from longmix.provenance import provenance, utc_now
 VOCAB = 256
 
 
-def _sync(device: torch.device) -> None:
+def sync(device: torch.device) -> None:
+    """Wait for the device, so that a timer reads the work, not its launch."""
     if device.type == "cuda":
         torch.cuda.synchronize()
 
@@ -57,10 +58,10 @@ def step_point(mixer: str, length: int, args, device: torch.device) -> dict:
         torch.cuda.reset_peak_memory_stats()
     try:
         step()  # warm-up: kernels chosen, optimizer state allocated
-        _sync(device)
+        sync(device)
         start = time.perf_counter()
         step()
-        _sync(device)
+        sync(device)
         seconds = time.perf_counter() - start
     except torch.OutOfMemoryError:
         return {"mixer": mixer, "length": length, "status": "out of memory"}
@@ -143,6 +144,13 @@ def main(argv=None) -> int:
               "logic", file=sys.stderr)
         return 3
     args.dtype = {"bf16": torch.bfloat16, "fp32": torch.float32}[args.dtype]
+    return run_searches("gpu_train_context", args, device, search, markdown)
+
+
+def run_searches(stem: str, args, device: torch.device, search, markdown) -> int:
+    """``search(mixer, args, device, points, save)`` for each of ``args.mixers``, the record
+    (points, arguments, command, machine, date, commit) saved as ``stem.{json,md}`` in
+    ``args.out_dir`` after every point; prints the table. Shared with ``gpu_forward.py``."""
     points: list[dict] = []
     record = {"points": points, "args": {**vars(args), "dtype": str(args.dtype), "out_dir": str(args.out_dir)},
               "command": shlex.join(["python", *sys.argv]), "machine": describe(str(device)),
@@ -150,8 +158,8 @@ def main(argv=None) -> int:
     args.out_dir.mkdir(parents=True, exist_ok=True)
 
     def save():
-        atomic_write_text(args.out_dir / "gpu_train_context.json", json.dumps(record, indent=2))
-        atomic_write_text(args.out_dir / "gpu_train_context.md", markdown(record))
+        atomic_write_text(args.out_dir / f"{stem}.json", json.dumps(record, indent=2))
+        atomic_write_text(args.out_dir / f"{stem}.md", markdown(record))
 
     for mixer in args.mixers:
         search(mixer, args, device, points, save)
