@@ -55,14 +55,13 @@ def test_longconv_history_is_split_too(layout):
 
 
 def test_the_cache_projects_the_same_keys_and_values_as_the_layer():
-    """The prefill projects only K and V for the cache (no queries): the same as the layer's own."""
+    """The prefill projects only K and V for the cache (no queries, ``_kv``): the same as the
+    layer's own q, k, v projection."""
     import torch
-
-    from longmix.generate.cache import _keys_values
 
     mixer = make_model(Case("softmax", 10)).blocks[0].mixer
     x = torch.randn(2, 7, mixer.dim, dtype=torch.float64)
     _, k, v = mixer._qkv(x)
-    k2, v2 = _keys_values(mixer, x)
+    k2, v2 = mixer._kv(x)
     torch.testing.assert_close(k2, k, rtol=0, atol=1e-12)
     torch.testing.assert_close(v2, v, rtol=0, atol=1e-12)

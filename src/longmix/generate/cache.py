@@ -30,8 +30,6 @@ from __future__ import annotations
 
 
 import torch
-import torch.nn.functional as F
-from einops import rearrange
 
 from ..mixers.attention import SoftmaxAttention
 from ..mixers.conv import Hyena, LongConv
@@ -86,15 +84,6 @@ def kv_capacity(kept: int, appended: int, window: int | None) -> int:
     return kept + (appended if window is None else min(appended, window))
 
 
-def _keys_values(mixer, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """k, v (batch, rows, heads, head_dim) of the rows x, as ``mixer._qkv`` gives them but
-    without q: the cache keeps only these, and a shard's queries would be L/P x dim more at the
-    prefill's peak."""
-    w, b, dim = mixer.to_qkv.weight, mixer.to_qkv.bias, mixer.dim  # rows: (q | k | v) x (h d)
-    kv = F.linear(x, w[dim:], None if b is None else b[dim:])
-    return rearrange(kv, "b l (two h d) -> two b l h d", two=2, h=mixer.heads).unbind(0)
-
-
 class ShardedKVCache:
     """This rank's shard of one softmax layer's KV cache. Rows [start, end) of the buffers are
     live, in increasing global position (prefill rows in local order, then decoded ones).
@@ -137,7 +126,9 @@ class ShardedKVCache:
     def from_prefill(cls, mixer, x_local, positions, prompt_len, lengths, steps, group):
         """The cache of the rows x_local (batch, local_len, dim), the normalized mixer input of
         this rank's prefill rows at global ``positions``; ``lengths``: every rank's row count."""
-        k, v = _keys_values(mixer, x_local)  # per row: recomputing them costs no communication
+        # per row: recomputing them costs no communication; without q, which would be L/P x dim
+        # more at the prefill's peak
+        k, v = mixer._kv(x_local)
         return cls.from_rows(k, v, positions, prompt_len, lengths, steps, group, mixer.window,
                              mixer.scale, mixer)
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 import torch
 from einops import rearrange
 from torch import nn
+from torch.nn import functional as F
 
 from .base import TokenMixer
 from .forms import ShuffleHooks
@@ -33,6 +34,13 @@ class QKVMixer(ShuffleHooks, TokenMixer):
     def _qkv(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(batch, length, dim) -> q, k, v each (batch, length, heads, head_dim)."""
         return rearrange(self.to_qkv(x), "b l (three h d) -> three b l h d", three=3, h=self.heads).unbind(0)
+
+    def _kv(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """k, v of :meth:`_qkv` without projecting q: for rows whose queries are not needed (a
+        cache's keys, a halo), where q would be as large as k and v together."""
+        dim, weight, bias = self.dim, self.to_qkv.weight, self.to_qkv.bias  # rows: q | k | v
+        kv = F.linear(x, weight[dim:], None if bias is None else bias[dim:])
+        return rearrange(kv, "b l (two h d) -> two b l h d", two=2, h=self.heads).unbind(0)
 
     def _merge(self, out: torch.Tensor) -> torch.Tensor:
         return self.to_out(rearrange(out, "b l h d -> b l (h d)"))

@@ -109,7 +109,7 @@ class LocalAttention(BlockSparseAttention):
 
     def _state_summary(self, x, state, stage):
         # The projections are per position: only the rows the next chunk can read are needed.
-        _, k, v = self._qkv(x[:, max(0, x.shape[1] - self.halo):])
+        k, v = self._kv(x[:, max(0, x.shape[1] - self.halo):])
         return self._halo_summary(k, v, x.shape[1], self.state_dtype(x.dtype))
 
     def _chain_state(self, state, summary, stage):
