@@ -13,8 +13,8 @@ VmHWM reset after a short warm-up call, its rise over the resident set before), 
 same way (``max_context.longest_fitting``: L = ``--start`` x P doubled while it fits, then
 bisection to 1/``--resolution`` of the last interval, in multiples of ``--multiple``). A rank
 whose rise passes the cap is ended there by a watchdog (the point does not fit; it need not run
-to its end). The ranks run with glibc's ``MALLOC_MMAP_THRESHOLD_`` fixed (``--mmap-threshold``,
-128 KiB): with glibc's default, a threshold that moves with the allocations seen, the same call's
+to its end). The ranks run with glibc's mmap threshold fixed (``--mmap-threshold``, 128 KiB,
+set by ``longmix.machine.return_freed_memory`` as `longmix train --return-freed-memory` does): with glibc's default, a threshold that moves with the allocations seen, the same call's
 peak RSS varied by +-30% from run to run (freed tensors kept on the heap or not); fixed, every
 large tensor is mapped and unmapped, and the peak follows the live tensors (mamba: 257 MiB at
 65,536 tokens, 193 at 49,152, 64 at 16,384, the same on repeats). Each point runs at most ``--point-cap-s`` seconds and each search ``--cap-s``; the
@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shlex
 import sys
 from pathlib import Path
@@ -44,6 +43,10 @@ def generate_worker(group, spec: dict) -> dict:
     from generate_context import VOCAB, build
     from longmix.generate import generate
 
+    from longmix.machine import return_freed_memory
+
+    if spec["mmap_threshold"]:
+        return_freed_memory(spec["mmap_threshold"])
     model = build(spec["mixer"], spec["dim"], spec["depth"], spec["heads"])
     # first calls compile (numba scans) and allocate lazily: not per token
     generate(model, torch.randint(1, VOCAB, (1, 64)), 3, group=group, layout=spec["layout"])
@@ -59,7 +62,7 @@ def generate_worker(group, spec: dict) -> dict:
 def search_row(mixer: str, world: int, args) -> dict:
     spec = {"mixer": mixer, "dim": args.dim, "depth": args.depth, "heads": args.heads,
             "layout": args.layout, "new_tokens": args.new_tokens, "threads": args.threads,
-            "cap_bytes": args.memory_mib * 2 ** 20}
+            "cap_bytes": args.memory_mib * 2 ** 20, "mmap_threshold": args.mmap_threshold}
     found = longest_fitting(
         lambda length, timeout: measure({**spec, "length": length}, world, timeout, worker=generate_worker),
         args.start * world, args.multiple, args.resolution, spec["cap_bytes"], args.cap_s, args.point_cap_s)
@@ -78,8 +81,8 @@ def markdown_text(record: dict) -> str:
              f"the prefill, the cache, {cfg['new_tokens']} new tokens; random weights, fp32, dim "
              f"{cfg['dim']}, depth {cfg['depth']}, heads {cfg['heads']}, layout {cfg['layout']}, "
              f"{cfg['threads']} thread(s) per rank) is at most {memory_mib} MiB. A point over the cap "
-             "is ended there by a watchdog. glibc's MALLOC_MMAP_THRESHOLD_ = "
-             f"{cfg['mmap_threshold'] or 'default (moving)'} in the ranks. Time caps: "
+             "is ended there by a watchdog. glibc's mmap threshold in the ranks: "
+             f"{cfg['mmap_threshold'] or 'default (moving)'}. Time caps: "
              f"{cfg['point_cap_s']:.0f} s per point, {cfg['cap_s']:.0f} s per search. The machine "
              "was shared with other jobs (timings are noisy; memory figures are sound).", "",
              f"| mixer | P | longest prompt in {memory_mib} MiB / process | vs 1 process "
@@ -115,7 +118,7 @@ def parse_args(argv):
     p.add_argument("--layout", default="zigzag", choices=["contiguous", "zigzag"])
     p.add_argument("--threads", type=int, default=1, help="torch threads per rank")
     p.add_argument("--mmap-threshold", type=int, default=128 * 1024,
-                   help="glibc's MALLOC_MMAP_THRESHOLD_ for the ranks, bytes (0: glibc's moving default)")
+                   help="glibc's mmap threshold for the ranks, bytes (0: glibc's moving default)")
     p.add_argument("--tag", default="", help="a suffix of the result files' names")
     p.add_argument("--out-dir", type=Path, default=Path(__file__).resolve().parent / "results")
     args = p.parse_args(argv)
@@ -131,8 +134,6 @@ def main(argv: list[str] | None = None) -> int:
     from longmix.provenance import provenance, utc_now
 
     args = parse_args(argv)
-    if args.mmap_threshold:  # read by glibc when a process starts: set before any rank does
-        os.environ["MALLOC_MMAP_THRESHOLD_"] = str(args.mmap_threshold)
     stem = "generate_max_prompt" + (f"_{args.tag}" if args.tag else "")
     command = shlex.join(["python", "benchmarks/generate_max_prompt.py"]
                          + (sys.argv[1:] if argv is None else argv))
