@@ -84,11 +84,9 @@ def test_under_torchrun_every_rank_is_reported(run_dir, tmp_path):
     import subprocess
     import sys
 
-    from longmix.parallel.launch import free_port
-
     out = tmp_path / "torchrun.json"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2",
-           "--master-port", str(free_port()), "--max-restarts", "0", "-m", "longmix.cli", "generate",
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+           "--max-restarts", "0", "-m", "longmix.cli", "generate",
            "--run-dir", run_dir, "--prompt", "def main(", "--max-new-tokens", "4", "--quiet",
            "--timeout", "60", "--json", str(out)]
     agent = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,

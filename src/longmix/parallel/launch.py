@@ -53,9 +53,19 @@ class RankFailure(RuntimeError):
 
 
 def free_port() -> int:
+    """A port free now, for a launcher that must be told one (torchrun's --master-port). Another
+    process may take it before that launcher binds it; :func:`run_local` does not use this."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def _rendezvous_store(timeout_s: float) -> dist.TCPStore:
+    """The ranks' meeting point, served by the launcher on a port the kernel picks (port 0), so
+    no other process can take the port between choosing it and binding it (a free port handed
+    to rank 0 to bind could be, and was, taken by a concurrent run)."""
+    return dist.TCPStore("127.0.0.1", 0, is_master=True,
+                         timeout=datetime.timedelta(seconds=timeout_s), wait_for_workers=False)
 
 
 # Imported once by the forkserver so that forked ranks start warm; missing ones are skipped.
@@ -118,9 +128,9 @@ def _worker(rank, nprocs, port, backend, collective_timeout, threads, launcher_p
 
     torch.set_num_threads(threads)
     try:
-        dist.init_process_group(backend, init_method=f"tcp://127.0.0.1:{port}", rank=rank,
-                                world_size=nprocs,
-                                timeout=datetime.timedelta(seconds=collective_timeout))
+        timeout = datetime.timedelta(seconds=collective_timeout)
+        store = dist.TCPStore("127.0.0.1", port, is_master=False, timeout=timeout)
+        dist.init_process_group(backend, store=store, rank=rank, world_size=nprocs, timeout=timeout)
         group = dist.group.WORLD
         # Plain pickle copies tensors by value; torch's reductions would share their storage
         # through file descriptors that vanish when this process exits, before the parent reads.
@@ -164,7 +174,8 @@ def run_local(fn: Callable[..., Any], nprocs: int, args: tuple = (), *, timeout:
     if threads_per_rank is None:
         threads_per_rank = max(1, (os.cpu_count() or 1) // nprocs)
     ctx = _context(start_method)
-    port = free_port()
+    store = _rendezvous_store(collective_timeout)  # lives until the ranks are joined
+    port = store.port
     pipes = [ctx.Pipe(duplex=False) for _ in range(nprocs)]  # (parent's reader, rank's writer)
     procs = [ctx.Process(target=_worker, daemon=True,
                          args=(r, nprocs, port, backend, collective_timeout, threads_per_rank,
