@@ -17,10 +17,14 @@ import torch
 from torch.utils import checkpoint as _checkpoint
 
 
+#: The ``torch.utils.checkpoint.checkpoint`` options of every checkpoint in longmix (see above); an
+#: HF model's layers are given them too (:mod:`longmix.hf.checkpointing`).
+RECOMPUTE_OPTIONS = {"use_reentrant": False, "preserve_rng_state": True, "early_stop": False}
+
+
 def recomputed(fn: Callable[..., torch.Tensor], *args, **kwargs) -> torch.Tensor:
     """``fn(*args, **kwargs)``, its intermediate activations recomputed in backward instead of
     kept; without gradients (evaluation), a plain call."""
     if not torch.is_grad_enabled():
         return fn(*args, **kwargs)
-    return _checkpoint.checkpoint(fn, *args, use_reentrant=False, preserve_rng_state=True,
-                                  early_stop=False, **kwargs)
+    return _checkpoint.checkpoint(fn, *args, **RECOMPUTE_OPTIONS, **kwargs)

@@ -109,11 +109,24 @@ def assert_close(a, b, rtol, where=""):
         assert a == b, (where, a, b)
 
 
-def test_two_ranks_train_an_hf_model_like_one_process(tmp_path, folders):
+# --checkpoint-activations: the Llama case, each layer recomputed in backward (on 2 ranks with
+# its ring attention's collectives), over fewer steps
+CHECKPOINTED = dict(checkpoint_activations=True, steps=2)
+
+
+@pytest.fixture(scope="module")
+def two_ranks(tmp_path_factory, folders):
+    """One 2-rank launch: every case of CASES, then the checkpointed Llama case."""
+    root = tmp_path_factory.mktemp("two_ranks")
+    cfgs = [config(root / n, n, folders) for n in CASES]
+    cfgs.append(config(root / "checkpointed", "llama-passkey-zigzag", folders, **CHECKPOINTED))
+    return run_local(as_ranks, 2, args=(cfgs,), timeout=300)
+
+
+def test_two_ranks_train_an_hf_model_like_one_process(tmp_path, folders, two_ranks):
     names = list(CASES)
     one = [in_float64(outcome, config(tmp_path / f"p1-{n}", n, folders)) for n in names]
-    two = run_local(as_ranks, 2, args=([config(tmp_path / f"p2-{n}", n, folders) for n in names],),
-                    timeout=300)
+    two = [ranks[:len(names)] for ranks in two_ranks]
     assert all(two[0][i][0] == two[1][i][0] for i in range(len(names)))  # rank 0's record on both
     for i, name in enumerate(names):
         (rec2, w2), (rec1, w1) = two[0][i], one[i]
@@ -135,6 +148,23 @@ def test_two_ranks_train_an_hf_model_like_one_process(tmp_path, folders):
     assert mamba["hf_model"]["weights"].startswith("initialised from the config")
     assert "dim" not in llama["config"] and llama["config"]["hf_model"] == folders["llama"]
     assert llama["mixer"] is None and llama["task_info"]["as_next_token"]["answer_tokens"] == [29, 39]
+
+
+def test_checkpointed_activations_train_an_hf_model_like_plain_training(tmp_path, folders, two_ranks):
+    """One process (transformers' own per-layer checkpointing, longmix's options) and 2 ranks
+    (in longmix.hf.parallelize's copy): the same run as without checkpointing."""
+    name = "llama-passkey-zigzag"
+    plain = in_float64(outcome, config(tmp_path / "plain", name, folders, steps=CHECKPOINTED["steps"]))
+    kept = in_float64(outcome, config(tmp_path / "kept", name, folders, **CHECKPOINTED))
+    two = two_ranks[0][len(CASES)]
+    assert plain[0]["checkpoint_activations"] is False
+    assert kept[0]["checkpoint_activations"] is True and two[0]["checkpoint_activations"] is True
+    assert kept[0]["run_id"] == plain[0]["run_id"] == two[0]["run_id"]  # the same run
+    for (record, weights), rtol in ((kept, 1e-12), (two, RTOL["llama"])):
+        for key in ("history", "test", "valid", "steps", "tokens_seen"):
+            assert_close(record[key], plain[0][key], rtol, f"{key}")
+        for k in plain[1]:
+            torch.testing.assert_close(weights[k], plain[1][k], rtol=rtol, atol=rtol * 1e-2, msg=k)
 
 
 def test_the_first_loss_is_transformers_own_loss_of_the_answer_token(tmp_path, folders):
@@ -243,3 +273,15 @@ def test_argparse_requires_a_mixer_or_an_hf_model_but_not_both(capsys, folders):
         with pytest.raises(SystemExit) as info:
             main(["train", "--task", "passkey", "--context", "8", *args])
         assert info.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_the_cli_flag_checkpoints_an_hf_model(tmp_path, folders):
+    import json
+
+    out = tmp_path / "out"
+    code, err = cli("train", "--hf-model", folders["llama"], "--task", "passkey", "--task-param",
+                    "length=21", "--context", "21", "--steps", "1", "--batch-size", "2", "--quiet",
+                    "--threads", "1", "--checkpoint-activations", "--out", str(out))
+    assert code == 0, err
+    record = json.loads((out / "results.jsonl").read_text().splitlines()[-1])
+    assert record["checkpoint_activations"] is True and record["hf_model"]["class"] == "LlamaForCausalLM"

@@ -27,6 +27,11 @@ An MoE causal LM whose config has ``output_router_logits=True`` returns ``aux_lo
 router's load-balancing loss of the whole sequence (statistics summed over ranks,
 :mod:`longmix.hf.router_loss`), and adds ``router_aux_loss_coef * aux_loss`` to the loss, as
 transformers does; ``router_logits`` are this rank's rows.
+
+``checkpoint_activations=True`` checkpoints every decoder layer of the copy in training mode
+(transformers' own per-layer checkpointing, given longmix's options: :mod:`longmix.hf.checkpointing`):
+backward recomputes each layer, its collectives included, in the same order on every rank. The
+user's model is left as it was.
 """
 from __future__ import annotations
 
@@ -44,6 +49,7 @@ from longmix.parallel.stats import CommStats
 
 from . import attention as hf_attention
 from . import plan as hf_plan
+from .checkpointing import checkpoint_layers
 from .moe import load_balancing_loss
 from .plan import HFLayerPlan, plan_hf
 from .router_loss import RouterLoss, router_loss_of
@@ -149,11 +155,12 @@ class ParallelHFModel(nn.Module):
 
     def __init__(self, model: nn.Module, layers: list[HFLayerPlan], group, layout: str,
                  stats: CommStats | None, run: hf_attention.RunState,
-                 router_loss: RouterLoss | None = None):
+                 router_loss: RouterLoss | None = None, checkpoint_activations: bool = False):
         super().__init__()
         self.model = model
         self.layers, self.group, self.layout, self.stats = layers, group, layout, stats
         self.run, self.router_loss = run, router_loss
+        self.checkpoint_activations = checkpoint_activations
         # an SSM-only model (Mamba) takes no positions; attention models must (checked by the plan)
         self.takes_positions = "position_ids" in inspect.signature(model.forward).parameters
 
@@ -191,10 +198,10 @@ class ParallelHFModel(nn.Module):
             if not bool(attention_mask.all()):
                 raise ValueError("longmix.hf: a padding attention_mask (zeros) is not supported; "
                                  "pass sequences without padding")
-        if (0 in shards.lengths and torch.is_grad_enabled()
-                and getattr(self.model, "is_gradient_checkpointing", False)):
+        if (0 in shards.lengths and torch.is_grad_enabled() and self.model.training
+                and self.checkpoint_activations):
             # the stand-in row of an empty rank is set up for one forward, not for a recompute
-            raise ValueError(f"longmix.hf: gradient checkpointing needs every rank to hold rows "
+            raise ValueError(f"longmix.hf: checkpoint_activations needs every rank to hold rows "
                              f"(L = {shards.seq_len} over {shards.world} ranks leaves some empty)")
         positions = shards.positions.to(input_ids.device)[None].expand(batch, -1)
         empty = local == 0
@@ -237,7 +244,8 @@ class ParallelHFModel(nn.Module):
 
 
 def parallelize(model: nn.Module, group=None, layout: str = "contiguous",
-                stats: CommStats | None = None) -> ParallelHFModel:
+                stats: CommStats | None = None,
+                checkpoint_activations: bool | None = None) -> ParallelHFModel:
     """The sequence-parallel form of a transformers decoder-only model over ``group``.
 
     Args:
@@ -246,16 +254,28 @@ def parallelize(model: nn.Module, group=None, layout: str = "contiguous",
             is not initialized).
         layout: ``"contiguous"`` or ``"zigzag"``, as given to :func:`longmix.parallel.shard`.
         stats: a :class:`longmix.parallel.CommStats` counting the bytes this rank moves.
+        checkpoint_activations: in training mode, keep only each decoder layer's input for
+            backward and recompute the rest there, collectives included (they run, and ``stats``
+            counts their bytes, twice). None: as the model (``model.is_activation_checkpointing``);
+            the copy then checkpoints every decoder layer with longmix's options whatever options
+            the model's own checkpointing has. Either way the model itself is not changed.
 
     Returns a :class:`ParallelHFModel` sharing the model's parameters. Raises ValueError naming
     the layer and the reason when any layer cannot run exactly (see :func:`longmix.hf.plan.plan_hf`).
     """
     check_sequence_layout(layout, "longmix.hf.parallelize")
+    if checkpoint_activations not in (None, True, False):
+        raise ValueError(f"longmix.hf.parallelize: checkpoint_activations must be None, True or "
+                         f"False, got {checkpoint_activations!r}")
+    if checkpoint_activations is None:
+        checkpoint_activations = bool(getattr(model, "is_activation_checkpointing", False))
     resolve_group(group)  # a group without torch.distributed is an error now, not at forward
     layers = plan_hf(model)
     router_loss = router_loss_of(model)
     hf_attention.register()
     twin = _shared_copy(model)
+    # on the copy only: its layers' flags are its own (the user's model keeps its setting)
+    checkpoint_layers(twin, checkpoint_activations, "longmix.hf.parallelize")
     run = hf_attention.RunState()
     for name, module in _mixer_layers(twin):
         _replace(twin, name, MixerAdapter(name, module, group, layout, stats, run))
@@ -269,4 +289,5 @@ def parallelize(model: nn.Module, group=None, layout: str = "contiguous",
             if getattr(module, "config", twin.config)._attn_implementation != hf_attention.ATTENTION_NAME:
                 raise ValueError(f"longmix.hf.parallelize: layer {p.name!r}: could not select "
                                  f"longmix's attention for it")
-    return ParallelHFModel(twin, layers, group, layout, stats, run, router_loss)
+    return ParallelHFModel(twin, layers, group, layout, stats, run, router_loss,
+                           checkpoint_activations)

@@ -21,7 +21,7 @@ NON_IDENTITY = ("out", "eval_every", "checkpoint_every", "device", "threads", "p
 
 #: Options of a longmix model that an HF model (``hf_model``) takes from its own config instead.
 HF_NOT_APPLICABLE = ("dim", "depth", "heads", "positional", "pool", "causal", "mixer_options",
-                     "form", "checkpoint_activations")
+                     "form")
 
 
 @dataclass

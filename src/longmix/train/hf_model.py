@@ -126,14 +126,23 @@ class CausalLMLogits(nn.Module):
         return logits.to(torch.promote_types(logits.dtype, self.param_dtype))
 
 
-def runner(model: nn.Module, seq_group, seq_world: int, layout: str) -> CausalLMLogits:
+def runner(model: nn.Module, seq_group, seq_world: int, layout: str,
+           checkpoint_activations: bool = False) -> CausalLMLogits:
     """``model`` as the train loop calls it: on one process as transformers runs it; over
-    ``seq_world`` > 1 ranks, :func:`longmix.hf.parallelize` (sharing its parameters)."""
+    ``seq_world`` > 1 ranks, :func:`longmix.hf.parallelize` (sharing its parameters).
+    ``checkpoint_activations`` (``--checkpoint-activations``): every decoder layer recomputed in
+    backward, with longmix's options (:mod:`longmix.hf.checkpointing`); on one process by
+    transformers' own checkpointing of ``model`` (the run's model, built for it), on P ranks in
+    the parallel copy."""
     if seq_world == 1:
+        from longmix.hf.checkpointing import checkpoint_layers
+
+        checkpoint_layers(model, checkpoint_activations, "--checkpoint-activations with --hf-model")
         return CausalLMLogits(model, parallel=False)
     from longmix.hf import parallelize
 
-    return CausalLMLogits(parallelize(model, group=seq_group, layout=layout), parallel=True)
+    return CausalLMLogits(parallelize(model, group=seq_group, layout=layout,
+                                      checkpoint_activations=checkpoint_activations), parallel=True)
 
 
 def describe(spec: HFModelSpec, model: nn.Module, run: CausalLMLogits) -> dict:

@@ -180,7 +180,8 @@ def sequence_parallel(model: torch.nn.Module, cfg: TrainConfig, ranks: Ranks) ->
     parameters (each layer in ``cfg.form``, or the planned one). An HF model is wrapped to return
     its logits, and runs through :func:`longmix.hf.parallelize` on P ranks."""
     if cfg.hf_model is not None:
-        return hf_model.runner(model, ranks.seq_group, ranks.seq_world, ranks.layout)
+        return hf_model.runner(model, ranks.seq_group, ranks.seq_world, ranks.layout,
+                               cfg.checkpoint_activations)
     if ranks.seq_world == 1:
         return model
     # packed: every sequence runs alone, batch 1, with its cu_seqlens
