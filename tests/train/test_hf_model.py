@@ -285,3 +285,26 @@ def test_the_cli_flag_checkpoints_an_hf_model(tmp_path, folders):
     assert code == 0, err
     record = json.loads((out / "results.jsonl").read_text().splitlines()[-1])
     assert record["checkpoint_activations"] is True and record["hf_model"]["class"] == "LlamaForCausalLM"
+
+
+def test_a_2x2_data_by_sequence_grid_trains_an_hf_model_like_one_process(tmp_path, folders):
+    """``--procs 4 --seq-parallel 2``: each data row reads its half of the batch, each sequence
+    pair splits it through longmix.hf.parallelize; losses, metrics and weights equal one process
+    on the combined batch (float64; measured 1e-13 relative on Llama's weights, 1.4e-7 on Mamba's,
+    whose one-process run is transformers' float32 SSM: see RTOL), and the record carries the
+    mesh."""
+    names = list(CASES)
+    one = [in_float64(outcome, config(tmp_path / f"p1-{n}", n, folders, batch_size=4)) for n in names]
+    grid = [config(tmp_path / f"p4-{n}", n, folders, batch_size=4, procs=4, seq_parallel=2)
+            for n in names]
+    got = run_local(as_ranks, 4, args=(grid,), timeout=300)
+    for i, name in enumerate(names):
+        (rec4, w4), (rec1, w1) = got[0][i], one[i]
+        rtol = RTOL[CASES[name]["model"]]
+        assert rec4["mesh"] == [2, 2] and rec1["mesh"] is None and rec4["world_size"] == 4
+        assert len(rec4["hf_model"]["layers"]) == 2  # the sequence pairs ran longmix.hf.parallelize
+        assert all(got[r][i][0] == rec4 for r in range(4))  # rank 0's record on every rank
+        for key in ("history", "test", "valid", "steps", "tokens_seen", "run_id", "parameters"):
+            assert_close(rec4[key], rec1[key], rtol, f"{name}: {key}")
+        for k in w1:
+            torch.testing.assert_close(w4[k], w1[k], rtol=rtol, atol=rtol * 1e-2, msg=f"{name}: {k}")
