@@ -184,6 +184,47 @@ def rel(x: torch.Tensor, ref: torch.Tensor, floor: float = 1e-30) -> float:
     return (diff / ref[keep].abs().max().clamp_min(floor)).item()
 
 
+def backward(model, out, group=None) -> tuple:
+    """The parameter gradients of ``out.loss`` and, when the model returns one, of ``out.aux_loss``
+    alone (None otherwise), summed over the ranks of ``group`` when torch.distributed is
+    initialized."""
+    def grads():
+        got = [p.grad.clone() if p.grad is not None else torch.zeros_like(p) for p in model.parameters()]
+        if torch.distributed.is_initialized():
+            for g in got:
+                torch.distributed.all_reduce(g, group=group)
+        return got
+
+    aux = getattr(out, "aux_loss", None)
+    model.zero_grad(set_to_none=True)
+    out.loss.backward(retain_graph=aux is not None)
+    loss_grads = grads()
+    if aux is None:
+        return loss_grads, None
+    model.zero_grad(set_to_none=True)
+    aux.backward()
+    return loss_grads, grads()
+
+
+def outcome(logits, out, grads) -> tuple:
+    """((logits, loss, loss gradients), (logits, aux_loss, aux_loss gradients) or None)."""
+    main = (logits, out.loss.detach(), grads[0])
+    return main, None if grads[1] is None else (logits, out.aux_loss.detach(), grads[1])
+
+
+def aux_errors(aux, ref, float32_params: set[int] = frozenset()) -> dict:
+    """errors() of the aux loss and its gradients; inf when only one of the runs has one."""
+    if (aux is None) != (ref is None):
+        return {"aux_loss": float("inf")}
+    if ref is None:
+        return {}
+    errs = errors(aux, ref, float32_params)
+    out = {"aux_loss": errs["loss"], "aux_grads": errs["grads"]}
+    if "float32_grads" in errs:
+        out["aux_float32_grads"] = errs["float32_grads"]
+    return out
+
+
 def float32_grads(path: str) -> set[int]:
     """Indices (in ``parameters()`` order) of the parameters whose gradient transformers reduces
     over rows in float32 even in a float64 model: the RMSNorm weights of Gemma3 and Qwen3-Next

@@ -32,8 +32,8 @@ pytest.importorskip("transformers")
 
 import longmix.hf as lh  # noqa: E402
 import longmix.parallel as lp  # noqa: E402
-from hf_models import (errors, float32_grads, hybrid_configs, inputs, load,  # noqa: E402
-                       load_cached, save_families)
+from hf_models import (aux_errors, backward, errors, float32_grads, hybrid_configs,  # noqa: E402
+                       inputs, load, load_cached, outcome, save_families)
 from longmix.parallel.launch import run_local  # noqa: E402
 
 SIZES = (2, 3)
@@ -57,34 +57,6 @@ def cases(paths, size):
     if SHORT < size:
         out += [(SHORT_FAMILY, SHORT, layout) for layout in LAYOUTS]
     return out
-
-
-def backward(model, out, group=None) -> tuple:
-    """The parameter gradients of ``out.loss`` and, when the model returns one, of ``out.aux_loss``
-    alone (None otherwise), summed over the ranks of ``group`` when torch.distributed is
-    initialized."""
-    def grads():
-        got = [p.grad.clone() if p.grad is not None else torch.zeros_like(p) for p in model.parameters()]
-        if torch.distributed.is_initialized():
-            for g in got:
-                torch.distributed.all_reduce(g, group=group)
-        return got
-
-    aux = getattr(out, "aux_loss", None)
-    model.zero_grad(set_to_none=True)
-    out.loss.backward(retain_graph=aux is not None)
-    loss_grads = grads()
-    if aux is None:
-        return loss_grads, None
-    model.zero_grad(set_to_none=True)
-    aux.backward()
-    return loss_grads, grads()
-
-
-def outcome(logits, out, grads) -> tuple:
-    """((logits, loss, loss gradients), (logits, aux_loss, aux_loss gradients) or None)."""
-    main = (logits, out.loss.detach(), grads[0])
-    return main, None if grads[1] is None else (logits, out.aux_loss.detach(), grads[1])
 
 
 def run(path: str, seq_len: int, layout: str, group=None):
@@ -123,19 +95,6 @@ def sharded(paths):
     by_size = {size: cases(paths, size) for size in SIZES}
     return run_local(ranks_worker, max(SIZES), (SIZES, by_size, paths), timeout=300,
                      collective_timeout=120)[0]
-
-
-def aux_errors(aux, ref, float32_params: set[int] = frozenset()) -> dict:
-    """errors() of the aux loss and its gradients; inf when only one of the runs has one."""
-    if (aux is None) != (ref is None):
-        return {"aux_loss": float("inf")}
-    if ref is None:
-        return {}
-    errs = errors(aux, ref, float32_params)
-    out = {"aux_loss": errs["loss"], "aux_grads": errs["grads"]}
-    if "float32_grads" in errs:
-        out["aux_float32_grads"] = errs["float32_grads"]
-    return out
 
 
 def test_hybrids_match_transformers_and_one_process(paths, sharded):

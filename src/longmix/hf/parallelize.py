@@ -23,8 +23,9 @@ halo exchange of one label per piece. The loss is transformers' causal LM cross 
 (``ignore_index=-100``), summed over ranks and divided by the global count of scored labels, in
 float64 for a float64 model (transformers computes it in float32).
 
-An MoE causal LM whose config has ``output_router_logits=True`` returns ``aux_loss``, the
-router's load-balancing loss of the whole sequence (statistics summed over ranks,
+An MoE causal LM whose config has ``output_router_logits=True``, or called with that forward
+argument (which overrides the config, as in transformers), returns ``aux_loss``, the router's
+load-balancing loss of the whole sequence (statistics summed over ranks,
 :mod:`longmix.hf.router_loss`), and adds ``router_aux_loss_coef * aux_loss`` to the loss, as
 transformers does; ``router_logits`` are this rank's rows.
 
@@ -55,7 +56,8 @@ from .plan import HFLayerPlan, plan_hf
 from .router_loss import RouterLoss, router_loss_of
 
 IGNORE_INDEX = -100  # transformers' (and torch's) cross-entropy ignore_index
-_FORWARD_ARGS = ("input_ids", "labels", "attention_mask", "num_items_in_batch", "logits_to_keep")
+_FORWARD_ARGS = ("input_ids", "labels", "attention_mask", "num_items_in_batch", "logits_to_keep",
+                 "output_router_logits")
 
 
 def _mixer_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
@@ -148,10 +150,12 @@ def causal_lm_loss(logits: torch.Tensor, labels: torch.Tensor, shards: Shards, g
 
 class ParallelHFModel(nn.Module):
     """An HF model over the ranks of ``group``: forward(input_ids_local, labels=None,
-    attention_mask=None, num_items_in_batch=None, logits_to_keep=None) returns the HF output with
-    this rank's rows of ``logits`` (or ``last_hidden_state``) and the global ``loss``.
-    ``logits_to_keep``: a 1-D LongTensor of this rank's local rows whose logits to compute (the
-    others are never computed), without labels. ``layers`` is the plan."""
+    attention_mask=None, num_items_in_batch=None, logits_to_keep=None, output_router_logits=None)
+    returns the HF output with this rank's rows of ``logits`` (or ``last_hidden_state``) and the
+    global ``loss``. ``logits_to_keep``: a 1-D LongTensor of this rank's local rows whose logits to
+    compute (the others are never computed), without labels. ``output_router_logits``: an MoE
+    model's router logits (this rank's rows) and, for a causal LM, its router loss over every
+    rank; None: as its config. ``layers`` is the plan."""
 
     def __init__(self, model: nn.Module, layers: list[HFLayerPlan], group, layout: str,
                  stats: CommStats | None, run: hf_attention.RunState,
@@ -159,17 +163,21 @@ class ParallelHFModel(nn.Module):
         super().__init__()
         self.model = model
         self.layers, self.group, self.layout, self.stats = layers, group, layout, stats
-        self.run, self.router_loss = run, router_loss
+        self.run = run
+        self._router_losses = {None: router_loss}  # by output_router_logits: computed once each
         self.checkpoint_activations = checkpoint_activations
         # an SSM-only model (Mamba) takes no positions; attention models must (checked by the plan)
         self.takes_positions = "position_ids" in inspect.signature(model.forward).parameters
 
     def forward(self, input_ids: torch.Tensor, labels: torch.Tensor | None = None,
                 attention_mask: torch.Tensor | None = None, num_items_in_batch=None,
-                logits_to_keep: torch.Tensor | None = None, **kwargs):
+                logits_to_keep: torch.Tensor | None = None, output_router_logits: bool | None = None,
+                **kwargs):
         if kwargs:
             raise ValueError(f"longmix.hf: unsupported forward arguments {sorted(kwargs)}; the "
                              f"parallel model takes {_FORWARD_ARGS} (positions come from the layout)")
+        # before any collective: a refusal here is the same on every rank
+        router_loss = self.router_loss_for(output_router_logits)
         shards = agree_on_shards(input_ids, self.group, self.layout, what="input_ids", dims=2)
         group, _, _ = resolve_group(self.group)
         batch, local = input_ids.shape
@@ -190,6 +198,8 @@ class ParallelHFModel(nn.Module):
             extra_out = {"logits_to_keep": logits_to_keep[:0] if local == 0 else logits_to_keep}
         else:
             extra_out = {}
+        if output_router_logits is not None:
+            extra_out["output_router_logits"] = output_router_logits
         if attention_mask is not None:
             expected = (batch, shards.seq_len)
             if tuple(attention_mask.shape) != expected:
@@ -224,19 +234,39 @@ class ParallelHFModel(nn.Module):
                     out[key] = out[key][:, :0]
             if getattr(out, "router_logits", None) is not None:  # (batch * rows, experts) per layer
                 out["router_logits"] = tuple(t[:0] for t in out.router_logits)
-        if self.router_loss is not None:  # the model's own aux_loss saw this rank's rows only
-            spec = self.router_loss
-            out.aux_loss = load_balancing_loss(out.router_logits, spec.num_experts, spec.top_k,
-                                               group=group)
+        if router_loss is not None:  # the model's own aux_loss saw this rank's rows only
+            out.aux_loss = load_balancing_loss(out.router_logits, router_loss.num_experts,
+                                               router_loss.top_k, group=group)
         if labels is not None:
             # at least float32 (as transformers), and float64 for a float64 model even where
             # transformers casts its logits to float32 (Mamba)
             dtype = torch.promote_types(self.model.dtype, torch.float32)
             out.loss = causal_lm_loss(out.logits, labels, shards, group, num_items_in_batch,
                                       self.stats, dtype)
-            if self.router_loss is not None:  # as transformers: loss += coef * aux_loss
-                out.loss = out.loss + self.router_loss.coef * out.aux_loss.to(out.loss.dtype)
+            if router_loss is not None:  # as transformers: loss += coef * aux_loss
+                out.loss = out.loss + router_loss.coef * out.aux_loss.to(out.loss.dtype)
         return out
+
+    @property
+    def router_loss(self) -> RouterLoss | None:
+        """The router loss the forward computes by default (the config's ``output_router_logits``)."""
+        return self._router_losses[None]
+
+    def router_loss_for(self, output_router_logits: bool | None) -> RouterLoss | None:
+        """The router loss a forward with this ``output_router_logits`` argument computes (None:
+        none). ValueError for a value that is not None, True or False, for True on a model
+        without a router, and for a router loss longmix does not recognise (naming the model)."""
+        if output_router_logits is not None and not isinstance(output_router_logits, bool):
+            raise ValueError(f"longmix.hf: output_router_logits must be None, True or False, "
+                             f"got {output_router_logits!r}")
+        if output_router_logits not in self._router_losses:
+            if output_router_logits and not hasattr(self.model.config, "output_router_logits"):
+                raise ValueError(f"longmix.hf: output_router_logits=True, but "
+                                 f"{type(self.model).__name__} has no router (its config has no "
+                                 f"output_router_logits)")
+            self._router_losses[output_router_logits] = router_loss_of(self.model,
+                                                                       output_router_logits)
+        return self._router_losses[output_router_logits]
 
     def extra_repr(self) -> str:
         kinds = [f"{p.kind}" + (f"(window={p.window})" if p.window else "") for p in self.layers]

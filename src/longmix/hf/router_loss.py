@@ -1,6 +1,7 @@
 """The router's auxiliary load-balancing loss of transformers' MoE causal LMs, over ranks.
 
-With ``output_router_logits=True`` in its config, a transformers MoE causal LM (Mixtral, Qwen2/3-MoE,
+With ``output_router_logits=True`` in its config (or as a forward argument, which overrides the
+config), a transformers MoE causal LM (Mixtral, Qwen2/3-MoE,
 Qwen3-Next, Jamba, OLMoE, ...) returns ``aux_loss = load_balancing_loss_func(router_logits,
 self.num_experts, self.num_experts_per_tok, attention_mask)`` and, given labels, adds
 ``router_aux_loss_coef * aux_loss`` to its loss. That loss is not a sum over tokens (it multiplies
@@ -40,12 +41,16 @@ def _code(func) -> tuple:
     return code.co_code, code.co_names, code.co_varnames, code.co_consts[1:]
 
 
-def router_loss_of(model: nn.Module) -> RouterLoss | None:
-    """The router loss ``model``'s forward computes, or None when it computes none (the config
-    does not ask for router logits, a base model, or an MoE model whose forward adds no such loss:
-    its ``router_logits`` output is then simply this rank's rows). Raises a ValueError naming the
-    model and the reason for a router loss longmix does not recognise."""
-    if not getattr(model.config, "output_router_logits", False):
+def router_loss_of(model: nn.Module, asked: bool | None = None) -> RouterLoss | None:
+    """The router loss ``model``'s forward computes, or None when it computes none (router logits
+    are not asked for, a base model, or an MoE model whose forward adds no such loss: its
+    ``router_logits`` output is then simply this rank's rows). ``asked``: the forward's
+    ``output_router_logits`` argument (None: the config's flag decides, as in transformers).
+    Raises a ValueError naming the model and the reason for a router loss longmix does not
+    recognise."""
+    if asked is None:
+        asked = getattr(model.config, "output_router_logits", False)
+    if not asked:
         return None
     forward = inspect.getsource(type(model).forward)
     if "load_balancing_loss_func(" not in forward and "aux_loss" not in forward:
