@@ -77,8 +77,9 @@ def add_arguments(parser):
       help="the parallel form of every mixer layer on several ranks "
            "(default: planned per layer, the fewest bytes sent)")
     a("--checkpoint-activations", action="store_true",
-      help="keep only each block's input for backward and recompute the block there: less memory "
-           "per token (a longer context fits), about one more forward of compute; exact")
+      help="keep only each block's input (with --hf-model: each decoder layer's) for backward and "
+           "recompute the block there: less memory per token (a longer context fits), about one "
+           "more forward of compute; exact")
     a("--pack", action="store_true",
       help="lm tasks: pack whole documents (the task's examples; text: its files, cut into pieces "
            "of --task-param length) into sequences of --context tokens with their cu_seqlens, "
