@@ -82,7 +82,7 @@ def main(argv: list[str] | None = None) -> int:
     for mixer in args.mixers:
         for length in args.lengths:
             tokens_by_p = {}
-            for procs in args.procs:
+            for procs in sorted(args.procs):  # P = 1 first: the others compare with it
                 ranks = run_local(rank_worker, procs, (mixer, length, args.new_tokens, args.dim,
                                                        args.depth, args.heads, args.layout),
                                   timeout=3600, collective_timeout=1800,
@@ -95,7 +95,9 @@ def main(argv: list[str] | None = None) -> int:
                        "rss_before_mib": [r["rss_before_bytes"] / 2 ** 20 for r in ranks],
                        "cache_bytes": [r["cache_bytes"] for r in ranks],
                        "expected_cache_bytes": [r["expected_cache_bytes"] for r in ranks],
-                       "same_tokens_as_1_rank": tokens_by_p.get(min(args.procs)) == ranks[0]["tokens"]}
+                       # None: no 1-process run to compare with (not run, or not yet)
+                       "same_tokens_as_1_rank": (None if 1 not in tokens_by_p
+                                                 else tokens_by_p[1] == ranks[0]["tokens"])}
                 rows.append(row)
                 print(f"{mixer:>8} L={length:<8} P={procs} prefill {row['prefill_s']:8.2f} s  decode "
                       f"{row['decode_tokens_per_s']:7.1f} tok/s  peak MiB {[round(m) for m in row['peak_rss_mib']]}"
@@ -129,7 +131,7 @@ def _markdown(record: dict) -> str:
                  ", ".join(f"{m - b:.0f}" for m, b in zip(r["peak_rss_mib"], r["rss_before_mib"])),
                  ", ".join(f"{b:,}" for b in r["cache_bytes"]),
                  "yes" if r["cache_bytes"] == r["expected_cache_bytes"] else "NO",
-                 "yes" if r["same_tokens_as_1_rank"] else "no"]
+                 {True: "yes", False: "NO", None: "not run"}[r["same_tokens_as_1_rank"]]]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n\n" + markdown(record["machine"]) + "\n"
 
