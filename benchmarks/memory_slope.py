@@ -124,9 +124,9 @@ def measure(spec: dict, world: int, timeout: float, worker=step_worker) -> dict:
         if exc.exitcode == OVER_CAP_EXIT:
             return {"status": "over the cap", "worst_rank": exc.rank, "memory_bytes": None,
                     "time_s": None, "error": None}
-        first_line = str(exc).splitlines()[0][:300]
-        return {"status": "timed out" if first_line.startswith("timed out") else "failed",
-                "error": first_line}
+        error = exc.summary()
+        return {"status": "timed out" if error.startswith("timed out") else "failed",
+                "error": error}
     worst = max(ranks, key=lambda r: r["memory_bytes"])
     return {"status": "ok", "memory_bytes": worst["memory_bytes"], "worst_rank": worst["rank"],
             "by_rank": [r["memory_bytes"] for r in ranks],

@@ -121,3 +121,14 @@ def test_the_watchdog_ends_a_rank_whose_memory_passes_the_cap():
     assert over["status"] == "over the cap"
     under = memory_slope.measure({"mib": 64, "cap_bytes": 2 ** 30}, 1, 60, worker=allocate)
     assert under["status"] == "ok" and 60 * 2 ** 20 <= under["memory_bytes"] <= 2 ** 30
+
+
+def fail_with_message(group, spec):
+    raise ValueError(f"no room for {spec['length']} tokens")
+
+
+def test_a_failed_point_keeps_the_exception_line():
+    memory_slope = load("memory_slope")
+    failed = memory_slope.measure({"length": 7}, 1, 60, worker=fail_with_message)
+    assert failed["status"] == "failed"
+    assert failed["error"] == "rank 0 failed: ValueError: no room for 7 tokens"
