@@ -165,10 +165,10 @@ def slope_row(name: str, form: str, world: int, args, deadline: float) -> dict:
 
 
 def add_ratios(rows: list[dict]) -> None:
-    """Each row's slope against one process's (same mixer, commit, checkpointing and malloc
-    setting), and the goal."""
+    """Each row's slope against one process's (same mixer, commit, lengths, checkpointing and
+    malloc setting), and the goal."""
     def key(r):
-        return r["mixer"], r["commit"], r["checkpoint"], r.get("malloc", "default")
+        return r["mixer"], r["commit"], r["short"], r["long"], r["checkpoint"], r.get("malloc", "default")
 
     one = {key(r): r for r in rows if r["status"] == "ok" and r["world"] == 1}
     for r in rows:
@@ -179,21 +179,61 @@ def add_ratios(rows: list[dict]) -> None:
             r["meets_goal"] = r["ratio"] <= r["goal"]
 
 
+def met_cell(r: dict) -> str:
+    return ("yes" if r["meets_goal"] else "**no**") if "meets_goal" in r else "-"
+
+
 def table(rows: list[dict]) -> str:
-    lines = ["| commit | mixer | form | P | ckpt | malloc | MB at short | MB at long | KB / token "
-             "| vs 1 process | goal | met | time at long (s) |", "|" + "---|" * 13]
+    lines = ["| commit | mixer | form | P | ckpt | malloc | L | MB at short | MB at long | KB / token "
+             "| vs 1 process | goal | met | time at long (s) |", "|" + "---|" * 14]
     for r in rows:
         head = (f"| {r['commit']} | {r['mixer']} | {r['form']} | {r['world']} | "
-                f"{'yes' if r['checkpoint'] else 'no'} | {r.get('malloc', 'default')} |")
+                f"{'yes' if r['checkpoint'] else 'no'} | {r.get('malloc', 'default')} | "
+                f"{r['short']} -> {r['long']} |")
         if r["status"] != "ok":
             lines.append(f"{head} {r['status']}: {r.get('error', '')} |||||||")
             continue
         ratio = f"{r['ratio']:.2f}" if "ratio" in r else "-"
         goal = f"{r['goal']:.2f}" if "goal" in r else "-"
-        met = ("yes" if r["meets_goal"] else "**no**") if "meets_goal" in r else "-"
         lines.append(f"{head} {r['memory_short_mb']:.1f} | {r['memory_long_mb']:.1f} | "
-                     f"{r['kb_per_token']:.2f} | {ratio} | {goal} | {met} | {r['time_long_s']:.3g} |")
+                     f"{r['kb_per_token']:.2f} | {ratio} | {goal} | {met_cell(r)} | {r['time_long_s']:.3g} |")
     return "\n".join(lines)
+
+
+def latest_verdicts(runs: list[dict]) -> str:
+    """One line per mixer, checkpointing, P and form: the newest run's row (runs by date), so a
+    reader sees each pair's standing without reading the history below."""
+    latest = {}
+    for run in sorted(runs, key=lambda run: run["date"]):
+        for r in run["rows"]:
+            if r["world"] > 1:
+                latest[r["mixer"], r["checkpoint"], r["world"], r["form"]] = r
+    lines = ["| mixer | ckpt | P | form | vs 1 process | goal | met | commit | malloc | L |",
+             "|" + "---|" * 10]
+    for (mixer, checkpoint, world, form), r in sorted(latest.items()):
+        ratio = (f"{r['ratio']:.2f}" if "ratio" in r else "-") if r["status"] == "ok" else r["status"]
+        goal = f"{1 / world + 0.10:.2f}"
+        lines.append(f"| {mixer} | {'yes' if checkpoint else 'no'} | {world} | {form} | {ratio} | "
+                     f"{goal} | {met_cell(r) if r['status'] == 'ok' else '-'} | {r['commit']} | "
+                     f"{r.get('malloc', 'default')} | {r['short']} -> {r['long']} |")
+    return "\n".join(lines)
+
+
+def not_measured() -> str:
+    """The registry's mixers that no causal LM can use, and why (issue 20 excepts mlpmixer and
+    linformer besides: their weights are sized by max_len and copied on every rank)."""
+    from longmix.mixers.registry import available, get_class
+
+    reasons = []
+    for name in available():
+        cls = get_class(name)
+        if cls.taxonomy.causal and not cls.requires_max_len:
+            continue
+        why = [] if cls.taxonomy.causal else ["cannot run causally, so cannot drive a causal LM"]
+        if cls.requires_max_len:
+            why.append("excepted by the goal: weights sized by max_len, copied on every rank")
+        reasons.append(f"- {name}: {'; '.join(why)}")
+    return "\n".join(reasons)
 
 
 def write_results(runs: list[dict], out_dir: Path, stem: str) -> str:
@@ -209,7 +249,7 @@ def write_results(runs: list[dict], out_dir: Path, stem: str) -> str:
     head = ["# Memory per token of an LM training step (slope between two lengths)", "",
             "Peak memory rise of one step (forward, loss, backward), worst rank; slope = "
             "(MB at long - MB at short) / (long - short). Goal: at most 1/P + 10% of one process's "
-            "slope (the ratio compares rows of the same commit, checkpointing and malloc setting). "
+            "slope (the ratio compares rows of the same commit, lengths, checkpointing and malloc setting). "
             "malloc: fixed = glibc's mmap threshold fixed (longmix.machine.return_freed_memory, "
             "`longmix train --return-freed-memory`), default = glibc's own (freed large blocks may "
             "stay resident). "
@@ -220,7 +260,10 @@ def write_results(runs: list[dict], out_dir: Path, stem: str) -> str:
                      f"`{run['command']}` (L = {cfg['short']} -> {cfg['long']}, dim {cfg['dim']}, "
                      f"depth {cfg['depth']}, heads {cfg['heads']}, vocab {cfg['vocab']}, fp32, batch 1); "
                      f"{markdown(run['machine'])}"]
-    text = "\n".join(head) + "\n\n" + table(all_rows)
+    text = "\n".join(
+        head[:3] + ["", "## Latest verdict per mixer, form and P", "", latest_verdicts(runs), "",
+                    "Not measured (the registry's other mixers):", "", not_measured(), "",
+                    "## Every run"] + head[3:]) + "\n\n" + table(all_rows)
     atomic_write_text(out_dir / f"{stem}.md", text + "\n")
     return text
 
