@@ -13,8 +13,9 @@ buffers) cancel. On P ranks the slope is the worst rank's, in every feasible for
 
 Memory of a point: each point (mixer, form, P, L) is a fresh launch of P ranks
 (``longmix.parallel.launch.run_local``). A rank fixes glibc's mmap threshold as ``longmix train
---return-freed-memory`` does (``--malloc fixed``, the default: ``longmix.machine.return_freed_memory``;
-freed large blocks leave the resident set, for a page fault per new large block), builds the
+--return-freed-memory`` does (``--malloc fixed``, the default: ``longmix.machine.return_freed_memory``,
+at ``--mmap-threshold``, 128 KiB by default as in ``generate_max_prompt.py``; freed blocks above
+it leave the resident set, for a page fault per new block), builds the
 model, runs a short warm-up step (one-time costs), then resets its peak resident set
 (``longmix.machine.reset_peak_rss``: VmHWM via /proc/self/clear_refs) and records the rise of
 VmHWM over its resident set during one step.
@@ -35,9 +36,20 @@ DEFAULT_MIXERS = ["softmax", "s4d", "mamba", "hyena", "linear"]
 
 
 def model_spec(args) -> dict:
+    from longmix.machine import MMAP_THRESHOLD_BYTES
+
     return dict(dim=args.dim, depth=args.depth, heads=args.heads, vocab=args.vocab,
                 checkpoint=getattr(args, "checkpoint", False),
-                malloc=getattr(args, "malloc", "fixed"))
+                malloc=getattr(args, "malloc", "fixed"),
+                mmap_threshold=getattr(args, "mmap_threshold", MMAP_THRESHOLD_BYTES))
+
+
+def malloc_label(spec: dict) -> str:
+    """A row's malloc setting: "default", or "fixed <threshold> KiB" (rows before the threshold
+    was an option say "fixed": 1 MiB)."""
+    if spec["malloc"] != "fixed":
+        return spec["malloc"]
+    return f"fixed {spec['mmap_threshold'] // 1024} KiB"
 
 
 #: the exit status of a rank that :func:`peak_rise`'s watchdog ended for passing its cap
@@ -87,7 +99,7 @@ def step_worker(group, spec: dict) -> dict:
     world = torch.distributed.get_world_size(group)
     rank = torch.distributed.get_rank(group)
     if spec.get("malloc", "fixed") == "fixed":  # as `longmix train --return-freed-memory` does
-        return_freed_memory()
+        return_freed_memory(*[spec["mmap_threshold"]] if spec.get("mmap_threshold") else [])
     torch.manual_seed(0)
     model = build_model(vocab_size=spec["vocab"], mixer=spec["mixer"], head="lm", dim=spec["dim"],
                         depth=spec["depth"], heads=spec["heads"])
@@ -148,7 +160,7 @@ def slope_row(name: str, form: str, world: int, args, deadline: float) -> dict:
     """The slope (bytes per token) between ``args.short`` and ``args.long`` tokens."""
     spec = {**model_spec(args), "mixer": name, "form": form}
     row = {"mixer": name, "form": form, "world": world, "short": args.short, "long": args.long,
-           "checkpoint": spec["checkpoint"], "malloc": spec["malloc"]}
+           "checkpoint": spec["checkpoint"], "malloc": malloc_label(spec)}
     points = {}
     for length in (args.short, args.long):
         remaining = deadline - time.monotonic()
@@ -251,8 +263,11 @@ def write_results(runs: list[dict], out_dir: Path, stem: str) -> str:
             "(MB at long - MB at short) / (long - short). Goal: at most 1/P + 10% of one process's "
             "slope (the ratio compares rows of the same commit, lengths, checkpointing and malloc setting). "
             "malloc: fixed = glibc's mmap threshold fixed (longmix.machine.return_freed_memory, "
-            "`longmix train --return-freed-memory`), default = glibc's own (freed large blocks may "
-            "stay resident). "
+            "`longmix train --return-freed-memory`; \"fixed\" alone: 1 MiB, the rows before "
+            "`--mmap-threshold`), default = glibc's own (freed large blocks may stay resident). "
+            "With 1 MiB, blocks below it stay on malloc's heap once freed, and how much of it "
+            "stays varied from run to run (longconv, P = 2, L = 65536: 460 to 600 MB for the "
+            "same rank and step); with 128 KiB the same point gave 423-424 MB six times. "
             "The machine was shared with other jobs: memory is this step's own, times are noisy."]
     for run in runs:
         cfg = run["config"]
@@ -284,6 +299,10 @@ def parse_args(argv):
                    help="fixed: glibc's mmap threshold fixed, freed large blocks leave the resident "
                         "set (longmix.machine.return_freed_memory, `longmix train --return-freed-memory`); "
                         "default: glibc's own (runs before this option had it)")
+    p.add_argument("--mmap-threshold", type=int, default=128 * 1024,
+                   help="with --malloc fixed, glibc's mmap threshold in bytes (default 128 KiB: "
+                        "freed blocks above it leave the resident set; 1 MiB, the library's "
+                        "default, left a run-to-run varying part of the freed blocks resident)")
     p.add_argument("--budget-s", type=float, default=3600.0, help="total time for the run")
     p.add_argument("--quick", action="store_true", help="tiny sizes: a smoke run")
     p.add_argument("--tag", default="", help="a suffix of the result files' names")
