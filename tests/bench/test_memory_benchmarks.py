@@ -154,3 +154,13 @@ def test_a_failed_point_keeps_the_exception_line():
     failed = memory_slope.measure({"length": 7}, 1, 60, worker=fail_with_message)
     assert failed["status"] == "failed"
     assert failed["error"] == "rank 0 failed: ValueError: no room for 7 tokens"
+
+
+def test_rows_name_the_mmap_threshold_they_ran_with():
+    memory_slope = load("memory_slope")
+    args = memory_slope.parse_args(["--mixers", "s4d"])
+    assert memory_slope.malloc_label(memory_slope.model_spec(args)) == "fixed 128 KiB"
+    args = memory_slope.parse_args(["--mmap-threshold", str(2 ** 20), "--malloc", "fixed"])
+    assert memory_slope.malloc_label(memory_slope.model_spec(args)) == "fixed 1024 KiB"
+    args = memory_slope.parse_args(["--malloc", "default"])
+    assert memory_slope.malloc_label(memory_slope.model_spec(args)) == "default"
