@@ -13,8 +13,9 @@ buffers) cancel. On P ranks the slope is the worst rank's, in every feasible for
 
 Memory of a point: each point (mixer, form, P, L) is a fresh launch of P ranks
 (``longmix.parallel.launch.run_local``). A rank fixes glibc's mmap threshold as ``longmix train
---return-freed-memory`` does (``--malloc fixed``, the default: ``longmix.machine.return_freed_memory``;
-freed large blocks leave the resident set, for a page fault per new large block), builds the
+--return-freed-memory`` does (``--malloc fixed``, the default: ``longmix.machine.return_freed_memory``,
+at ``--mmap-threshold``, 128 KiB by default as in ``generate_max_prompt.py``; freed blocks above
+it leave the resident set, for a page fault per new block), builds the
 model, runs a short warm-up step (one-time costs), then resets its peak resident set
 (``longmix.machine.reset_peak_rss``: VmHWM via /proc/self/clear_refs) and records the rise of
 VmHWM over its resident set during one step.
@@ -35,9 +36,20 @@ DEFAULT_MIXERS = ["softmax", "s4d", "mamba", "hyena", "linear"]
 
 
 def model_spec(args) -> dict:
+    from longmix.machine import MMAP_THRESHOLD_BYTES
+
     return dict(dim=args.dim, depth=args.depth, heads=args.heads, vocab=args.vocab,
                 checkpoint=getattr(args, "checkpoint", False),
-                malloc=getattr(args, "malloc", "fixed"))
+                malloc=getattr(args, "malloc", "fixed"),
+                mmap_threshold=getattr(args, "mmap_threshold", MMAP_THRESHOLD_BYTES))
+
+
+def malloc_label(spec: dict) -> str:
+    """A row's malloc setting: "default", or "fixed <threshold> KiB" (rows before the threshold
+    was an option say "fixed": 1 MiB)."""
+    if spec["malloc"] != "fixed":
+        return spec["malloc"]
+    return f"fixed {spec['mmap_threshold'] // 1024} KiB"
 
 
 #: the exit status of a rank that :func:`peak_rise`'s watchdog ended for passing its cap
@@ -87,7 +99,7 @@ def step_worker(group, spec: dict) -> dict:
     world = torch.distributed.get_world_size(group)
     rank = torch.distributed.get_rank(group)
     if spec.get("malloc", "fixed") == "fixed":  # as `longmix train --return-freed-memory` does
-        return_freed_memory()
+        return_freed_memory(*[spec["mmap_threshold"]] if spec.get("mmap_threshold") else [])
     torch.manual_seed(0)
     model = build_model(vocab_size=spec["vocab"], mixer=spec["mixer"], head="lm", dim=spec["dim"],
                         depth=spec["depth"], heads=spec["heads"])
@@ -124,9 +136,9 @@ def measure(spec: dict, world: int, timeout: float, worker=step_worker) -> dict:
         if exc.exitcode == OVER_CAP_EXIT:
             return {"status": "over the cap", "worst_rank": exc.rank, "memory_bytes": None,
                     "time_s": None, "error": None}
-        first_line = str(exc).splitlines()[0][:300]
-        return {"status": "timed out" if first_line.startswith("timed out") else "failed",
-                "error": first_line}
+        error = exc.summary()
+        return {"status": "timed out" if error.startswith("timed out") else "failed",
+                "error": error}
     worst = max(ranks, key=lambda r: r["memory_bytes"])
     return {"status": "ok", "memory_bytes": worst["memory_bytes"], "worst_rank": worst["rank"],
             "by_rank": [r["memory_bytes"] for r in ranks],
@@ -148,7 +160,7 @@ def slope_row(name: str, form: str, world: int, args, deadline: float) -> dict:
     """The slope (bytes per token) between ``args.short`` and ``args.long`` tokens."""
     spec = {**model_spec(args), "mixer": name, "form": form}
     row = {"mixer": name, "form": form, "world": world, "short": args.short, "long": args.long,
-           "checkpoint": spec["checkpoint"], "malloc": spec["malloc"]}
+           "checkpoint": spec["checkpoint"], "malloc": malloc_label(spec)}
     points = {}
     for length in (args.short, args.long):
         remaining = deadline - time.monotonic()
@@ -165,10 +177,10 @@ def slope_row(name: str, form: str, world: int, args, deadline: float) -> dict:
 
 
 def add_ratios(rows: list[dict]) -> None:
-    """Each row's slope against one process's (same mixer, commit, checkpointing and malloc
-    setting), and the goal."""
+    """Each row's slope against one process's (same mixer, commit, lengths, checkpointing and
+    malloc setting), and the goal."""
     def key(r):
-        return r["mixer"], r["commit"], r["checkpoint"], r.get("malloc", "default")
+        return r["mixer"], r["commit"], r["short"], r["long"], r["checkpoint"], r.get("malloc", "default")
 
     one = {key(r): r for r in rows if r["status"] == "ok" and r["world"] == 1}
     for r in rows:
@@ -179,21 +191,61 @@ def add_ratios(rows: list[dict]) -> None:
             r["meets_goal"] = r["ratio"] <= r["goal"]
 
 
+def met_cell(r: dict) -> str:
+    return ("yes" if r["meets_goal"] else "**no**") if "meets_goal" in r else "-"
+
+
 def table(rows: list[dict]) -> str:
-    lines = ["| commit | mixer | form | P | ckpt | malloc | MB at short | MB at long | KB / token "
-             "| vs 1 process | goal | met | time at long (s) |", "|" + "---|" * 13]
+    lines = ["| commit | mixer | form | P | ckpt | malloc | L | MB at short | MB at long | KB / token "
+             "| vs 1 process | goal | met | time at long (s) |", "|" + "---|" * 14]
     for r in rows:
         head = (f"| {r['commit']} | {r['mixer']} | {r['form']} | {r['world']} | "
-                f"{'yes' if r['checkpoint'] else 'no'} | {r.get('malloc', 'default')} |")
+                f"{'yes' if r['checkpoint'] else 'no'} | {r.get('malloc', 'default')} | "
+                f"{r['short']} -> {r['long']} |")
         if r["status"] != "ok":
             lines.append(f"{head} {r['status']}: {r.get('error', '')} |||||||")
             continue
         ratio = f"{r['ratio']:.2f}" if "ratio" in r else "-"
         goal = f"{r['goal']:.2f}" if "goal" in r else "-"
-        met = ("yes" if r["meets_goal"] else "**no**") if "meets_goal" in r else "-"
         lines.append(f"{head} {r['memory_short_mb']:.1f} | {r['memory_long_mb']:.1f} | "
-                     f"{r['kb_per_token']:.2f} | {ratio} | {goal} | {met} | {r['time_long_s']:.3g} |")
+                     f"{r['kb_per_token']:.2f} | {ratio} | {goal} | {met_cell(r)} | {r['time_long_s']:.3g} |")
     return "\n".join(lines)
+
+
+def latest_verdicts(runs: list[dict]) -> str:
+    """One line per mixer, checkpointing, P and form: the newest run's row (runs by date), so a
+    reader sees each pair's standing without reading the history below."""
+    latest = {}
+    for run in sorted(runs, key=lambda run: run["date"]):
+        for r in run["rows"]:
+            if r["world"] > 1:
+                latest[r["mixer"], r["checkpoint"], r["world"], r["form"]] = r
+    lines = ["| mixer | ckpt | P | form | vs 1 process | goal | met | commit | malloc | L |",
+             "|" + "---|" * 10]
+    for (mixer, checkpoint, world, form), r in sorted(latest.items()):
+        ratio = (f"{r['ratio']:.2f}" if "ratio" in r else "-") if r["status"] == "ok" else r["status"]
+        goal = f"{1 / world + 0.10:.2f}"
+        lines.append(f"| {mixer} | {'yes' if checkpoint else 'no'} | {world} | {form} | {ratio} | "
+                     f"{goal} | {met_cell(r) if r['status'] == 'ok' else '-'} | {r['commit']} | "
+                     f"{r.get('malloc', 'default')} | {r['short']} -> {r['long']} |")
+    return "\n".join(lines)
+
+
+def not_measured() -> str:
+    """The registry's mixers that no causal LM can use, and why (issue 20 excepts mlpmixer and
+    linformer besides: their weights are sized by max_len and copied on every rank)."""
+    from longmix.mixers.registry import available, get_class
+
+    reasons = []
+    for name in available():
+        cls = get_class(name)
+        if cls.taxonomy.causal and not cls.requires_max_len:
+            continue
+        why = [] if cls.taxonomy.causal else ["cannot run causally, so cannot drive a causal LM"]
+        if cls.requires_max_len:
+            why.append("excepted by the goal: weights sized by max_len, copied on every rank")
+        reasons.append(f"- {name}: {'; '.join(why)}")
+    return "\n".join(reasons)
 
 
 def write_results(runs: list[dict], out_dir: Path, stem: str) -> str:
@@ -209,10 +261,13 @@ def write_results(runs: list[dict], out_dir: Path, stem: str) -> str:
     head = ["# Memory per token of an LM training step (slope between two lengths)", "",
             "Peak memory rise of one step (forward, loss, backward), worst rank; slope = "
             "(MB at long - MB at short) / (long - short). Goal: at most 1/P + 10% of one process's "
-            "slope (the ratio compares rows of the same commit, checkpointing and malloc setting). "
+            "slope (the ratio compares rows of the same commit, lengths, checkpointing and malloc setting). "
             "malloc: fixed = glibc's mmap threshold fixed (longmix.machine.return_freed_memory, "
-            "`longmix train --return-freed-memory`), default = glibc's own (freed large blocks may "
-            "stay resident). "
+            "`longmix train --return-freed-memory`; \"fixed\" alone: 1 MiB, the rows before "
+            "`--mmap-threshold`), default = glibc's own (freed large blocks may stay resident). "
+            "With 1 MiB, blocks below it stay on malloc's heap once freed, and how much of it "
+            "stays varied from run to run (longconv, P = 2, L = 65536: 460 to 600 MB for the "
+            "same rank and step); with 128 KiB the same point gave 423-424 MB six times. "
             "The machine was shared with other jobs: memory is this step's own, times are noisy."]
     for run in runs:
         cfg = run["config"]
@@ -220,7 +275,10 @@ def write_results(runs: list[dict], out_dir: Path, stem: str) -> str:
                      f"`{run['command']}` (L = {cfg['short']} -> {cfg['long']}, dim {cfg['dim']}, "
                      f"depth {cfg['depth']}, heads {cfg['heads']}, vocab {cfg['vocab']}, fp32, batch 1); "
                      f"{markdown(run['machine'])}"]
-    text = "\n".join(head) + "\n\n" + table(all_rows)
+    text = "\n".join(
+        head[:3] + ["", "## Latest verdict per mixer, form and P", "", latest_verdicts(runs), "",
+                    "Not measured (the registry's other mixers):", "", not_measured(), "",
+                    "## Every run"] + head[3:]) + "\n\n" + table(all_rows)
     atomic_write_text(out_dir / f"{stem}.md", text + "\n")
     return text
 
@@ -241,6 +299,10 @@ def parse_args(argv):
                    help="fixed: glibc's mmap threshold fixed, freed large blocks leave the resident "
                         "set (longmix.machine.return_freed_memory, `longmix train --return-freed-memory`); "
                         "default: glibc's own (runs before this option had it)")
+    p.add_argument("--mmap-threshold", type=int, default=128 * 1024,
+                   help="with --malloc fixed, glibc's mmap threshold in bytes (default 128 KiB: "
+                        "freed blocks above it leave the resident set; 1 MiB, the library's "
+                        "default, left a run-to-run varying part of the freed blocks resident)")
     p.add_argument("--budget-s", type=float, default=3600.0, help="total time for the run")
     p.add_argument("--quick", action="store_true", help="tiny sizes: a smoke run")
     p.add_argument("--tag", default="", help="a suffix of the result files' names")

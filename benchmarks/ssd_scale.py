@@ -88,7 +88,7 @@ def measure(spec: dict, world: int, threads: int, timeout: float) -> dict:
         ranks = run_local(rank_worker, world, (spec,), timeout=timeout, collective_timeout=max(60.0, timeout),
                           threads_per_rank=threads)
     except RankFailure as exc:
-        return {**row, "status": "failed", "error": str(exc).splitlines()[0][:300]}
+        return {**row, "status": "failed", "error": exc.summary()}
     row.update(status="ok", time_s=max(r["time_s"] for r in ranks),
                peak_rss_mb=max(r["peak_rss_mb"] for r in ranks),
                peak_extra_mb=max(r["peak_extra_mb"] for r in ranks), ranks=ranks)

@@ -11,6 +11,8 @@ bytes a second time, and ``CommStats`` counts them.
 """
 from __future__ import annotations
 
+import gc
+import sys
 from typing import Callable
 
 import torch
@@ -27,4 +29,14 @@ def recomputed(fn: Callable[..., torch.Tensor], *args, **kwargs) -> torch.Tensor
     kept; without gradients (evaluation), a plain call."""
     if not torch.is_grad_enabled():
         return fn(*args, **kwargs)
-    return _checkpoint.checkpoint(fn, *args, **RECOMPUTE_OPTIONS, **kwargs)
+    # checkpoint's first call in a process imports torch._dynamo, and that import leaves
+    # reference cycles through finished frames (torch.fx.wrap keeps its own frame) whose f_back
+    # chain reaches the caller's frames: every tensor local to the step's stack (a block's
+    # input, the all-to-all buffers) would stay alive until a full collection, possibly past the
+    # backward's peak. One collection right after that import frees them; importing
+    # torch._dynamo eagerly instead would cost every process ~1.5 s.
+    importing = "torch._dynamo" not in sys.modules
+    out = _checkpoint.checkpoint(fn, *args, **RECOMPUTE_OPTIONS, **kwargs)
+    if importing:
+        gc.collect()
+    return out

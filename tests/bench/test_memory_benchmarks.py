@@ -67,13 +67,35 @@ def test_a_later_search_replaces_an_earlier_one_and_gains_are_against_one_proces
 def test_slope_ratios_compare_rows_of_the_same_commit():
     memory_slope = load("memory_slope")
     rows = [{"mixer": "s4d", "world": w, "commit": c, "checkpoint": False, "status": "ok",
-             "kb_per_token": kb} for w, c, kb in ((1, "a", 10.0), (2, "a", 6.0), (1, "b", 8.0), (2, "b", 4.0))]
+             "short": 1024, "long": 2048, "kb_per_token": kb}
+            for w, c, kb in ((1, "a", 10.0), (2, "a", 6.0), (1, "b", 8.0), (2, "b", 4.0))]
     memory_slope.add_ratios(rows)
     assert [r["ratio"] for r in rows] == [1.0, 0.6, 1.0, 0.5]
     assert [r["meets_goal"] for r in rows] == [True, True, True, True]
     rows[1]["kb_per_token"] = 6.5
     memory_slope.add_ratios(rows)
     assert rows[1]["meets_goal"] is False
+    # a row at other lengths has no one-process row of its own to compare with
+    other = {**rows[1], "short": 512, "long": 1024}
+    other.pop("ratio"), other.pop("meets_goal"), other.pop("goal")
+    memory_slope.add_ratios(rows + [other])
+    assert "ratio" not in other
+
+
+def test_the_latest_verdict_is_the_newest_runs_row():
+    memory_slope = load("memory_slope")
+
+    def run(date, commit, kb_two):
+        rows = [{"mixer": "s4d", "form": f, "world": w, "commit": commit, "checkpoint": False,
+                 "malloc": "fixed", "status": "ok", "short": 1024, "long": 2048, "kb_per_token": kb}
+                for f, w, kb in (("-", 1, 10.0), ("state", 2, kb_two))]
+        return {"date": date, "rows": rows}
+
+    runs = [run("2026-01-02", "new", 5.0), run("2026-01-01", "old", 7.0)]  # appended out of order
+    memory_slope.add_ratios([r for one in runs for r in one["rows"]])
+    lines = memory_slope.latest_verdicts(runs).splitlines()
+    assert len(lines) == 3  # header, rule, one line for s4d state P=2
+    assert "| s4d | no | 2 | state | 0.50 | 0.60 | yes | new |" in lines[2]
 
 
 def test_a_point_over_the_cap_is_a_miss_and_a_point_past_its_time_cap_stops_the_search():
@@ -121,3 +143,24 @@ def test_the_watchdog_ends_a_rank_whose_memory_passes_the_cap():
     assert over["status"] == "over the cap"
     under = memory_slope.measure({"mib": 64, "cap_bytes": 2 ** 30}, 1, 60, worker=allocate)
     assert under["status"] == "ok" and 60 * 2 ** 20 <= under["memory_bytes"] <= 2 ** 30
+
+
+def fail_with_message(group, spec):
+    raise ValueError(f"no room for {spec['length']} tokens")
+
+
+def test_a_failed_point_keeps_the_exception_line():
+    memory_slope = load("memory_slope")
+    failed = memory_slope.measure({"length": 7}, 1, 60, worker=fail_with_message)
+    assert failed["status"] == "failed"
+    assert failed["error"] == "rank 0 failed: ValueError: no room for 7 tokens"
+
+
+def test_rows_name_the_mmap_threshold_they_ran_with():
+    memory_slope = load("memory_slope")
+    args = memory_slope.parse_args(["--mixers", "s4d"])
+    assert memory_slope.malloc_label(memory_slope.model_spec(args)) == "fixed 128 KiB"
+    args = memory_slope.parse_args(["--mmap-threshold", str(2 ** 20), "--malloc", "fixed"])
+    assert memory_slope.malloc_label(memory_slope.model_spec(args)) == "fixed 1024 KiB"
+    args = memory_slope.parse_args(["--malloc", "default"])
+    assert memory_slope.malloc_label(memory_slope.model_spec(args)) == "default"

@@ -43,6 +43,8 @@ def test_raising_rank_is_named_with_traceback():
     assert info.value.rank == 1
     assert "ValueError: bad value on this rank" in str(info.value)
     assert "Traceback" in str(info.value)
+    # one line for a table: the head and the exception line, not the head alone
+    assert info.value.summary() == "rank 1 failed: ValueError: bad value on this rank"
 
 
 def exit_on(group, bad_rank, code):

@@ -281,8 +281,7 @@ def check_peer(shape: Shape, procs: int, timeout_s: float = 120.0) -> dict:
         err = run_local(peer_check_rank, procs, args=(shape, length), timeout=timeout_s,
                         collective_timeout=timeout_s)[0]
     except RankFailure as exc:
-        last = [ln for ln in str(exc).strip().splitlines() if ln.strip()][-1].strip()
-        return {"status": "error", "reason": f"the check at L={length} failed: {last[:300]}"}
+        return {"status": "error", "reason": f"the check at L={length} failed: {exc.summary()}"}
     status = "ok" if err <= PEER_TOLERANCE else "wrong"
     return {"status": status, "max_rel_err": err, "seq_len": length,
             "reason": f"max rel err {err:.3g} vs float64 at L={length} (fp32; allowed "
@@ -347,11 +346,9 @@ def run_point(cfg: BenchConfig, series: Series, seq_len: int, timeout_s: float) 
                                    cfg.min_reps),
                              timeout=timeout_s, collective_timeout=timeout_s)
     except RankFailure as exc:
-        text = str(exc)
-        status = "timeout" if "timed out" in text.splitlines()[0] else "error"
-        # the last line of the traceback says what went wrong
-        last = [ln for ln in text.strip().splitlines() if ln.strip()][-1].strip()
-        rec.update(status=status, error=last[:300], wall_s=time.perf_counter() - start)
+        error = exc.summary()
+        status = "timeout" if error.startswith("timed out") else "error"
+        rec.update(status=status, error=error, wall_s=time.perf_counter() - start)
         return rec
     times = per_rank[0]["times"]
     median = statistics.median(times)

@@ -108,7 +108,7 @@ def measure(spec: dict, world: int, timeout: float) -> dict:
         ranks = run_local(rank_worker, world, (spec,), timeout=timeout,
                           collective_timeout=max(60.0, timeout))
     except RankFailure as exc:
-        return {**row, "status": "failed", "error": str(exc).splitlines()[0][:300]}
+        return {**row, "status": "failed", "error": exc.summary()}
     sent = max(r["sent"] for r in ranks)
     predicted = [r["predicted"] for r in ranks]
     return {**row, "status": "ok", "time_s": max(r["time_s"] for r in ranks),

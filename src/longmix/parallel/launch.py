@@ -51,6 +51,17 @@ class RankFailure(RuntimeError):
         self.rank, self.exitcode = rank, exitcode
         super().__init__(message)
 
+    def summary(self, limit: int = 300) -> str:
+        """One line for a table cell: the head ("rank 1 failed:", "timed out after ...") and,
+        when a rank raised, its exception line ("ValueError: ..."), which the head alone hides."""
+        lines = [ln.strip() for ln in str(self).splitlines() if ln.strip()]
+        if not lines:
+            return ""
+        head = lines[0]
+        if head.endswith(":") and len(lines) > 1:  # the payload's first line is "Type: message"
+            head = f"{head} {lines[1]}"
+        return head[:limit]
+
 
 def free_port() -> int:
     """A port free now, for a launcher that must be told one (torchrun's --master-port). Another

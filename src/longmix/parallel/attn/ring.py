@@ -263,9 +263,13 @@ def _ring_backward(dout, q, k, v, out, lse, ring: _Ring):
                                             causal=diagonal, scale=ring.scale)
             for at, off, length in _pieces(ring, ring.pos, q_ids):
                 dq.narrow(1, at, length).add_(gq.narrow(1, off, length))
-            gkv = torch.cat([gk, gv], dim=-1)
+            # straight into the accumulator's k and v halves: a concatenated copy of the
+            # block's gradients would be one more (rows, 2d) buffer at the backward's peak
             for at, off, length in _pieces(ring, j, k_ids):
-                contrib.narrow(1, at, length).add_(gkv.narrow(1, off, length))
+                rows = contrib.narrow(1, at, length)
+                rows[..., :d].add_(gk.narrow(1, off, length))
+                rows[..., d:].add_(gv.narrow(1, off, length))
+            del gq, gk, gv
         # The accumulator of block j arrives from the previous member (who worked on it last
         # step); add this member's share and pass it on. After the last step it reaches the owner.
         _wait(dkv_reqs)
