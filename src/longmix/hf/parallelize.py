@@ -41,6 +41,7 @@ from longmix.parallel.forms.parallelize import AllReduceSum, ScaleGrad, Shards, 
 from longmix.parallel.halo import fetch_halo, halo_plan
 from longmix.parallel.layout import check_sequence_layout, resolve_group
 from longmix.parallel.stats import CommStats
+from longmix.vocabulary import STRATEGIES
 
 from . import attention as hf_attention
 from . import plan as hf_plan
@@ -237,7 +238,7 @@ class ParallelHFModel(nn.Module):
 
 
 def parallelize(model: nn.Module, group=None, layout: str = "contiguous",
-                stats: CommStats | None = None) -> ParallelHFModel:
+                stats: CommStats | None = None, strategy: str = "auto") -> ParallelHFModel:
     """The sequence-parallel form of a transformers decoder-only model over ``group``.
 
     Args:
@@ -246,11 +247,20 @@ def parallelize(model: nn.Module, group=None, layout: str = "contiguous",
             is not initialized).
         layout: ``"contiguous"`` or ``"zigzag"``, as given to :func:`longmix.parallel.shard`.
         stats: a :class:`longmix.parallel.CommStats` counting the bytes this rank moves.
+        strategy: every attention layer's, as :func:`longmix.parallel.attention` takes it:
+            ``"auto"`` (its cost model picks the fastest predicted), ``"shuffle"``, ``"ring"`` or
+            ``"hybrid"``. ``"ring"`` holds the least memory per rank: O(L/P) whatever the head
+            counts, where the shuffle holds every row of its heads (with fewer K/V heads than
+            ranks, a whole K/V head each); for the longest context in a fixed memory, pass it
+            (docs/hf.md, ``benchmarks/hf_context.py``).
 
     Returns a :class:`ParallelHFModel` sharing the model's parameters. Raises ValueError naming
     the layer and the reason when any layer cannot run exactly (see :func:`longmix.hf.plan.plan_hf`).
     """
     check_sequence_layout(layout, "longmix.hf.parallelize")
+    if strategy not in STRATEGIES:
+        raise ValueError(f"longmix.hf.parallelize: strategy must be one of {STRATEGIES}, "
+                         f"got {strategy!r}")
     resolve_group(group)  # a group without torch.distributed is an error now, not at forward
     layers = plan_hf(model)
     router_loss = router_loss_of(model)
@@ -265,7 +275,7 @@ def parallelize(model: nn.Module, group=None, layout: str = "contiguous",
         for p in attention:
             module = twin.get_submodule(p.name)
             setattr(module, hf_attention.SETUP_ATTRIBUTE, hf_attention.AttentionSetup(
-                name=p.name, group=group, layout=layout, stats=stats, run=run))
+                name=p.name, group=group, layout=layout, stats=stats, run=run, strategy=strategy))
             if getattr(module, "config", twin.config)._attn_implementation != hf_attention.ATTENTION_NAME:
                 raise ValueError(f"longmix.hf.parallelize: layer {p.name!r}: could not select "
                                  f"longmix's attention for it")
