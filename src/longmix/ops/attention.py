@@ -39,8 +39,8 @@ import torch
 from ..checks import check_optional_int
 from .blockwise_attention import accumulator_dtype, blockwise_backward, blockwise_forward
 
-__all__ = ["attention_with_lse", "merge_partials", "attention_forward", "attention_backward",
-           "attention_flops"]
+__all__ = ["attention_with_lse", "merge_partials", "merge_into", "attention_forward",
+           "attention_backward", "attention_flops"]
 
 _aten = torch.ops.aten
 _CPU_DTYPES = (torch.float64, torch.float32, torch.bfloat16, torch.float16)

@@ -3,7 +3,8 @@
 Each ring member holds some rows of the sequence (its *segments*). In step s, member i attends
 its queries to the K/V block that started on member i - s, while already sending that block on to
 member i + 1 and receiving the next one (communication overlaps compute). The partial (out, lse)
-pairs merge with the online softmax (:func:`longmix.ops.merge_partials`), so the result is exact.
+pairs merge with the online softmax, in place (:func:`longmix.ops.attention.merge_into`), so the
+result is exact.
 After P steps every query has seen every key.
 
 Causal masking comes from the global positions of the segments: a key segment entirely before a
@@ -33,8 +34,7 @@ import torch.distributed as dist
 
 from longmix.checks import is_int
 from longmix.ops import attention_backward, attention_forward
-from longmix.ops.attention import merge_into
-from longmix.ops.attention import check_attention_inputs
+from longmix.ops.attention import check_attention_inputs, merge_into
 from longmix.ops.blockwise_attention import accumulator_dtype
 
 from ..layout import Segment
