@@ -229,9 +229,8 @@ def _circulate(ring: _Ring, kv: torch.Tensor | None, like: torch.Tensor, step: i
 def _ring_forward(q, k, v, ring: _Ring):
     d = q.shape[-1]
     acc_dt = accumulator_dtype(q.dtype)
-    out = torch.zeros(q.shape, dtype=acc_dt, device=q.device)
-    lse = torch.full((q.shape[0], q.shape[2], q.shape[1]), float("-inf"), dtype=acc_dt,
-                     device=q.device)
+    every_row = tuple(range(len(ring.segs[ring.pos])))  # q_ids of a block over all my rows
+    out = lse = None  # the accumulators, made on the first block (see below)
     kv = torch.cat([k, v], dim=-1).contiguous()  # one message per step: (B, L, kv_heads, 2d)
     like = _no_rows(kv)
     for step in range(ring.n):
@@ -241,13 +240,29 @@ def _ring_forward(q, k, v, ring: _Ring):
             kvb = _take(kv, 1, ring, j, k_ids)
             o, l = attention_forward(_take(q, 1, ring, ring.pos, q_ids), kvb[..., :d],
                                      kvb[..., d:], causal=diagonal, scale=ring.scale)
+            if out is None and tuple(q_ids) == every_row:
+                # a first block over all rows, in order, is the accumulator itself: exactly what
+                # merging it into zeros with lse -inf gives, without a third output-sized buffer
+                out, lse = o.to(acc_dt), l.to(acc_dt)
+                continue
+            if out is None:
+                out, lse = _empty_accumulators(q, acc_dt)
             for at, off, length in _pieces(ring, ring.pos, q_ids):
                 merge_into(out.narrow(1, at, length), lse.narrow(2, at, length),
                            o.narrow(1, off, length), l.narrow(2, off, length))
         _wait(reqs)
         reqs = []  # finished requests still hold the block sent: free it before the next buffer
         kv = next_kv
+    if out is None:  # no block at all (this member holds no rows, or sees no key)
+        out, lse = _empty_accumulators(q, acc_dt)
     return out.to(q.dtype), lse
+
+
+def _empty_accumulators(q: torch.Tensor, acc_dt: torch.dtype):
+    """out 0 and lse -inf for every row of q: attention over no key yet."""
+    return (torch.zeros(q.shape, dtype=acc_dt, device=q.device),
+            torch.full((q.shape[0], q.shape[2], q.shape[1]), float("-inf"), dtype=acc_dt,
+                       device=q.device))
 
 
 def _ring_backward(dout, q, k, v, out, lse, ring: _Ring):
