@@ -250,6 +250,7 @@ def _ring_forward(q, k, v, ring: _Ring):
             for at, off, length in _pieces(ring, ring.pos, q_ids):
                 merge_into(out.narrow(1, at, length), lse.narrow(2, at, length),
                            o.narrow(1, off, length), l.narrow(2, off, length))
+            o = l = None  # merged: not alive while the next block's output is made
         _wait(reqs)
         reqs = []  # finished requests still hold the block sent: free it before the next buffer
         kv = next_kv
