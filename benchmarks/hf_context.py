@@ -1,7 +1,7 @@
 """The longest context a small HF model reaches in a fixed memory per process: transformers alone,
 and ``longmix.hf.parallelize`` on 1, 2 and 4 ranks (issue 19, section 3).
 
-    python benchmarks/hf_context.py --models llama --cap-mib 64 --cap-s 300
+    python benchmarks/hf_context.py --models llama --cap-mib 64 --cap-s 300 --resolution 16
     python benchmarks/hf_context.py --models mamba --cap-mib 64 --cap-s 120 --tag mamba
 
 The models (random weights, float32, batch 1; sizes in the record): ``llama``, a
@@ -10,7 +10,10 @@ attention), and ``mamba``, a ``MambaForCausalLM`` (hidden 64, 2 layers, state 16
 torch path, which loops over tokens in Python: slow, hence the time caps); vocabulary 256.
 For each model, mode (``prefill``: a forward without gradients; ``train``: forward, the model's
 causal LM loss, backward) and setting (transformers, one process: what a user has today; longmix
-at P = 1, 2, 4 gloo ranks on this machine, ``--threads`` torch threads each), the length fits
+at P = 1, 2, 4 gloo ranks on this machine, ``--threads`` torch threads each; its attention
+layers run ``--strategy``, default ``ring``: O(L/P) memory per rank whatever the head counts,
+where the head shuffle holds every row of its heads and, with fewer K/V heads than ranks, a whole
+K/V head on each rank), the length fits
 when every rank's peak memory rise during one step is at most ``--cap-mib``: measured as
 ``benchmarks/max_context.py`` measures a training step (``memory_slope.measure`` and
 ``peak_rise``: VmHWM reset after a short warm-up step, its rise over the resident set before; a
@@ -70,7 +73,8 @@ def hf_worker(group, spec: dict) -> dict:
 
     return_freed_memory()  # first: freed tensors must leave the resident set (as memory_slope's worker)
     model = build(spec["model"], spec["hidden"], spec["layers"])
-    run = model if spec["tool"] == "transformers" else lh.parallelize(model, group=group)
+    run = model if spec["tool"] == "transformers" else \
+        lh.parallelize(model, group=group, strategy=spec["strategy"])
     world = dist.get_world_size(group)
 
     def step(length: int) -> None:
@@ -89,7 +93,8 @@ def hf_worker(group, spec: dict) -> dict:
 
 def search_row(model: str, mode: str, tool: str, world: int, args) -> dict:
     spec = {"model": model, "mode": mode, "tool": tool, "hidden": args.hidden, "layers": args.layers,
-            "threads": args.threads, "cap_bytes": int(args.cap_mib * 2 ** 20)}
+            "threads": args.threads, "cap_bytes": int(args.cap_mib * 2 ** 20),
+            "strategy": args.strategy}
     found = longest_fitting(
         lambda length, timeout: measure({**spec, "length": length}, world, timeout, worker=hf_worker),
         args.start * world, args.multiple, args.resolution, spec["cap_bytes"], args.cap_s,
@@ -111,7 +116,8 @@ def markdown_text(record: dict) -> str:
              f"without gradients; train: forward, the model's LM loss, backward) is at most "
              f"{cfg['cap_mib']:g} MiB; a point over the cap is ended there by a watchdog. Random "
              f"weights, float32, batch 1, hidden {cfg['hidden']}, {cfg['layers']} layers, vocabulary "
-             f"{VOCAB}; llama: 4/2 heads, sdpa; mamba: state 16, transformers' torch path (its "
+             f"{VOCAB}; llama: 4/2 heads, sdpa (longmix: attention strategy "
+             f"{cfg.get('strategy', 'auto')!r}); mamba: state 16, transformers' torch path (its "
              "reference scan), which longmix replaces by its own mamba mixer on the same parameters. "
              f"{cfg['threads']} torch thread(s) per rank; every rank calls "
              "`longmix.machine.return_freed_memory()` first (glibc's mmap threshold fixed). Search: "
@@ -190,6 +196,9 @@ def parse_args(argv):
                    help="bisect to 1/resolution of the last doubling's interval")
     p.add_argument("--cap-s", type=float, default=300.0, help="time cap per search")
     p.add_argument("--point-cap-s", type=float, default=120.0, help="time cap per point")
+    p.add_argument("--strategy", default="ring", choices=["auto", "shuffle", "ring", "hybrid"],
+                   help="longmix's attention strategy (longmix.hf.parallelize(strategy=)); the ring "
+                        "holds O(L/P) per rank, the shuffle every row of its heads")
     p.add_argument("--hidden", type=int, default=64)
     p.add_argument("--layers", type=int, default=2)
     p.add_argument("--threads", type=int, default=1, help="torch threads per rank")

@@ -71,7 +71,7 @@ def test_the_worker_measures_a_real_training_step_on_two_ranks(monkeypatch):
     monkeypatch.syspath_prepend(str(BENCHMARKS))  # the spawned ranks import the worker by name
     hf_context = importlib.import_module("hf_context")
     spec = {"model": "mamba", "mode": "train", "tool": "longmix", "hidden": 32, "layers": 1,
-            "threads": 1, "cap_bytes": 2 ** 30, "length": 96}  # 48 tokens per rank
+            "threads": 1, "cap_bytes": 2 ** 30, "length": 96, "strategy": "ring"}  # 48 tokens per rank
     point = hf_context.measure(spec, 2, 120, worker=hf_context.hf_worker)
     assert point["status"] == "ok", point
     assert len(point["by_rank"]) == 2 and 0 <= point["memory_bytes"] < 2 ** 30 and point["time_s"] > 0

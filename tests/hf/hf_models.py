@@ -151,14 +151,16 @@ def load_cached(path: str, dtype: torch.dtype):
     return _LOADED[key]
 
 
-def parallel_run(path: str, dtype: torch.dtype, seq_len: int, layout: str, group=None):
+def parallel_run(path: str, dtype: torch.dtype, seq_len: int, layout: str, group=None,
+                 strategy: str = "auto"):
     """The parallel model's logits (unsharded), loss and parameter gradients (summed over the
-    ranks of ``group``). One process when torch.distributed is not initialized."""
+    ranks of ``group``), its attention run by ``strategy``. One process when torch.distributed is
+    not initialized."""
     import longmix.hf as lh
 
     model = load_cached(path, dtype)
     ids, labels = inputs(seq_len)
-    pmodel = lh.parallelize(model, group=group, layout=layout)
+    pmodel = lh.parallelize(model, group=group, layout=layout, strategy=strategy)
     model.zero_grad(set_to_none=True)
     out = pmodel(lp.shard(ids, group, layout), labels=lp.shard(labels, group, layout))
     out.loss.backward()
@@ -278,6 +280,20 @@ def subgroups_worker(group, sizes, cases_by_size, refusal_path):
     dist.all_gather_object(messages, refusal_messages(group, refusal_path))
     results["refusals"] = messages
     return results if rank == 0 else None
+
+
+def strategy_worker(group, sizes, cases):
+    """Rank function: for each size P, the first P ranks run ``cases`` ((path, dtype name, L,
+    layout, strategy) each). Rank 0 returns {P: [results]}."""
+    dist = torch.distributed
+    results = {}
+    for size in sizes:
+        sub = dist.new_group(list(range(size)))  # every rank takes part in creating each group
+        if dist.get_rank() < size:
+            results[size] = [parallel_run(path, getattr(torch, dtype), seq_len, layout, sub, strategy)
+                             for path, dtype, seq_len, layout, strategy in cases]
+        dist.barrier()
+    return results if dist.get_rank() == 0 else None
 
 
 def refusal_messages(group, path: str) -> dict:

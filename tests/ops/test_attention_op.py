@@ -57,6 +57,7 @@ SHAPES = [  # (batch, Lq, Lk, heads, kv_heads, head_dim)
     (2, 7, 7, 4, 4, 8),
     (1, 6, 6, 4, 2, 8),    # GQA
     (1, 5, 11, 2, 1, 4),   # Lq < Lk, MQA
+    (2, 9, 5, 6, 2, 8),    # GQA, groups of 3, batch 2, Lq > Lk
     (2, 9, 4, 2, 2, 8),    # Lq > Lk
     (1, 1, 1, 1, 1, 4),    # L = 1
 ]
@@ -260,3 +261,43 @@ def test_causal_triangle_split_is_exact(monkeypatch, length):
             torch.testing.assert_close(g, r, rtol=1e-10, atol=1e-10)
     finally:
         torch.set_num_threads(threads)
+
+
+def test_cpu_gqa_never_repeats_kv(monkeypatch):
+    """On the CPU flash path GQA runs per K/V head over a stride-0 view: K/V are never repeated
+    (repeating them cost 2 * heads/kv_heads times K/V's memory per call), forward and backward."""
+    import longmix.ops.attention as op
+
+    def repeated(*args):
+        raise AssertionError("K/V were repeated on the CPU flash path")
+
+    monkeypatch.setattr(op, "_expand_kv", repeated)
+    q, k, v = _inputs(2, 7, 7, 4, 2, 8, seed=9)
+    for causal in (False, True):
+        out, lse = attention_with_lse(q, k, v, causal=causal)
+        rout, rlse = reference(q, k, v, causal=causal)
+        torch.testing.assert_close(out, rout, atol=1e-12, rtol=1e-12)
+        go, gl = torch.randn_like(rout), torch.randn_like(rlse)
+        grads = torch.autograd.grad(_loss(out, lse, go, gl), (q, k, v))
+        rgrads = torch.autograd.grad(_loss(rout, rlse, go, gl), (q, k, v))
+        for g, rg in zip(grads, rgrads):
+            torch.testing.assert_close(g, rg, atol=1e-11, rtol=1e-11)
+
+
+def test_merge_into_equals_merge_partials():
+    """The in-place merge (the ring's) gives merge_partials' result, also with empty partials."""
+    from longmix.ops.attention import merge_into
+
+    q, k, v = (x.detach() for x in _inputs(2, 6, 9, 4, 2, 8, seed=10))
+    o1, l1 = attention_forward(q, k[:, :4], v[:, :4])
+    o2, l2 = attention_forward(q, k[:, 4:], v[:, 4:])
+    empty_o, empty_l = attention_forward(q, k[:, :0], v[:, :0])
+    for parts in ([(o1, l1), (o2, l2)], [(empty_o, empty_l), (o1, l1)], [(o1, l1), (empty_o, empty_l)],
+                  [(empty_o, empty_l), (empty_o, empty_l)]):
+        want_o, want_l = merge_partials([o for o, _ in parts], [l for _, l in parts])
+        out, lse = parts[0][0].clone(), parts[0][1].clone()
+        merge_into(out, lse, *parts[1])
+        torch.testing.assert_close(out, want_o, atol=1e-14, rtol=1e-14)
+        assert torch.equal(torch.isneginf(lse), torch.isneginf(want_l))
+        torch.testing.assert_close(torch.where(torch.isinf(lse), 0, lse),
+                                   torch.where(torch.isinf(want_l), 0, want_l), atol=1e-14, rtol=0)

@@ -47,6 +47,7 @@ from longmix.parallel.forms.parallelize import AllReduceSum, ScaleGrad, Shards, 
 from longmix.parallel.halo import fetch_halo, halo_plan
 from longmix.parallel.layout import check_sequence_layout, resolve_group
 from longmix.parallel.stats import CommStats
+from longmix.vocabulary import STRATEGIES
 
 from . import attention as hf_attention
 from . import plan as hf_plan
@@ -274,7 +275,7 @@ class ParallelHFModel(nn.Module):
 
 
 def parallelize(model: nn.Module, group=None, layout: str = "contiguous",
-                stats: CommStats | None = None,
+                stats: CommStats | None = None, strategy: str = "auto",
                 checkpoint_activations: bool | None = None) -> ParallelHFModel:
     """The sequence-parallel form of a transformers decoder-only model over ``group``.
 
@@ -284,6 +285,12 @@ def parallelize(model: nn.Module, group=None, layout: str = "contiguous",
             is not initialized).
         layout: ``"contiguous"`` or ``"zigzag"``, as given to :func:`longmix.parallel.shard`.
         stats: a :class:`longmix.parallel.CommStats` counting the bytes this rank moves.
+        strategy: every attention layer's, as :func:`longmix.parallel.attention` takes it:
+            ``"auto"`` (its cost model picks the fastest predicted), ``"shuffle"``, ``"ring"`` or
+            ``"hybrid"``. ``"ring"`` holds the least memory per rank: O(L/P) whatever the head
+            counts, where the shuffle holds every row of its heads (with fewer K/V heads than
+            ranks, a whole K/V head each); for the longest context in a fixed memory, pass it
+            (docs/hf.md, ``benchmarks/hf_context.py``).
         checkpoint_activations: in training mode, keep only each decoder layer's input for
             backward and recompute the rest there, collectives included (they run, and ``stats``
             counts their bytes, twice). None: as the model (``model.is_activation_checkpointing``);
@@ -294,6 +301,9 @@ def parallelize(model: nn.Module, group=None, layout: str = "contiguous",
     the layer and the reason when any layer cannot run exactly (see :func:`longmix.hf.plan.plan_hf`).
     """
     check_sequence_layout(layout, "longmix.hf.parallelize")
+    if strategy not in STRATEGIES:
+        raise ValueError(f"longmix.hf.parallelize: strategy must be one of {STRATEGIES}, "
+                         f"got {strategy!r}")
     if checkpoint_activations not in (None, True, False):
         raise ValueError(f"longmix.hf.parallelize: checkpoint_activations must be None, True or "
                          f"False, got {checkpoint_activations!r}")
@@ -315,7 +325,7 @@ def parallelize(model: nn.Module, group=None, layout: str = "contiguous",
         for p in attention:
             module = twin.get_submodule(p.name)
             setattr(module, hf_attention.SETUP_ATTRIBUTE, hf_attention.AttentionSetup(
-                name=p.name, group=group, layout=layout, stats=stats, run=run))
+                name=p.name, group=group, layout=layout, stats=stats, run=run, strategy=strategy))
             if getattr(module, "config", twin.config)._attn_implementation != hf_attention.ATTENTION_NAME:
                 raise ValueError(f"longmix.hf.parallelize: layer {p.name!r}: could not select "
                                  f"longmix's attention for it")

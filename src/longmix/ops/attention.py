@@ -39,8 +39,8 @@ import torch
 from ..checks import check_optional_int
 from .blockwise_attention import accumulator_dtype, blockwise_backward, blockwise_forward
 
-__all__ = ["attention_with_lse", "merge_partials", "attention_forward", "attention_backward",
-           "attention_flops"]
+__all__ = ["attention_with_lse", "merge_partials", "merge_into", "attention_forward",
+           "attention_backward", "attention_flops"]
 
 _aten = torch.ops.aten
 _CPU_DTYPES = (torch.float64, torch.float32, torch.bfloat16, torch.float16)
@@ -129,14 +129,14 @@ def attention_forward(q, k, v, *, causal: bool = False, scale: float | None = No
     heads, d = q.shape[2], q.shape[3]
     scale = 1.0 / math.sqrt(d) if scale is None else float(scale)
     window = _effective_window(window, q.shape[1], k.shape[1])
-    ke, ve = _expand_kv(k, heads), _expand_kv(v, heads)
     backend = _backend(q, k, causal, window)
     with torch.no_grad():
-        if backend == "cpu_flash":
+        if backend == "cpu_flash":  # GQA by K/V head, without repeating K/V (see _cpu_flash)
             if causal and q.shape[1] == k.shape[1] > 2 * _CAUSAL_LEAF and torch.get_num_threads() > 1:
-                return _cpu_flash_causal(q, ke, ve, scale)
-            return _cpu_flash(q, ke, ve, causal, scale)
-        return _fused_or_blockwise(backend, q, ke, ve, causal, scale, window)
+                return _cpu_flash_causal(q, k, v, scale)
+            return _cpu_flash(q, k, v, causal, scale)
+        return _fused_or_blockwise(backend, q, _expand_kv(k, heads), _expand_kv(v, heads), causal,
+                                   scale, window)
 
 
 def _fused_or_blockwise(backend, q, ke, ve, causal, scale, window):
@@ -154,11 +154,35 @@ def _fused_or_blockwise(backend, q, ke, ve, causal, scale, window):
     return blockwise_forward(q, ke, ve, causal=causal, scale=scale, window=window)
 
 
+def _kv_groups(q: torch.Tensor, k: torch.Tensor):
+    """Per K/V head i under GQA: (the slice of its query heads, a function giving that K/V head as
+    a stride-0 view over those heads). The CPU flash kernels read strided inputs, so K/V are
+    never repeated in memory (repeating them cost 2 * heads/kv_heads times K/V's size per call)."""
+    group = q.shape[2] // k.shape[2]
+
+    def shared(x: torch.Tensor, i: int) -> torch.Tensor:
+        return x[:, :, i:i + 1].expand(x.shape[0], x.shape[1], group, x.shape[3])
+
+    return [(slice(i * group, (i + 1) * group), lambda x, i=i: shared(x, i))
+            for i in range(k.shape[2])]
+
+
 def _cpu_flash(q, k, v, causal: bool, scale: float):
-    """One call of the fused CPU flash kernel; (B, L, H, D) in and out, lse (B, H, L)."""
-    out, lse = _aten._scaled_dot_product_flash_attention_for_cpu(
-        _bhld(q), _bhld(k), _bhld(v), 0.0, causal, scale=scale)
-    return out.transpose(1, 2).contiguous(), lse.to(accumulator_dtype(q.dtype)).contiguous()
+    """The fused CPU flash kernel; (B, L, H, D) in and out, lse (B, H, L). K/V may have fewer
+    heads than q (GQA): one call per K/V head, written into one output (see _kv_groups)."""
+    acc = accumulator_dtype(q.dtype)
+    if k.shape[2] == q.shape[2]:
+        out, lse = _aten._scaled_dot_product_flash_attention_for_cpu(
+            _bhld(q), _bhld(k), _bhld(v), 0.0, causal, scale=scale)
+        return out.transpose(1, 2).contiguous(), lse.to(acc).contiguous()
+    out = torch.empty_like(q, memory_format=torch.contiguous_format)
+    lse = torch.empty((q.shape[0], q.shape[2], q.shape[1]), dtype=acc, device=q.device)
+    for heads, shared in _kv_groups(q, k):
+        o, l = _aten._scaled_dot_product_flash_attention_for_cpu(
+            _bhld(q[:, :, heads]), _bhld(shared(k)), _bhld(shared(v)), 0.0, causal, scale=scale)
+        out[:, :, heads] = o.transpose(1, 2)
+        lse[:, heads] = l
+    return out, lse
 
 
 def _cpu_flash_causal(q, k, v, scale: float):
@@ -195,14 +219,15 @@ def attention_backward(dout, q, k, v, out, lse, *, causal: bool = False,
     heads, kv_heads, d = q.shape[2], k.shape[2], q.shape[3]
     scale = 1.0 / math.sqrt(d) if scale is None else float(scale)
     window = _effective_window(window, q.shape[1], k.shape[1])
-    ke, ve = _expand_kv(k, heads), _expand_kv(v, heads)
     backend = _backend(q, k, causal, window)
     if dlse is not None and backend != "cpu_flash":
         backend = "blockwise"  # fused CUDA kernels have no dlse input; see _cpu_flash_backward
     with torch.no_grad():
-        if backend == "cpu_flash":
-            dq, dk, dv = _cpu_flash_backward(dout, q, ke, ve, out, lse, causal, scale, dlse)
-        elif backend in ("cuda_flash", "cuda_efficient"):
+        if backend == "cpu_flash":  # GQA by K/V head: dk, dv come back with kv_heads heads
+            dq, dk, dv = _cpu_flash_backward(dout, q, k, v, out, lse, causal, scale, dlse)
+            return dq.contiguous(), dk.contiguous(), dv.contiguous()
+        ke, ve = _expand_kv(k, heads), _expand_kv(v, heads)
+        if backend in ("cuda_flash", "cuda_efficient"):
             # Python cannot hand the flash backward the undefined cum_seq tensors it needs for
             # dense inputs, so both CUDA paths use the memory-efficient backward (it needs only
             # out and lse). It reads lse padded to a multiple of 32 rows.
@@ -220,7 +245,8 @@ def attention_backward(dout, q, k, v, out, lse, *, causal: bool = False,
 
 
 def _cpu_flash_backward(dout, q, k, v, out, lse, causal, scale, dlse):
-    """CPU flash backward; a gradient into lse rides along in an extra head column.
+    """CPU flash backward, dk and dv with K/V's own heads (GQA: per K/V head, see _kv_groups); a
+    gradient into lse rides along in an extra head column.
 
     With dlse, dS_ij = P_ij (dO_i . v_j - D_i + dlse_i). Appending a zero column to q and k (scores
     unchanged), a column of ones to v, dlse to dO and 0 to out makes the kernel's own
@@ -236,10 +262,21 @@ def _cpu_flash_backward(dout, q, k, v, out, lse, causal, scale, dlse):
         q, k, out = cat(q, zero), cat(k, zero), cat(out, zero)
         v = cat(v, torch.ones((), dtype=v.dtype))
         dout = cat(dout, dlse.transpose(1, 2)[..., None])  # (B, H, Lq) -> (B, Lq, H, 1)
-    dq, dk, dv = _aten._scaled_dot_product_flash_attention_for_cpu_backward(
-        _bhld(dout), _bhld(q), _bhld(k), _bhld(v), _bhld(out), lse.contiguous(), 0.0, causal,
-        scale=scale)
-    dq, dk, dv = (g.transpose(1, 2) for g in (dq, dk, dv))
+    if k.shape[2] == q.shape[2]:
+        dq, dk, dv = _aten._scaled_dot_product_flash_attention_for_cpu_backward(
+            _bhld(dout), _bhld(q), _bhld(k), _bhld(v), _bhld(out), lse.contiguous(), 0.0, causal,
+            scale=scale)
+        dq, dk, dv = (g.transpose(1, 2) for g in (dq, dk, dv))
+    else:  # GQA: one call per K/V head (see _kv_groups); its query heads' dK/dV summed onto it
+        dq, dk, dv = (torch.empty_like(x, memory_format=torch.contiguous_format) for x in (q, k, v))
+        for i, (heads, shared) in enumerate(_kv_groups(q, k)):
+            gq, gk, gv = _aten._scaled_dot_product_flash_attention_for_cpu_backward(
+                _bhld(dout[:, :, heads]), _bhld(q[:, :, heads]), _bhld(shared(k)),
+                _bhld(shared(v)), _bhld(out[:, :, heads]), lse[:, heads].contiguous(), 0.0, causal,
+                scale=scale)
+            dq[:, :, heads] = gq.transpose(1, 2)
+            dk[:, :, i] = gk.sum(1)  # (B, group, Lk, D) -> (B, Lk, D)
+            dv[:, :, i] = gv.sum(1)
     if dlse is not None:
         dq, dk, dv = dq[..., :d], dk[..., :d], dv[..., :d]
     return dq, dk, dv
@@ -315,3 +352,22 @@ def merge_partials(outs: Sequence[torch.Tensor], lses: Sequence[torch.Tensor]):
     weights = e / safe_total  # (n, B, H, L), 0 for empty partials
     out = sum(w.transpose(1, 2)[..., None] * o.to(dt) for w, o in zip(weights, outs))
     return out.to(outs[0].dtype), lse
+
+
+def merge_into(out: torch.Tensor, lse: torch.Tensor, part: torch.Tensor, part_lse: torch.Tensor) -> None:
+    """:func:`merge_partials` of (``out``, ``lse``) and (``part``, ``part_lse``), written into
+    ``out`` and ``lse`` in place: the same weights, but no output-sized temporary (merge_partials
+    builds one product per partial and their sum; a ring merges every step, and those
+    temporaries set its peak memory). Without autograd; ``out`` and ``lse`` are the accumulators,
+    in lse's dtype (at least float32)."""
+    with torch.no_grad():
+        m = torch.maximum(lse, part_lse)
+        m = torch.where(torch.isfinite(m), m, torch.zeros_like(m))
+        e_acc, e_part = torch.exp(lse - m), torch.exp(part_lse - m)
+        total = e_acc + e_part
+        seen = total > 0
+        safe_total = torch.where(seen, total, torch.ones_like(total))
+        lse.copy_(torch.where(seen, m + torch.log(safe_total), torch.full_like(total, float("-inf"))))
+        # weights (B, H, L) -> (B, L, H, 1), as out's rows
+        out.mul_((e_acc / safe_total).transpose(1, 2)[..., None])
+        out.addcmul_(part.to(out.dtype), (e_part / safe_total).transpose(1, 2)[..., None])

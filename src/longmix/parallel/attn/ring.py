@@ -3,7 +3,8 @@
 Each ring member holds some rows of the sequence (its *segments*). In step s, member i attends
 its queries to the K/V block that started on member i - s, while already sending that block on to
 member i + 1 and receiving the next one (communication overlaps compute). The partial (out, lse)
-pairs merge with the online softmax (:func:`longmix.ops.merge_partials`), so the result is exact.
+pairs merge with the online softmax, in place (:func:`longmix.ops.attention.merge_into`), so the
+result is exact.
 After P steps every query has seen every key.
 
 Causal masking comes from the global positions of the segments: a key segment entirely before a
@@ -32,8 +33,8 @@ import torch
 import torch.distributed as dist
 
 from longmix.checks import is_int
-from longmix.ops import attention_backward, attention_forward, merge_partials
-from longmix.ops.attention import check_attention_inputs
+from longmix.ops import attention_backward, attention_forward
+from longmix.ops.attention import check_attention_inputs, merge_into
 from longmix.ops.blockwise_attention import accumulator_dtype
 
 from ..layout import Segment
@@ -205,6 +206,12 @@ def _empty_block(like: torch.Tensor, rows: int) -> torch.Tensor:
     return torch.empty((like.shape[0], rows, *like.shape[2:]), dtype=like.dtype, device=like.device)
 
 
+def _no_rows(block: torch.Tensor) -> torch.Tensor:
+    """A 0-row tensor with ``block``'s batch, heads, width and dtype: the ``like`` of the receive
+    buffers (``block`` itself, kept for that, would hold its rows alive through the whole ring)."""
+    return block.new_empty((block.shape[0], 0, *block.shape[2:]))
+
+
 def _circulate(ring: _Ring, kv: torch.Tensor | None, like: torch.Tensor, step: int):
     """Start passing the block held in ``step`` on; return (requests, buffer of the next block).
 
@@ -222,38 +229,54 @@ def _circulate(ring: _Ring, kv: torch.Tensor | None, like: torch.Tensor, step: i
 def _ring_forward(q, k, v, ring: _Ring):
     d = q.shape[-1]
     acc_dt = accumulator_dtype(q.dtype)
-    out = torch.zeros(q.shape, dtype=acc_dt, device=q.device)
-    lse = torch.full((q.shape[0], q.shape[2], q.shape[1]), float("-inf"), dtype=acc_dt,
-                     device=q.device)
-    kv = own = torch.cat([k, v], dim=-1).contiguous()  # one message per step: (B, L, kv_heads, 2d)
+    every_row = tuple(range(len(ring.segs[ring.pos])))  # q_ids of a block over all my rows
+    out = lse = None  # the accumulators, made on the first block (see below)
+    kv = torch.cat([k, v], dim=-1).contiguous()  # one message per step: (B, L, kv_heads, 2d)
+    like = _no_rows(kv)
     for step in range(ring.n):
         j = ring.holder(step)
-        reqs, next_kv = _circulate(ring, kv, own, step)
+        reqs, next_kv = _circulate(ring, kv, like, step)
         for q_ids, k_ids, diagonal in ring.plans[j]:
             kvb = _take(kv, 1, ring, j, k_ids)
             o, l = attention_forward(_take(q, 1, ring, ring.pos, q_ids), kvb[..., :d],
                                      kvb[..., d:], causal=diagonal, scale=ring.scale)
+            if out is None and tuple(q_ids) == every_row:
+                # a first block over all rows, in order, is the accumulator itself: exactly what
+                # merging it into zeros with lse -inf gives, without a third output-sized buffer
+                out, lse = o.to(acc_dt), l.to(acc_dt)
+                continue
+            if out is None:
+                out, lse = _empty_accumulators(q, acc_dt)
             for at, off, length in _pieces(ring, ring.pos, q_ids):
-                rows_o, rows_l = out.narrow(1, at, length), lse.narrow(2, at, length)
-                mo, ml = merge_partials([rows_o, o.narrow(1, off, length)],
-                                        [rows_l, l.narrow(2, off, length)])
-                rows_o.copy_(mo)
-                rows_l.copy_(ml)
+                merge_into(out.narrow(1, at, length), lse.narrow(2, at, length),
+                           o.narrow(1, off, length), l.narrow(2, off, length))
+            o = l = None  # merged: not alive while the next block's output is made
         _wait(reqs)
+        reqs = []  # finished requests still hold the block sent: free it before the next buffer
         kv = next_kv
+    if out is None:  # no block at all (this member holds no rows, or sees no key)
+        out, lse = _empty_accumulators(q, acc_dt)
     return out.to(q.dtype), lse
+
+
+def _empty_accumulators(q: torch.Tensor, acc_dt: torch.dtype):
+    """out 0 and lse -inf for every row of q: attention over no key yet."""
+    return (torch.zeros(q.shape, dtype=acc_dt, device=q.device),
+            torch.full((q.shape[0], q.shape[2], q.shape[1]), float("-inf"), dtype=acc_dt,
+                       device=q.device))
 
 
 def _ring_backward(dout, q, k, v, out, lse, ring: _Ring):
     d = q.shape[-1]
     acc_dt = accumulator_dtype(q.dtype)
     dq = torch.zeros(q.shape, dtype=acc_dt, device=q.device)
-    kv = own = torch.cat([k, v], dim=-1).contiguous()
+    kv = torch.cat([k, v], dim=-1).contiguous()
+    like = _no_rows(kv)
     dkv, dkv_reqs, dkv_in = None, [], None
     for step in range(ring.n):
         j = ring.holder(step)
-        kv_reqs, next_kv = _circulate(ring, kv, own, step)
-        contrib = torch.zeros((own.shape[0], ring.lengths[j], *own.shape[2:]), dtype=acc_dt,
+        kv_reqs, next_kv = _circulate(ring, kv, like, step)
+        contrib = torch.zeros((like.shape[0], ring.lengths[j], *like.shape[2:]), dtype=acc_dt,
                               device=q.device)
         for q_ids, k_ids, diagonal in ring.plans[j]:
             kvb = _take(kv, 1, ring, j, k_ids)
@@ -273,6 +296,7 @@ def _ring_backward(dout, q, k, v, out, lse, ring: _Ring):
         # The accumulator of block j arrives from the previous member (who worked on it last
         # step); add this member's share and pass it on. After the last step it reaches the owner.
         _wait(dkv_reqs)
+        dkv_reqs = []  # (as kv_reqs below: release the block they sent)
         dkv = contrib if dkv_in is None else dkv_in.add_(contrib)
         receiving = ring.holder(step + 1) if step + 1 < ring.n else ring.pos
         dkv_in = _empty_block(dkv, ring.lengths[receiving]) if ring.lengths[receiving] else None
@@ -281,9 +305,11 @@ def _ring_backward(dout, q, k, v, out, lse, ring: _Ring):
         else:
             dkv_in = dkv
         _wait(kv_reqs)
+        kv_reqs = []
         kv = next_kv
     _wait(dkv_reqs)
-    mine = dkv_in if dkv_in is not None else torch.zeros(own.shape, dtype=acc_dt, device=q.device)
+    mine = dkv_in if dkv_in is not None else \
+        torch.zeros((like.shape[0], k.shape[1], *like.shape[2:]), dtype=acc_dt, device=q.device)
     return dq.to(q.dtype), mine[..., :d].to(k.dtype), mine[..., d:].to(v.dtype)
 
 
