@@ -26,7 +26,16 @@ def _agent(port: int, extra: list[str]) -> subprocess.Popen:
 
 
 def _run_two_nodes(extra: list[str]) -> list[tuple[int, str]]:
-    port = free_port()
+    """Both agents' (exit code, output). The rendezvous port must be named to both agents, so it
+    is chosen free beforehand, and a concurrent process can take it before the first agent binds
+    it: that (and only that) is retried once, on a new port."""
+    results = _run_two_nodes_on(free_port(), extra)
+    if any("EADDRINUSE" in out or "address already in use" in out for _, out in results):
+        results = _run_two_nodes_on(free_port(), extra)
+    return results
+
+
+def _run_two_nodes_on(port: int, extra: list[str]) -> list[tuple[int, str]]:
     agents = [_agent(port, extra) for _ in range(2)]
     results = []
     try:
