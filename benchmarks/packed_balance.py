@@ -21,14 +21,15 @@ from pathlib import Path
 
 from longmix.fileio import atomic_write_text
 from longmix.machine import describe, markdown
-from longmix.parallel.packed_layout import (document_zigzag_segments, rows_per_rank,
-                                            sequence_segments, work_cut_segments, work_per_rank)
+from longmix.parallel.layout import document_zigzag
+from longmix.parallel.packed_layout import (rows_per_rank, sequence_segments, work_cut_segments,
+                                            work_per_rank)
 from longmix.provenance import provenance, utc_now
 
 LAYOUTS = {
     "zigzag (whole sequence)": lambda b, p: sequence_segments(b, p, "zigzag"),
     "contiguous (whole sequence)": lambda b, p: sequence_segments(b, p, "contiguous"),
-    "per-document zigzag": document_zigzag_segments,
+    "per-document zigzag": document_zigzag,
     "contiguous cut by work": work_cut_segments,
 }
 

@@ -3,8 +3,8 @@ import random
 
 import pytest
 
-from longmix.parallel.packed_layout import (document_zigzag_segments, rows_per_rank, segment_work,
-                                            work_cut_segments, work_per_rank)
+from longmix.parallel.layout import document_zigzag
+from longmix.parallel.packed_layout import rows_per_rank, segment_work, work_cut_segments, work_per_rank
 
 
 def brute_work(bounds, start, length):
@@ -21,7 +21,7 @@ def test_layouts_cover_every_row_once_and_count_work_exactly(seed, world):
     for start in range(40):
         for length in range(0, 41 - start, 7):
             assert segment_work(bounds, start, length) == brute_work(bounds, start, length)
-    for layout in (document_zigzag_segments, work_cut_segments):
+    for layout in (document_zigzag, work_cut_segments):
         segments = layout(bounds, world)
         assert len(segments) == world
         rows = sorted(t for member in segments for s, n in member for t in range(s, s + n))
@@ -31,5 +31,5 @@ def test_layouts_cover_every_row_once_and_count_work_exactly(seed, world):
     # per-document zigzag: each rank's share of each document differs by at most 2 rows
     for a, b in zip(bounds, bounds[1:]):
         held = [sum(min(s + n, b) - max(s, a) for s, n in member if s < b and s + n > a)
-                for member in document_zigzag_segments(bounds, world)]
+                for member in document_zigzag(bounds, world)]
         assert max(held) - min(held) <= 2

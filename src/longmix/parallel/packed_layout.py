@@ -6,10 +6,10 @@ document starting at s reads t - s + 1 keys. The zigzag of the whole sequence ba
 triangle, not a sum of them. Candidates, each returning ``segments[r]``, rank r's (start, length)
 pieces in local order (the shape ``layout.all_segments`` returns):
 
-* ``document_zigzag_segments``: each document cut into 2P near-equal pieces, rank r holding
-  pieces r and 2P-1-r of every document (PyTorch's per-document head-tail balancer): the
-  ``"doc_zigzag"`` layout of ``longmix.parallel.layout``, which ``shard``/``unshard``, the
-  planner and the forms take;
+* ``longmix.parallel.layout.document_zigzag``: each document cut into 2P near-equal pieces,
+  rank r holding pieces r and 2P-1-r of every document (PyTorch's per-document head-tail
+  balancer): the ``"doc_zigzag"`` layout, which ``shard``/``unshard``, the planner and the forms
+  take;
 * ``work_cut_segments``: P contiguous pieces cut where the cumulative work reaches r/P of the
   total (rows are then uneven: a rank deep in a long document gets fewer of them).
 
@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import bisect
 
-from .layout import Segment, all_segments, document_zigzag
+from .layout import Segment, all_segments
 
 
 def row_work(bounds, t: int) -> int:
@@ -51,12 +51,6 @@ def rows_per_rank(segments: list[list[Segment]]) -> list[int]:
 def sequence_segments(bounds, world: int, layout: str) -> list[list[Segment]]:
     """The layouts of today, blind to documents: ``contiguous`` or ``zigzag`` of the whole sequence."""
     return all_segments(bounds[-1], world, layout)
-
-
-def document_zigzag_segments(bounds, world: int) -> list[list[Segment]]:
-    """Every document cut into 2P pieces; rank r holds pieces r and 2P-1-r of each (the
-    ``doc_zigzag`` layout)."""
-    return document_zigzag(bounds, world)
 
 
 def work_cut_segments(bounds, world: int) -> list[list[Segment]]:
