@@ -8,8 +8,10 @@ layer's training step (forward and backward) on the busiest rank:
 
 * ``work(L, P) = growth(L) / P``, with ``growth`` read off the mixer's taxonomy (``"O(L)"`` -> L,
   ``"O(L log L)"`` -> L log2 L, ``"O(L^2)"`` -> L^2): every form divides the work by P.
-* ``fixed`` and ``rate`` are calibrated per (mixer, form): measured steps of that form at small
-  lengths, their predicted wire time taken off, fitted as a line in the work
+* ``fixed`` and ``rate`` are calibrated per (mixer, form): measured steps of that form at a few
+  lengths (near those to be predicted: a line through short steps misses when extrapolated far,
+  ``benchmarks/results/planner_time_calib_short.md``), their predicted wire time taken off,
+  fitted as a line in the work
   (:meth:`StepTiming.calibrate`): ``rate`` carries what the form costs beyond the mixer itself
   (state passing's summary passes, the shuffle's regrouping), ``fixed`` what a step costs at any
   length (kernel launches, Python). One point gives ``fixed = 0``.
