@@ -5,8 +5,9 @@
 
 Calibration (a few seconds per form): the link of P ranks (``longmix.parallel.measure_rates``:
 an all-to-all's bandwidth and latency, per P), and one measured training step (forward and
-backward) of every (mixer, form) at each of ``--calib-lens`` on ``--calib-ranks`` ranks, through
-which a line is fitted: that form's fixed cost and compute rate (``longmix.parallel.forms.timing``). Then, at each (P, L) of the grid,
+backward) of every (mixer, form) at each of ``--calib-lens`` on each of ``--calib-ranks`` (by
+default the P predicted), through which a line is fitted per P: that form's fixed cost and compute
+rate (``longmix.parallel.forms.timing``). Then, at each (P, L) of the grid,
 every feasible form is predicted and measured in its own launch of P gloo ranks
 (``longmix.bench.form_step``: the same step as ``sequence_parallel.py --backward``), and the table
 gives predicted / measured, the form the planner picks by time, the form it picks by bytes, and
@@ -56,28 +57,31 @@ def run(args) -> dict:
 
     cores = os.cpu_count() or 1
     links = {}
-    for world in sorted({args.calib_ranks, *args.ranks}):
+    calib_ranks = args.calib_ranks or args.ranks
+    for world in sorted({*calib_ranks, *args.ranks}):
         links[world] = run_local(link_worker, world, timeout=120, threads_per_rank=1)[0]
         print(f"link, P = {world}: {links[world]}", flush=True)
     base = dict(dim=args.dim, heads=args.heads, batch=1, dtype="fp32", layout=args.layout,
                 repeats=args.repeats, quick_s=args.quick_s, backward=True)
-    timing = StepTiming(cores=cores, threads=1, **links[args.calib_ranks])
+    timing = StepTiming(cores=cores, threads=1, **links[calib_ranks[0]])
     calibration, rows = [], []
     forms = {m: forms_of(m, max(args.ranks), args.dim, args.heads) for m in args.mixers}
-    for name in args.mixers:
-        for form in forms[name]:
-            fit = []
-            for length in args.calib_lens:
-                spec = {**base, "mixer": name, "form": form, "length": length}
-                point = measure(spec, args.calib_ranks, args.timeout_s)
-                cost, complexity = form_cost(spec, args.calib_ranks)
-                if point["status"] == "ok":
-                    fit.append((cost, complexity, length, args.calib_ranks, point["time_s"]))
-                calibration.append(point)
-                print(json.dumps(point), flush=True)
-            if fit:
-                fixed, rate = timing.calibrate(name, fit)
-                calibration[-1].update(fixed_s=fixed, rate=rate)
+    for world in calib_ranks:
+        at_world = replace(timing, **links[world])  # this P's link; the fits land in timing.rates
+        for name in args.mixers:
+            for form in forms[name]:
+                fit = []
+                for length in args.calib_lens:
+                    spec = {**base, "mixer": name, "form": form, "length": length}
+                    point = measure(spec, world, args.timeout_s)
+                    cost, complexity = form_cost(spec, world)
+                    if point["status"] == "ok":
+                        fit.append((cost, complexity, length, world, point["time_s"]))
+                    calibration.append(point)
+                    print(json.dumps(point), flush=True)
+                if fit:
+                    fixed, rate = at_world.calibrate(name, fit)
+                    calibration[-1].update(fixed_s=fixed, rate=rate)
     for world in args.ranks:
         at_world = replace(timing, **links[world])
         for length in args.lengths:
@@ -119,7 +123,8 @@ def markdown(record: dict) -> str:
              f"{record['git_describe']}  ", f"machine: {record['machine'].get('cpu')}, "
              f"{record['machine'].get('cores')} cores; one thread per rank  ",
              f"layer: dim {a['dim']}, heads {a['heads']}, fp32, batch 1, {a['layout']}; calibrated "
-             f"at L = {', '.join(f'{n:,}' for n in a['calib_lens'])} on {a['calib_ranks']} ranks  ",
+             f"at L = {', '.join(f'{n:,}' for n in a['calib_lens'])} on P = "
+             f"{', '.join(map(str, a['calib_ranks'] or a['ranks']))} ranks  ",
              "links: " + "; ".join(f"P = {p}: {v['bandwidth_bytes_per_s'] / 1e9:.2f} GB/s, "
                                     f"{v['latency_s'] * 1e6:.0f} us"
                                     for p, v in record["result"]["links"].items()), "",
@@ -159,7 +164,10 @@ def parse_args(argv=None):
     # 16K-64K by more than 25% on a quiet machine (planner_time_calib_short.md); through 8K-32K, 1
     p.add_argument("--calib-lens", type=int, nargs="+", default=[8192, 24576, 32768],
                    help="lengths of the calibration steps (a line is fitted through them)")
-    p.add_argument("--calib-ranks", type=int, default=2)
+    # each P calibrated: fitted at P = 2 only, gated_deltanet's shuffle at P = 4 was predicted +45%
+    # (planner_time_one_world.md): one P's line cannot tell a fixed cost from a curve's intercept
+    p.add_argument("--calib-ranks", type=int, nargs="+", default=None,
+                   help="world sizes to calibrate at (default: those of --ranks)")
     p.add_argument("--lengths", type=int, nargs="+", default=[2**14, 2**16])
     p.add_argument("--ranks", type=int, nargs="+", default=[2, 4])
     p.add_argument("--repeats", type=int, default=3)

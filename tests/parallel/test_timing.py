@@ -50,6 +50,25 @@ def test_two_calibration_points_fit_a_fixed_cost_and_a_rate():
         timing.calibrate("s4d", [(cost, "O(L)", 4096, 2, 0.3),
                                  (FormCost("state", True, forward_bytes=(0, 0), backward_bytes=(0, 0)),
                                   "O(L)", 4096, 2, 0.3)])
+    with pytest.raises(ValueError, match="one world size"):
+        timing.calibrate("s4d", [(cost, "O(L)", 4096, 2, 0.3), (cost, "O(L)", 8192, 4, 0.5)])
+
+
+def test_each_world_size_predicts_from_its_own_fit_else_from_the_nearest():
+    timing = StepTiming(bandwidth_bytes_per_s=float("inf"), latency_s=0.0, cores=2, threads=1)
+    cost = FormCost("shuffle", True, forward_bytes=(0, 0), backward_bytes=(0, 0))
+    timing.calibrate("gdn", [(cost, "O(L)", 4096, 2, 0.3), (cost, "O(L)", 8192, 2, 0.5)])  # fixed 0.1
+    # at P = 4 the same steps cost what P = 2's did: no second fixed cost (as measured, 2 cores)
+    timing.calibrate("gdn", [(cost, "O(L)", 4096, 4, 0.2), (cost, "O(L)", 8192, 4, 0.4)])
+    assert timing.predict("gdn", cost, "O(L)", 16384, 2) == pytest.approx(0.1 + 0.2 / 2048 * 8192)
+    assert timing.predict("gdn", cost, "O(L)", 16384, 4) == pytest.approx(0.8)
+    assert timing.calibrated_world("gdn", "shuffle", 8) == 4
+    assert timing.calibrated_world("gdn", "shuffle", 3) == 4  # log-nearest, the larger on a tie
+    assert timing.calibrated_world("gdn", "shuffle", 1) == 2
+    assert timing.calibrated_world("gdn", "state", 2) is None
+    # P = 8, not calibrated, from P = 4's fit (fixed 0, rate 0.1 / 1024): half the work per rank,
+    # at a quarter of the speed (8 ranks on 2 cores)
+    assert timing.predict("gdn", cost, "O(L)", 16384, 8) == pytest.approx(0.1 / 1024 * (16384 / 8) * 4)
 
 
 def _mamba():
@@ -58,7 +77,7 @@ def _mamba():
 
 def _timing(shuffle_rate, state_rate):
     timing = StepTiming(bandwidth_bytes_per_s=1e9, latency_s=0.0, cores=4)
-    timing.rates = {("mamba", "shuffle"): (0.0, shuffle_rate), ("mamba", "state"): (0.0, state_rate)}
+    timing.rates = {("mamba", "shuffle", 2): (0.0, shuffle_rate), ("mamba", "state", 2): (0.0, state_rate)}
     return timing
 
 
@@ -78,7 +97,7 @@ def test_plan_picks_the_form_predicted_fastest_even_when_it_sends_more_bytes():
 
 def test_plan_falls_back_to_bytes_when_a_feasible_form_is_not_calibrated():
     timing = _timing(1e-6, 1e-5)
-    del timing.rates[("mamba", "state")]
+    del timing.rates[("mamba", "state", 2)]
     plan = plan_model(_mamba(), 4096, 2, timing=timing)
     assert plan.forms == ["state"]
     assert {o.form: o.step_seconds is None for o in plan.layers[0].options}["state"]

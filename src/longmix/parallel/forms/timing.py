@@ -8,14 +8,19 @@ layer's training step (forward and backward) on the busiest rank:
 
 * ``work(L, P) = growth(L) / P``, with ``growth`` read off the mixer's taxonomy (``"O(L)"`` -> L,
   ``"O(L log L)"`` -> L log2 L, ``"O(L^2)"`` -> L^2): every form divides the work by P.
-* ``fixed`` and ``rate`` are calibrated per (mixer, form): measured steps of that form at a few
-  lengths (near those to be predicted: a line through short steps misses when extrapolated far,
-  ``benchmarks/results/planner_time_calib_short.md``), their predicted wire time taken off,
-  fitted as a line in the work
-  (:meth:`StepTiming.calibrate`): ``rate`` carries what the form costs beyond the mixer itself
-  (state passing's summary passes, the shuffle's regrouping), ``fixed`` what a step costs at any
-  length (kernel launches, Python). One point gives ``fixed = 0``.
-* ``contention(P) = max(1, P * threads / cores)``: ranks that share cores share their time.
+* ``fixed`` and ``rate`` are calibrated per (mixer, form, P): measured steps of that form on P
+  ranks at a few lengths (near those to be predicted: a line through short steps misses when
+  extrapolated far, ``benchmarks/results/planner_time_calib_short.md``), their predicted wire time
+  taken off, fitted as a line in the work (:meth:`StepTiming.calibrate`): ``rate`` carries what
+  the form costs beyond the mixer itself (state passing's summary passes, the shuffle's
+  regrouping), ``fixed`` what a step costs at any length (kernel launches, Python). One point
+  gives ``fixed = 0``.
+* Calibrate at the P you will run. A P that was not calibrated is predicted from the nearest one
+  that was, scaled by the work and by ``contention(P) = max(1, P * threads / cores)`` (ranks that
+  share cores share their time); but one P's line cannot tell a real fixed cost from a curve's
+  intercept, and contention charges the two differently: fitted at P = 2 only, gated_deltanet's
+  shuffle at P = 4 was predicted 45% slow on a 2-core machine
+  (``benchmarks/results/planner_time_one_world.md``).
 * ``bytes`` is the planner's own prediction (``FormCost``), the same arithmetic the tests hold to
   ``CommStats``; ``bandwidth`` and ``latency`` are measured (``longmix.parallel.measure_rates``).
 * ``messages``: the collectives one step makes, forward and backward (:data:`MESSAGES`).
@@ -58,26 +63,28 @@ def wire_seconds(cost: FormCost, world: int, bandwidth_bytes_per_s: float, laten
 
 @dataclass
 class StepTiming:
-    """Calibrated (fixed seconds, seconds per unit of work) per (mixer name, form), the machine's
-    link, and its cores."""
+    """Calibrated (fixed seconds, seconds per unit of work) per (mixer name, form, world size),
+    the machine's link, and its cores."""
 
     bandwidth_bytes_per_s: float
     latency_s: float
     cores: int
     threads: int = 1
-    rates: dict[tuple[str, str], tuple[float, float]] = field(default_factory=dict)
+    rates: dict[tuple[str, str, int], tuple[float, float]] = field(default_factory=dict)
 
     def _work(self, time_complexity: str, length: int, world: int) -> float:
         return growth(time_complexity, length) / world
 
     def calibrate(self, mixer: str, points: list[tuple[FormCost, str, int, int, float]]) -> tuple[float, float]:
-        """Fit rates[mixer, form] from measured steps of one form, each ``(cost, time_complexity,
-        length, world, measured_s)``: compute (the measured time less the predicted wire, per
-        contention) = fixed + rate * work, least squares; a negative intercept (noise) refits
-        through the origin."""
+        """Fit rates[mixer, form, world] from measured steps of one form on one world size, each
+        ``(cost, time_complexity, length, world, measured_s)``: compute (the measured time less
+        the predicted wire, per contention) = fixed + rate * work, least squares; a negative
+        intercept (noise) refits through the origin."""
         forms = {cost.form for cost, *_ in points}
-        if len(forms) != 1 or not points:
-            raise ValueError(f"calibrate: points must be measurements of one form, got {sorted(forms)}")
+        worlds = {point[3] for point in points}
+        if len(forms) != 1 or len(worlds) != 1:
+            raise ValueError(f"calibrate: points must be measurements of one form on one world size, "
+                             f"got forms {sorted(forms)} and worlds {sorted(worlds)}")
         work, compute = [], []
         for cost, complexity, length, world, measured in points:
             wire = wire_seconds(cost, world, self.bandwidth_bytes_per_s, self.latency_s) or 0.0
@@ -85,18 +92,26 @@ class StepTiming:
             work.append(self._work(complexity, length, world))
             compute.append(max(measured - wire, 0.1 * measured) / share)  # never below a tenth
         fixed, rate = _line(work, compute)
-        self.rates[(mixer, forms.pop())] = (fixed, rate)
+        self.rates[(mixer, forms.pop(), worlds.pop())] = (fixed, rate)
         return fixed, rate
+
+    def calibrated_world(self, mixer: str, form: str, world: int) -> int | None:
+        """The world size whose fit predicts ``world``: itself if calibrated, else the nearest
+        calibrated one by ratio (the larger on a tie); None if the form is not calibrated."""
+        worlds = [w for (m, f, w) in self.rates if (m, f) == (mixer, form)]
+        if not worlds:
+            return None
+        return min(worlds, key=lambda w: (abs(math.log(w / world)), -w))
 
     def predict(self, mixer: str, cost: FormCost, time_complexity: str, length: int,
                 world: int) -> float | None:
-        """Predicted seconds of one training step of ``cost.form``; None if not calibrated or
-        its bytes are not predicted."""
-        fitted = self.rates.get((mixer, cost.form))
+        """Predicted seconds of one training step of ``cost.form`` on ``world`` ranks; None if the
+        form is not calibrated or its bytes are not predicted."""
+        fitted_at = self.calibrated_world(mixer, cost.form, world)
         wire = wire_seconds(cost, world, self.bandwidth_bytes_per_s, self.latency_s)
-        if fitted is None or wire is None or not cost.feasible:
+        if fitted_at is None or wire is None or not cost.feasible:
             return None
-        fixed, rate = fitted
+        fixed, rate = self.rates[(mixer, cost.form, fitted_at)]
         share = contention(world, self.threads, self.cores)
         return (fixed + rate * self._work(time_complexity, length, world)) * share + wire
 
