@@ -1,7 +1,7 @@
 """The planner by time: each form's predicted step time against the measured one, and the choice.
 
     python benchmarks/planner_time.py                           # 5 mixers, P = 2, 4, L = 2^14, 2^16
-    python benchmarks/planner_time.py --mixers mamba --lengths 8192 --ranks 2 --repeats 1   # a look
+    python benchmarks/planner_time.py --mixers mamba --lengths 8192 --ranks 2 --repeats 1 --calib-repeats 1   # a look
 
 Calibration (a few seconds per form): the link of P ranks (``longmix.parallel.measure_rates``:
 an all-to-all's bandwidth and latency, per P), and one measured training step (forward and
@@ -73,7 +73,7 @@ def run(args) -> dict:
                 fit = []
                 for length in args.calib_lens:
                     spec = {**base, "mixer": name, "form": form, "length": length}
-                    point = measure(spec, world, args.timeout_s)
+                    point = measure({**spec, "repeats": args.calib_repeats}, world, args.timeout_s)
                     cost, complexity = form_cost(spec, world)
                     if point["status"] == "ok":
                         fit.append((cost, complexity, length, world, point["time_s"]))
@@ -124,7 +124,8 @@ def markdown(record: dict) -> str:
              f"{record['machine'].get('cores')} cores; one thread per rank  ",
              f"layer: dim {a['dim']}, heads {a['heads']}, fp32, batch 1, {a['layout']}; calibrated "
              f"at L = {', '.join(f'{n:,}' for n in a['calib_lens'])} on P = "
-             f"{', '.join(map(str, a['calib_ranks'] or a['ranks']))} ranks  ",
+             f"{', '.join(map(str, a['calib_ranks'] or a['ranks']))} ranks; median of "
+             f"{a['calib_repeats']} timed steps per calibration point, {a['repeats']} per point  ",
              "links: " + "; ".join(f"P = {p}: {v['bandwidth_bytes_per_s'] / 1e9:.2f} GB/s, "
                                     f"{v['latency_s'] * 1e6:.0f} us"
                                     for p, v in record["result"]["links"].items()), "",
@@ -170,7 +171,11 @@ def parse_args(argv=None):
                    help="world sizes to calibrate at (default: those of --ranks)")
     p.add_argument("--lengths", type=int, nargs="+", default=[2**14, 2**16])
     p.add_argument("--ranks", type=int, nargs="+", default=[2, 4])
-    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--repeats", type=int, default=3, help="timed steps per measured point (median)")
+    # every prediction rests on the few calibration points: in 2 repeats (a median of two is their
+    # mean) gated_deltanet's shuffle at P = 4, L = 8,192 measured 0.245 s (0.10-0.11 s in two
+    # launches of 5), and its prediction at 16,384 came out 44% slow (planner_time_worlds_repeats2.md)
+    p.add_argument("--calib-repeats", type=int, default=5, help="timed steps per calibration point")
     p.add_argument("--quick-s", type=float, default=30.0, help="stop repeating a point after this")
     p.add_argument("--timeout-s", type=float, default=600.0)
     p.add_argument("--out-dir", type=Path, default=RESULTS)
