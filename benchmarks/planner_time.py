@@ -4,10 +4,11 @@
     python benchmarks/planner_time.py --mixers mamba --lengths 8192 --ranks 2 --repeats 1 --calib-repeats 1   # a look
 
 Calibration (a few seconds per form): the link of P ranks (``longmix.parallel.measure_rates``:
-an all-to-all's bandwidth and latency, per P), and one measured training step (forward and
-backward) of every (mixer, form) at each of ``--calib-lens`` on each of ``--calib-ranks`` (by
-default the P predicted), through which a line is fitted per P: that form's fixed cost and compute
-rate (``longmix.parallel.forms.timing``). Then, at each (P, L) of the grid,
+an all-to-all's bandwidth and latency, per P), and, by the library's own
+``longmix.parallel.forms.calibration.calibrate_timing`` (what ``longmix train --plan time`` runs),
+a training step (forward and backward) of every (mixer, form) timed at each of ``--calib-lens`` on
+each of ``--calib-ranks`` (by default the P predicted), through which a line is fitted per P: that
+form's fixed cost and compute rate (``longmix.parallel.forms.timing``). Then, at each (P, L) of the grid,
 every feasible form is predicted and measured in its own launch of P gloo ranks
 (``longmix.bench.form_step``: the same step as ``sequence_parallel.py --backward``), and the table
 gives predicted / measured, the form the planner picks by time, the form it picks by bytes, and
@@ -48,6 +49,20 @@ def form_cost(spec: dict, world: int):
     return plan.layers[0].cost(), mixer.taxonomy.time
 
 
+def calibration_worker(group, spec: dict, lengths: list[int], repeats: int) -> dict:
+    """Rank body: the library's calibration (``calibrate_timing``, what ``longmix train --plan
+    time`` runs) of one mixer's forms on these ranks."""
+    from longmix.bench.form_step import build_mixer
+    from longmix.dtypes import DTYPES
+    from longmix.parallel.forms.calibration import calibrate_timing
+
+    mixer = build_mixer(spec["mixer"], spec["dim"], spec["heads"], max(lengths), DTYPES[spec["dtype"]])
+    timing = calibrate_timing(mixer, group, lengths, batch=spec["batch"], layout=spec["layout"],
+                              repeats=repeats)
+    return {"rates": [[*key, *fit] for key, fit in timing.rates.items()],
+            "measured": {"/".join(map(str, key)): steps for key, steps in timing.measured.items()}}
+
+
 def run(args) -> dict:
     import os
 
@@ -67,21 +82,16 @@ def run(args) -> dict:
     calibration, rows = [], []
     forms = {m: forms_of(m, max(args.ranks), args.dim, args.heads) for m in args.mixers}
     for world in calib_ranks:
-        at_world = replace(timing, **links[world])  # this P's link; the fits land in timing.rates
         for name in args.mixers:
-            for form in forms[name]:
-                fit = []
-                for length in args.calib_lens:
-                    spec = {**base, "mixer": name, "form": form, "length": length}
-                    point = measure({**spec, "repeats": args.calib_repeats}, world, args.timeout_s)
-                    cost, complexity = form_cost(spec, world)
-                    if point["status"] == "ok":
-                        fit.append((cost, complexity, length, world, point["time_s"]))
-                    calibration.append(point)
-                    print(json.dumps(point), flush=True)
-                if fit:
-                    fixed, rate = at_world.calibrate(name, fit)
-                    calibration[-1].update(fixed_s=fixed, rate=rate)
+            got = run_local(calibration_worker, world, ({**base, "mixer": name}, args.calib_lens,
+                                                        args.calib_repeats),
+                            timeout=args.timeout_s, threads_per_rank=1)[0]
+            for mixer, form, at, fixed, rate in got["rates"]:
+                timing.rates[(mixer, form, at)] = (fixed, rate)
+                steps = got["measured"][f"{mixer}/{form}/{at}"]
+                calibration.append({"mixer": mixer, "form": form, "world": at, "steps": steps,
+                                    "fixed_s": fixed, "rate": rate})
+                print(json.dumps(calibration[-1]), flush=True)
     for world in args.ranks:
         at_world = replace(timing, **links[world])
         for length in args.lengths:

@@ -16,6 +16,9 @@ DOCUMENT_LAYOUTS = ("doc_zigzag",)
 
 #: Sequence-parallel forms of whole mixers (``longmix.parallel.forms.table.FORMS`` has the rows).
 FORMS = ("shuffle", "state", "ring")
+#: How ``longmix train`` picks each layer's form when none is forced: by the bytes it sends, or
+#: by its step time measured on the run's ranks (``longmix.parallel.forms.calibration``).
+PLANS = ("bytes", "time")
 #: The short dtype names of jobs, benchmarks and records.
 DTYPE_NAMES = ("fp32", "bf16", "fp64")
 #: Long spellings a user may type; mapped to the short names, never stored.

@@ -16,7 +16,7 @@ from __future__ import annotations
 import os
 import sys
 
-from ..vocabulary import FORMS, LAYOUTS
+from ..vocabulary import FORMS, LAYOUTS, PLANS
 
 EXIT_RANK_FAILED, EXIT_BAD_INPUT, EXIT_DIVERGED = 1, 2, 3
 
@@ -75,7 +75,11 @@ def add_arguments(parser):
            "grid read different parts of each batch")
     a("--form", default=None, choices=FORMS,
       help="the parallel form of every mixer layer on several ranks "
-           "(default: planned per layer, the fewest bytes sent)")
+           "(default: planned per layer, see --plan)")
+    a("--plan", default="bytes", choices=PLANS,
+      help="without --form, each mixer layer's form on several ranks: the one sending the fewest "
+           "bytes (default), or the fastest, each form's training step timed on the run's ranks "
+           "at --context before training (a few steps per form and mixer)")
     a("--checkpoint-activations", action="store_true",
       help="keep only each block's input (with --hf-model: each decoder layer's) for backward and "
            "recompute the block there: less memory per token (a longer context fits), about one "
@@ -104,7 +108,7 @@ def config_from_args(args, procs: int | None = None):
         hf_model=args.hf_model, task_params=parse_pairs(args.task_param, "--task-param"),
         mixer_options=parse_pairs(args.mixer_option, "--mixer-option"), out=args.out,
         eval_every=args.eval_every, checkpoint_every=args.checkpoint_every, device=args.device,
-        threads=args.threads, progress=not args.quiet, procs=procs, layout=args.layout, form=args.form,
+        threads=args.threads, progress=not args.quiet, procs=procs, layout=args.layout, form=args.form, plan=args.plan,
         seq_parallel=args.seq_parallel, checkpoint_activations=args.checkpoint_activations,
         pack=args.pack, return_freed_memory=args.return_freed_memory)
 

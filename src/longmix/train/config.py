@@ -9,7 +9,7 @@ from dataclasses import MISSING, asdict, dataclass, field, fields
 
 from ..checks import check_int, check_optional_int
 from ..parallel.layout import check_sequence_layout
-from ..vocabulary import FORMS
+from ..vocabulary import FORMS, PLANS
 
 #: Fields left out of the identity while they hold these defaults, so that the run ids of runs
 #: made before the fields existed stay the same.
@@ -17,11 +17,11 @@ OPTIONAL_IDENTITY = {"causal": None, "init_from": None, "pack": False, "hf_model
 
 #: Fields that do not change what is trained or measured: a run may be resumed with other values.
 NON_IDENTITY = ("out", "eval_every", "checkpoint_every", "device", "threads", "progress", "procs", "layout",
-                "form", "seq_parallel", "checkpoint_activations", "return_freed_memory")
+                "form", "plan", "seq_parallel", "checkpoint_activations", "return_freed_memory")
 
 #: Options of a longmix model that an HF model (``hf_model``) takes from its own config instead.
 HF_NOT_APPLICABLE = ("dim", "depth", "heads", "positional", "pool", "causal", "mixer_options",
-                     "form")
+                     "form", "plan")
 
 
 @dataclass
@@ -80,6 +80,9 @@ class TrainConfig:
     seq_parallel: int | None = None  # ranks splitting each sequence (None: all); the rest split the batch
     layout: str = "contiguous"  # how the sequence is split over the ranks (see longmix.parallel)
     form: str | None = None  # the parallel form of every mixer layer on P ranks (None: planned)
+    # with form None: plan each layer by the bytes it sends, or by its step time measured on the
+    # run's ranks at its context (longmix.parallel.forms.calibration), a few steps per form
+    plan: str = "bytes"
     # recompute each block's activations in backward (exact; less memory per token, more compute)
     checkpoint_activations: bool = False
     # fix glibc's mmap threshold (longmix.machine.return_freed_memory): freed large tensors leave
@@ -120,6 +123,14 @@ class TrainConfig:
                 raise ValueError(f"{name} must be True or False, got {getattr(self, name)!r}")
         if self.form is not None and self.form not in FORMS:
             raise ValueError(f"form must be None (planned per layer) or one of {FORMS}, got {self.form!r}")
+        if self.plan not in PLANS:
+            raise ValueError(f"plan must be one of {PLANS}, got {self.plan!r}")
+        if self.plan != "bytes" and self.form is not None:
+            raise ValueError(f"--plan {self.plan} chooses each layer's form and --form {self.form} "
+                             f"fixes every layer's: give one of them")
+        if self.plan != "bytes" and self.pack:
+            raise ValueError(f"--plan {self.plan} cannot be combined with --pack: its steps are "
+                             f"timed on unpacked sequences, not on packed documents")
         self.task_params = dict(self.task_params)
         self.mixer_options = dict(self.mixer_options)
         self._check_model_choice()

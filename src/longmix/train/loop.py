@@ -42,6 +42,7 @@ from tqdm import tqdm
 from .. import machine, mixers, tasks
 from ..checks import check_int
 from ..parallel.launch import run_local
+from ..parallel.forms.calibration import calibrate_timing
 from ..parallel.forms.parallelize import parallelize
 from ..fileio import DiskFull, append_record, folder_lock, record_line, remove_stale_temps
 from ..models import ModelConfig, SequenceModel
@@ -186,8 +187,11 @@ def sequence_parallel(model: torch.nn.Module, cfg: TrainConfig, ranks: Ranks) ->
         return model
     # packed: every sequence runs alone, batch 1, with its cu_seqlens
     batch = 1 if cfg.pack else cfg.batch_size // ranks.data_world
+    timing = None
+    if cfg.plan == "time":  # each form's step timed on these ranks, at this context
+        timing = calibrate_timing(model, ranks.seq_group, [cfg.context], batch=batch, layout=ranks.layout)
     return parallelize(model, group=ranks.seq_group, layout=ranks.layout, forms=cfg.form,
-                       seq_len=cfg.context, batch=batch, packed=cfg.pack)
+                       seq_len=cfg.context, batch=batch, packed=cfg.pack, timing=timing)
 
 
 def load_weights(model: torch.nn.Module, weights: dict, source: str) -> None:
@@ -477,6 +481,7 @@ def _run(cfg, task, mcfg, device, out, run_id, say, ranks: Ranks) -> dict:
         "tokens_seen": step * tokens_per_step,
         "world_size": ranks.world, "layout": ranks.layout if ranks.world > 1 else None,
         "forms": list(runner.forms) if ranks.seq_world > 1 and cfg.hf_model is None else None,
+        "plan": (cfg.plan if cfg.form is None else None) if ranks.seq_world > 1 and cfg.hf_model is None else None,
         "mesh": ranks.mesh if ranks.grid is not None else None,  # [data, seq]
         "checkpoint_activations": cfg.checkpoint_activations,
         # --pack: documents packed into sequences of --context tokens; what the train batches held

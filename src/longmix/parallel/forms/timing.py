@@ -64,13 +64,15 @@ def wire_seconds(cost: FormCost, world: int, bandwidth_bytes_per_s: float, laten
 @dataclass
 class StepTiming:
     """Calibrated (fixed seconds, seconds per unit of work) per (mixer name, form, world size),
-    the machine's link, and its cores."""
+    the machine's link, and its cores; ``measured`` keeps the (length, seconds) steps each fit
+    went through."""
 
     bandwidth_bytes_per_s: float
     latency_s: float
     cores: int
     threads: int = 1
     rates: dict[tuple[str, str, int], tuple[float, float]] = field(default_factory=dict)
+    measured: dict[tuple[str, str, int], list[tuple[int, float]]] = field(default_factory=dict)
 
     def _work(self, time_complexity: str, length: int, world: int) -> float:
         return growth(time_complexity, length) / world
@@ -92,7 +94,9 @@ class StepTiming:
             work.append(self._work(complexity, length, world))
             compute.append(max(measured - wire, 0.1 * measured) / share)  # never below a tenth
         fixed, rate = _line(work, compute)
-        self.rates[(mixer, forms.pop(), worlds.pop())] = (fixed, rate)
+        key = (mixer, forms.pop(), worlds.pop())
+        self.rates[key] = (fixed, rate)
+        self.measured[key] = [(length, measured) for _, _, length, _, measured in points]
         return fixed, rate
 
     def calibrated_world(self, mixer: str, form: str, world: int) -> int | None:
