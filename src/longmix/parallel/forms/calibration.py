@@ -10,8 +10,8 @@ extrapolates (calibrate near them: ``benchmarks/results/planner_time_calib_short
 Collective: every rank of ``group`` calls it with the same model and lengths. Each step time is
 the median of ``repeats`` after a warm-up, and the slowest rank's is kept (all-reduce MAX), so
 the rates, and every plan built from them, are the same on every rank. The layers are timed on
-copies (the model's gradients are untouched) with inputs from a private generator (the caller's
-random stream is untouched).
+copies (the model's gradients are untouched), on a forked random stream (the caller's is
+untouched).
 """
 from __future__ import annotations
 
@@ -53,6 +53,12 @@ def calibrate_timing(module, group=None, lengths=(4096,), *, batch: int = 1,
     check_int("repeats", repeats)
     check_layout(layout)
     group, world, rank = resolve_group(group)
+    # the link's matmul and the steps' inputs draw random numbers: not from the caller's stream
+    with torch.random.fork_rng(devices=None if torch.cuda.is_initialized() else []):
+        return _calibrate(module, group, world, rank, lengths, batch, layout, repeats)
+
+
+def _calibrate(module, group, world, rank, lengths, batch, layout, repeats) -> StepTiming:
     rates = measure_rates(group) if world > 1 else None
     timing = StepTiming(bandwidth_bytes_per_s=rates.bandwidth_bytes_per_s if rates else float("inf"),
                         latency_s=rates.latency_s if rates else 0.0,
@@ -83,10 +89,9 @@ def _step_seconds(mixer, form, group, world, rank, length, batch, layout, dtype,
     from .parallelize import parallelize  # parallelize takes a timing: import it late
 
     layer = parallelize(copy.deepcopy(mixer), group, layout, forms=form)
-    generator = torch.Generator().manual_seed(rank)
     device = next(mixer.parameters(), torch.empty(0)).device
     rows = local_length(length, world, rank, layout)
-    x = torch.randn(batch, rows, mixer.dim, generator=generator, dtype=dtype).to(device)
+    x = torch.randn(batch, rows, mixer.dim, dtype=dtype, device=device)
     x.requires_grad_(True)
     times = []
     for _ in range(1 + repeats):  # the first step warms up
