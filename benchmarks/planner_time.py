@@ -183,8 +183,8 @@ def parse_args(argv=None):
     p.add_argument("--ranks", type=int, nargs="+", default=[2, 4])
     p.add_argument("--repeats", type=int, default=3, help="timed steps per measured point (median)")
     # every prediction rests on the few calibration points: in 2 repeats (a median of two is their
-    # mean) gated_deltanet's shuffle at P = 4, L = 8,192 measured 0.245 s (0.10-0.11 s in two
-    # launches of 5), and its prediction at 16,384 came out 44% slow (planner_time_worlds_repeats2.md)
+    # mean) gated_deltanet's shuffle at P = 4, L = 8,192 measured 0.245 s (0.125 s in 5), and its
+    # prediction at 16,384 came out 44% slow (results/NOTES_planner_time.md)
     p.add_argument("--calib-repeats", type=int, default=5, help="timed steps per calibration point")
     p.add_argument("--quick-s", type=float, default=30.0, help="stop repeating a point after this")
     p.add_argument("--timeout-s", type=float, default=600.0)

@@ -16,17 +16,20 @@ Strategies: ``shuffle`` (the head all-to-all of Hè & Kabic 2023), ``ring``, ``h
 
 Whole mixers and models: ``parallelize(model, group, layout)`` runs any ``TokenMixer`` or
 ``SequenceModel`` on sequence shards, each mixer layer in an exact form (shuffle, state, ring)
-chosen by :func:`plan_model`; see :mod:`longmix.parallel.forms.parallelize`.
+chosen by :func:`plan_model` (by bytes, or by time with a :class:`StepTiming` that
+:func:`calibrate_timing` measures on the ranks); see :mod:`longmix.parallel.forms.parallelize`.
 """
 from .attn.api import attention
 from .attn.plan import DEFAULT_RATES, Plan, Rates, StrategyCost, measure_rates, plan
 from .attn.validate import STRATEGIES
+from .forms.calibration import calibrate_timing
 from .forms.model_plan import ModelPlan, plan_model
 from .forms.parallelize import parallelize
 from .forms.state_passing import state_passing_backward_bytes, state_passing_bytes, state_passing_mix
+from .forms.timing import StepTiming
 from .layout import DOCUMENT_LAYOUTS, LAYOUTS, local_length, segments, shard, unshard
 from .stats import CommStats
 
-__all__ = ["attention", "parallelize", "plan_model", "ModelPlan", "shard", "unshard", "segments", "local_length", "plan", "measure_rates",
+__all__ = ["attention", "parallelize", "plan_model", "calibrate_timing", "StepTiming", "ModelPlan", "shard", "unshard", "segments", "local_length", "plan", "measure_rates",
            "Plan", "Rates", "StrategyCost", "CommStats", "LAYOUTS", "DOCUMENT_LAYOUTS", "STRATEGIES", "DEFAULT_RATES",
            "state_passing_mix", "state_passing_bytes", "state_passing_backward_bytes"]

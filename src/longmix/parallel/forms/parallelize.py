@@ -220,7 +220,8 @@ def parallelize(module: nn.Module, group=None, layout: str = "contiguous", forms
             and recompute the rest there, collectives included (they run, and ``stats`` counts
             their bytes, twice). None: the model's own setting (a mixer: no checkpointing).
         timing: a calibrated :class:`~longmix.parallel.forms.timing.StepTiming` (see
-            ``plan_model``); ``benchmarks/planner_time.py`` calibrates one and checks it.
+            ``plan_model``), as :func:`~longmix.parallel.calibrate_timing` measures one on the
+            ranks (``benchmarks/planner_time.py`` checks its predictions).
 
     Returns a module with ``.forms`` (one form per mixer layer). Raises ValueError naming the
     layer when a layer has no exact form on this many ranks (e.g. more ranks than its heads).
