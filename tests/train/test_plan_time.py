@@ -3,6 +3,8 @@ the run still equals one process's (the timing touches neither the model nor the
 import pytest
 import torch
 
+from longmix.cli import build_parser
+from longmix.commands.train import config_from_args
 from longmix.parallel.launch import run_local
 from longmix.train import TrainConfig
 
@@ -32,3 +34,9 @@ def test_a_plan_that_cannot_apply_is_refused_by_name(kwargs, match):
                 mixer="linear", out="unused")
     with pytest.raises(ValueError, match=match):
         TrainConfig(**{**base, **kwargs})
+
+
+def test_the_command_line_passes_plan_through():
+    base = ["train", "--task", "toy_copy", "--mixer", "linear", "--context", "8"]
+    assert config_from_args(build_parser().parse_args(base + ["--plan", "time"])).plan == "time"
+    assert config_from_args(build_parser().parse_args(base)).plan == "bytes"
