@@ -108,9 +108,10 @@ def config_from_args(args, procs: int | None = None):
         hf_model=args.hf_model, task_params=parse_pairs(args.task_param, "--task-param"),
         mixer_options=parse_pairs(args.mixer_option, "--mixer-option"), out=args.out,
         eval_every=args.eval_every, checkpoint_every=args.checkpoint_every, device=args.device,
-        threads=args.threads, progress=not args.quiet, procs=procs, layout=args.layout, form=args.form, plan=args.plan,
-        seq_parallel=args.seq_parallel, checkpoint_activations=args.checkpoint_activations,
-        pack=args.pack, return_freed_memory=args.return_freed_memory)
+        threads=args.threads, progress=not args.quiet, procs=procs, layout=args.layout, form=args.form,
+        plan=args.plan, seq_parallel=args.seq_parallel,
+        checkpoint_activations=args.checkpoint_activations, pack=args.pack,
+        return_freed_memory=args.return_freed_memory)
 
 
 def run(args) -> int:

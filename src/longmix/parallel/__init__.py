@@ -30,6 +30,7 @@ from .forms.timing import StepTiming
 from .layout import DOCUMENT_LAYOUTS, LAYOUTS, local_length, segments, shard, unshard
 from .stats import CommStats
 
-__all__ = ["attention", "parallelize", "plan_model", "calibrate_timing", "StepTiming", "ModelPlan", "shard", "unshard", "segments", "local_length", "plan", "measure_rates",
+__all__ = ["attention", "parallelize", "plan_model", "calibrate_timing", "StepTiming", "ModelPlan",
+           "shard", "unshard", "segments", "local_length", "plan", "measure_rates",
            "Plan", "Rates", "StrategyCost", "CommStats", "LAYOUTS", "DOCUMENT_LAYOUTS", "STRATEGIES", "DEFAULT_RATES",
            "state_passing_mix", "state_passing_bytes", "state_passing_backward_bytes"]

@@ -481,7 +481,7 @@ def _run(cfg, task, mcfg, device, out, run_id, say, ranks: Ranks) -> dict:
         "tokens_seen": step * tokens_per_step,
         "world_size": ranks.world, "layout": ranks.layout if ranks.world > 1 else None,
         "forms": list(runner.forms) if ranks.seq_world > 1 and cfg.hf_model is None else None,
-        "plan": (cfg.plan if cfg.form is None else None) if ranks.seq_world > 1 and cfg.hf_model is None else None,
+        "plan": cfg.plan if ranks.seq_world > 1 and cfg.hf_model is None and cfg.form is None else None,
         "mesh": ranks.mesh if ranks.grid is not None else None,  # [data, seq]
         "checkpoint_activations": cfg.checkpoint_activations,
         # --pack: documents packed into sequences of --context tokens; what the train batches held

@@ -9,7 +9,9 @@ extrapolates (calibrate near them: ``benchmarks/results/planner_time_calib_short
 
 Collective: every rank of ``group`` calls it with the same model and lengths. Each step time is
 the median of ``repeats`` after a warm-up, and the slowest rank's is kept (all-reduce MAX), so
-the rates, and every plan built from them, are the same on every rank. The layers are timed on
+the rates, and every plan built from them, are the same on every rank of the group (on a data x
+seq grid each sequence group times its own ranks; rows that plan different forms still compute
+the same, exact, model). The layers are timed on
 copies (the model's gradients are untouched), on a forked random stream (the caller's is
 untouched).
 """
