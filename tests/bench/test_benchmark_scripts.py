@@ -1,7 +1,9 @@
 """The benchmark scripts' own logic: mqar_steps.py runs with a changed task go to files of their
-own and bad arguments are refused by name; a partial sequence_parallel.py run keeps the full run's files."""
+own and bad arguments are refused by name; a partial sequence_parallel.py run keeps the full run's files;
+plan_time_train.py runs both plans and compares them."""
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -63,3 +65,16 @@ def test_planner_benchmark_judges_the_pick_by_time_against_the_fastest_measured(
     assert judged["shuffle"]["picked_by_time"] and judged["state"]["picked_by_bytes"]
     assert judged["state"]["fastest"] and judged["shuffle"]["pick_within_10pct"]
     assert judged["state"]["error"] == pytest.approx(0.5)
+
+
+def test_plan_time_train_runs_both_plans_and_compares_them(tmp_path):
+    script = SCRIPT.parent / "plan_time_train.py"
+    done = subprocess.run([sys.executable, str(script), "--mixers", "mamba", "--ranks", "2", "--steps", "2",
+                           "--rounds", "1", "--context", "256", "--out-dir", str(tmp_path)],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    row, = json.loads((tmp_path / "plan_time_train.json").read_text())["rows"]
+    assert row["forms"]["bytes"] == ["state", "state"]  # mamba's fewest bytes
+    assert set(row["forms"]["time"]) <= {"shuffle", "state"} and row["tests_agree"]
+    assert row["bytes_over_time"] == pytest.approx(row["train_s"]["bytes"] / row["train_s"]["time"])
+    assert "| mamba | 2 | state, state |" in (tmp_path / "plan_time_train.md").read_text()
