@@ -13,7 +13,8 @@ every feasible form is predicted and measured in its own launch of P gloo ranks
 (``longmix.bench.form_step``: the same step as ``sequence_parallel.py --backward``), and the table
 gives predicted / measured, the form the planner picks by time, the form it picks by bytes, and
 whether the pick by time is the fastest measured or within 10% of it (the goal; the prediction's
-goal is +-25%). Each rank runs one thread; ranks beyond the cores share them, which the model
+goal is +-25%), and a plot of predicted against measured. ``--from-json FILE`` writes the table
+and plot of a stored record again, measuring nothing. Each rank runs one thread; ranks beyond the cores share them, which the model
 charges (``contention``). Writes planner_time.{json,md} under ``--out-dir`` with machine,
 command, date and commit.
 """
@@ -165,6 +166,39 @@ def markdown(record: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def plot(record: dict, path: Path) -> None:
+    """Predicted against measured step time, one point per (mixer, P, L, form), with the +-25%
+    band of the goal; filled points are the forms picked by time."""
+    from longmix.plotting import pyplot
+
+    plt = pyplot()
+    rows = [r for r in record["result"]["rows"] if "error" in r]
+    fig, ax = plt.subplots(figsize=(6.5, 6))
+    low = min(min(r["time_s"], r["predicted_s"]) for r in rows) / 1.5
+    high = max(max(r["time_s"], r["predicted_s"]) for r in rows) * 1.5
+    line = [low, high]
+    ax.plot(line, line, color="black", lw=1)
+    ax.fill_between(line, [v * 0.75 for v in line], [v * 1.25 for v in line], color="0.9",
+                    label="+-25% (the goal)")
+    colors = {m: f"C{i}" for i, m in enumerate(dict.fromkeys(r["mixer"] for r in rows))}
+    markers = {2: "o", 4: "s", 8: "^"}
+    for r in rows:
+        ax.scatter(r["time_s"], r["predicted_s"], color=colors[r["mixer"]],
+                   marker=markers.get(r["world"], "D"),
+                   facecolors=colors[r["mixer"]] if r["picked_by_time"] else "none")
+    for mixer, color in colors.items():
+        ax.scatter([], [], color=color, label=mixer)
+    for world in sorted({r["world"] for r in rows}):
+        ax.scatter([], [], color="gray", marker=markers.get(world, "D"), facecolors="none", label=f"P = {world}")
+    ax.set(xscale="log", yscale="log", xlim=line, ylim=line, xlabel="measured step (s)",
+           ylabel="predicted step (s)",
+           title=f"The planner by time ({record['git_describe']}); filled: the form picked")
+    ax.legend(fontsize=8, loc="upper left")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--mixers", nargs="+", default=DEFAULT_MIXERS)
@@ -189,6 +223,8 @@ def parse_args(argv=None):
     p.add_argument("--quick-s", type=float, default=30.0, help="stop repeating a point after this")
     p.add_argument("--timeout-s", type=float, default=600.0)
     p.add_argument("--out-dir", type=Path, default=RESULTS)
+    p.add_argument("--from-json", type=Path, default=None,
+                   help="measure nothing: write the table and plot of this stored planner_time.json")
     return p.parse_args(argv)
 
 
@@ -198,13 +234,19 @@ def main(argv=None) -> int:
     from longmix.provenance import provenance, utc_now
 
     args = parse_args(argv)
-    record = {"command": shlex.join(["python", *sys.argv]), "args": {**vars(args), "out_dir": str(args.out_dir)},
-              "machine": describe("cpu"), "date": utc_now(), **provenance()}
-    record["result"] = run(args)
     args.out_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(args.out_dir / "planner_time.json", json.dumps(record, indent=2, default=str))
+    if args.from_json is not None:
+        record = json.loads(args.from_json.read_text())
+    else:
+        record = {"command": shlex.join(["python", *sys.argv]),
+                  "args": {**vars(args), "out_dir": str(args.out_dir)},
+                  "machine": describe("cpu"), "date": utc_now(), **provenance()}
+        record["result"] = run(args)
+        atomic_write_text(args.out_dir / "planner_time.json", json.dumps(record, indent=2, default=str))
+    stem = "planner_time" if args.from_json is None else args.from_json.stem
     text = markdown(record)
-    atomic_write_text(args.out_dir / "planner_time.md", text)
+    atomic_write_text(args.out_dir / f"{stem}.md", text)
+    plot(record, args.out_dir / f"{stem}.png")
     print(text)
     return 0
 
