@@ -1,6 +1,6 @@
 """The benchmark scripts' own logic: mqar_steps.py runs with a changed task go to files of their
 own and bad arguments are refused by name; a partial sequence_parallel.py run keeps the full run's files;
-plan_time_train.py runs both plans and compares them."""
+plan_time_train.py runs both plans and compares them; planner_time.py redraws a stored record."""
 from __future__ import annotations
 
 import json
@@ -78,3 +78,12 @@ def test_plan_time_train_runs_both_plans_and_compares_them(tmp_path):
     assert set(row["forms"]["time"]) <= {"shuffle", "state"} and row["tests_agree"]
     assert row["bytes_over_time"] == pytest.approx(row["train_s"]["bytes"] / row["train_s"]["time"])
     assert "| mamba | 2 | state, state |" in (tmp_path / "plan_time_train.md").read_text()
+
+
+def test_planner_time_redraws_a_stored_record_without_measuring(tmp_path):
+    stored = SCRIPT.parent / "results" / "planner_time.json"
+    done = subprocess.run([sys.executable, str(SCRIPT.parent / "planner_time.py"), "--from-json", str(stored),
+                           "--out-dir", str(tmp_path)], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert (tmp_path / "planner_time.md").read_text() == stored.with_suffix(".md").read_text()
+    assert (tmp_path / "planner_time.png").stat().st_size > 0
