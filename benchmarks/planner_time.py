@@ -1,7 +1,8 @@
 """The planner by time: each form's predicted step time against the measured one, and the choice.
 
     python benchmarks/planner_time.py                           # 5 mixers, P = 2, 4, L = 2^14, 2^16
-    python benchmarks/planner_time.py --mixers mamba --lengths 8192 --ranks 2 --repeats 1 --calib-repeats 1   # a look
+    python benchmarks/planner_time.py --mixers mamba --lengths 8192 --ranks 2 \
+        --repeats 1 --calib-repeats 1                           # a look
 
 Calibration (a few seconds per form): the link of P ranks (``longmix.parallel.measure_rates``:
 an all-to-all's bandwidth and latency, per P), and, by the library's own
@@ -13,10 +14,10 @@ every feasible form is predicted and measured in its own launch of P gloo ranks
 (``longmix.bench.form_step``: the same step as ``sequence_parallel.py --backward``), and the table
 gives predicted / measured, the form the planner picks by time, the form it picks by bytes, and
 whether the pick by time is the fastest measured or within 10% of it (the goal; the prediction's
-goal is +-25%), and a plot of predicted against measured. ``--from-json FILE`` writes the table
-and plot of a stored record again, measuring nothing. Each rank runs one thread; ranks beyond the cores share them, which the model
-charges (``contention``). Writes planner_time.{json,md} under ``--out-dir`` with machine,
-command, date and commit.
+goal is +-25%), and a plot of predicted against measured. Each rank runs one thread; ranks
+beyond the cores share them, which the model charges (``contention``). Writes
+planner_time.{json,md,png} under ``--out-dir`` with machine, command, date and commit;
+``--from-json FILE`` writes the table and plot of a stored record again, measuring nothing.
 """
 from __future__ import annotations
 
