@@ -1,8 +1,8 @@
 """The planner by time: each form's predicted step time against the measured one, and the choice.
 
     python benchmarks/planner_time.py                           # 5 mixers, P = 2, 4, L = 2^14, 2^16
-    python benchmarks/planner_time.py --mixers mamba --lengths 8192 --ranks 2 \
-        --repeats 1 --calib-repeats 1                           # a look
+    # a look:
+    python benchmarks/planner_time.py --mixers mamba --lengths 8192 --ranks 2 --repeats 1 --calib-repeats 1
 
 Calibration (a few seconds per form): the link of P ranks (``longmix.parallel.measure_rates``:
 an all-to-all's bandwidth and latency, per P), and, by the library's own
