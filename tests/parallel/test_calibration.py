@@ -38,6 +38,18 @@ def test_two_ranks_time_every_form_of_each_mixer_once_and_agree():
     assert forms == [min(seconds, key=seconds.get)] * 2  # the plan chose by time, not bytes
 
 
+def _one_form_only(group):
+    torch.manual_seed(0)
+    model = SequenceModel(ModelConfig(vocab_size=11, mixer="hyena", head="lm", dim=8, depth=1, heads=2))
+    forms = [o.form for o in ld.plan_model(model, 64, 2).layers[0].options if o.feasible]
+    return forms, calibrate_timing(model, group, [64], repeats=1).rates
+
+
+def test_a_mixer_with_one_feasible_form_is_not_timed():
+    forms, rates = run_local(_one_form_only, 2, timeout=120)[0]
+    assert forms == ["shuffle"] and rates == {}
+
+
 def test_one_process_times_the_mixer_itself():
     mixer = _model().blocks[0].mixer
     timing = calibrate_timing(mixer, None, [16], repeats=1)

@@ -39,7 +39,7 @@ def calibrate_timing(module, group=None, lengths=(4096,), *, batch: int = 1,
 
     Args:
         module: a ``TokenMixer`` or ``SequenceModel``; each distinct mixer (by registry name) is
-            timed once, on a copy of its first layer.
+            timed once, on a copy of its first layer, where it has more than one feasible form.
         group: the process group the model will run on (None: the default group).
         lengths: global sequence lengths to time each form at (the training length, or a few
             around the lengths to be planned).
@@ -74,7 +74,10 @@ def _calibrate(module, group, world, rank, lengths, batch, layout, repeats) -> S
         param = next(mixer.parameters(), None)
         dtype = param.dtype if param is not None else torch.float32
         options = plan_model(mixer, max(lengths), world, batch, dtype=dtype, layout=layout).layers[0].options
-        for form in [o.form for o in options if o.feasible]:
+        feasible = [o.form for o in options if o.feasible]
+        if len(feasible) < 2:  # nothing to choose between: the planner takes the one form
+            continue
+        for form in feasible:
             points = []
             for length in lengths:
                 cost = plan_model(mixer, length, world, batch, dtype=dtype, layout=layout,
