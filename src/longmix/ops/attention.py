@@ -338,18 +338,7 @@ def merge_partials(outs: Sequence[torch.Tensor], lses: Sequence[torch.Tensor]):
             raise ValueError(f"partial {i}: out shape {tuple(o.shape)} differs from partial 0's "
                              f"{tuple(outs[0].shape)}")
     dt = torch.promote_types(lses[0].dtype, torch.float32)
-    stacked = torch.stack([l.to(dt) for l in lses])  # (n, B, H, L)
-    # Weights exp(lse_i - m) / sum_k exp(lse_k - m) relative to the max m: normalizing by the sum,
-    # not by exp(lse), keeps out accurate when lse is large (rounding lse ~ 1e4 in float32 costs
-    # ~1e-3). m cancels exactly, so it carries no gradient; rows with no key use m = 0.
-    m = stacked.detach().amax(0)
-    m = torch.where(torch.isfinite(m), m, torch.zeros_like(m))
-    e = torch.exp(stacked - m)
-    total = e.sum(0)
-    seen = total > 0
-    safe_total = torch.where(seen, total, torch.ones_like(total))
-    lse = torch.where(seen, m + torch.log(safe_total), torch.full_like(total, float("-inf")))
-    weights = e / safe_total  # (n, B, H, L), 0 for empty partials
+    weights, lse = _merge_weights(torch.stack([l.to(dt) for l in lses]))
     out = sum(w.transpose(1, 2)[..., None] * o.to(dt) for w, o in zip(weights, outs))
     return out.to(outs[0].dtype), lse
 
@@ -361,13 +350,25 @@ def merge_into(out: torch.Tensor, lse: torch.Tensor, part: torch.Tensor, part_ls
     temporaries set its peak memory). Without autograd; ``out`` and ``lse`` are the accumulators,
     in lse's dtype (at least float32)."""
     with torch.no_grad():
-        m = torch.maximum(lse, part_lse)
-        m = torch.where(torch.isfinite(m), m, torch.zeros_like(m))
-        e_acc, e_part = torch.exp(lse - m), torch.exp(part_lse - m)
-        total = e_acc + e_part
-        seen = total > 0
-        safe_total = torch.where(seen, total, torch.ones_like(total))
-        lse.copy_(torch.where(seen, m + torch.log(safe_total), torch.full_like(total, float("-inf"))))
+        (w_acc, w_part), merged = _merge_weights(torch.stack([lse, part_lse.to(lse.dtype)]))
+        lse.copy_(merged)
         # weights (B, H, L) -> (B, L, H, 1), as out's rows
-        out.mul_((e_acc / safe_total).transpose(1, 2)[..., None])
-        out.addcmul_(part.to(out.dtype), (e_part / safe_total).transpose(1, 2)[..., None])
+        out.mul_(w_acc.transpose(1, 2)[..., None])
+        out.addcmul_(part.to(out.dtype), w_part.transpose(1, 2)[..., None])
+
+
+def _merge_weights(stacked: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(weights (n, B, H, L), lse (B, H, L)) of n partials whose log-sum-exps are ``stacked``.
+
+    Weights exp(lse_i - m) / sum_k exp(lse_k - m) relative to the max m: normalizing by the sum,
+    not by exp(lse), keeps out accurate when lse is large (rounding lse ~ 1e4 in float32 costs
+    ~1e-3). m cancels exactly, so it carries no gradient; rows with no key use m = 0 and get
+    weights 0 and lse -inf (never NaN, also in the gradient)."""
+    m = stacked.detach().amax(0)
+    m = torch.where(torch.isfinite(m), m, torch.zeros_like(m))
+    e = torch.exp(stacked - m)
+    total = e.sum(0)
+    seen = total > 0
+    safe_total = torch.where(seen, total, torch.ones_like(total))
+    lse = torch.where(seen, m + torch.log(safe_total), torch.full_like(total, float("-inf")))
+    return e / safe_total, lse
