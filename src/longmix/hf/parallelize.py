@@ -248,11 +248,6 @@ class ParallelHFModel(nn.Module):
                 out.loss = out.loss + router_loss.coef * out.aux_loss.to(out.loss.dtype)
         return out
 
-    @property
-    def router_loss(self) -> RouterLoss | None:
-        """The router loss the forward computes by default (the config's ``output_router_logits``)."""
-        return self._router_losses[None]
-
     def router_loss_for(self, output_router_logits: bool | None) -> RouterLoss | None:
         """The router loss a forward with this ``output_router_logits`` argument computes (None:
         none). ValueError for a value that is not None, True or False, for True on a model
