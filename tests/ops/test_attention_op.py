@@ -53,6 +53,16 @@ def _loss(out, lse, go, gl):
     return (out.to(F64) * go).sum() + (torch.where(finite, lse, 0).to(F64) * gl).sum()
 
 
+def _assert_same_gradients(out, lse, rout, rlse, inputs):
+    """The gradients into ``inputs`` of (out, lse) and of the reference's (rout, rlse), under
+    the same random output and lse gradients, agree to 1e-11."""
+    go, gl = torch.randn_like(rout), torch.randn_like(rlse)
+    grads = torch.autograd.grad(_loss(out, lse, go, gl), inputs)
+    rgrads = torch.autograd.grad(_loss(rout, rlse, go, gl), inputs)
+    for g, rg in zip(grads, rgrads):
+        torch.testing.assert_close(g, rg, atol=1e-11, rtol=1e-11)
+
+
 SHAPES = [  # (batch, Lq, Lk, heads, kv_heads, head_dim)
     (2, 7, 7, 4, 4, 8),
     (1, 6, 6, 4, 2, 8),    # GQA
@@ -76,11 +86,7 @@ def test_forward_backward_matches_reference(shape, causal, window):
     assert torch.equal(torch.isinf(lse), torch.isinf(rlse))
     torch.testing.assert_close(torch.where(torch.isinf(lse), 0, lse),
                                torch.where(torch.isinf(rlse), 0, rlse), atol=1e-12, rtol=1e-12)
-    go, gl = torch.randn_like(rout), torch.randn_like(rlse)
-    grads = torch.autograd.grad(_loss(out, lse, go, gl), (q, k, v))
-    rgrads = torch.autograd.grad(_loss(rout, rlse, go, gl), (q, k, v))
-    for g, rg in zip(grads, rgrads):
-        torch.testing.assert_close(g, rg, atol=1e-11, rtol=1e-11)
+    _assert_same_gradients(out, lse, rout, rlse, (q, k, v))
 
 
 @pytest.mark.parametrize("causal", [False, True])
@@ -170,11 +176,7 @@ def test_merge_of_split_keys_equals_full_attention(causal):
     rout, rlse = rout[:, rows], rlse[:, :, rows]
     torch.testing.assert_close(out, rout, atol=1e-12, rtol=1e-12)
     torch.testing.assert_close(lse, rlse, atol=1e-12, rtol=1e-12)
-    go, gl = torch.randn_like(out), torch.randn_like(lse)
-    grads = torch.autograd.grad(_loss(out, lse, go, gl), (q, k, v))
-    rgrads = torch.autograd.grad(_loss(rout, rlse, go, gl), (q, k, v))
-    for g, rg in zip(grads, rgrads):
-        torch.testing.assert_close(g, rg, atol=1e-11, rtol=1e-11)
+    _assert_same_gradients(out, lse, rout, rlse, (q, k, v))
 
 
 def test_merge_with_empty_partials_never_nan():
@@ -277,11 +279,7 @@ def test_cpu_gqa_never_repeats_kv(monkeypatch):
         out, lse = attention_with_lse(q, k, v, causal=causal)
         rout, rlse = reference(q, k, v, causal=causal)
         torch.testing.assert_close(out, rout, atol=1e-12, rtol=1e-12)
-        go, gl = torch.randn_like(rout), torch.randn_like(rlse)
-        grads = torch.autograd.grad(_loss(out, lse, go, gl), (q, k, v))
-        rgrads = torch.autograd.grad(_loss(rout, rlse, go, gl), (q, k, v))
-        for g, rg in zip(grads, rgrads):
-            torch.testing.assert_close(g, rg, atol=1e-11, rtol=1e-11)
+        _assert_same_gradients(out, lse, rout, rlse, (q, k, v))
 
 
 def test_merge_into_equals_merge_partials():
