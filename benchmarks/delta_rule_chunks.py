@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import shlex
 import statistics
 import sys
 import time
@@ -28,6 +27,7 @@ from longmix.fileio import atomic_write_text
 from longmix.machine import describe, markdown
 from longmix.ops.delta_rule import gated_delta_rule
 from longmix.provenance import provenance, utc_now
+from longmix.bench.record import command_line
 
 
 def inputs(length: int, heads: int, dim: int, seed: int = 0):
@@ -58,7 +58,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--out-dir", type=Path, default=Path(__file__).parent / "results")
     args = parser.parse_args(argv)
-    command = shlex.join(["python", "benchmarks/delta_rule_chunks.py"] + (sys.argv[1:] if argv is None else argv))
+    command = command_line("delta_rule_chunks.py", argv)
     torch.set_num_threads(1)
     rows = []
     for dim in args.key_dims:

@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shlex
 import sys
 from pathlib import Path
 
@@ -27,6 +26,7 @@ import torch
 from longmix.fileio import atomic_write_text
 from longmix.machine import describe, markdown
 from longmix.provenance import provenance, utc_now
+from longmix.bench.record import command_line
 
 VOCAB = 257  # the text task's bytes + pad
 
@@ -75,7 +75,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tag", default="", help="a suffix of the result files' names")
     parser.add_argument("--out-dir", type=Path, default=Path(__file__).parent / "results")
     args = parser.parse_args(argv)
-    command = shlex.join(["python", "benchmarks/generate_context.py"] + (sys.argv[1:] if argv is None else argv))
+    command = command_line("generate_context.py", argv)
     from longmix.parallel.launch import run_local
 
     rows = []

@@ -25,13 +25,12 @@ commit, after every search.
 from __future__ import annotations
 
 import argparse
-import json
-import shlex
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from max_context import add_gains, longest_fitting  # noqa: E402  (the one search)
+from longmix.bench.record import provenance_lines, run_record, write_record  # noqa: E402
 from memory_slope import measure, peak_rise  # noqa: E402  (the one memory measurement)
 
 
@@ -70,13 +69,9 @@ def search_row(mixer: str, world: int, args) -> dict:
 
 
 def markdown_text(record: dict) -> str:
-    from longmix.machine import markdown
-
     cfg, memory_mib = record["config"], record["config"]["memory_mib"]
     lines = [f"# Longest prompt that prefills and generates in {memory_mib} MiB per process", "",
-             f"Command: `{record['command']}`  ", f"Date: {record['date']}  ",
-             f"Commit: {record['provenance']['git_describe']} ({record['provenance']['git_commit']})  ",
-             f"Machine: {markdown(record['machine'])}", "",
+             *provenance_lines(record), "",
              f"A prompt fits when every rank's peak memory rise during one `generate` call (the prompt, "
              f"the prefill, the cache, {cfg['new_tokens']} new tokens; random weights, fp32, dim "
              f"{cfg['dim']}, depth {cfg['depth']}, heads {cfg['heads']}, layout {cfg['layout']}, "
@@ -129,18 +124,9 @@ def parse_args(argv):
 
 
 def main(argv: list[str] | None = None) -> int:
-    from longmix.fileio import atomic_write_text
-    from longmix.machine import describe
-    from longmix.provenance import provenance, utc_now
-
     args = parse_args(argv)
     stem = "generate_max_prompt" + (f"_{args.tag}" if args.tag else "")
-    command = shlex.join(["python", "benchmarks/generate_max_prompt.py"]
-                         + (sys.argv[1:] if argv is None else argv))
-    record = {"command": command, "date": utc_now(), "machine": describe(), "provenance": provenance(),
-              "config": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
-              "rows": []}
-    args.out_dir.mkdir(parents=True, exist_ok=True)
+    record = {**run_record("generate_max_prompt.py", args, argv), "rows": []}
     for mixer in args.mixers:
         for world in args.ranks:
             row = search_row(mixer, world, args)
@@ -149,8 +135,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{mixer:8s} P={world}: {row['max_context']} (stopped by {row['stopped_by']}, "
                   f"{len(row['points'])} points: {[(p['length'], p['status']) for p in row['points']]})",
                   flush=True)
-            atomic_write_text(args.out_dir / f"{stem}.json", json.dumps(record, indent=1) + "\n")
-            atomic_write_text(args.out_dir / f"{stem}.md", markdown_text(record))
+            write_record(args.out_dir, stem, record, markdown_text(record))
     print(markdown_text(record))
     return 0
 

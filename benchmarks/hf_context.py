@@ -29,13 +29,12 @@ machine, command, date and commit, after every search.
 from __future__ import annotations
 
 import argparse
-import json
-import shlex
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from max_context import add_gains, longest_fitting  # noqa: E402  (the one search)
+from longmix.bench.record import provenance_lines, run_record, write_record  # noqa: E402
 from memory_slope import measure, peak_rise  # noqa: E402  (the one memory measurement)
 
 VOCAB = 256
@@ -105,13 +104,9 @@ def search_row(model: str, mode: str, tool: str, world: int, args) -> dict:
 
 
 def markdown_text(record: dict) -> str:
-    from longmix.machine import markdown
-
     cfg = record["config"]
     lines = [f"# Longest context in {cfg['cap_mib']:g} MiB per process: transformers vs longmix.hf", "",
-             f"Command: `{record['command']}`  ", f"Date: {record['date']}  ",
-             f"Commit: {record['provenance']['git_describe']} ({record['provenance']['git_commit']})  ",
-             f"Machine: {markdown(record['machine'])}", "",
+             *provenance_lines(record), "",
              f"A length fits when every rank's peak memory rise during one step (prefill: a forward "
              f"without gradients; train: forward, the model's LM loss, backward) is at most "
              f"{cfg['cap_mib']:g} MiB; a point over the cap is ended there by a watchdog. Random "
@@ -214,17 +209,9 @@ def parse_args(argv):
 
 
 def main(argv: list[str] | None = None) -> int:
-    from longmix.fileio import atomic_write_text
-    from longmix.machine import describe
-    from longmix.provenance import provenance, utc_now
-
     args = parse_args(argv)
     stem = "hf_context" + (f"_{args.tag}" if args.tag else "")
-    command = shlex.join(["python", "benchmarks/hf_context.py"] + (sys.argv[1:] if argv is None else argv))
-    record = {"command": command, "date": utc_now(), "machine": describe(), "provenance": provenance(),
-              "config": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
-              "rows": []}
-    args.out_dir.mkdir(parents=True, exist_ok=True)
+    record = {**run_record("hf_context.py", args, argv), "rows": []}
     settings = [("transformers", 1)] + [("longmix", w) for w in args.ranks]
     for model in args.models:
         for mode in args.modes:
@@ -235,8 +222,7 @@ def main(argv: list[str] | None = None) -> int:
                 points = [(p["length"], p["status"], p["memory_bytes"]) for p in row["points"]]
                 print(f"{model} {mode} {tool} P={world}: {row['max_context']} (stopped by "
                       f"{row['stopped_by']}, {points})", flush=True)
-                atomic_write_text(args.out_dir / f"{stem}.json", json.dumps(record, indent=1) + "\n")
-                atomic_write_text(args.out_dir / f"{stem}.md", markdown_text(record))
+                write_record(args.out_dir, stem, record, markdown_text(record))
     print(markdown_text(record))
     return 0
 

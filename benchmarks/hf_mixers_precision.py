@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import shlex
 import sys
 from pathlib import Path
 
@@ -34,6 +33,7 @@ from longmix.hf import mixer_from_hf
 from longmix.hf.float64 import float32_casts_off
 from longmix.machine import describe, markdown
 from longmix.provenance import provenance, utc_now
+from longmix.bench.record import command_line
 
 # the configs of tests/hf/test_mixers.py
 CONFIGS = {
@@ -119,7 +119,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--lengths", type=int, nargs="+", default=[1, 7, 33])
     parser.add_argument("--out-dir", type=Path, default=Path(__file__).parent / "results")
     args = parser.parse_args(argv)
-    command = shlex.join(["python", "benchmarks/hf_mixers_precision.py"] + (sys.argv[1:] if argv is None else argv))
+    command = command_line("hf_mixers_precision.py", argv)
     rows = [measure(name, seed, length) for name in CONFIGS for seed in range(args.seeds) for length in args.lengths]
     keys = [k for k in rows[0] if k.endswith(("_out", "_grad"))]
     worst = {name: {k: max(r[k] for r in rows if r["config"] == name) for k in keys} for name in CONFIGS}

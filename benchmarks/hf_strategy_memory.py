@@ -12,24 +12,19 @@ length decides how far a fixed memory reaches (docs/hf.md). Writes hf_strategy_m
 from __future__ import annotations
 
 import argparse
-import json
-import shlex
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from hf_context import VOCAB, hf_worker  # noqa: E402  (the model and the step)
+from longmix.bench.record import provenance_lines, run_record, write_record  # noqa: E402
 from memory_slope import measure  # noqa: E402  (the one memory measurement)
 
 
 def markdown_text(record: dict) -> str:
-    from longmix.machine import markdown
-
     cfg = record["config"]
     lines = [f"# Memory per rank by attention strategy: hf_context's Llama, {cfg['mode']}", "",
-             f"Command: `{record['command']}`  ", f"Date: {record['date']}  ",
-             f"Commit: {record['provenance']['git_describe']} ({record['provenance']['git_commit']})  ",
-             f"Machine: {markdown(record['machine'])}", "",
+             *provenance_lines(record), "",
              f"One {cfg['mode']} step (prefill: a forward without gradients; train: forward, LM "
              f"loss, backward) of a random LlamaForCausalLM (hidden {cfg['hidden']}, "
              f"{cfg['layers']} layers, 4 query / 2 K/V heads, vocabulary {VOCAB}, float32, batch 1), "
@@ -47,10 +42,6 @@ def markdown_text(record: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from longmix.fileio import atomic_write_text
-    from longmix.machine import describe
-    from longmix.provenance import provenance, utc_now
-
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--lengths", nargs="+", type=int, default=[16384, 32768])
     p.add_argument("--ranks", nargs="+", type=int, default=[2, 4])
@@ -67,15 +58,10 @@ def main(argv: list[str] | None = None) -> int:
     if min(args.lengths + args.ranks) < 1:
         p.error("--lengths and --ranks must be >= 1")
     stem = "hf_strategy_memory" + (f"_{args.tag}" if args.tag else "")
-    command = shlex.join(["python", "benchmarks/hf_strategy_memory.py"] +
-                         (sys.argv[1:] if argv is None else argv))
-    record = {"command": command, "date": utc_now(), "machine": describe(), "provenance": provenance(),
-              "config": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
-              "rows": []}
+    record = {**run_record("hf_strategy_memory.py", args, argv), "rows": []}
     spec = {"model": "llama", "mode": args.mode, "hidden": args.hidden, "layers": args.layers,
             "threads": args.threads, "cap_bytes": None}
     runs = [("transformers", "-", 1)] + [("longmix", s, w) for w in args.ranks for s in args.strategies]
-    args.out_dir.mkdir(parents=True, exist_ok=True)
     for length in args.lengths:
         for tool, strategy, world in runs:
             point = measure({**spec, "tool": tool, "strategy": strategy, "length": length}, world,
@@ -83,8 +69,7 @@ def main(argv: list[str] | None = None) -> int:
             record["rows"].append({"tool": tool, "strategy": strategy, "world": world,
                                    "length": length, **point})
             print(tool, strategy, world, length, point["status"], point.get("by_rank"), flush=True)
-            atomic_write_text(args.out_dir / f"{stem}.json", json.dumps(record, indent=1) + "\n")
-            atomic_write_text(args.out_dir / f"{stem}.md", markdown_text(record))
+            write_record(args.out_dir, stem, record, markdown_text(record))
     print(markdown_text(record))
     return 0
 

@@ -14,9 +14,7 @@ command, date and commit.
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import shlex
 import statistics
 import subprocess
 import sys
@@ -57,9 +55,8 @@ def step_seconds(setting: str, mixer: str, length: int, steps: int) -> float:
 
 
 def main(argv=None) -> int:
-    from longmix.fileio import atomic_write_text
-    from longmix.machine import describe, markdown
-    from longmix.provenance import provenance, utc_now
+    from longmix.bench.record import run_record, write_record
+    from longmix.machine import markdown
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--mixers", nargs="+", default=["hyena", "mamba"])
@@ -69,7 +66,6 @@ def main(argv=None) -> int:
     p.add_argument("--settings", nargs="+", default=list(SETTINGS), choices=list(SETTINGS))
     p.add_argument("--out-dir", type=Path, default=Path(__file__).resolve().parent / "results")
     args = p.parse_args(argv)
-    command = shlex.join(["python", "benchmarks/malloc_cost.py"] + (sys.argv[1:] if argv is None else argv))
     rows = []
     for mixer in args.mixers:
         seconds = {s: [] for s in args.settings}
@@ -82,13 +78,9 @@ def main(argv=None) -> int:
             rows.append({"mixer": mixer, "setting": setting, "length": args.length,
                          "seconds": seconds[setting], "median_s": median, "vs_first": median / base})
             print(f"{mixer:8s} {setting:14s} {median:.3f} s/step ({median / base:.2f}x)", flush=True)
-    run = {"command": command, "date": utc_now(), "machine": describe(), "provenance": provenance(),
-           "config": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
-           "rows": rows}
-    args.out_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(args.out_dir / "malloc_cost.json", json.dumps(run, indent=1) + "\n")
+    run = {**run_record("malloc_cost.py", args, argv), "rows": rows}
     lines = ["# Step time with glibc's mmap threshold fixed (longmix.machine.return_freed_memory)", "",
-             f"- {run['date']}, commit {run['provenance']['git_describe']}: `{command}`; "
+             f"- {run['date']}, commit {run['provenance']['git_describe']}: `{run['command']}`; "
              f"{markdown(run['machine'])}", "",
              f"One process, L = {args.length}, one torch thread; median over {args.rounds} fresh "
              f"interpreters per setting (alternating) of each one's median of {args.steps} steps. "
@@ -98,7 +90,7 @@ def main(argv=None) -> int:
     for r in rows:
         lines.append(f"| {r['mixer']} | {r['setting']} | {r['median_s']:.3f} | {r['vs_first']:.2f}x | "
                      + ", ".join(f"{s:.3f}" for s in r["seconds"]) + " |")
-    atomic_write_text(args.out_dir / "malloc_cost.md", "\n".join(lines) + "\n")
+    write_record(args.out_dir, "malloc_cost", run, "\n".join(lines) + "\n")
     print("\n".join(lines))
     return 0
 

@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shlex
 import statistics
 import sys
 import time
@@ -36,6 +35,7 @@ from longmix.machine import describe, markdown
 from longmix.models import ModelConfig, build_model
 from longmix.ops.scan import SCAN_BACKENDS
 from longmix.provenance import provenance, utc_now
+from longmix.bench.record import command_line
 
 VOCAB = 256
 
@@ -93,7 +93,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.score_last is not None and not 1 <= args.score_last <= min(args.lengths):
         parser.error(f"--score-last must be in [1, {min(args.lengths)}] (the shortest length), "
                      f"got {args.score_last}")
-    command = shlex.join(["python", "benchmarks/mamba_step.py"] + (sys.argv[1:] if argv is None else argv))
+    command = command_line("mamba_step.py", argv)
 
     variants = [(mixer, backend) for mixer in args.mixers
                 for backend in (args.scan_backends if mixer == "mamba" else [None])]

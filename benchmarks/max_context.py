@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import shlex
 import sys
 import time
 from pathlib import Path
@@ -194,8 +193,7 @@ def parse_args(argv):
 
 
 def main(argv: list[str] | None = None) -> int:
-    from longmix.machine import describe
-    from longmix.provenance import provenance, utc_now
+    from longmix.bench.record import run_record
 
     args = parse_args(argv)
     stem = "max_context" + (f"_{args.tag}" if args.tag else "")
@@ -206,10 +204,7 @@ def main(argv: list[str] | None = None) -> int:
             records += data["runs"] if "runs" in data else [data]
         print(write_results(records, args.out_dir, stem))
         return 0
-    command = shlex.join(["python", "benchmarks/max_context.py"] + (sys.argv[1:] if argv is None else argv))
-    record = {"command": command, "date": utc_now(), "machine": describe(), "provenance": provenance(),
-              "config": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
-              "rows": []}
+    record = {**run_record("max_context.py", args, argv), "rows": []}
     for name in args.mixers:
         searches = [(w, c == "yes") for c in args.checkpointing for w in args.ranks]
         for world, checkpoint in searches:

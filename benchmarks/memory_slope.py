@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import shlex
 import sys
 import time
 from pathlib import Path
@@ -320,6 +319,7 @@ def parse_args(argv):
 
 
 def main(argv: list[str] | None = None) -> int:
+    from longmix.bench.record import command_line, config_of
     from longmix.machine import describe
     from longmix.provenance import provenance, utc_now
 
@@ -329,7 +329,6 @@ def main(argv: list[str] | None = None) -> int:
         print(write_results([run for path in args.merge for run in json.loads(path.read_text())["runs"]],
                             args.out_dir, stem))
         return 0
-    command = shlex.join(["python", "benchmarks/memory_slope.py"] + (sys.argv[1:] if argv is None else argv))
     json_path = args.out_dir / f"{stem}.json"
     runs = json.loads(json_path.read_text())["runs"] if args.append and json_path.exists() else []
     code = provenance()
@@ -346,9 +345,8 @@ def main(argv: list[str] | None = None) -> int:
                 rows.append(row)
                 print(f"{name:8s} {form:7s} P={world}: {row['status']} "
                       f"{row.get('kb_per_token', float('nan')):.2f} KB/token", flush=True)
-    runs.append({"command": command, "date": utc_now(), "machine": describe(), "provenance": code,
-                 "config": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
-                 "rows": rows})
+    runs.append({"command": command_line("memory_slope.py", argv), "date": utc_now(),
+                 "machine": describe(), "provenance": code, "config": config_of(args), "rows": rows})
     print(write_results(runs, args.out_dir, stem))
     return 0 if all(r["status"] == "ok" for r in rows) else 1
 

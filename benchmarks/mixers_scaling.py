@@ -12,17 +12,17 @@ mixers_scaling.{csv,json,md,png} to ``--out-dir``. The method is described in
 from __future__ import annotations
 
 import argparse
-import shlex
 import sys
 
 from longmix.bench.mixers import add_arguments, config_from_args, run_sweep
+from longmix.bench.record import command_line
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     add_arguments(parser)
     args = parser.parse_args(argv)
-    command = shlex.join(["python", "benchmarks/mixers_scaling.py"] + (sys.argv[1:] if argv is None else argv))
+    command = command_line("mixers_scaling.py", argv)
     run_sweep(config_from_args(args, command=command), progress=not args.no_progress)
     return 0
 

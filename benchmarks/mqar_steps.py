@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import shlex
 import sys
 from dataclasses import replace
 from pathlib import Path
@@ -35,6 +34,7 @@ from longmix.machine import markdown as machine_line
 from longmix.plotting import pyplot
 from longmix.study.grid import POSITIONAL_FAMILIES, SMALL, StudyTask
 from longmix.train import train
+from longmix.bench.record import command_line
 
 THRESHOLDS = (0.5, 0.9)
 
@@ -153,7 +153,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out-dir", type=Path, default=Path(__file__).parent / "results")
     parser.add_argument("--quiet", action="store_true")
     args = parser.parse_args(argv)
-    command = shlex.join(["python", "benchmarks/mqar_steps.py"] + (sys.argv[1:] if argv is None else argv))
+    command = command_line("mqar_steps.py", argv)
 
     changes = dict(args.param)
     task = grid_task(args.task, changes)

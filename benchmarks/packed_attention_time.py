@@ -30,9 +30,7 @@ from __future__ import annotations
 import argparse
 import json
 import random
-import shlex
 import statistics
-import sys
 import time
 from pathlib import Path
 
@@ -42,6 +40,7 @@ from longmix.fileio import atomic_write_text
 from longmix.machine import describe, markdown
 from longmix.parallel.launch import run_local
 from longmix.provenance import provenance, utc_now
+from longmix.bench.record import command_line
 
 LAYOUT_NAMES = ("contiguous", "zigzag", "doc_zigzag")
 DEFAULT_PACKED_LEN = 8192
@@ -124,8 +123,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.quick:
         args.packed_len, args.median, args.packs, args.repeats, args.worlds = 512, 16, 1, 1, [2]
-    command = shlex.join(["python", "benchmarks/packed_attention_time.py"]
-                         + (sys.argv[1:] if argv is None else argv))
+    command = command_line("packed_attention_time.py", argv)
 
     rng = random.Random(args.seed)
     packs = [pack(rng, args.packed_len, args.median, args.sigma) for _ in range(args.packs)]

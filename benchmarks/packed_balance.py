@@ -14,9 +14,7 @@ import argparse
 import json
 import math
 import random
-import shlex
 import statistics
-import sys
 from pathlib import Path
 
 from longmix.fileio import atomic_write_text
@@ -25,6 +23,7 @@ from longmix.parallel.layout import document_zigzag
 from longmix.parallel.packed_layout import (rows_per_rank, sequence_segments, work_cut_segments,
                                             work_per_rank)
 from longmix.provenance import provenance, utc_now
+from longmix.bench.record import command_line
 
 LAYOUTS = {
     "zigzag (whole sequence)": lambda b, p: sequence_segments(b, p, "zigzag"),
@@ -57,7 +56,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out-dir", type=Path, default=Path(__file__).parent / "results")
     args = parser.parse_args(argv)
-    command = shlex.join(["python", "benchmarks/packed_balance.py"] + (sys.argv[1:] if argv is None else argv))
+    command = command_line("packed_balance.py", argv)
     rng = random.Random(args.seed)
     packs = [pack(rng, args.packed_len, args.median, args.sigma) for _ in range(args.packs)]
     docs = [b - a for bounds in packs for a, b in zip(bounds, bounds[1:])]

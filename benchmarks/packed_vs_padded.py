@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import shlex
 import statistics
 import sys
 import time
@@ -37,6 +36,7 @@ from longmix.models import ModelConfig, build_model
 from longmix.provenance import provenance, utc_now
 from longmix.train.loss import UNSCORED, loss_sum
 from longmix.train.packing import pack
+from longmix.bench.record import command_line
 
 VOCAB = 256
 PAD = 0
@@ -140,7 +140,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--machine-shared", action="store_true",
                         help="say in the results that other jobs shared the machine meanwhile")
     args = parser.parse_args(argv)
-    command = shlex.join(["python", "benchmarks/packed_vs_padded.py"] + (sys.argv[1:] if argv is None else argv))
+    command = command_line("packed_vs_padded.py", argv)
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
 

@@ -18,13 +18,14 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import shlex
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+from longmix.bench.record import provenance_lines, run_record, write_record
 
 PLANS = ("bytes", "time")
 
@@ -71,8 +72,7 @@ def _same_metrics(a: dict, b: dict) -> bool:
 def markdown_text(record: dict) -> str:
     a = record["config"]
     lines = ["# `longmix train --plan time` against the plan by bytes", "",
-             f"- {record['date']}, commit {record['provenance']['git_describe']}: "
-             f"`{record['command']}`; {record['machine_text']}", "",
+             *provenance_lines(record), "",
              f"A causal LM on mqar_all (dim 64, depth 2, 4 heads, batch 1, fp32, one thread per rank), "
              f"context {a['context']:,}, {a['steps']} steps; median of {a['rounds']} commands per "
              "plan, alternating. Training wall: the steps, one validation and one checkpoint.", "",
@@ -88,10 +88,6 @@ def markdown_text(record: dict) -> str:
 
 
 def main(argv=None) -> int:
-    from longmix.fileio import atomic_write_text
-    from longmix.machine import describe, markdown
-    from longmix.provenance import provenance, utc_now
-
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--mixers", nargs="+", default=["linear", "s4d", "mamba", "local", "gated_deltanet"])
     p.add_argument("--ranks", type=int, nargs="+", default=[2, 4])
@@ -101,10 +97,7 @@ def main(argv=None) -> int:
     p.add_argument("--timeout-s", type=float, default=1200.0)
     p.add_argument("--out-dir", type=Path, default=Path(__file__).resolve().parent / "results")
     args = p.parse_args(argv)
-    command = shlex.join(["python", "benchmarks/plan_time_train.py"] + (sys.argv[1:] if argv is None else argv))
-    record = {"command": command, "date": utc_now(), "machine": describe(), "provenance": provenance(),
-              "config": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
-              "rows": []}
+    record = {**run_record("plan_time_train.py", args, argv), "rows": []}
     with tempfile.TemporaryDirectory(prefix="plan_time_train-") as scratch:
         for world in args.ranks:
             for mixer in args.mixers:
@@ -113,11 +106,8 @@ def main(argv=None) -> int:
                 print(f"{mixer:15s} P={world} bytes {row['forms']['bytes']} {row['train_s']['bytes']:.2f} s, "
                       f"time {row['forms']['time']} {row['train_s']['time']:.2f} s: "
                       f"{row['bytes_over_time']:.2f}x; calibration {row['calibration_s']:.1f} s", flush=True)
-    record["machine_text"] = markdown(record["machine"])
-    args.out_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(args.out_dir / "plan_time_train.json", json.dumps(record, indent=1) + "\n")
     text = markdown_text(record)
-    atomic_write_text(args.out_dir / "plan_time_train.md", text)
+    write_record(args.out_dir, "plan_time_train", record, text)
     print(text)
     return 0
 

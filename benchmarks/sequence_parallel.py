@@ -25,8 +25,6 @@ rerun keeps the full run's files).
 from __future__ import annotations
 
 import argparse
-import json
-import shlex
 import sys
 import time
 from pathlib import Path
@@ -197,13 +195,9 @@ def markdown_text(record: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from longmix.machine import describe
-    from longmix.fileio import atomic_write_text
-    from longmix.provenance import provenance, utc_now
+    from longmix.bench.record import run_record, write_record
 
     args = parse_args(argv)
-    command = shlex.join(["python", "benchmarks/sequence_parallel.py"]
-                         + (sys.argv[1:] if argv is None else argv))
     started, rows, skipped = time.monotonic(), [], []
     for part, spec, world in plan_points(args):
         remaining = args.budget_s - (time.monotonic() - started)
@@ -216,15 +210,10 @@ def main(argv: list[str] | None = None) -> int:
               f"{row['status']} {fmt(row.get('time_s'))} s, {fmt(row.get('memory_mb'), '{:.1f}')} MB,"
               f" sent/predicted {fmt(row.get('bytes_ratio'), '{:.3f}')}", flush=True)
     memory_vs_one(rows)
-    machine = describe()
     stem = result_stem(args)
-    args.out_dir.mkdir(parents=True, exist_ok=True)
-    config = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
-    record = {"command": command, "date": utc_now(), "machine": machine,
-              "provenance": provenance(), "config": config, "rows": rows, "skipped": skipped}
-    atomic_write_text(args.out_dir / f"{stem}.json", json.dumps(record, indent=1) + "\n")
+    record = {**run_record("sequence_parallel.py", args, argv), "rows": rows, "skipped": skipped}
     text = markdown_text(record)
-    atomic_write_text(args.out_dir / f"{stem}.md", text + "\n")
+    write_record(args.out_dir, stem, record, text + "\n")
     plot(rows, args.out_dir / f"{stem}.png")
     print(text)
     return 0 if all(r["status"] == "ok" for r in rows) else 1

@@ -19,8 +19,6 @@ partial rerun keeps the full run's files) with machine, command, date and commit
 from __future__ import annotations
 
 import argparse
-import json
-import shlex
 import sys
 import tempfile
 import time
@@ -135,9 +133,7 @@ def markdown_text(record: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from longmix.fileio import atomic_write_text
-    from longmix.machine import describe
-    from longmix.provenance import provenance, utc_now
+    from longmix.bench.record import run_record, write_record
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--mixers", nargs="+", default=DEFAULT_MIXERS)
@@ -151,7 +147,6 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--budget-s", type=float, default=1200.0, help="total time; later points are skipped")
     p.add_argument("--out-dir", type=Path, default=Path(__file__).resolve().parent / "results")
     args = p.parse_args(argv)
-    command = shlex.join(["python", "benchmarks/ssd_scale.py"] + (sys.argv[1:] if argv is None else argv))
     started, rows, skipped = time.monotonic(), [], []
     base = dict(length=args.length, dim=args.dim, heads=args.heads, seed=args.seed)
     with tempfile.TemporaryDirectory(prefix="ssd_scale_") as scratch:
@@ -171,14 +166,10 @@ def main(argv: list[str] | None = None) -> int:
                       f"peak RSS {fmt(row.get('peak_rss_mb'), '{:.0f}')} MB, rise "
                       f"{fmt(row.get('peak_extra_mb'), '{:.0f}')} MB, error {fmt(row.get('relative_error'), '{:.2e}')}"
                       + (f" ({row['error']})" if row["status"] != "ok" else ""), flush=True)
-    config = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
-    record = {"command": command, "date": utc_now(), "machine": describe(), "provenance": provenance(),
-              "config": config, "rows": rows, "skipped": skipped}
-    args.out_dir.mkdir(parents=True, exist_ok=True)
+    record = {**run_record("ssd_scale.py", args, argv), "rows": rows, "skipped": skipped}
     stem = "ssd_scale" + ("" if args.mixers == DEFAULT_MIXERS else "_" + "_".join(args.mixers))
-    atomic_write_text(args.out_dir / f"{stem}.json", json.dumps(record, indent=1) + "\n")
     text = markdown_text(record)
-    atomic_write_text(args.out_dir / f"{stem}.md", text)
+    write_record(args.out_dir, stem, record, text)
     print(text)
     return 0 if all(r["status"] == "ok" for r in rows) else 1
 

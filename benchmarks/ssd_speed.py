@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shlex
 import statistics
 import sys
 import time
@@ -32,6 +31,7 @@ from longmix import mixers
 from longmix.fileio import atomic_write_text
 from longmix.machine import describe, markdown
 from longmix.provenance import provenance, utc_now
+from longmix.bench.record import command_line
 
 
 class Step:
@@ -64,7 +64,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's own)")
     parser.add_argument("--out-dir", type=Path, default=Path(__file__).parent / "results")
     args = parser.parse_args(argv)
-    command = shlex.join(["python", "benchmarks/ssd_speed.py"] + (sys.argv[1:] if argv is None else argv))
+    command = command_line("ssd_speed.py", argv)
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     stem = "ssd_speed" if args.threads is None else f"ssd_speed_threads{args.threads}"
