@@ -31,6 +31,7 @@ that this call is only one key block of, and then returns that block's exact gra
 """
 from __future__ import annotations
 
+import functools
 import math
 from typing import Sequence
 
@@ -338,8 +339,8 @@ def merge_partials(outs: Sequence[torch.Tensor], lses: Sequence[torch.Tensor]):
             raise ValueError(f"partial {i}: out shape {tuple(o.shape)} differs from partial 0's "
                              f"{tuple(outs[0].shape)}")
     dt = torch.promote_types(lses[0].dtype, torch.float32)
-    weights, lse = _merge_weights(torch.stack([l.to(dt) for l in lses]))
-    out = sum(w.transpose(1, 2)[..., None] * o.to(dt) for w, o in zip(weights, outs))
+    e, total, lse = _merge_terms([l.to(dt) for l in lses])
+    out = sum((w / total).transpose(1, 2)[..., None] * o.to(dt) for w, o in zip(e, outs))
     return out.to(outs[0].dtype), lse
 
 
@@ -350,25 +351,27 @@ def merge_into(out: torch.Tensor, lse: torch.Tensor, part: torch.Tensor, part_ls
     temporaries set its peak memory). Without autograd; ``out`` and ``lse`` are the accumulators,
     in lse's dtype (at least float32)."""
     with torch.no_grad():
-        (w_acc, w_part), merged = _merge_weights(torch.stack([lse, part_lse.to(lse.dtype)]))
+        (e_acc, e_part), total, merged = _merge_terms([lse, part_lse])
         lse.copy_(merged)
-        # weights (B, H, L) -> (B, L, H, 1), as out's rows
-        out.mul_(w_acc.transpose(1, 2)[..., None])
-        out.addcmul_(part.to(out.dtype), w_part.transpose(1, 2)[..., None])
+        # weights (B, H, L) -> (B, L, H, 1), as out's rows; one weight alive at a time
+        out.mul_((e_acc / total).transpose(1, 2)[..., None])
+        out.addcmul_(part.to(out.dtype), (e_part / total).transpose(1, 2)[..., None])
 
 
-def _merge_weights(stacked: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(weights (n, B, H, L), lse (B, H, L)) of n partials whose log-sum-exps are ``stacked``.
+def _merge_terms(lses: Sequence[torch.Tensor]):
+    """(e, total, lse) of partials whose log-sum-exps are ``lses`` (each (B, H, L)): partial i's
+    weight is ``e[i] / total``, the merged log-sum-exp ``lse``.
 
     Weights exp(lse_i - m) / sum_k exp(lse_k - m) relative to the max m: normalizing by the sum,
     not by exp(lse), keeps out accurate when lse is large (rounding lse ~ 1e4 in float32 costs
-    ~1e-3). m cancels exactly, so it carries no gradient; rows with no key use m = 0 and get
-    weights 0 and lse -inf (never NaN, also in the gradient)."""
-    m = stacked.detach().amax(0)
+    ~1e-3). m cancels exactly, so it carries no gradient; rows with no key use m = 0, and get
+    weights 0 (total is 1 there) and lse -inf: never NaN, also in the gradient. The partials are
+    not stacked: a ring merges every step, and a stack would be one more copy of each lse."""
+    m = functools.reduce(torch.maximum, [l.detach() for l in lses])
     m = torch.where(torch.isfinite(m), m, torch.zeros_like(m))
-    e = torch.exp(stacked - m)
-    total = e.sum(0)
+    e = [torch.exp(l - m) for l in lses]
+    total = functools.reduce(torch.add, e)
     seen = total > 0
     safe_total = torch.where(seen, total, torch.ones_like(total))
     lse = torch.where(seen, m + torch.log(safe_total), torch.full_like(total, float("-inf")))
-    return e / safe_total, lse
+    return e, safe_total, lse
